@@ -1,0 +1,68 @@
+# RecForge — `make help` lists the targets. Two commands on a fresh machine: `make setup && make run`.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON_BIN ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+export RECFORGE_HOME ?= $(CURDIR)/.recforge
+export MLFLOW_PORT ?= 5000
+export MLFLOW_TRACKING_URI ?= http://127.0.0.1:$(MLFLOW_PORT)
+export GX_ANALYTICS_ENABLED := False
+# Logical date of `make run`: default = last day of the data. Override: make run DATE=1998-03-01
+DATE ?=
+CONF ?= {}
+
+.PHONY: help setup run ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	$(PYTHON_BIN) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed ## Create .venv (pinned), fetch + verify MovieLens-100K, init the Airflow DB
+	$(PY) -m tasks.data --fetch-only
+	infra/local/airflow.sh init
+
+run: setup mlflow-up ## Run one nightly_retrain DAG run through Airflow (DATE=YYYY-MM-DD, CONF='{json}')
+	@date=$${DATE:-$$($(PY) -m tasks.data --print-last-day)}; \
+	echo "nightly_retrain for $$date (MLflow: $$MLFLOW_TRACKING_URI)"; \
+	infra/local/airflow.sh test nightly_retrain "$$date" -c '$(CONF)'
+
+mlflow-up: ## Start the MLflow tracking server on 127.0.0.1:5000 (MLFLOW_PORT) unless one is running
+	@if [ "$$MLFLOW_TRACKING_URI" = "http://127.0.0.1:$(MLFLOW_PORT)" ]; then infra/local/mlflow.sh start; \
+	else echo "using MLflow at $$MLFLOW_TRACKING_URI"; fi
+
+mlflow-down: ## Stop the embedded MLflow server
+	infra/local/mlflow.sh stop
+
+ui: setup mlflow-up ## Start the Airflow UI and MLflow UI on 127.0.0.1 and print their addresses
+	infra/local/airflow.sh ui
+	@echo "MLflow UI:   $$MLFLOW_TRACKING_URI"
+
+ui-stop: ## Stop the Airflow UI services (MLflow: make mlflow-down)
+	infra/local/airflow.sh stop
+
+test: setup ## Run the whole test suite (unit, DAG integrity, end-to-end with real Airflow + MLflow)
+	$(PY) -m pytest
+
+test-fast: ## Run the tests without the end-to-end tier
+	$(PY) -m pytest -m "not e2e"
+
+lint: ## Lint with ruff
+	$(VENV)/bin/ruff check .
+
+lock: ## Re-resolve the pinned environment into requirements.lock (after changing pyproject.toml)
+	rm -rf /tmp/recforge-lock && $(PYTHON_BIN) -m venv /tmp/recforge-lock
+	/tmp/recforge-lock/bin/pip install -q -e ".[dev]"
+	{ head -2 requirements.lock; /tmp/recforge-lock/bin/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean: mlflow-down ## Stop services and delete local state (.recforge: data, MLflow, Airflow DB)
+	-infra/local/airflow.sh stop
+	rm -rf $(RECFORGE_HOME)

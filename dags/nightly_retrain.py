@@ -1,0 +1,125 @@
+"""nightly_retrain: ingest -> check -> features -> train (one mapped task per model family) -> publish.
+
+Runs daily at 02:00 UTC for the previous day's partition (the data interval [D 02:00, D+1 02:00)
+has logical date D). Thin wiring only: every task is a shim over a function in ``tasks/``, imported
+inside the task so parsing this file never imports torch, mlflow, onnxruntime or great_expectations.
+A failing data check stops the run before training; the parent MLflow run is then marked FAILED
+with the check's Data Docs attached, and nothing registered or deployed changes.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task
+from airflow.timetables.interval import CronDataIntervalTimetable
+from recforge_assets import CANDIDATE_ASSETS
+
+ALL_FAMILIES = ["dlrm", "wide_deep", "ncf", "din", "logreg"]
+
+
+def _day() -> str:
+    """The partition this run processes: its logical date (the start of its data interval)."""
+    return get_current_context()["logical_date"].date().isoformat()
+
+
+def _params() -> dict:
+    return dict(get_current_context()["params"])
+
+
+@dag(
+    dag_id="nightly_retrain",
+    schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
+    start_date=pendulum.datetime(1998, 4, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["recforge", "nightly", "training"],
+    default_args={"owner": "recforge", "retries": 2, "retry_delay": timedelta(minutes=5)},
+    doc_md=__doc__,
+    params={
+        "families": Param(ALL_FAMILIES, type="array", title="Model families",
+                          description="Families to train; logreg is the reference baseline."),
+        "train_config": Param({}, type="object", title="Training overrides",
+                              description="TrainConfig fields, e.g. {\"max_epochs\": 3, \"max_train_rows\": 5000}."),
+        "check_config": Param({}, type="object", title="Data-check overrides",
+                              description="CheckConfig fields, e.g. {\"min_volume_ratio\": 0.1}."),
+    },
+)
+def nightly_retrain():
+    @task
+    def ingest() -> dict:
+        from tasks import config, data
+
+        raw = data.fetch_movielens(config.raw_dir())
+        return data.ingest(raw, config.data_root(), data.parse_date(_day())).to_dict()
+
+    @task
+    def open_run(ingested: dict) -> str:
+        from tasks import config, data, train
+
+        day = data.parse_date(_day())
+        ctx = get_current_context()
+        return train.open_parent_run(_day(), data.fingerprint(config.data_root(), day), ctx["run_id"],
+                                     {"recforge.dag_id": ctx["dag"].dag_id})
+
+    @task(retries=0)  # bad data does not get better by retrying
+    def check(parent_run_id: str) -> dict:
+        from tasks import checks, config
+
+        return checks.check_day(config.data_root(), _day(), _params()["check_config"], parent_run_id)
+
+    @task
+    def features(checked: dict) -> dict:
+        from tasks import config, data
+        from tasks.features import build_features
+
+        out = config.work_dir() / _day() / "features"
+        return build_features(config.data_root(), data.parse_date(_day()), out).to_dict()
+
+    @task
+    def families() -> list[str]:
+        from tasks.train import TrainConfig
+
+        return list(TrainConfig.from_dict({"families": _params()["families"]}).families)
+
+    @task(max_active_tis_per_dagrun=1)  # each training uses every core
+    def train(family: str, feature_set: dict, parent_run_id: str) -> dict:
+        from pathlib import Path
+
+        from tasks import train
+
+        cfg = train.TrainConfig.from_dict(_params()["train_config"])
+        out = Path(feature_set["out_dir"]).parent / "models" / family
+        return train.train_family(family, Path(feature_set["out_dir"]), out, cfg, parent_run_id).to_dict()
+
+    @task(outlets=list(CANDIDATE_ASSETS.values()))
+    def publish(results: list[dict], parent_run_id: str) -> dict:
+        from tasks import train
+
+        summary = train.close_parent_run(parent_run_id, list(results))
+        events = get_current_context()["outlet_events"]
+        for result in results:
+            if result["family"] in CANDIDATE_ASSETS:
+                events[CANDIDATE_ASSETS[result["family"]]].extra = {
+                    key: result[key] for key in ("family", "run_id", "onnx_model_uri", "model_dir",
+                                                 "onnx_path", "test_auc")
+                } | {"parent_run_id": parent_run_id, "data_day": _day()}
+        return summary
+
+    @task(trigger_rule="one_failed", retries=0)
+    def mark_failed(parent_run_id: str) -> None:
+        from tasks import train
+
+        train.fail_parent_run(parent_run_id)
+
+    ingested = ingest()
+    parent = open_run(ingested)
+    checked = check(parent)
+    feature_set = features(checked)
+    results = train.partial(feature_set=feature_set, parent_run_id=parent).expand(family=families())
+    published = publish(results, parent)
+    [checked, feature_set, results, published] >> mark_failed(parent)
+
+
+nightly_retrain()

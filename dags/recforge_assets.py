@@ -1,0 +1,20 @@
+"""Airflow Assets that chain RecForge's DAGs (no DAG here).
+
+``nightly_retrain`` emits one candidate asset per trained model family; the compression DAG is
+scheduled on them. The asset event's ``extra`` carries the URIs of the candidate (MLflow run,
+ONNX model, local model folder), never model bytes.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import Asset
+
+CANDIDATE_FAMILIES = ("dlrm", "wide_deep", "ncf", "din")
+
+
+def candidate_asset(family: str) -> Asset:
+    return Asset(name=f"recforge_candidate_{family}", uri=f"recforge://candidates/{family}",
+                 group="recforge-candidates")
+
+
+CANDIDATE_ASSETS = {family: candidate_asset(family) for family in CANDIDATE_FAMILIES}

@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny synthetic data root, and the real MovieLens raw files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+DAY0 = dt.date(1998, 1, 1)
+
+
+def synthetic_tables(days: int = 30, users: int = 40, items: int = 60, per_day: int = 80, seed: int = 0):
+    """(ratings, users, items) shaped like MovieLens, with timestamps spread over ``days`` UTC days."""
+    rng = np.random.default_rng(seed)
+    start = int(pd.Timestamp(DAY0, tz="UTC").timestamp())
+    n = days * per_day
+    ratings = pd.DataFrame({
+        "user_id": rng.integers(1, users + 1, n),
+        "item_id": rng.integers(1, items + 1, n),
+        "rating": rng.integers(1, 6, n),
+        "timestamp": start + np.sort(rng.integers(0, days * 86400, n)),
+    }).drop_duplicates(["user_id", "item_id", "timestamp"]).reset_index(drop=True)
+    user_table = pd.DataFrame({
+        "user_id": np.arange(1, users + 1),
+        "age": rng.integers(15, 70, users),
+        "gender": rng.choice(["M", "F"], users),
+        "occupation": rng.choice(["artist", "engineer", "student", "other"], users),
+        "zip_code": rng.choice(["55105", "94043", "T8H1N", "10003"], users),
+    })
+    genres = ["Action", "Comedy", "Drama", "Film-Noir", "Sci-Fi", "Children's"]
+    item_table = pd.DataFrame({
+        "item_id": np.arange(1, items + 1),
+        "title": [f"movie {i}" for i in range(1, items + 1)],
+        "release_year": pd.array(rng.integers(1950, 1998, items), dtype="Int64"),
+        "genres": [" ".join(rng.choice(genres, rng.integers(1, 4), replace=False)) for _ in range(items)],
+    })
+    return ratings, user_table, item_table
+
+
+@pytest.fixture
+def synthetic_root(tmp_path):
+    """A data root laid out as tasks.data writes it, from synthetic tables."""
+    from tasks import data
+
+    ratings, users, items = synthetic_tables()
+    root = str(tmp_path / "data")
+    data.write_parquet(users, f"{root}/users.parquet")
+    data.write_parquet(items, f"{root}/items.parquet")
+    for day, part in ratings.groupby(data.day_of(ratings["timestamp"])):
+        data.write_parquet(part.reset_index(drop=True), data.partition_path(root, day))
+    return root
+
+
+@pytest.fixture(scope="session")
+def movielens_raw():
+    """The real MovieLens-100K raw files (downloaded and checksum-verified by `make setup`)."""
+    from tasks import config, data
+
+    return data.fetch_movielens(config.raw_dir())
