@@ -174,7 +174,7 @@ class DotInteraction(nn.Module):
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         vectors = torch.cat([dense.unsqueeze(1), sparse], dim=1)  # [B, F+1, D]
         gram = torch.bmm(vectors, vectors.transpose(1, 2))  # [B, F+1, F+1]
-        pairs = gram.flatten(start_dim=1)[:, self.pair_index]  # [B, (F+1)F/2]
+        pairs = torch.index_select(gram.flatten(start_dim=1), 1, self.pair_index)  # [B, (F+1)F/2]
         return torch.cat([dense, pairs], dim=1)
 
 

@@ -75,7 +75,7 @@ class DIN(nn.Module):
         interest = self.attention(self.item_embedding(history), target, padding_mask(history))  # [B, D]
         mlp_in = torch.cat(
             [
-                self.other_sparse(sparse[:, self.other_columns]).flatten(start_dim=1),
+                self.other_sparse(torch.index_select(sparse, 1, self.other_columns)).flatten(start_dim=1),
                 target,
                 self.genre_pool(genres),
                 interest,

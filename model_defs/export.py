@@ -98,6 +98,7 @@ def export_onnx(
                 output_names=[OUTPUT_NAME],
                 opset_version=opset,
                 dynamo=True,
+                verbose=False,
                 external_data=False,
                 dynamic_shapes={name: {0: batch} for name in INPUT_NAMES},
             )

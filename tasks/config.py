@@ -8,6 +8,7 @@ variable               default                                     what
 =====================  ==========================================  =================================
 RECFORGE_HOME          <repo>/.recforge                            local state of the embedded setup
 RECFORGE_DATA_ROOT     $RECFORGE_HOME/data                         partitioned data; any fsspec URL
+RECFORGE_RAW_DIR       $RECFORGE_HOME/raw                          verified raw downloads (cache)
 RECFORGE_WORK_DIR      $RECFORGE_HOME/work                         scratch: features, model files
 MLFLOW_TRACKING_URI    http://127.0.0.1:5000                       MLflow tracking server
 RECFORGE_EXPERIMENT    recforge-nightly                            MLflow experiment of nightly runs
@@ -41,7 +42,7 @@ def data_root() -> str:
 
 def raw_dir() -> Path:
     """Download cache of the raw source files (checksum-verified)."""
-    return recforge_home() / "raw"
+    return Path(os.environ.get("RECFORGE_RAW_DIR", recforge_home() / "raw"))
 
 
 def work_dir() -> Path:
