@@ -74,10 +74,12 @@ class SparseArch(nn.Module):
         self.feature_names = feature_names
         self.embedding_dim = embedding_dim
         # Keyed by feature name so the state dict reads e.g. ``embeddings.user_id.weight``.
-        self.embeddings = nn.ModuleDict({
-            name: nn.Embedding(cardinality, embedding_dim)
-            for name, cardinality in zip(feature_names, cardinalities, strict=True)
-        })
+        self.embeddings = nn.ModuleDict(
+            {
+                name: nn.Embedding(cardinality, embedding_dim)
+                for name, cardinality in zip(feature_names, cardinalities, strict=True)
+            }
+        )
         for table in self.embeddings.values():
             init_embedding_(table.weight)
 
@@ -100,8 +102,8 @@ class PooledEmbedding(nn.Module):
 
     def __init__(self, num_embeddings: int, embedding_dim: int):
         super().__init__()
-        if isinstance(num_embeddings, bool) or not isinstance(num_embeddings, int) or num_embeddings < 2:
-            raise ValueError(f"num_embeddings must be an int >= 2 (index 0 is padding), got {num_embeddings!r}")
+        if check_positive_int("num_embeddings", num_embeddings) < 2:
+            raise ValueError(f"num_embeddings must be >= 2 (index 0 is padding), got {num_embeddings}")
         check_positive_int("embedding_dim", embedding_dim)
         self.embedding_dim = embedding_dim
         self.embedding = nn.Embedding(num_embeddings, embedding_dim, padding_idx=PADDING_IDX)

@@ -70,7 +70,8 @@ class DLRM(nn.Module):
             raise ValueError(f"top_mlp must end with 1 (the logit), got {top_mlp}")
         if interaction == "dot" and bottom_mlp[-1] != embedding_dim:
             raise ValueError(
-                f"with the dot interaction bottom_mlp must end with embedding_dim={embedding_dim}, got {bottom_mlp}"
+                f"with the dot interaction bottom_mlp must end with embedding_dim={embedding_dim} "
+                f"(the dense vector is dotted with the embeddings), got {bottom_mlp}"
             )
         if spec.num_dense < 1:
             raise ValueError("DLRM needs at least one dense feature for its bottom MLP")

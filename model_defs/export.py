@@ -7,6 +7,7 @@ family ignores, so every model is served the same way) and the one output ``OUTP
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -89,7 +90,11 @@ def export_onnx(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # Every input's batch axis is the same Dim, which the exporter reports once per input.
+            warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*")
+            # torch's own exporter internals still use the deprecated LeafSpec check.
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
             torch.onnx.export(
                 model,
                 tuple(inputs[name] for name in INPUT_NAMES),
@@ -105,11 +110,14 @@ def export_onnx(
     finally:
         model.train(was_training)
     graph_inputs = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+    problem = None
     if graph_inputs != list(INPUT_NAMES):
-        raise RuntimeError(f"exported graph inputs are {graph_inputs}, expected {list(INPUT_NAMES)}")
-    forbidden = onnx_op_types(path) & FORBIDDEN_OPS
-    if forbidden:
-        raise RuntimeError(f"exported graph contains {sorted(forbidden)} ops, which are slow in onnxruntime")
+        problem = f"exported graph inputs are {graph_inputs}, expected {list(INPUT_NAMES)}"
+    elif forbidden := onnx_op_types(path) & FORBIDDEN_OPS:
+        problem = f"exported graph contains {sorted(forbidden)} ops, which are slow in onnxruntime"
+    if problem:
+        path.unlink()  # so that nothing downstream picks up a rejected model
+        raise RuntimeError(problem)
     return path
 
 

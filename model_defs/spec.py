@@ -76,7 +76,7 @@ class FeatureSpec:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "FeatureSpec":
+    def from_json(cls, text: str) -> FeatureSpec:
         raw = json.loads(text)
         return cls(
             sparse_features=tuple(raw["sparse_features"]),

@@ -1,0 +1,107 @@
+"""The nightly DAG, run by Airflow (`airflow dags test`) against a real MLflow server, on a small slice."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from tests.e2e.conftest import REPO, run_dag
+
+pytestmark = pytest.mark.e2e
+
+DAY = "1997-11-15"  # a small slice: about 40k ratings before it
+FAMILIES = ["dlrm", "wide_deep", "ncf", "din", "logreg"]
+CONF = json.dumps({"families": FAMILIES, "train_config": {"max_epochs": 2, "max_train_rows": 4000}})
+
+
+def _client(env):
+    return mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+
+
+def _runs(env):
+    client = _client(env)
+    experiment = client.get_experiment_by_name(env["RECFORGE_EXPERIMENT"])
+    return [] if experiment is None else client.search_runs([experiment.experiment_id])
+
+
+def test_nightly_run_trains_every_family_and_tracks_it(pipeline_env):
+    out = run_dag(pipeline_env, "nightly_retrain", DAY, CONF)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+
+    runs = _runs(pipeline_env)
+    parents = [r for r in runs if r.data.tags.get("recforge.kind") == "nightly"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["recforge.logical_date"] == DAY
+    assert len(parent.data.tags["recforge.data_fingerprint"]) == 64
+    assert parent.data.tags["mlflow.source.git.commit"]
+
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["recforge.family"] for r in children) == sorted(FAMILIES)
+    client = _client(pipeline_env)
+    for child in children:
+        assert 0.5 < child.data.metrics["test_auc"] <= 1.0
+        assert child.data.metrics["test_logloss"] > 0
+        assert child.data.metrics["onnx_max_abs_diff"] < 1e-4
+        history = client.get_metric_history(child.info.run_id, "val_auc")
+        assert len(history) == child.data.metrics["epochs_run"] >= 1
+        assert child.data.params["data_day"] == DAY
+        contexts = {d.tags[0].value for d in child.inputs.dataset_inputs}
+        assert contexts == {"training", "validation", "testing"}
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "model_files")}
+        assert {"model_files/model.onnx", "model_files/state_dict.pt", "model_files/spec.json"} <= artifacts
+        onnx_uri = child.data.tags["recforge.onnx_model_uri"]
+        assert onnx_uri.startswith("models:/")
+
+    parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"summary.json", "summary.md", "data_docs"} <= parent_artifacts
+    assert parent.data.metrics["test_auc.logreg"] > 0.5
+
+    # one Airflow asset event per trained candidate, carrying its URIs
+    db = Path(pipeline_env["RECFORGE_HOME"]) / "airflow" / "airflow.db"
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("select a.uri, e.extra from asset_event e join asset a on a.id = e.asset_id").fetchall()
+    events = {uri: json.loads(extra) for uri, extra in rows}
+    assert set(events) == {f"recforge://candidates/{f}" for f in FAMILIES if f != "logreg"}
+    for uri, extra in events.items():
+        assert extra["family"] == uri.rsplit("/", 1)[1]
+        assert extra["run_id"] in {c.info.run_id for c in children}
+        assert Path(extra["onnx_path"]).exists()
+
+
+def test_bad_partition_stops_the_run_before_training(pipeline_env):
+    env = pipeline_env
+    landed = subprocess.run([sys.executable, "-m", "tasks.data", "--date", DAY], env=env, cwd=REPO,
+                            capture_output=True, text=True)
+    assert landed.returncode == 0, landed.stderr
+    sys.path.insert(0, str(REPO))
+    from tasks import data
+
+    root = str(Path(env["RECFORGE_HOME"]) / "data")
+    day = data.parse_date(DAY)
+    part = data.load_partition(root, day)
+    bad = pd.concat([part, part.head(20)], ignore_index=True)  # duplicated rows
+    bad.loc[:9, "rating"] = 7  # out of range
+    data.write_parquet(bad, data.partition_path(root, day))
+
+    out = run_dag(env, "nightly_retrain", DAY, CONF)
+    log = out.stdout + out.stderr
+    assert "data checks failed for partition 1997-11-15" in log, log[-4000:]
+    assert "rating" in log and "Data Docs" in log
+
+    runs = _runs(env)
+    parent = next(r for r in runs if r.data.tags.get("recforge.kind") == "nightly")
+    assert parent.info.status == "FAILED"
+    assert [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id] == []
+    assert "data_docs" in {a.path for a in _client(env).list_artifacts(parent.info.run_id)}
+    assert not (Path(env["RECFORGE_HOME"]) / "work" / DAY / "features").exists()
+    # the bad partition is still there for people to look at: nothing repaired or deleted it
+    assert len(data.load_partition(root, day)) == len(bad)
