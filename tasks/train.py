@@ -180,7 +180,9 @@ def train_family(family: str, features_dir: Path, out_dir: Path, cfg: TrainConfi
     experiment = _experiment_id()
     with mlflow.start_run(experiment_id=experiment, run_name=family, parent_run_id=parent_run_id,
                           tags={"recforge.family": family, "recforge.stage": "train", **(tags or {})}) as run:
-        hyper = cfg.hyperparams.get(family, {})
+        from model_defs import default_hyperparams
+
+        hyper = default_hyperparams(family) | cfg.hyperparams.get(family, {})
         mlflow.log_params({"family": family, "seed": cfg.seed, "max_epochs": cfg.max_epochs,
                            "patience": cfg.patience, "batch_size": cfg.batch_size,
                            "learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay,

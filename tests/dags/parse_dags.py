@@ -10,7 +10,6 @@ import sys
 
 HEAVY = ("torch", "mlflow", "onnxruntime", "great_expectations", "onnx", "sklearn", "pandas")
 
-import airflow  # noqa: E402  (configures Airflow from the environment first)
 import sqlalchemy.engine  # noqa: E402
 
 attempts = []
@@ -41,7 +40,10 @@ for dag_id, dag in bag.dags.items():
         "catchup": dag.catchup,
         "schedule": getattr(dag.timetable, "summary", str(dag.timetable)),
         "timetable": type(dag.timetable).__name__,
-        "tasks": {t.task_id: {"retries": t.retries, "trigger_rule": getattr(t.trigger_rule, "value", str(t.trigger_rule))} for t in dag.tasks},
+        "tasks": {
+            t.task_id: {"retries": t.retries, "trigger_rule": getattr(t.trigger_rule, "value", str(t.trigger_rule))}
+            for t in dag.tasks
+        },
         "params": {k: {"title": (v.schema or {}).get("title")} for k, v in dag.params.items()},
         "max_active_runs": dag.max_active_runs,
     }
