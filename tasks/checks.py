@@ -16,6 +16,9 @@ How it is laid out in GX (a file-backed project rooted at ``gx_root``, Data Docs
   runs, so every definition is add-or-updated idempotently and a re-run of a day just adds a new run.
 * each checkpoint updates Data Docs (``UpdateDataDocsAction``) with its validation result.
 
+:func:`check_day` is the nightly DAG's ``check`` task around it: it loads the partition and its context from
+the data root, logs the Data Docs on the MLflow parent run, and raises on failure.
+
 Importing this module does not import GX (an import of several seconds); :func:`check_partition` does.
 """
 
@@ -25,6 +28,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import fcntl
+import json
 import logging
 import math
 import os
@@ -62,7 +66,7 @@ BATCH_DEFINITION = "whole_partition"
 DOCS_SITE = "local_site"
 # The Data Docs index page lists the newest validation results only: GX reads every listed result to build
 # it, so an unbounded index gets slower with every nightly run.
-DOCS_INDEX_LIMIT = 120
+DOCS_INDEX_LIMIT = 60
 # A partial_unexpected_list of this many values is kept per failing expectation.
 PARTIAL_UNEXPECTED_COUNT = 20
 EXAMPLES_SHOWN = 5
@@ -115,6 +119,7 @@ class CheckReport:
     data_docs_dir: Path
     notes: list[str] = field(default_factory=list)
     row_count: int = 0
+    data_docs_pages: list[Path] = field(default_factory=list)  # this run's validation result pages
 
     def raise_for_failure(self) -> None:
         """Raise DataCheckError (listing every failed expectation and the Data Docs page) unless success."""
@@ -139,6 +144,7 @@ class CheckReport:
             "data_docs_dir": str(self.data_docs_dir),
             "notes": list(self.notes),
             "row_count": int(self.row_count),
+            "data_docs_pages": [str(p) for p in self.data_docs_pages],
         }
 
 
@@ -165,7 +171,7 @@ def check_partition(
     known_item_ids: Iterable[int],
     trailing_row_counts: Sequence[int],
     gx_root: Path,
-    config: CheckConfig = CheckConfig(),  # noqa: B008 - frozen, so a shared default is safe
+    config: CheckConfig = CheckConfig(),
 ) -> CheckReport:
     """Validate the ratings partition of ``day`` with GX, update Data Docs under ``gx_root``, and report.
 
@@ -175,6 +181,8 @@ def check_partition(
     say) are reported, not raised: call :meth:`CheckReport.raise_for_failure` to stop on them.
     """
     started = time.perf_counter()
+    if isinstance(day, dt.datetime):
+        day = day.date()
     gx_root = Path(gx_root)
     gx_root.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
@@ -203,7 +211,7 @@ def check_partition(
         )
     labels = derive_labels(ratings, config.label_threshold)
     if LABEL_COLUMN not in labels.columns:
-        notes.append("label not derived: column 'rating' is missing or not numeric")
+        notes.append("label not derived: column 'rating' is missing")
     else:
         notes.append(f"label = rating >= {config.label_threshold}")
 
@@ -217,14 +225,16 @@ def check_partition(
             (_checkpoint(gx, context, LABELS, _label_expectations()), labels),
         ]
         run_id = RunIdentifier(run_name=day.isoformat(), run_time=dt.datetime.now(dt.UTC))
-        results = []
+        results, pages = [], []
         for (checkpoint, suite), frame in runs:
             outcome = checkpoint.run(
                 batch_parameters={"dataframe": frame}, expectation_parameters=params, run_id=run_id
             )
-            for validation in outcome.run_results.values():
+            for key, validation in outcome.run_results.items():
                 results.append((suite, validation, frame))
-        index, docs_dir = _docs_location(context, gx_root)
+                pages += _local_pages(context.get_docs_sites_urls(resource_identifier=key, site_name=DOCS_SITE))
+        found = _local_pages(context.get_docs_sites_urls(site_name=DOCS_SITE))
+        index = found[0] if found else gx_root / "gx" / "uncommitted" / "data_docs" / DOCS_SITE / "index.html"
 
     failed: list[str] = []
     stats = {"evaluated_expectations": 0, "successful_expectations": 0, "unsuccessful_expectations": 0}
@@ -243,11 +253,75 @@ def check_partition(
     log.info("data checks of %s: %s (%d of %d failed, %.1fs)", day, "passed" if success else "FAILED",
              len(failed), evaluated, stats["seconds"])
     return CheckReport(day=day, success=success, failed=failed, statistics=stats, data_docs_index=index,
-                       data_docs_dir=docs_dir, notes=notes, row_count=len(ratings))
+                       data_docs_dir=index.parent, notes=notes, row_count=len(ratings), data_docs_pages=pages)
+
+
+def check_day(
+    data_root: str,
+    day: str | dt.date,
+    check_config: dict[str, Any] | None = None,
+    parent_run_id: str | None = None,
+    gx_root: Path | None = None,
+) -> dict[str, Any]:
+    """The nightly DAG's ``check`` task: check the partition of ``day`` under ``data_root``, log the Data Docs
+    on the MLflow parent run (when given; pass or fail), and raise DataCheckError on failure.
+
+    Known ids come from ``users.parquet`` / ``items.parquet``; the trailing row counts from the Parquet
+    footers of the partitions before ``day``. Returns :meth:`CheckReport.to_dict`.
+    """
+    from tasks import config as project
+    from tasks import data
+
+    cfg = CheckConfig.from_dict(check_config)
+    day = data.parse_date(day) if isinstance(day, str) else day
+    ratings = data.load_partition(data_root, day)
+    users, items = data.load_dimensions(data_root)
+    earlier = [d for d in data.list_partitions(data_root) if d < day][-cfg.volume_window_days :]
+    report = check_partition(
+        ratings,
+        day=day,
+        known_user_ids=users["user_id"],
+        known_item_ids=items["item_id"],
+        trailing_row_counts=data.partition_row_counts(data_root, earlier),
+        gx_root=gx_root or project.gx_root(),
+        config=cfg,
+    )
+    if parent_run_id:
+        log_data_docs(report, parent_run_id)
+    report.raise_for_failure()
+    return report.to_dict()
+
+
+def log_data_docs(report: CheckReport, run_id: str, artifact_path: str = "data_docs") -> None:
+    """Log this check's Data Docs (index, suites, the run's validation pages, report.json) on an MLflow run.
+
+    Only this run's pages travel (the site keeps every run's); links on the logged index to older runs'
+    pages therefore lead nowhere inside MLflow.
+    """
+    import shutil
+    import tempfile
+
+    import mlflow
+
+    from tasks import config as project
+
+    client = mlflow.MlflowClient(project.tracking_uri())
+    docs = report.data_docs_dir
+    pages = [report.data_docs_index, *sorted((docs / "expectations").glob("*.html")), *report.data_docs_pages]
+    with tempfile.TemporaryDirectory() as tmp:
+        for page in pages:
+            if page.is_file() and docs in page.parents:
+                target = Path(tmp) / page.relative_to(docs)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(page, target)
+        (Path(tmp) / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
+        client.log_artifacts(run_id, tmp, artifact_path)
+    client.set_tag(run_id, "recforge.data_checks", "passed" if report.success else "failed")
 
 
 def derive_labels(ratings: pd.DataFrame, threshold: int) -> pd.DataFrame:
-    """Frame with the derived ``label`` column (NaN where rating is null; no column without a rating)."""
+    """Frame with the derived ``label`` column: 1.0 where rating >= threshold, else 0.0, NaN where the rating
+    is null or not a number; without a ``rating`` column, a frame without columns."""
     if "rating" not in ratings.columns:
         return pd.DataFrame(index=ratings.index)
     rating = pd.to_numeric(ratings["rating"], errors="coerce")
@@ -308,6 +382,13 @@ def _context(gx, gx_root: Path):
     """The file-backed context at ``gx_root``, with analytics and progress bars off and a bounded index."""
     context = gx.get_context(mode="file", project_root_dir=gx_root)
     variables = context.variables
+    if variables.config_variables_file_path:
+        # GX re-reads (YAML-parses) this secrets file on every access to a config variable, a few hundred
+        # times a run (~0.6 s); the project keeps no secrets, so it goes. Takes effect on a new context.
+        variables.config_variables_file_path = None
+        variables.save()
+        context = gx.get_context(mode="file", project_root_dir=gx_root)
+        variables = context.variables
     changed = False
     if variables.analytics_enabled is not False:
         variables.analytics_enabled = False
@@ -365,14 +446,10 @@ def _checkpoint(gx, context, name: str, expectations: list):
     return checkpoint, validation.suite
 
 
-def _docs_location(context, gx_root: Path) -> tuple[Path, Path]:
-    for site in context.get_docs_sites_urls(site_name=DOCS_SITE, only_if_exists=False):
-        url = site.get("site_url") or ""
-        if url.startswith("file://"):
-            index = Path(unquote(urlparse(url).path))
-            return index, index.parent
-    docs_dir = gx_root / "gx" / "uncommitted" / "data_docs" / DOCS_SITE
-    return docs_dir / "index.html", docs_dir
+def _local_pages(sites: list[dict]) -> list[Path]:
+    """Local paths of the file:// pages in a get_docs_sites_urls() answer."""
+    urls = [site.get("site_url") or "" for site in sites]
+    return [Path(unquote(urlparse(url).path)) for url in urls if url.startswith("file://")]
 
 
 @contextlib.contextmanager
@@ -425,7 +502,7 @@ def _failure_line(result, frame: pd.DataFrame, params: dict[str, Any]) -> str:
 def _describe(kind: str, kw: dict[str, Any]) -> str:
     column = kw.get("column")
     if kind == "expect_table_columns_to_match_set":
-        return ", ".join(kw.get("column_set") or []) + (" exactly" if kw.get("exact_match") else "")
+        return ", ".join(kw.get("column_set") or []) + (", exact" if kw.get("exact_match", True) else "")
     if kind == "expect_column_values_to_be_in_type_list":
         return f"{column}, integer"
     if kind == "expect_column_values_to_be_in_set":
@@ -437,7 +514,7 @@ def _describe(kind: str, kw: dict[str, Any]) -> str:
         return f"{kw.get('min_value')}..{kw.get('max_value')} rows"
     if column == "timestamp" and kind == "expect_column_values_to_be_between":
         lo, hi = kw.get("min_value"), kw.get("max_value")
-        return f"timestamp, [{lo}, {hi}) = [{_utc(lo)}, {_utc(hi)})"
+        return f"timestamp, [{_fmt(lo)}, {_fmt(hi)}) = [{_utc(lo)}, {_utc(hi)})"
     if "min_value" in kw or "max_value" in kw:
         return f"{column}, {_fmt(kw.get('min_value'))}..{_fmt(kw.get('max_value'))}"
     return str(column or "")
@@ -464,14 +541,19 @@ def _observed(kind: str, res: dict[str, Any], kw: dict[str, Any], frame: pd.Data
         if examples and kind != "expect_column_values_to_not_be_null":
             line += f", e.g. {examples}"
         return line
-    return f"observed {_fmt(res.get('observed_value'))}"
+    observed = res.get("observed_value")
+    if kind == "expect_column_mean_to_be_between" and isinstance(observed, float):
+        return f"observed {observed:.3f}"
+    return f"observed {_fmt(observed)}"
 
 
 def _examples(values: list) -> list:
-    """A few distinct unexpected values (sorted where they can be)."""
+    """A few distinct unexpected values (sorted where they can be); rows of a compound key as tuples."""
     distinct: list = []
     for value in values:
         value = _json_safe(value)
+        if isinstance(value, dict):
+            value = tuple(value.values())
         if value not in distinct:
             distinct.append(value)
     try:
@@ -508,7 +590,7 @@ def _utc(seconds: Any) -> str:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.4g}"
     return str(value)
 
 

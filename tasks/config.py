@@ -114,6 +114,6 @@ def _coerce(owner: str, key: str, hint: Any, value: Any) -> Any:
         return tuple(_coerce(owner, key, item_type, v) for v in value)
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    if hint in (int, str, bool) and not (type(value) is hint):
+    if hint in (int, str, bool) and type(value) is not hint:
         raise ConfigError(f"{owner}.{key} must be {hint.__name__}, got {value!r}")
     return value

@@ -94,6 +94,7 @@ def test_bad_partition_stops_the_run_before_training(pipeline_env):
 
     out = run_dag(env, "nightly_retrain", DAY, CONF)
     log = out.stdout + out.stderr
+    assert out.returncode != 0, "the DAG run must fail on a bad partition"
     assert "data checks failed for partition 1997-11-15" in log, log[-4000:]
     assert "rating" in log and "Data Docs" in log
 
