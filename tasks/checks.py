@@ -88,7 +88,7 @@ class CheckConfig:
             raise ValueError(f"volume_window_days must be >= 1, got {self.volume_window_days}")
         if not 0 <= self.min_volume_ratio <= self.max_volume_ratio:
             raise ValueError(
-                "min_volume_ratio and max_volume_ratio must satisfy 0 <= min_volume_ratio <= max_volume_ratio,"
+                "min_volume_ratio and max_volume_ratio must satisfy 0 <= min <= max,"
                 f" got {self.min_volume_ratio} and {self.max_volume_ratio}"
             )
         if not RATING_MIN <= self.label_threshold <= RATING_MAX:
@@ -232,7 +232,8 @@ def check_partition(
             )
             for key, validation in outcome.run_results.items():
                 results.append((suite, validation, frame))
-                pages += _local_pages(context.get_docs_sites_urls(resource_identifier=key, site_name=DOCS_SITE))
+                urls = context.get_docs_sites_urls(resource_identifier=key, site_name=DOCS_SITE)
+                pages += _local_pages(urls)
         found = _local_pages(context.get_docs_sites_urls(site_name=DOCS_SITE))
         index = found[0] if found else gx_root / "gx" / "uncommitted" / "data_docs" / DOCS_SITE / "index.html"
 
@@ -242,7 +243,7 @@ def check_partition(
         order = {e.id: n for n, e in enumerate(suite.expectations)}
         for key in stats:
             stats[key] += int(validation.statistics.get(key, 0))
-        for result in sorted(validation.results, key=lambda r: order.get(r.expectation_config.id, len(order))):
+        for result in sorted(validation.results, key=lambda r: order.get(r.expectation_config.id, 99)):
             if not result.success:
                 failed.append(_failure_line(result, frame, params))
     evaluated = stats["evaluated_expectations"]
@@ -354,7 +355,9 @@ def _partition_expectations(with_volume: bool) -> list:
         gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id", "timestamp"]),
     ]
     if with_volume:
-        exps.append(gxe.ExpectTableRowCountToBeBetween(min_value=_param("min_rows"), max_value=_param("max_rows")))
+        exps.append(
+            gxe.ExpectTableRowCountToBeBetween(min_value=_param("min_rows"), max_value=_param("max_rows"))
+        )
     return exps
 
 
