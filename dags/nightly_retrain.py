@@ -31,7 +31,9 @@ def _params() -> dict:
 @dag(
     dag_id="nightly_retrain",
     schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
-    start_date=pendulum.datetime(1998, 4, 1, tz="UTC"),
+    # Far back on purpose: catchup is off, and a logical date before start_date would make
+    # `airflow dags test` "succeed" without running any task.
+    start_date=pendulum.datetime(1990, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     tags=["recforge", "nightly", "training"],
@@ -109,9 +111,11 @@ def nightly_retrain():
 
     @task(trigger_rule="one_failed", retries=0)
     def mark_failed(parent_run_id: str) -> None:
+        """Mark the MLflow parent run FAILED, then fail itself: as the DAG's only leaf it decides the run state."""
         from tasks import train
 
         train.fail_parent_run(parent_run_id)
+        raise RuntimeError(f"an upstream task failed; MLflow parent run {parent_run_id} is marked FAILED")
 
     ingested = ingest()
     parent = open_run(ingested)

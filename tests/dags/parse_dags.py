@@ -46,6 +46,7 @@ for dag_id, dag in bag.dags.items():
         },
         "params": {k: {"title": (v.schema or {}).get("title")} for k, v in dag.params.items()},
         "max_active_runs": dag.max_active_runs,
+        "start_date": dag.start_date.isoformat() if dag.start_date else None,
     }
 print(json.dumps({
     "import_errors": {k: str(v) for k, v in bag.import_errors.items()},

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.e2e
 
 DAY = "1997-11-15"  # a small slice: about 40k ratings before it
 FAMILIES = ["dlrm", "wide_deep", "ncf", "din", "logreg"]
-CONF = json.dumps({"families": FAMILIES, "train_config": {"max_epochs": 2, "max_train_rows": 4000}})
+# few steps: a higher learning rate so every family gets past its random initialisation
+CONF = json.dumps({"families": FAMILIES,
+                   "train_config": {"max_epochs": 2, "max_train_rows": 8000, "learning_rate": 0.01}})
 
 
 def _client(env):
