@@ -16,6 +16,9 @@ How it is laid out in GX (a file-backed project rooted at ``gx_root``, Data Docs
   runs, so every definition is add-or-updated idempotently and a re-run of a day just adds a new run.
 * each checkpoint updates Data Docs (``UpdateDataDocsAction``) with its validation result.
 
+The GX plumbing (project, lock, checkpoints, runs, failure lines) is :mod:`tasks.gx_suites`; this module
+holds the suites, their parameters and the report.
+
 :func:`check_day` is the nightly DAG's ``check`` task around it: it loads the partition and its context from
 the data root, logs the Data Docs on the MLflow parent run, and raises on failure.
 
@@ -24,27 +27,22 @@ Importing this module does not import GX (an import of several seconds); :func:`
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import datetime as dt
-import fcntl
 import json
 import logging
 import math
-import os
 import statistics
 import time
-import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
 from tasks.config import config_from_dict
 from tasks.errors import DataCheckError
+from tasks.gx_suites import SuiteRun, json_safe, param, run_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +60,6 @@ INTEGER_DTYPES = [
 DATASOURCE = "recforge_ratings"
 PARTITION = "ratings_partition"  # asset, suite, validation definition and checkpoint of the partition
 LABELS = "ratings_partition_labels"  # the same for the derived label frame
-BATCH_DEFINITION = "whole_partition"
-DOCS_SITE = "local_site"
-# The Data Docs index page lists the newest validation results only: GX reads every listed result to build
-# it, so an unbounded index gets slower with every nightly run.
-DOCS_INDEX_LIMIT = 60
-# A partial_unexpected_list of this many values is kept per failing expectation.
-PARTIAL_UNEXPECTED_COUNT = 20
-EXAMPLES_SHOWN = 5
 
 
 @dataclass(frozen=True)
@@ -139,7 +129,7 @@ class CheckReport:
             "day": self.day.isoformat(),
             "success": self.success,
             "failed": list(self.failed),
-            "statistics": _json_safe(self.statistics),
+            "statistics": json_safe(self.statistics),
             "data_docs_index": str(self.data_docs_index),
             "data_docs_dir": str(self.data_docs_dir),
             "notes": list(self.notes),
@@ -183,8 +173,6 @@ def check_partition(
     started = time.perf_counter()
     if isinstance(day, dt.datetime):
         day = day.date()
-    gx_root = Path(gx_root)
-    gx_root.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     day_start, day_end = day_window(day)
     users = sorted({int(u) for u in known_user_ids})
@@ -215,46 +203,31 @@ def check_partition(
     else:
         notes.append(f"label = rating >= {config.label_threshold}")
 
-    with _quiet(), _locked(gx_root):
-        gx = _import_gx()
-        from great_expectations.core.run_identifier import RunIdentifier
-
-        context = _context(gx, gx_root)
-        runs = [
-            (_checkpoint(gx, context, PARTITION, _partition_expectations(volume is not None)), ratings),
-            (_checkpoint(gx, context, LABELS, _label_expectations()), labels),
-        ]
-        run_id = RunIdentifier(run_name=day.isoformat(), run_time=dt.datetime.now(dt.UTC))
-        results, pages = [], []
-        for (checkpoint, suite), frame in runs:
-            outcome = checkpoint.run(
-                batch_parameters={"dataframe": frame}, expectation_parameters=params, run_id=run_id
-            )
-            for key, validation in outcome.run_results.items():
-                results.append((suite, validation, frame))
-                urls = context.get_docs_sites_urls(resource_identifier=key, site_name=DOCS_SITE)
-                pages += _local_pages(urls)
-        found = _local_pages(context.get_docs_sites_urls(site_name=DOCS_SITE))
-        index = found[0] if found else gx_root / "gx" / "uncommitted" / "data_docs" / DOCS_SITE / "index.html"
-
-    failed: list[str] = []
-    stats = {"evaluated_expectations": 0, "successful_expectations": 0, "unsuccessful_expectations": 0}
-    for suite, validation, frame in results:
-        order = {e.id: n for n, e in enumerate(suite.expectations)}
-        for key in stats:
-            stats[key] += int(validation.statistics.get(key, 0))
-        for result in sorted(validation.results, key=lambda r: order.get(r.expectation_config.id, 99)):
-            if not result.success:
-                failed.append(_failure_line(result, frame, params))
+    outcome = run_checkpoints(
+        gx_root,
+        DATASOURCE,
+        [
+            SuiteRun(PARTITION, lambda: _partition_expectations(volume is not None), ratings),
+            SuiteRun(LABELS, _label_expectations, labels),
+        ],
+        run_name=day.isoformat(),
+        params=params,
+        derived_from={LABEL_COLUMN: "rating"},
+        unix_time_columns=("timestamp",),
+    )
+    failed = [f.line for f in outcome.failures]
+    stats: dict[str, Any] = dict(outcome.statistics)
     evaluated = stats["evaluated_expectations"]
     stats["success_percent"] = 100.0 * stats["successful_expectations"] / evaluated if evaluated else 100.0
     stats["skipped_expectations"] = 0 if volume is not None else 1
     stats["seconds"] = round(time.perf_counter() - started, 3)
-    success = not failed and all(v.success for _s, v, _f in results)
+    success = outcome.success
     log.info("data checks of %s: %s (%d of %d failed, %.1fs)", day, "passed" if success else "FAILED",
              len(failed), evaluated, stats["seconds"])
+    index = outcome.data_docs_index
     return CheckReport(day=day, success=success, failed=failed, statistics=stats, data_docs_index=index,
-                       data_docs_dir=index.parent, notes=notes, row_count=len(ratings), data_docs_pages=pages)
+                       data_docs_dir=index.parent, notes=notes, row_count=len(ratings),
+                       data_docs_pages=outcome.data_docs_pages)
 
 
 def check_day(
@@ -335,10 +308,6 @@ def derive_labels(ratings: pd.DataFrame, threshold: int) -> pd.DataFrame:
 # --- suites ------------------------------------------------------------------------------------------
 
 
-def _param(name: str) -> dict[str, str]:
-    return {"$PARAMETER": name}
-
-
 def _partition_expectations(with_volume: bool) -> list:
     import great_expectations.expectations as gxe
 
@@ -347,16 +316,16 @@ def _partition_expectations(with_volume: bool) -> list:
     exps += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in RAW_COLUMNS]
     exps += [
         gxe.ExpectColumnValuesToBeBetween(column="rating", min_value=RATING_MIN, max_value=RATING_MAX),
-        gxe.ExpectColumnValuesToBeInSet(column="user_id", value_set=_param("known_user_ids")),
-        gxe.ExpectColumnValuesToBeInSet(column="item_id", value_set=_param("known_item_ids")),
+        gxe.ExpectColumnValuesToBeInSet(column="user_id", value_set=param("known_user_ids")),
+        gxe.ExpectColumnValuesToBeInSet(column="item_id", value_set=param("known_item_ids")),
         gxe.ExpectColumnValuesToBeBetween(
-            column="timestamp", min_value=_param("day_start"), max_value=_param("day_end"), strict_max=True
+            column="timestamp", min_value=param("day_start"), max_value=param("day_end"), strict_max=True
         ),
         gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id", "timestamp"]),
     ]
     if with_volume:
         exps.append(
-            gxe.ExpectTableRowCountToBeBetween(min_value=_param("min_rows"), max_value=_param("max_rows"))
+            gxe.ExpectTableRowCountToBeBetween(min_value=param("min_rows"), max_value=param("max_rows"))
         )
     return exps
 
@@ -366,251 +335,6 @@ def _label_expectations() -> list:
 
     return [
         gxe.ExpectColumnMeanToBeBetween(
-            column=LABEL_COLUMN, min_value=_param("label_rate_min"), max_value=_param("label_rate_max")
+            column=LABEL_COLUMN, min_value=param("label_rate_min"), max_value=param("label_rate_max")
         )
     ]
-
-
-# --- GX project --------------------------------------------------------------------------------------
-
-
-def _import_gx():
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no usage statistics, no network
-    import great_expectations as gx
-
-    return gx
-
-
-def _context(gx, gx_root: Path):
-    """The file-backed context at ``gx_root``, with analytics and progress bars off and a bounded index."""
-    context = gx.get_context(mode="file", project_root_dir=gx_root)
-    variables = context.variables
-    if variables.config_variables_file_path:
-        # GX re-reads (YAML-parses) this secrets file on every access to a config variable, a few hundred
-        # times a run (~0.6 s); the project keeps no secrets, so it goes. Takes effect on a new context.
-        variables.config_variables_file_path = None
-        variables.save()
-        context = gx.get_context(mode="file", project_root_dir=gx_root)
-        variables = context.variables
-    changed = False
-    if variables.analytics_enabled is not False:
-        variables.analytics_enabled = False
-        changed = True
-    bars = variables.progress_bars or {}
-    if bars.get("globally") is not False or bars.get("metric_calculations") is not False:
-        from great_expectations.data_context.types.base import ProgressBarsConfig
-
-        variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-        changed = True
-    sites = dict(variables.data_docs_sites or {})
-    site = dict(sites.get(DOCS_SITE) or {})
-    index_builder = dict(site.get("site_index_builder") or {"class_name": "DefaultSiteIndexBuilder"})
-    if site and (index_builder.get("validation_results_limit") != DOCS_INDEX_LIMIT
-                 or site.get("show_how_to_buttons") is not False):
-        index_builder["validation_results_limit"] = DOCS_INDEX_LIMIT
-        site["site_index_builder"] = index_builder
-        site["show_how_to_buttons"] = False
-        sites[DOCS_SITE] = site
-        variables.data_docs_sites = sites
-        changed = True
-    if changed:
-        variables.save()
-    return context
-
-
-def _checkpoint(gx, context, name: str, expectations: list):
-    """Add or update asset ``name`` (+ batch definition, suite, validation definition, checkpoint)."""
-    from great_expectations.checkpoint import UpdateDataDocsAction
-
-    try:
-        source = context.data_sources.get(DATASOURCE)
-    except KeyError:
-        source = context.data_sources.add_pandas(DATASOURCE)
-    try:
-        asset = source.get_asset(name)
-    except LookupError:
-        asset = source.add_dataframe_asset(name)
-    try:
-        batch_definition = asset.get_batch_definition(BATCH_DEFINITION)
-    except KeyError:
-        batch_definition = asset.add_batch_definition_whole_dataframe(BATCH_DEFINITION)
-    suite = context.suites.add_or_update(gx.ExpectationSuite(name=name, expectations=expectations))
-    validation = context.validation_definitions.add_or_update(
-        gx.ValidationDefinition(name=name, data=batch_definition, suite=suite)
-    )
-    checkpoint = context.checkpoints.add_or_update(
-        gx.Checkpoint(
-            name=name,
-            validation_definitions=[validation],
-            actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE])],
-            result_format={"result_format": "SUMMARY", "partial_unexpected_count": PARTIAL_UNEXPECTED_COUNT},
-        )
-    )
-    return checkpoint, validation.suite
-
-
-def _local_pages(sites: list[dict]) -> list[Path]:
-    """Local paths of the file:// pages in a get_docs_sites_urls() answer."""
-    urls = [site.get("site_url") or "" for site in sites]
-    return [Path(unquote(urlparse(url).path)) for url in urls if url.startswith("file://")]
-
-
-@contextlib.contextmanager
-def _locked(gx_root: Path) -> Iterator[None]:
-    """Serialise runs on one GX project: the suites and the project config are shared files."""
-    with open(gx_root / ".recforge-checks.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """GX logs a warning for every expectation it cannot evaluate; the report says it once, better."""
-    logger = logging.getLogger("great_expectations")
-    level = logger.level
-    logger.setLevel(max(level, logging.ERROR))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-# --- report lines ------------------------------------------------------------------------------------
-
-
-def _failure_line(result, frame: pd.DataFrame, params: dict[str, Any]) -> str:
-    config = result.expectation_config
-    kind = config.type
-    kwargs = {k: _resolve(v, params) for k, v in dict(config.kwargs).items()}
-    head = f"{kind}({_describe(kind, kwargs)})"
-    info = result.exception_info or {}
-    error = _exception_message(info)
-    if error is not None:
-        wanted = [kwargs["column"]] if "column" in kwargs else list(kwargs.get("column_list") or [])
-        missing = [c for c in wanted if c not in frame.columns]
-        if missing:
-            reason = ", ".join(f"column '{c}'" for c in missing)
-            if missing == [LABEL_COLUMN]:
-                reason += " (derived from rating)"
-            return f"{head}: not evaluated, {reason} missing"
-        return f"{head}: not evaluated, {error}"
-    return f"{head}: {_observed(kind, result.result or {}, kwargs, frame)}"
-
-
-def _describe(kind: str, kw: dict[str, Any]) -> str:
-    column = kw.get("column")
-    if kind == "expect_table_columns_to_match_set":
-        return ", ".join(kw.get("column_set") or []) + (", exact" if kw.get("exact_match", True) else "")
-    if kind == "expect_column_values_to_be_in_type_list":
-        return f"{column}, integer"
-    if kind == "expect_column_values_to_be_in_set":
-        values = kw.get("value_set") or []
-        return f"{column} in {len(values)} known ids"
-    if kind == "expect_compound_columns_to_be_unique":
-        return ", ".join(kw.get("column_list") or [])
-    if kind == "expect_table_row_count_to_be_between":
-        return f"{kw.get('min_value')}..{kw.get('max_value')} rows"
-    if column == "timestamp" and kind == "expect_column_values_to_be_between":
-        lo, hi = kw.get("min_value"), kw.get("max_value")
-        return f"timestamp, [{_fmt(lo)}, {_fmt(hi)}) = [{_utc(lo)}, {_utc(hi)})"
-    if "min_value" in kw or "max_value" in kw:
-        return f"{column}, {_fmt(kw.get('min_value'))}..{_fmt(kw.get('max_value'))}"
-    return str(column or "")
-
-
-def _observed(kind: str, res: dict[str, Any], kw: dict[str, Any], frame: pd.DataFrame) -> str:
-    if kind == "expect_table_columns_to_match_set":
-        mismatched = (res.get("details") or {}).get("mismatched") or {}
-        parts = []
-        if mismatched.get("missing"):
-            parts.append(f"missing {sorted(mismatched['missing'])}")
-        if mismatched.get("unexpected"):
-            parts.append(f"unexpected {sorted(mismatched['unexpected'])}")
-        return "; ".join(parts) or f"observed {res.get('observed_value')}"
-    if kind == "expect_column_values_to_be_in_type_list":
-        column = kw.get("column")
-        dtype = frame[column].dtype if column in frame.columns else res.get("observed_value")
-        return f"observed dtype {dtype}"
-    if kind == "expect_table_row_count_to_be_between":
-        return f"observed {res.get('observed_value')} rows"
-    if "unexpected_count" in res:
-        line = f"{res['unexpected_count']} of {res.get('element_count')} rows unexpected"
-        examples = _examples(res.get("partial_unexpected_list") or [])
-        if examples and kind != "expect_column_values_to_not_be_null":
-            line += f", e.g. {examples}"
-        return line
-    observed = res.get("observed_value")
-    if kind == "expect_column_mean_to_be_between" and isinstance(observed, float):
-        return f"observed {observed:.3f}"
-    return f"observed {_fmt(observed)}"
-
-
-def _examples(values: list) -> list:
-    """A few distinct unexpected values (sorted where they can be); rows of a compound key as tuples."""
-    distinct: list = []
-    for value in values:
-        value = _json_safe(value)
-        if isinstance(value, dict):
-            value = tuple(value.values())
-        if value not in distinct:
-            distinct.append(value)
-    try:
-        distinct.sort()
-    except TypeError:
-        pass
-    return distinct[:EXAMPLES_SHOWN]
-
-
-def _exception_message(info: dict) -> str | None:
-    """First line of the exception GX caught for an expectation, or None when it raised none."""
-    if not info:
-        return None
-    entries = [info] if "raised_exception" in info or "exception_message" in info else list(info.values())
-    for entry in entries:
-        if isinstance(entry, dict) and (entry.get("raised_exception") or entry.get("exception_message")):
-            message = str(entry.get("exception_message") or "error").strip().splitlines()
-            return message[0] if message else "error"
-    return None
-
-
-def _resolve(value: Any, params: dict[str, Any]) -> Any:
-    if isinstance(value, dict) and "$PARAMETER" in value:
-        return params.get(value["$PARAMETER"], value)
-    return value
-
-
-def _utc(seconds: Any) -> str:
-    try:
-        return dt.datetime.fromtimestamp(int(seconds), dt.UTC).strftime("%Y-%m-%dT%H:%MZ")
-    except (TypeError, ValueError, OverflowError):
-        return str(seconds)
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.4g}"
-    return str(value)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        try:
-            return value.item()
-        except (TypeError, ValueError):
-            return str(value)
-    if value is None or isinstance(value, bool | int | float | str):
-        if isinstance(value, float) and math.isnan(value):
-            return None
-        return value
-    if dataclasses.is_dataclass(value):
-        return _json_safe(dataclasses.asdict(value))
-    return str(value)

@@ -28,7 +28,8 @@ are all tied has no ranking: its rows get 1.0 (ρ taken as 0 by GX; reported as 
 The suite has no day-to-day or variant-to-variant values in it: the bounds are expectation parameters
 (``{"$PARAMETER": ...}``), so one suite, validation definition and checkpoint (``parity_predictions``)
 serves every variant, and each validation is a GX run named after the variant; the checkpoint updates Data
-Docs under ``gx_root`` (the GX project of :mod:`tasks.checks`, whose helpers this module uses).
+Docs under ``gx_root``. The GX plumbing is :mod:`tasks.gx_suites` (the project is the one :mod:`tasks.checks`
+uses; the prediction frame is an asset of the pandas data source ``recforge_predictions``).
 
 Inputs that make parity meaningless (lengths that differ, labels that are not 0/1 or have one class,
 a reference with NaN/inf, a slice column not in the split) raise :class:`DataError` instead of a verdict.
@@ -43,7 +44,6 @@ CLI (exit code 0 = passed, 2 = rejected, 1 = error)::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import math
@@ -58,26 +58,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from tasks.checks import (
-    DOCS_SITE,
-    _checkpoint,
-    _context,
-    _failure_line,
-    _import_gx,
-    _json_safe,
-    _local_pages,
-    _locked,
-    _param,
-    _quiet,
-)
 from tasks.config import config_from_dict
 from tasks.errors import ConfigError, DataError
+from tasks.gx_suites import SuiteRun, json_safe, param, run_checkpoints
 
 if TYPE_CHECKING:
     from tasks.features import Split
 
 log = logging.getLogger(__name__)
 
+DATASOURCE = "recforge_predictions"
 SUITE = "parity_predictions"  # asset, suite, validation definition and checkpoint of the prediction frame
 PREDICTION = "prediction"
 REFERENCE = "reference"
@@ -154,12 +144,12 @@ class ParityVerdict:
             "name": self.name,
             "passed": bool(self.passed),
             "reasons": list(self.reasons),
-            "metrics": _json_safe(dict(self.metrics)),
-            "slices": _json_safe(list(self.slices)),
+            "metrics": json_safe(dict(self.metrics)),
+            "slices": json_safe(list(self.slices)),
             "data_docs_index": str(self.data_docs_index) if self.data_docs_index else None,
             "reference_name": self.reference_name,
             "notes": list(self.notes),
-            "suite_statistics": _json_safe(dict(self.suite_statistics)),
+            "suite_statistics": json_safe(dict(self.suite_statistics)),
             "data_docs_pages": [str(p) for p in self.data_docs_pages],
             "seconds": round(float(self.seconds), 3),
         }
@@ -265,9 +255,13 @@ def validate_variant(
         "mean_ctr_max": ref_mean + config.mean_ctr_tolerance,
         "max_rank_disagreement": 1.0 - config.min_spearman,
     }
-    failed, stats, index, pages = _run_prediction_suite(name, predictions, params, Path(gx_root))
-    for line, kind, column in failed:
-        if kind == "expect_column_mean_to_be_between" and column == RANK_DISAGREEMENT:
+    outcome = run_checkpoints(
+        gx_root, DATASOURCE, [SuiteRun(SUITE, _prediction_expectations, predictions)], run_name=name, params=params
+    )
+    stats, index, pages = outcome.statistics, outcome.data_docs_index, outcome.data_docs_pages
+    for failure in outcome.failures:
+        line = failure.line
+        if failure.type == "expect_column_mean_to_be_between" and failure.column == RANK_DISAGREEMENT:
             if not math.isnan(spearman):
                 rho = f"{spearman:.4f}"
             elif n - nonfinite < 2:
@@ -276,6 +270,8 @@ def validate_variant(
                 rho = "undefined (no ranking: the variant's or the reference's predictions are all tied)"
             line += f" = 1 - Spearman ρ {rho}, need ρ >= {config.min_spearman:g}"
         reasons.append(f"prediction suite: {line}")
+    if not outcome.success and not outcome.failures:
+        reasons.append("prediction suite: validation failed without a failing expectation")
     metrics["suite_unsuccessful_expectations"] = float(stats.get("unsuccessful_expectations", 0))
 
     seconds = time.perf_counter() - started
@@ -492,51 +488,15 @@ def _prediction_expectations() -> list:
     return [
         gxe.ExpectColumnValuesToNotBeNull(column=PREDICTION),
         gxe.ExpectColumnValuesToBeBetween(
-            column=PREDICTION, min_value=_param("prediction_min"), max_value=_param("prediction_max")
+            column=PREDICTION, min_value=param("prediction_min"), max_value=param("prediction_max")
         ),
         gxe.ExpectColumnMeanToBeBetween(
-            column=PREDICTION, min_value=_param("mean_ctr_min"), max_value=_param("mean_ctr_max")
+            column=PREDICTION, min_value=param("mean_ctr_min"), max_value=param("mean_ctr_max")
         ),
         gxe.ExpectColumnMeanToBeBetween(
-            column=RANK_DISAGREEMENT, min_value=0.0, max_value=_param("max_rank_disagreement")
+            column=RANK_DISAGREEMENT, min_value=0.0, max_value=param("max_rank_disagreement")
         ),
     ]
-
-
-def _run_prediction_suite(
-    name: str, frame: pd.DataFrame, params: dict[str, Any], gx_root: Path
-) -> tuple[list[tuple[str, str, str | None]], dict[str, Any], Path, list[Path]]:
-    """Run the prediction suite on ``frame`` as GX run ``name``: (failed (line, type, column) in suite order,
-    statistics, Data Docs index, this run's pages)."""
-    gx_root.mkdir(parents=True, exist_ok=True)
-    with _quiet(), _locked(gx_root):
-        gx = _import_gx()
-        from great_expectations.core.run_identifier import RunIdentifier
-
-        context = _context(gx, gx_root)
-        checkpoint, suite = _checkpoint(gx, context, SUITE, _prediction_expectations())
-        run_id = RunIdentifier(run_name=name, run_time=dt.datetime.now(dt.UTC))
-        outcome = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=params, run_id=run_id)
-        validations, pages = [], []
-        for key, validation in outcome.run_results.items():
-            validations.append(validation)
-            pages += _local_pages(context.get_docs_sites_urls(resource_identifier=key, site_name=DOCS_SITE))
-        found = _local_pages(context.get_docs_sites_urls(site_name=DOCS_SITE))
-        index = found[0] if found else gx_root / "gx" / "uncommitted" / "data_docs" / DOCS_SITE / "index.html"
-
-    order = {e.id: n for n, e in enumerate(suite.expectations)}
-    failed: list[tuple[str, str, str | None]] = []
-    stats = {"evaluated_expectations": 0, "successful_expectations": 0, "unsuccessful_expectations": 0}
-    for validation in validations:
-        for key in stats:
-            stats[key] += int(validation.statistics.get(key, 0))
-        for result in sorted(validation.results, key=lambda r: order.get(r.expectation_config.id, len(order))):
-            if not result.success:
-                config = result.expectation_config
-                failed.append((_failure_line(result, frame, params), config.type, config.kwargs.get("column")))
-        if not validation.success and not failed:
-            failed.append(("validation failed without a failing expectation", "", None))
-    return failed, stats, index, pages
 
 
 if __name__ == "__main__":

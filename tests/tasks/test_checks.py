@@ -246,7 +246,7 @@ def test_config_from_dict():
 def test_config_thresholds_are_applied(clean, gx_root):
     rate = (clean["rating"] >= 4).mean()
     report = run(clean, gx_root, label_rate_max=0.5)
-    assert report.failed == [f"expect_column_mean_to_be_between(label, 0.2..0.5): observed {rate:.3f}"]
+    assert report.failed == [f"expect_column_mean_to_be_between(label, 0.2..0.5): observed {rate:#.4g}"]
     assert run(clean, gx_root, label_threshold=5, label_rate_min=0.1, label_rate_max=0.3).success
 
 

@@ -173,7 +173,7 @@ def test_mean_ctr_shift_fails_the_band_while_auc_holds(data, gx_root):
     ref_mean = v.metrics["ref_mean_ctr"]
     assert band[0].startswith(
         f"prediction suite: expect_column_mean_to_be_between(prediction, {ref_mean - 0.01:.4g}..{ref_mean + 0.01:.4g})"
-        f": observed {v.metrics['mean_ctr']:.3f}")
+        f": observed {v.metrics['mean_ctr']:#.4g}")
     assert v.metrics["delta_mean_ctr"] == pytest.approx(0.05, abs=2e-3)
 
 
@@ -188,7 +188,7 @@ def test_rank_scrambled_variant_fails_spearman(data, gx_root):
     rho = v.metrics["spearman"]
     assert 0.8 < rho < 0.99
     assert (f"prediction suite: expect_column_mean_to_be_between(rank_disagreement, 0..0.01): observed"
-            f" {1 - rho:.3f} = 1 - Spearman ρ {rho:.4f}, need ρ >= 0.99") in v.reasons, v.reasons
+            f" {1 - rho:#.4g} = 1 - Spearman ρ {rho:.4f}, need ρ >= 0.99") in v.reasons, v.reasons
 
 
 def test_one_gender_regression_caught_by_the_slice_rule(data, gx_root):
