@@ -32,8 +32,11 @@ setup: $(VENV)/.installed ## Create .venv (pinned), fetch + verify MovieLens-100
 
 run: setup mlflow-up ## Run one nightly_retrain DAG run through Airflow (DATE=YYYY-MM-DD, CONF='{json}')
 	@date=$${DATE:-$$($(PY) -m tasks.data --print-last-day)}; \
-	echo "nightly_retrain for $$date (MLflow: $$MLFLOW_TRACKING_URI)"; \
-	infra/local/airflow.sh test nightly_retrain "$$date" -c '$(CONF)'
+	$(PY) -m tasks.nightly check --date "$$date" --conf '$(CONF)' >/dev/null; \
+	echo "nightly_retrain for $$date (MLflow: $$MLFLOW_TRACKING_URI; Airflow log: $(RECFORGE_HOME)/run-$$date.log)"; \
+	status=0; infra/local/airflow.sh test nightly_retrain "$$date" -c '$(CONF)' > $(RECFORGE_HOME)/run-$$date.log 2>&1 || status=$$?; \
+	grep -E "\[DAG TEST\] end task|^\s+- |data checks failed|Data Docs:" $(RECFORGE_HOME)/run-$$date.log | sed -E 's/.*\[DAG TEST\] end task task_id=([a-z_]+) map_index=(-?[0-9]+).*/  done: \1 \2/' | uniq || true; \
+	$(PY) -m tasks.nightly report --date "$$date"; exit $$status
 
 mlflow-up: ## Start the MLflow tracking server on 127.0.0.1:5000 (MLFLOW_PORT) unless one is running
 	@if [ "$$MLFLOW_TRACKING_URI" = "http://127.0.0.1:$(MLFLOW_PORT)" ]; then infra/local/mlflow.sh start; \

@@ -112,8 +112,10 @@ def _coerce(owner: str, key: str, hint: Any, value: Any) -> Any:
             raise ConfigError(f"{owner}.{key} must be a list, got {value!r}")
         (item_type, *_rest) = typing.get_args(hint) or (Any,)
         return tuple(_coerce(owner, key, item_type, v) for v in value)
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{owner}.{key} must be a number, got {value!r}")
     if hint in (int, str, bool) and type(value) is not hint:
         raise ConfigError(f"{owner}.{key} must be {hint.__name__}, got {value!r}")
     return value

@@ -30,7 +30,7 @@ import fsspec
 import pandas as pd
 
 from tasks import config
-from tasks.errors import DataError
+from tasks.errors import ConfigError, DataError
 
 RATING_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 
@@ -270,17 +270,26 @@ def fingerprint(data_root: str, upto: dt.date) -> str:
     return digest.hexdigest()
 
 
-def last_day(raw: Path | None = None) -> dt.date:
-    """Last day of the raw data: the default logical date of a run."""
+def first_and_last_day(raw: Path | None = None) -> tuple[dt.date, dt.date]:
+    """First and last day of the raw data (the last one is the default logical date of a run)."""
     ratings, _, _ = read_raw(raw or config.raw_dir())
-    return day_of(ratings["timestamp"]).max()
+    days = day_of(ratings["timestamp"])
+    return days.min(), days.max()
+
+
+def last_day(raw: Path | None = None) -> dt.date:
+    return first_and_last_day(raw)[1]
+
+
+class DateError(ConfigError, argparse.ArgumentTypeError):
+    """A malformed date: a one-line error both for argparse (type=) and for tasks.cli.run_step."""
 
 
 def parse_date(text: str) -> dt.date:
     try:
         return dt.date.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+        raise DateError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
