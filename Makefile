@@ -11,6 +11,7 @@ export MLFLOW_PORT ?= 5000
 export MLFLOW_TRACKING_URI ?= http://127.0.0.1:$(MLFLOW_PORT)
 export GX_ANALYTICS_ENABLED := False
 export MLFLOW_DISABLE_TELEMETRY := true
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 # Logical date of `make run`: default = last day of the data. Override: make run DATE=1998-03-01
 DATE ?=
 CONF ?= {}

@@ -18,3 +18,7 @@ def candidate_asset(family: str) -> Asset:
 
 
 CANDIDATE_ASSETS = {family: candidate_asset(family) for family in CANDIDATE_FAMILIES}
+
+# Emitted by compress_and_validate: the variants that passed the parity gate, per family (for profiling).
+VALIDATED_VARIANTS = Asset(name="recforge_validated_variants", uri="recforge://validated-variants",
+                           group="recforge-variants")

@@ -59,8 +59,8 @@ def report(day: str) -> str:
     lines = [f"nightly-{day}: {run.info.status}  (MLflow run {run.info.run_id}, "
              f"{config.tracking_uri()}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id})"]
     if run.info.status == "FINISHED":
-        lines.append(client.download_artifacts(run.info.run_id, "summary.md") and
-                     open(client.download_artifacts(run.info.run_id, "summary.md")).read())
+        with open(client.download_artifacts(run.info.run_id, "summary.md")) as fh:
+            lines.append(fh.read())
     elif failure := run.data.tags.get("recforge.failure"):
         lines.append(f"failure: {failure}")
     return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""compress_and_validate: compressed variants of every new candidate, gated on accuracy parity.
+
+Scheduled on the candidate Assets of ``nightly_retrain`` (any of them). For each candidate and each base
+(fp32, pruned25/50/75, student) one mapped task builds the base and its precisions (INT8 dynamic, INT8
+static, FP16), scores them and gates them against the fp32 model; ``summarize`` measures latency side by
+side with PyTorch eager and logs the comparison on the candidate's MLflow run; the variants that pass are
+emitted as the validated-variants Asset for profiling. Triggered by hand, it takes the candidates of the
+nightly parent run given as a param (or of the latest finished one).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task
+from recforge_assets import CANDIDATE_ASSETS, VALIDATED_VARIANTS
+
+
+def _params() -> dict:
+    return dict(get_current_context()["params"])
+
+
+@dag(
+    dag_id="compress_and_validate",
+    schedule=CANDIDATE_ASSETS["dlrm"] | CANDIDATE_ASSETS["wide_deep"] | CANDIDATE_ASSETS["ncf"]
+    | CANDIDATE_ASSETS["din"],
+    start_date=pendulum.datetime(1990, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["recforge", "compression", "validation"],
+    default_args={"owner": "recforge", "retries": 1, "retry_delay": timedelta(minutes=2)},
+    doc_md=__doc__,
+    params={
+        "parent_run_id": Param("", type="string", title="Nightly parent run (MLflow run id)",
+                               description="Empty: the triggering candidates, else the latest nightly run."),
+        "families": Param([], type="array", title="Families", description="Empty: every candidate."),
+        "compress_config": Param({}, type="object", title="Compression overrides",
+                                 description="CompressConfig fields, e.g. {\"prune_ratios\": [0.5]}."),
+        "parity_config": Param({}, type="object", title="Parity thresholds",
+                               description="ParityConfig fields, e.g. {\"min_auc_ratio\": 0.999}."),
+    },
+)
+def compress_and_validate():
+    @task
+    def candidates() -> list[dict]:
+        from tasks.compress_validate import find_candidates
+
+        ctx = get_current_context()
+        extras = [event.extra for events in ctx["triggering_asset_events"].values() for event in events]
+        found = find_candidates(extras, _params()["parent_run_id"], _params()["families"])
+        return [c.to_dict() for c in found]
+
+    @task
+    def plan(found: list[dict]) -> list[dict]:
+        from tasks.compress import CompressConfig, plan_bases
+
+        cfg = CompressConfig.from_dict(_params()["compress_config"])
+        return [{"candidate": c, "base": base} for c in found for base in plan_bases(cfg, c["family"])]
+
+    @task(max_active_tis_per_dagrun=1)  # training/fine-tuning uses every core
+    def variants(candidate: dict, base: str) -> list[dict]:
+        from tasks.compress_validate import Candidate, compress_and_validate
+
+        p = _params()
+        return compress_and_validate(Candidate(**candidate), base, p["compress_config"], p["parity_config"])
+
+    @task(outlets=[VALIDATED_VARIANTS])
+    def summarize(found: list[dict], rows: list[list[dict]]) -> dict:
+        from tasks.compress_validate import Candidate, summarize_family
+
+        flat = [r for group in rows for r in group]
+        result = {}
+        for c in found:
+            family_rows = [r for r in flat if r["candidate_run_id"] == c["run_id"]]
+            summary = summarize_family(Candidate(**c), family_rows, _params()["compress_config"])
+            result[c["family"]] = {
+                "candidate_run_id": c["run_id"],
+                "passed": [{k: r[k] for k in ("name", "onnx_path", "variant_run_id", "auc", "size_bytes")}
+                           for r in family_rows if r["passed"]],
+            }
+            print(summary["family"], "passed:", summary["passed"])
+        get_current_context()["outlet_events"][VALIDATED_VARIANTS].extra = {"families": result}
+        return result
+
+    found = candidates()
+    rows = variants.expand_kwargs(plan(found))
+    summarize(found, rows)
+
+
+compress_and_validate()
