@@ -51,22 +51,27 @@ def mlflow_server(tmp_path_factory):
     proc.wait(timeout=30)
 
 
-@pytest.fixture
-def pipeline_env(tmp_path, mlflow_server):
+def make_pipeline_env(root: Path, mlflow_url: str) -> dict:
     """Environment of one isolated pipeline: its own RECFORGE_HOME, Airflow DB and MLflow experiment."""
     from tasks import config
 
     env = os.environ | {
-        "RECFORGE_HOME": str(tmp_path / "home"),
+        "RECFORGE_HOME": str(root / "home"),
         "RECFORGE_RAW_DIR": str(config.raw_dir()),  # reuse the verified download of `make setup`
-        "MLFLOW_TRACKING_URI": mlflow_server,
-        "RECFORGE_EXPERIMENT": f"e2e-{tmp_path.name}",
+        "MLFLOW_TRACKING_URI": mlflow_url,
+        "RECFORGE_EXPERIMENT": f"e2e-{root.name}",
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         "GX_ANALYTICS_ENABLED": "False",
     }
     out = subprocess.run([str(REPO / "infra/local/airflow.sh"), "init"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return env
+
+
+@pytest.fixture
+def pipeline_env(tmp_path, mlflow_server):
+    return make_pipeline_env(tmp_path, mlflow_server)
 
 
 def run_dag(env: dict, dag_id: str, day: str, conf: str = "{}", timeout: int = 1200):

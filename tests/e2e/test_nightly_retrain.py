@@ -12,7 +12,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tests.e2e.conftest import REPO, run_dag
+from tests.e2e.conftest import REPO, make_pipeline_env, run_dag
 
 pytestmark = pytest.mark.e2e
 
@@ -33,8 +33,15 @@ def _runs(env):
     return [] if experiment is None else client.search_runs([experiment.experiment_id])
 
 
-def test_nightly_run_trains_every_family_and_tracks_it(pipeline_env):
-    out = run_dag(pipeline_env, "nightly_retrain", DAY, CONF)
+@pytest.fixture(scope="module")
+def nightly(tmp_path_factory, mlflow_server):
+    """One nightly run on the small slice, shared by the tests of what it produces."""
+    env = make_pipeline_env(tmp_path_factory.mktemp("nightly"), mlflow_server)
+    return env, run_dag(env, "nightly_retrain", DAY, CONF)
+
+
+def test_nightly_run_trains_every_family_and_tracks_it(nightly):
+    pipeline_env, out = nightly
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
 
     runs = _runs(pipeline_env)
@@ -108,3 +115,55 @@ def test_bad_partition_stops_the_run_before_training(pipeline_env):
     assert not (Path(env["RECFORGE_HOME"]) / "work" / DAY / "features").exists()
     # the bad partition is still there for people to look at: nothing repaired or deleted it
     assert len(data.load_partition(root, day)) == len(bad)
+
+
+COMPRESS_CONF = json.dumps({
+    "families": ["dlrm"],
+    "compress_config": {"prune_ratios": [0.5], "finetune_epochs": 1, "distill_epochs": 1, "max_train_rows": 4000,
+                        "calibration_rows": 256, "latency_repeats": 3, "parity_rows": 256},
+})
+
+
+def test_compress_and_validate_gates_and_tracks_every_variant(nightly):
+    env, nightly_out = nightly
+    assert nightly_out.returncode == 0
+    out = run_dag(env, "compress_and_validate", DAY, COMPRESS_CONF)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+
+    client = _client(env)
+    runs = _runs(env)
+    candidate = next(r for r in runs if r.data.tags.get("recforge.stage") == "train"
+                     and r.data.tags["recforge.family"] == "dlrm")
+    variants = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == candidate.info.run_id]
+    names = sorted(r.data.tags["recforge.variant"] for r in variants)
+    assert names == sorted(f"{base}{suffix}" for base in ("fp32", "pruned50", "student")
+                           for suffix in ("", "+int8_dynamic", "+int8_static", "+fp16"))
+    by_name = {r.data.tags["recforge.variant"]: r for r in variants}
+    assert by_name["fp32"].data.tags["recforge.parity"] == "passed"  # the reference is at parity with itself
+    for run in variants:
+        assert run.data.params["technique"] and run.data.params["bits"] in {"8", "16", "32"}
+        assert run.data.metrics["size_bytes"] > 0 and "auc" in run.data.metrics
+        if run.data.tags["recforge.parity"] == "passed":
+            assert run.data.metrics["auc"] >= 0.999 * by_name["fp32"].data.metrics["auc"]
+            assert [a.path for a in client.list_artifacts(run.info.run_id, "onnx")]
+    assert by_name["fp32+int8_dynamic"].data.metrics["size_bytes"] < by_name["fp32"].data.metrics["size_bytes"] / 3
+    artifacts = {a.path for a in client.list_artifacts(candidate.info.run_id, "compression")}
+    assert artifacts == {"compression/summary.json", "compression/summary.md", "compression/auc_vs_size.png"}
+
+    db = Path(env["RECFORGE_HOME"]) / "airflow" / "airflow.db"
+    with sqlite3.connect(db) as conn:
+        (extra,) = conn.execute("select e.extra from asset_event e join asset a on a.id = e.asset_id "
+                                "where a.uri = 'recforge://validated-variants'").fetchone()
+    passed = json.loads(extra)["families"]["dlrm"]["passed"]
+    assert {p["name"] for p in passed} == {n for n, r in by_name.items() if r.data.tags["recforge.parity"] == "passed"}
+    assert all(Path(p["onnx_path"]).exists() for p in passed)
+
+
+def test_corrupt_candidate_stops_compression_with_a_clear_message(nightly):
+    env, _ = nightly
+    onnx_path = Path(env["RECFORGE_HOME"]) / "work" / DAY / "models" / "ncf" / "model.onnx"
+    onnx_path.write_bytes(b"not an onnx file")
+    out = run_dag(env, "compress_and_validate", DAY, json.dumps({"families": ["ncf"]}))
+    assert out.returncode != 0
+    assert "candidate ncf (MLflow run" in out.stdout + out.stderr
+    assert "model.onnx is corrupt" in out.stdout + out.stderr
