@@ -153,7 +153,7 @@ def test_compress_and_validate_gates_and_tracks_every_variant(nightly):
     db = Path(env["RECFORGE_HOME"]) / "airflow" / "airflow.db"
     with sqlite3.connect(db) as conn:
         (extra,) = conn.execute("select e.extra from asset_event e join asset a on a.id = e.asset_id "
-                                "where a.uri = 'recforge://validated-variants'").fetchone()
+                                "where a.name = 'recforge_validated_variants'").fetchone()
     passed = json.loads(extra)["families"]["dlrm"]["passed"]
     assert {p["name"] for p in passed} == {n for n, r in by_name.items() if r.data.tags["recforge.parity"] == "passed"}
     assert all(Path(p["onnx_path"]).exists() for p in passed)
