@@ -7,7 +7,18 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from tasks.errors import RecForgeError
+from tasks.errors import ConfigError, RecForgeError
+
+
+def json_object(text: str | None, what: str = "--config") -> dict[str, Any]:
+    """Parse a JSON object given on a command line; a ConfigError naming ``what`` otherwise."""
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{what} is not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what} must be a JSON object, got {text!r}")
+    return value
 
 
 def run_step(step: Callable[[], Any]) -> int:

@@ -513,6 +513,16 @@ def preprocess(src: str | Path, dst: str | Path) -> Path:
     return Path(dst)
 
 
+def _set_nodes(graph: Any, nodes: list) -> None:
+    """Replace ``graph``'s nodes and drop the initializers no node reads any more."""
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
 def gemm_to_matmul(src: str | Path, dst: str | Path) -> int:
     """Rewrite every Gemm with an initializer weight (alpha = beta = 1, no transA) as MatMul (+ Add for the
     bias); ORT's dynamic quantizer quantizes MatMul but not Gemm. Returns the number of Gemms rewritten."""
@@ -541,12 +551,7 @@ def gemm_to_matmul(src: str | Path, dst: str | Path) -> int:
             rewritten += 1
         else:
             nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    used = {name for node in graph.node for name in node.input}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    _set_nodes(graph, nodes)
     onnx.save(model, str(dst))
     return rewritten
 
@@ -607,13 +612,8 @@ def int8_weight_only(src: str | Path, dst: str | Path, node_names: Sequence[str]
             node.input[1] = f"{name}_dequantized"
             converted.append(name)
     if converted:
-        nodes = new_nodes + list(graph.node)  # DequantizeLinear reads initializers only: first is topological
-        del graph.node[:]
-        graph.node.extend(nodes)
-        used = {name for node in graph.node for name in node.input}
-        kept = [t for t in graph.initializer if t.name in used]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+        # DequantizeLinear reads initializers only: putting it first is topological
+        _set_nodes(graph, new_nodes + list(graph.node))
     onnx.save(model, str(dst))
     return converted
 
@@ -1097,15 +1097,10 @@ def main(argv: list[str] | None = None) -> int:
                                                         "default: every base of the config")
     parser.add_argument("--config", default="{}", help="CompressConfig overrides as JSON")
     args = parser.parse_args(argv)
-    from tasks.cli import run_step
+    from tasks.cli import json_object, run_step
 
     def step() -> list[dict[str, Any]]:
-        try:
-            overrides = json.loads(args.config)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"--config is not valid JSON: {err}") from None
-        if not isinstance(overrides, dict):
-            raise ConfigError("--config must be a JSON object")
+        overrides = json_object(args.config)
         cfg = CompressConfig.from_dict(overrides)
         for base in args.base or []:
             parse_base(base)

@@ -311,17 +311,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", action="append", help="base(s) to build (default: all of the family)")
     parser.add_argument("--config", default="{}", help='{"compress": {...}, "parity": {...}} overrides as JSON')
     args = parser.parse_args(argv)
-    from tasks.cli import run_step
+    from tasks.cli import json_object, run_step
 
     def step():
         import mlflow
 
         from tasks.compress import CompressConfig, plan_bases
 
-        try:
-            overrides = json.loads(args.config)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"--config is not valid JSON: {err}") from None
+        overrides = json_object(args.config)
         run = mlflow.MlflowClient(config.tracking_uri()).get_run(args.candidate_run)
         if run.data.tags.get("recforge.stage") != "train":
             raise ConfigError(f"MLflow run {args.candidate_run} is not a training run of nightly_retrain")

@@ -10,10 +10,10 @@ log); ``report`` prints the MLflow parent run of that date with each family's te
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from tasks import config, data
+from tasks.cli import json_object
 from tasks.errors import ConfigError, DataError
 
 NIGHTLY_PARAMS = ("families", "train_config", "check_config")
@@ -28,12 +28,7 @@ def check_conf(day: str, conf_text: str) -> dict:
     first, last = data.first_and_last_day(config.raw_dir())
     if not first <= date <= last:
         raise ConfigError(f"date {date} is outside the data ({first}..{last})")
-    try:
-        conf = json.loads(conf_text or "{}")
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"CONF is not valid JSON: {err}") from None
-    if not isinstance(conf, dict):
-        raise ConfigError(f"CONF must be a JSON object, got {conf_text!r}")
+    conf = json_object(conf_text, "CONF")
     unknown = sorted(set(conf) - set(NIGHTLY_PARAMS))
     if unknown:
         raise ConfigError(f"unknown param(s) {unknown}; nightly_retrain takes {list(NIGHTLY_PARAMS)}")

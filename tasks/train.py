@@ -315,14 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-run-id", help="MLflow parent run to nest under")
     parser.add_argument("--config", default="{}", help="TrainConfig overrides as JSON")
     args = parser.parse_args(argv)
-    from tasks.cli import run_step
+    from tasks.cli import json_object, run_step
 
     def step():
-        try:
-            overrides = json.loads(args.config)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"--config is not valid JSON: {err}") from None
-        cfg = TrainConfig.from_dict(overrides)
+        cfg = TrainConfig.from_dict(json_object(args.config))
         if args.family not in cfg.families and args.family not in _families():
             raise ConfigError(f"unknown family {args.family!r}; choose from {sorted(_families())}")
         out = args.out or args.features.parent / "models" / args.family

@@ -44,7 +44,6 @@ CLI (exit code 0 = passed, 2 = rejected, 1 = error)::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import re
@@ -335,19 +334,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-name", default=REFERENCE_NAME, help="name of the reference in reasons")
     args = parser.parse_args(argv)
     from tasks import config as project
-    from tasks.cli import run_step
+    from tasks.cli import json_object, run_step
 
     outcome: dict[str, bool] = {}
 
     def step() -> dict[str, Any]:
         from tasks.features import load_split
 
-        try:
-            overrides = json.loads(args.config)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"--config is not valid JSON: {err}") from None
-        if not isinstance(overrides, dict):
-            raise ConfigError(f"--config must be a JSON object, got {args.config!r}")
+        overrides = json_object(args.config)
         cfg = ParityConfig.from_dict(overrides)
         split = load_split(args.features, args.split)
         verdict = validate_variant(
