@@ -27,7 +27,8 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-setup: $(VENV)/.installed ## Create .venv (pinned), fetch + verify MovieLens-100K, init the Airflow DB
+setup: $(VENV)/.installed ## Create .venv (pinned), install HAProxy (Debian), fetch + verify MovieLens-100K, init the Airflow DB
+	infra/local/system-packages.sh
 	$(PY) -m tasks.data --fetch-only
 	infra/local/airflow.sh init
 

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Debian packages RecForge needs outside the venv: HAProxy (the local fleet's load balancer).
+# Idempotent: installs only what is missing. Needs root (or sudo) the first time.
+set -euo pipefail
+missing=()
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "installing Debian packages: ${missing[*]}"
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian starts the packaged service on 0.0.0.0 defaults; RecForge runs its own haproxy processes.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet haproxy 2>/dev/null; then $SUDO systemctl stop haproxy || true; fi
+if [ -f /run/haproxy.pid ]; then $SUDO kill "$(cat /run/haproxy.pid)" 2>/dev/null || true; fi
+haproxy -v | head -1
