@@ -22,3 +22,8 @@ CANDIDATE_ASSETS = {family: candidate_asset(family) for family in CANDIDATE_FAMI
 # Emitted by compress_and_validate: the variants that passed the parity gate, per family (for profiling).
 VALIDATED_VARIANTS = Asset(name="recforge_validated_variants", uri="recforge://validated-variants",
                            group="recforge-variants")
+
+# Emitted by profile_variants: the serving profiles of the validated variants, per family and target (for
+# registration). Extra: {"families": {family: {"candidate_run_id", "profiles": [{variant, variant_run_id, target,
+# path, lbt_qps, ...}]}}}; each profile JSON is also an artifact ``profile/<target>.json`` of its variant run.
+PROFILES = Asset(name="recforge_profiles", uri="recforge://profiles", group="recforge-variants")

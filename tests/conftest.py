@@ -1,16 +1,23 @@
-"""Shared fixtures: a tiny synthetic data root, and the real MovieLens raw files."""
+"""Shared fixtures: a tiny synthetic data root, the real MovieLens raw files, and a real MLflow server."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import socket
+import subprocess
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 DAY0 = dt.date(1998, 1, 1)
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(os.environ.get("RECFORGE_VENV", REPO / ".venv")) / "bin"
 
 
 def synthetic_tables(days: int = 30, users: int = 40, items: int = 60, per_day: int = 80, seed: int = 0):
@@ -61,3 +68,39 @@ def movielens_raw():
     from tasks import config, data
 
     return data.fetch_movielens(config.raw_dir())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 with a SQLite store and a local artifact root."""
+    state = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    log = open(state / "server.log", "w")
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{state}/mlflow.db", "--artifacts-destination", str(state / "art")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if requests.get(f"{url}/health", timeout=2).ok:
+                break
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow server exited: {(state / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    else:
+        pytest.fail("mlflow server did not become healthy in 120 s")
+    yield url
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
