@@ -41,7 +41,8 @@ for dag_id, dag in bag.dags.items():
         "schedule": getattr(dag.timetable, "summary", str(dag.timetable)),
         "timetable": type(dag.timetable).__name__,
         "tasks": {
-            t.task_id: {"retries": t.retries, "trigger_rule": getattr(t.trigger_rule, "value", str(t.trigger_rule))}
+            t.task_id: {"retries": t.retries, "trigger_rule": getattr(t.trigger_rule, "value", str(t.trigger_rule)),
+                        "upstream": sorted(t.upstream_task_ids)}
             for t in dag.tasks
         },
         "params": {k: {"title": (v.schema or {}).get("title")} for k, v in dag.params.items()},

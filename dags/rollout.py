@@ -1,0 +1,111 @@
+"""rollout: a release manager rolls a registered model version out to the Triton fleet, canaried.
+
+Triggered by hand (``schedule=None``; also ``make rollout MODEL=... TARGET=...``). Steps, each a shim over
+``tasks.rollout``:
+
+1. ``resolve``: the version to roll out (an explicit version or an alias, default ``champion-<target>``), its ONNX
+   file downloaded and its SHA-256 checked against the registry, and what every fleet node serves now;
+2. ``stage_canary``: the version loaded on one canary node (through that node's own repository API, never the
+   load balancer); a model that fails to load stops here;
+3. ``smoke_test``: known inputs, expected outputs (computed with onnxruntime from the verified file);
+4. ``canary``: the canary gets ``canary_weight_pct`` of the traffic while the DeepRecSys load generator runs
+   through the load balancer for ``canary_duration_s``; gate on p95 and error rate (load generator and the
+   canary's Triton metrics);
+5. ``promote``: the other nodes, one at a time, drained first, then updated and put back at their weights.
+
+Any failure after the fleet was touched runs ``rollback`` (previous version and weights restored on every node);
+the outcome and its figures go to the MLflow model version and the rollout history either way, and a rolled-back
+rollout fails the DAG run.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task
+
+
+def _params() -> dict:
+    return dict(get_current_context()["params"])
+
+
+def _run_id() -> str:
+    return str(get_current_context()["run_id"])
+
+
+@dag(
+    dag_id="rollout",
+    schedule=None,
+    start_date=pendulum.datetime(1990, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,  # one rollout at a time: the fleet is shared state
+    tags=["recforge", "serving", "rollout"],
+    # retries would re-run a gate against a fleet this run already changed: never
+    default_args={"owner": "recforge", "retries": 0},
+    doc_md=__doc__,
+    params={
+        "model": Param("recforge-dlrm", type="string", title="Registered model",
+                       description="MLflow registered model name, e.g. recforge-dlrm."),
+        "target": Param("cpu", type="string", title="Hardware target",
+                        description="Target whose champion is rolled out (the fleet's target), e.g. cpu."),
+        "version": Param("", type="string", title="Version or alias",
+                         description="A version number or an alias; empty: champion-<target>."),
+        "canary_weight_pct": Param(10, type="integer", minimum=1, maximum=50, title="Canary weight (%)",
+                                   description="Share of the traffic the canary node gets during the canary."),
+        "canary_duration_s": Param(30, type="integer", minimum=5, maximum=3600, title="Canary duration (s)",
+                                   description="How long the canary serves under load before the gate."),
+        "p95_slo_ms": Param(0.0, type="number", minimum=0, title="p95 SLO (ms)",
+                            description="p95 latency limit of the gate; 0: the profile's p95 target."),
+        "max_error_rate": Param(0.001, type="number", minimum=0, maximum=1, title="Max error rate",
+                                description="Failed requests / requests allowed during the canary."),
+        "load_qps": Param(0.0, type="number", minimum=0, title="Canary load (queries/s)",
+                          description="Offered load during the canary; 0: half the fleet's profiled capacity."),
+    },
+)
+def rollout():
+    @task
+    def resolve() -> dict:
+        from tasks.rollout import RolloutConfig, resolve_plan
+
+        return resolve_plan(RolloutConfig.from_params(_params()), dag_run_id=_run_id())
+
+    @task
+    def stage_canary(plan: dict) -> dict:
+        from tasks.rollout import stage_canary
+
+        return stage_canary(plan)
+
+    @task
+    def smoke_test(plan: dict) -> dict:
+        from tasks.rollout import smoke_test
+
+        return smoke_test(plan)
+
+    @task
+    def canary(plan: dict) -> dict:
+        from tasks.rollout import canary
+
+        return canary(plan)
+
+    @task
+    def promote(plan: dict) -> dict:
+        from tasks.rollout import promote
+
+        return promote(plan)
+
+    @task(trigger_rule="one_failed")
+    def rollback() -> None:
+        """Restore the previous version and weights on every node, record the outcome, fail the run. Reads the
+        rollout's own state file (not XCom), so it works whichever step failed."""
+        from tasks.rollout import rollback_and_fail
+
+        rollback_and_fail(dag_run_id=_run_id())
+
+    plan = resolve()
+    staged = stage_canary(plan)
+    smoked = smoke_test(staged)
+    gated = canary(smoked)
+    done = promote(gated)
+    [plan, staged, smoked, gated, done] >> rollback()
+
+
+rollout()
