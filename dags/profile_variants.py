@@ -1,0 +1,94 @@
+"""profile_variants: serving profiles of the validated variants, per hardware target, logged in MLflow.
+
+Scheduled on the validated-variants Asset of ``compress_and_validate``. ``plan`` picks per family the passing
+variants on the accuracy/latency Pareto front (fastest first, at most ``max_variants_per_family``) plus the fp32
+reference; ``profile`` (one mapped task per variant, one at a time: load tests need quiet cores) measures the
+latency-bounded throughput on every configured target and logs the profile JSON, metrics and plots on the
+variant's MLflow run; ``summarize`` logs the table and the Pareto plot on each family's training run and emits
+the profiles Asset for registration. Triggered by hand, it takes the validated variants of the nightly run given
+as a param (or of one candidate run, or of the latest finished nightly run).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task
+from recforge_assets import PROFILES, VALIDATED_VARIANTS
+
+
+def _params() -> dict:
+    return dict(get_current_context()["params"])
+
+
+def _stage_config() -> dict:
+    """ProfileStageConfig fields from the params (targets / profile_config override the stage overrides)."""
+    p = _params()
+    cfg = dict(p["stage_config"])
+    if p["targets"]:
+        cfg["targets"] = p["targets"]
+    if p["profile_config"]:
+        cfg["profile"] = p["profile_config"]
+    return cfg
+
+
+@dag(
+    dag_id="profile_variants",
+    schedule=VALIDATED_VARIANTS,
+    start_date=pendulum.datetime(1990, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["recforge", "profiling"],
+    default_args={"owner": "recforge", "retries": 1, "retry_delay": timedelta(minutes=2)},
+    doc_md=__doc__,
+    params={
+        "families": Param([], type="array", items={"type": "string"}, title="Families",
+                          description="Empty: every family with validated variants."),
+        "targets": Param([], type="array", items={"type": "string"}, title="Hardware targets",
+                         description="Target kinds or names, e.g. [\"cpu-onnxruntime\", \"cpu-triton\", \"gpu\"]. "
+                                     "Empty: all of them; unknown or unavailable ones are reported and skipped."),
+        "profile_config": Param({}, type="object", title="Profiling overrides",
+                                description="ProfileConfig fields, e.g. {\"point_duration_s\": 2, \"p95_target_ms\": "
+                                            "25}."),
+        "stage_config": Param({}, type="object", title="Selection overrides",
+                              description="ProfileStageConfig fields, e.g. {\"max_variants_per_family\": 2}."),
+        "parent_run_id": Param("", type="string", title="Nightly parent run (MLflow run id)",
+                               description="Manual trigger: profile the validated variants of this nightly run. "
+                                           "Empty: the triggering asset events, else the latest nightly run."),
+        "candidate_run_id": Param("", type="string", title="Candidate run (MLflow run id)",
+                                  description="Manual trigger: only this family's training run."),
+    },
+)
+def profile_variants():
+    @task
+    def plan() -> list[dict]:
+        from tasks.profile_variants import ProfileStageConfig, plan_profiles
+
+        ctx = get_current_context()
+        extras = [event.extra for events in ctx["triggering_asset_events"].values() for event in events]
+        p = _params()
+        return plan_profiles(extras, parent_run_id=p["parent_run_id"], candidate_run_id=p["candidate_run_id"],
+                             families=p["families"], cfg=ProfileStageConfig.from_dict(_stage_config()))
+
+    @task(max_active_tis_per_dagrun=1, execution_timeout=timedelta(minutes=30))  # load tests need quiet cores
+    def profile(job: dict) -> dict:
+        from tasks.profile_variants import profile_one
+
+        return profile_one(job, _stage_config())
+
+    @task(outlets=[PROFILES])
+    def summarize(results: list[dict]) -> dict:
+        from tasks.profile_variants import format_summary, profiles_asset_extra, summarize_profiles
+
+        summaries = summarize_profiles(list(results))
+        for summary in summaries.values():
+            print(format_summary(summary))
+        extra = profiles_asset_extra(summaries)
+        get_current_context()["outlet_events"][PROFILES].extra = extra
+        return extra
+
+    summarize(profile.expand(job=plan()))
+
+
+profile_variants()
