@@ -16,10 +16,10 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 DATE ?=
 CONF ?= {}
 
-.PHONY: help setup run compress profile ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean
+.PHONY: help setup run compress profile ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON_BIN) -m venv $(VENV)
@@ -81,6 +81,9 @@ lock: ## Re-resolve the pinned environment into requirements.lock (after changin
 	/tmp/recforge-lock/bin/pip install -q -e ".[dev]"
 	{ head -2 requirements.lock; /tmp/recforge-lock/bin/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
+
+k8s-manifests: $(VENV)/.installed ## Generate Kubernetes manifests for the Triton fleet, Airflow and MLflow
+	$(PY) -m serving.k8s --config infra/k8s/deploy.example.json --out infra/k8s/generated
 
 clean: mlflow-down ## Stop services and delete local state (.recforge: data, MLflow, Airflow DB)
 	-infra/local/airflow.sh stop
