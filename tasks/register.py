@@ -378,6 +378,7 @@ def register_version(choice: ProfiledVariant, partition: Mapping[str, str], *, c
     tags = version_tags(choice, onnx_artifact, partition, dag_run_id)
     version = client.create_model_version(
         name, source=f"runs:/{choice.run_id}/{onnx_artifact}", run_id=choice.run_id, tags=tags,
+        await_creation_for=0,  # a run artifact is READY at once; MLflow's default poll only sleeps
         description=f"{choice.family}/{choice.variant} for target {choice.target}: "
                     f"LBT {choice.lbt_qps:.0f} qps at p95 <= {choice.profile['p95_target_ms']} ms, "
                     f"AUC {choice.auc:.4f}")
@@ -586,8 +587,12 @@ def rollback_alias(model: str, target: str, *, reason: str = "rollback", dag_run
 
 
 def champion(model: str, target: str, *, with_profile: bool = True) -> dict[str, Any]:
-    """What the rollout stage serves for ``target``: the champion version's source URI, SHA-256, variant and
-    profile (the document itself when ``with_profile``). ConfigError when the target has no champion."""
+    """What the rollout stage serves for ``target``: the champion version's source URI (the ONNX file itself,
+    ``runs:/<variant run>/onnx/<file>.onnx``), SHA-256, variant and profile (the document itself when
+    ``with_profile``). ConfigError when the target has no champion.
+
+    Fetch the file with :func:`download_champion` (it checks the SHA-256). ``models_uri`` names the version in
+    the registry, but MLflow downloads a ``models:/`` URI as a folder, which a single-file source is not."""
     client = _client()
     name = alias(CHAMPION, target)
     try:
@@ -608,6 +613,21 @@ def champion(model: str, target: str, *, with_profile: bool = True) -> dict[str,
 
         info["profile"] = json.loads(mlflow.artifacts.load_text(info["profile_uri"]))
     return info
+
+
+def download_champion(model: str, target: str, dest: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(local ONNX file, :func:`champion` info) of ``champion-<target>``; DataError unless the file's SHA-256 is
+    the one registered."""
+    import mlflow
+
+    info = champion(model, target, with_profile=False)
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    path = Path(mlflow.artifacts.download_artifacts(artifact_uri=info["source"], dst_path=str(dest)))
+    if not path.is_file() or file_sha256(path) != info["onnx_sha256"]:
+        raise DataError(f"{model} v{info['version']} ({info['alias']}): {info['source']} downloaded to {path} does "
+                        f"not have the registered SHA-256 {str(info['onnx_sha256'])[:12]}…; do not serve it, "
+                        "re-register the variant")
+    return path, info
 
 
 # --------------------------------------------------------------------------------------------------------------
