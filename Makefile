@@ -16,7 +16,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 DATE ?=
 CONF ?= {}
 
-.PHONY: help setup run compress profile ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests
+.PHONY: help setup run compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -52,6 +52,12 @@ profile: setup mlflow-up ## Profile the latest validated variants per hardware t
 	grep -E "\[DAG TEST\] end task|plan [a-z_]+:|profiled |skipped |^error|Error:" $(RECFORGE_HOME)/profile-$$date.log | sed -E 's/.*\[DAG TEST\] end task task_id=([a-z_]+) map_index=(-?[0-9]+).*/  done: \1 \2/; s/^.*(plan|profiled|skipped) /\1 /' | uniq || true; \
 	[ $$status -ne 0 ] || $(PY) -m tasks.profile_variants report; \
 	echo "log: $(RECFORGE_HOME)/profile-$$date.log"; exit $$status
+
+register: setup mlflow-up ## Register the best profiled variant per (family, target) in MLflow and propose rollouts (CONF='{json}')
+	@date=$${DATE:-$$($(PY) -m tasks.data --print-last-day)}; \
+	status=0; infra/local/airflow.sh test register_models "$$date" -c '$(CONF)' > $(RECFORGE_HOME)/register-$$date.log 2>&1 || status=$$?; \
+	grep -E "\[DAG TEST\] end task|registered |alias |stays a candidate|proposed rollout:|not promoted:|^error|Error:" $(RECFORGE_HOME)/register-$$date.log | sed -E 's/.*\[DAG TEST\] end task task_id=([a-z_]+) map_index=(-?[0-9]+).*/  done: \1 \2/' || true; \
+	echo "log: $(RECFORGE_HOME)/register-$$date.log"; $(PY) -m tasks.register show --history 5; exit $$status
 
 mlflow-up: ## Start the MLflow tracking server on 127.0.0.1:5000 (MLFLOW_PORT) unless one is running
 	@if [ "$$MLFLOW_TRACKING_URI" = "http://127.0.0.1:$(MLFLOW_PORT)" ]; then infra/local/mlflow.sh start; \

@@ -668,8 +668,8 @@ def register_family(candidate_run_id: str, *, cfg: RegisterConfig | Mapping[str,
 def find_profiled_candidates(extras: Sequence[Mapping[str, Any] | None] = (), *, parent_run_id: str = "",
                              candidate_run_id: str = "", families: Sequence[str] = ()) -> list[dict[str, str]]:
     """[{family, candidate_run_id}] to register: the ``candidate_run_id`` given, else the families of the PROFILES
-    event ``extras`` (the newest event per family wins), else the training runs of the nightly run
-    ``parent_run_id`` (default: the latest finished one). DataError when there is none."""
+    event ``extras`` (the newest event per family wins), else the profiled training runs (``profile/summary.json``)
+    of the nightly run ``parent_run_id`` (default: the latest finished one). DataError when there is none."""
     by_family: dict[str, str] = {}
     if candidate_run_id:
         run = _client().get_run(candidate_run_id)
@@ -692,7 +692,9 @@ def find_profiled_candidates(extras: Sequence[Mapping[str, Any] | None] = (), *,
             parent_run_id = latest[0].info.run_id
         for run in client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
                                       "tags.`recforge.stage` = 'train'"):
-            if run.data.tags.get("recforge.family") != BASELINE_FAMILY:
+            profiled = any(a.path == f"{PROFILE_DIR}/summary.json"  # logged by profile_variants per family
+                           for a in client.list_artifacts(run.info.run_id, PROFILE_DIR))
+            if run.data.tags.get("recforge.family") != BASELINE_FAMILY and profiled:
                 by_family[run.data.tags["recforge.family"]] = run.info.run_id
     chosen = [{"family": f, "candidate_run_id": r} for f, r in sorted(by_family.items())
               if not families or f in families]
