@@ -115,8 +115,9 @@ def serving_config_from_profile(profile: Mapping[str, Any] | str | Path, *, sour
                                 max_batch_size: int | None = None) -> ServingConfig:
     """The serving config a profile document (``serving/profile_schema.json``; a dict or a JSON file) argues for.
 
-    * ``max_batch_size``: the largest request the client sends (``search.best_knobs.sub_batch``) or the largest
-      preferred batch, whichever is larger (``max_batch_size`` overrides);
+    * ``max_batch_size``: the one the profile ran with (``search.best_knobs.max_batch_size``, cpu-triton), else the
+      largest request the client sends (``sub_batch``) or the largest preferred batch, whichever is larger
+      (the ``max_batch_size`` argument overrides);
     * ``preferred_batch_size`` / ``max_queue_delay_microseconds`` / ``instance_count``: the Triton knobs of
       ``search.best_knobs`` (a cpu-triton profile); otherwise the workers of the profiled target become the
       instance count, with no preferred size and the default queue delay;
@@ -151,7 +152,10 @@ def serving_config_from_profile(profile: Mapping[str, Any] | str | Path, *, sour
     if "preferred_batch" in knobs:
         sources["preferred_batch_size"] = knob("preferred_batch")
     sub_batch = int(knobs.get("sub_batch", 0))
-    if max_batch_size is None:
+    if max_batch_size is None and "max_batch_size" in knobs:  # a cpu-triton profile measured with this one
+        max_batch_size = int(knobs["max_batch_size"])
+        sources["max_batch_size"] = knob("max_batch_size") + " (the Triton max_batch_size the search ran with)"
+    elif max_batch_size is None:
         candidates = [b for b in (sub_batch, *preferred) if b]
         if not candidates:
             raise ConfigError(f"{where} has neither sub_batch nor preferred_batch in search.best_knobs; pass "

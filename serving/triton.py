@@ -303,6 +303,20 @@ class TritonServer:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def log_excerpt(self, chars: int = LOG_TAIL_CHARS) -> str:
+        """The log's error lines (Triton's ``E...`` lines, "error", "unrecognized", "failed"), then its tail: a
+        server that dies at start prints its reason first and a long usage text after it."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        pattern = ("error", "unrecognized", "failed", "invalid")
+        errors = [line for line in text.splitlines()
+                  if (line[:1] == "E" and line[1:2].isdigit()) or any(p in line.lower() for p in pattern)]
+        tail = text[-chars:]
+        picked = [line for line in errors[:20] if line not in tail]
+        return ("\n".join(picked) + "\n...\n" if picked else "") + tail
+
     def log_tail(self, chars: int = LOG_TAIL_CHARS) -> str:
         try:
             with open(self.log_path, "rb") as fh:
@@ -335,12 +349,12 @@ class TritonServer:
         while True:
             if self.process.poll() is not None:
                 raise TritonError(f"tritonserver exited with code {self.process.returncode} before it was ready "
-                                  f"(log {self.log_path}):\n{self.log_tail()}")
+                                  f"(log {self.log_path}):\n{self.log_excerpt()}")
             if self.ready():
                 self.ready_after_s = time.monotonic() - (self.started_at or time.monotonic())
                 return self
             if time.monotonic() > deadline:
-                tail = self.log_tail()
+                tail = self.log_excerpt()
                 self.stop()
                 waited = self.startup_timeout_s if timeout is None else timeout
                 raise TritonError(f"tritonserver on {self.url} was not ready after {waited:g} s "
