@@ -16,7 +16,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 DATE ?=
 CONF ?= {}
 
-.PHONY: help setup run compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests
+.PHONY: help setup run compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests bench
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -52,6 +52,11 @@ profile: setup mlflow-up ## Profile the latest validated variants per hardware t
 	grep -E "\[DAG TEST\] end task|plan [a-z_]+:|profiled |skipped |^error|Error:" $(RECFORGE_HOME)/profile-$$date.log | sed -E 's/.*\[DAG TEST\] end task task_id=([a-z_]+) map_index=(-?[0-9]+).*/  done: \1 \2/; s/^.*(plan|profiled|skipped) /\1 /' | uniq || true; \
 	[ $$status -ne 0 ] || $(PY) -m tasks.profile_variants report; \
 	echo "log: $(RECFORGE_HOME)/profile-$$date.log"; exit $$status
+
+# `make bench` overrides, e.g. BENCH_CONF='{"families":["dlrm"],"synthetic":[],"point_duration_s":0.5}' (tasks/bench.py)
+BENCH_CONF ?= {}
+bench: setup ## Benchmark: RecForge's best variant vs PyTorch eager per family, the roofline, synthetic RMC1-3 (BENCH_CONF='{json}')
+	$(PY) -m tasks.bench --config '$(BENCH_CONF)'
 
 register: setup mlflow-up ## Register the best profiled variant per (family, target) in MLflow and propose rollouts (CONF='{json}')
 	@date=$${DATE:-$$($(PY) -m tasks.data --print-last-day)}; \
