@@ -15,8 +15,16 @@ Targets:
   ``sub_batch``, ``workers``.
 * :class:`GpuTorch` (kind ``gpu-torch``): a placeholder; ``available()`` checks ``torch.cuda.is_available()``
   and ``make_load_target`` raises until GPU serving is built.
-* TODO(cpu-triton): a Triton Inference Server CPU target (kind ``cpu-triton``, knobs from
-  ``profile_search.triton_axes``) is a later piece.
+* :class:`CpuTriton` (kind ``cpu-triton``): a real ``tritonserver`` (``serving.triton``) on 127.0.0.1 serving a
+  local-flavour model repository (``serving.model_repo``: python backend running onnxruntime) over HTTP; knobs
+  ``sub_batch`` and ``profile_search.triton_axes`` (``preferred_batch``, ``queue_delay_us``, ``instances``), plus
+  ``threads`` per instance. One server per profiled variant, one model per knob setting (only the setting being
+  measured is loaded); the server is stopped when the variant's profiling ends.
+
+A hardware target may also have ``close()`` (called when :func:`profile_variant` is done with it, also on
+failure) and ``latency_vs_batch(load_target, batches, repeats)`` (single-request latency measured through its
+own serving stack instead of in-process onnxruntime); a load target may have ``activate()`` (called before each
+use: a server-side target makes its knob setting the live one) and ``close()``.
 
 CLI::
 
@@ -34,6 +42,11 @@ import logging
 import math
 import os
 import re
+import shutil
+import socket
+import statistics
+import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +62,8 @@ from tasks.profile_search import (
     Measurement,
     build_profile,
     deeprecsched_axes,
+    knob_key,
+    triton_axes,
     validate_profile,
 )
 
@@ -130,6 +145,199 @@ class CpuOnnxRuntime:
         return f"CpuOnnxRuntime(name={self.name!r}, threads={self.threads})"
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on 127.0.0.1 (held open together while chosen, so they differ)."""
+    sockets = []
+    try:
+        for _ in range(n):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+class _TritonSetting:
+    """The load target of one knob setting on :class:`CpuTriton`'s server: model ``model`` (its own folder in the
+    repository). ``activate()`` makes it the loaded model; ``infer`` sends HTTP requests to it."""
+
+    def __init__(self, owner: CpuTriton, model: str, spec: Any, pool: int, max_batch: int):
+        self.owner, self.model, self.spec, self.pool = owner, model, spec, pool
+        self.name = f"triton:{model}"
+        self.max_batch = max_batch
+        self.client: Any = None
+
+    def activate(self) -> None:
+        self.owner._activate(self.model)
+        if self.client is None:
+            from serving.triton import TritonHttpTarget
+
+            self.client = TritonHttpTarget(self.owner.server.url, self.model, self.spec, max_batch=self.max_batch,
+                                           seed=self.owner.seed, pool=self.pool)
+
+    def infer(self, n_items: int) -> None:
+        self.client.infer(n_items)
+
+    def latency_ms(self, n_items: int, repeats: int, warmup: int = 2) -> float:
+        """Median ms of one request of ``n_items`` sent alone (no queueing), HTTP round trip included."""
+        for _ in range(warmup):
+            self.client.infer(n_items)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self.client.infer(n_items)
+            times.append((time.perf_counter() - start) * 1000.0)
+        return statistics.median(times)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+class CpuTriton:
+    """A real Triton Inference Server on the CPU (``serving.triton.TritonServer``: the nvidia-pytriton
+    ``tritonserver``, python backend running onnxruntime, ``threads`` intra-op threads per instance unless a
+    ``threads`` knob says otherwise).
+
+    ``make_load_target`` writes a local-flavour model repository entry for the knob setting (``max_batch_size``,
+    ``preferred_batch``, ``queue_delay_us``, ``instances``, ``threads``), starts the server on free 127.0.0.1
+    ports on first use (explicit model control), and returns a load target whose ``activate()`` loads that
+    model and unloads the previous setting's. :meth:`close` stops the server and deletes the repository.
+    ``server_args`` are extra tritonserver arguments."""
+
+    kind = "cpu-triton"
+
+    def __init__(self, threads: int = 1, *, name: str = "cpu-triton", max_batch: int = MAX_ITEMS, seed: int = 0,
+                 startup_timeout_s: float = 120.0, server_args: Sequence[str] = (),
+                 work_root: str | Path | None = None):
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ConfigError(f"CpuTriton.threads must be an integer >= 1, got {threads!r}")
+        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or not 1 <= max_batch <= MAX_ITEMS:
+            raise ConfigError(f"CpuTriton.max_batch must be an integer in [1, {MAX_ITEMS}], got {max_batch!r}")
+        self.threads, self.name, self.max_batch, self.seed = threads, name, max_batch, seed
+        self.startup_timeout_s = startup_timeout_s
+        self.server_args = tuple(server_args)
+        self.work_root = Path(work_root) if work_root is not None else None
+        self.server: Any = None
+        self.server_version = ""
+        self._dir: Path | None = None
+        self._models: dict[str, str] = {}  # knob key -> model name
+        self._settings: list[_TritonSetting] = []
+        self._active: str | None = None
+
+    def available(self) -> tuple[bool, str]:
+        from serving.triton import check_installation
+
+        return check_installation()
+
+    def describe(self) -> str:
+        stack = f"tritonserver {self.server_version}" if self.server_version else "tritonserver"
+        return f"{_cpu_model()}, {_cpu_count()} cores; {stack} (nvidia-pytriton), python backend + onnxruntime"
+
+    def _ensure_server(self) -> Any:
+        from serving.triton import TritonError, TritonServer
+
+        if self.server is not None and self.server.alive():
+            return self.server
+        if self.server is not None:  # it died: say so rather than silently starting another
+            raise TritonError(f"tritonserver of target {self.name} exited (code {self.server.process.returncode}):\n"
+                              f"{self.server.log_tail()}")
+        from tasks.config import recforge_home
+
+        root = self.work_root or recforge_home() / "triton" / "profiling"
+        root.mkdir(parents=True, exist_ok=True)
+        self._dir = Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir=root))
+        (self._dir / "repo").mkdir()
+        for attempt in range(3):  # a free port can be taken between choosing it and the server binding it
+            http, grpc, metrics = free_ports(3)
+            server = TritonServer(self._dir / "repo", http_port=http, grpc_port=grpc, metrics_port=metrics,
+                                  log_path=self._dir / "tritonserver.log", model_control="explicit",
+                                  extra_args=self.server_args, startup_timeout_s=self.startup_timeout_s)
+            try:
+                server.start().wait_ready()
+            except TritonError as err:
+                server.stop()
+                if attempt < 2 and "address already in use" in str(err).lower():
+                    continue
+                raise
+            self.server = server
+            break
+        try:
+            self.server_version = self.server.http.get(f"{self.server.url}/v2", timeout=5).json().get("version", "")
+        except Exception:  # the version is decoration only
+            self.server_version = ""
+        log.info("tritonserver for target %s ready in %.1f s at %s", self.name, self.server.ready_after_s,
+                 self.server.url)
+        return self.server
+
+    def _activate(self, model: str) -> None:
+        if self._active == model:
+            return
+        server = self._ensure_server()
+        if self._active is not None:  # one setting at a time: its instances get the cores alone
+            server.unload_model(self._active)
+            self._active = None
+        server.load_model(model)
+        self._active = model
+
+    def make_load_target(self, onnx_path: str | Path, spec: Any, knobs: Mapping[str, Any]) -> _TritonSetting:
+        from serving.model_repo import ServingConfig, write_model_repository
+
+        serving = ServingConfig(
+            max_batch_size=int(knobs.get("max_batch_size", self.max_batch)),
+            preferred_batch_size=tuple(sorted(int(b) for b in knobs.get("preferred_batch", ()))),
+            max_queue_delay_microseconds=int(knobs.get("queue_delay_us", 0)),
+            instance_count=int(knobs.get("instances", 1)),
+            threads_per_instance=int(knobs.get("threads", self.threads)),
+            warmup_batch_sizes=(1,),
+            sources={k: f"cpu-triton profiling: knob setting under evaluation {json.dumps(dict(knobs))}"
+                     for k in ("max_batch_size", "preferred_batch_size", "max_queue_delay_microseconds",
+                               "instance_count", "threads_per_instance")},
+        )
+        key = knob_key({**serving.to_dict(), "sources": None, "onnx": str(onnx_path)})
+        server = self._ensure_server()
+        model = self._models.get(key)
+        if model is None:
+            model = f"setting_{len(self._models) + 1}"
+            write_model_repository(server.model_repository, model_name=model, onnx_path=onnx_path, spec=spec,
+                                   serving_config=serving, flavour="local",
+                                   provenance={"purpose": f"cpu-triton profiling of {onnx_path}",
+                                               "knobs": dict(knobs)})
+            self._models[key] = model
+        pool = int(knobs.get("workers", 2)) + 2
+        setting = _TritonSetting(self, model, spec, pool, serving.max_batch_size)
+        setting.activate()
+        self._settings.append(setting)
+        return setting
+
+    def latency_vs_batch(self, load_target: Any, batches: Sequence[int], repeats: int) -> dict[int, float]:
+        """{batch: median ms of one request alone} through the server at ``load_target``'s knob setting; batches
+        above the model's max_batch_size are left out."""
+        load_target.activate()
+        return {int(b): load_target.latency_ms(int(b), repeats) for b in sorted(set(batches))
+                if int(b) <= load_target.max_batch}
+
+    def close(self) -> None:
+        """Stop the server and delete its model repository (idempotent)."""
+        for setting in self._settings:
+            setting.close()
+        self._settings.clear()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+        self._models.clear()
+        self._active = None
+
+    def __repr__(self) -> str:
+        return f"CpuTriton(name={self.name!r}, threads={self.threads})"
+
+
 class GpuTorch:
     """GPU placeholder (kind ``gpu-torch``): detected through ``torch.cuda``; serving on it is not built yet, so
     ``make_load_target`` raises (``profile_all`` reports that as the target's one-line error)."""
@@ -163,7 +371,7 @@ class GpuTorch:
 
 def default_targets(threads: int = 1) -> list[HardwareTarget]:
     """Every target this stage knows, available here or not."""
-    return [CpuOnnxRuntime(threads=threads), GpuTorch()]
+    return [CpuOnnxRuntime(threads=threads), CpuTriton(threads=threads), GpuTorch()]
 
 
 def probe_targets(candidates: Sequence[HardwareTarget]) -> tuple[list[HardwareTarget], dict[str, str]]:
@@ -224,6 +432,11 @@ class ProfileConfig:
     max_evaluations: int = 12  # knob settings the hill climb may evaluate
     latency_batches: tuple[int, ...] = (1, 16, 64, 256, 1024)
     latency_repeats: int = 20
+    # cpu-triton only: the profile_search.triton_axes searched next to sub_batch, and the load generator's
+    # concurrent HTTP requests (Triton's own queue and instances schedule them; more in flight lets it batch)
+    triton_queue_delays_us: tuple[int, ...] = (0, 100, 500, 2000)
+    triton_max_instances: int = 2
+    triton_workers: int = 4
 
     def __post_init__(self) -> None:
         self.lbt_config()  # validates the LBT fields
@@ -242,6 +455,11 @@ class ProfileConfig:
             raise ConfigError(f"ProfileConfig.latency_batches must be integers in [1, {MAX_ITEMS}], "
                               f"got {self.latency_batches}")
         self.query_sizes()  # validates sizes
+        triton_axes(self.max_sub_batch, max_instances=self.triton_max_instances,
+                    queue_delays_us=self.triton_queue_delays_us)  # validates the Triton axes
+        if not _int_ok(self.triton_workers, 1, 256):
+            raise ConfigError(f"ProfileConfig.triton_workers must be an integer in [1, 256], "
+                              f"got {self.triton_workers!r}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> ProfileConfig:
@@ -296,16 +514,26 @@ def load_doc(sizes: QuerySizes, sub_batch_axis: Sequence[int]) -> dict[str, Any]
     return doc
 
 
-def _search_space(target: HardwareTarget, cfg: ProfileConfig) -> tuple[dict[str, tuple], dict[str, Any]]:
-    """(axes, fixed knobs): DeepRecSched's sub-batch axis, plus intra-op threads on CPU targets."""
+def _search_space(target: HardwareTarget, cfg: ProfileConfig) -> tuple[dict[str, tuple], dict[str, Any], dict]:
+    """(axes, fixed knobs, start): DeepRecSched's sub-batch axis, plus intra-op threads on CPU targets, plus the
+    Triton axes on cpu-triton (climbed from plain serving: no preferred size, the shortest queue delay, one
+    instance; the Triton max_batch_size is a fixed knob, so that a profile records it)."""
     axes = dict(deeprecsched_axes(cfg.max_sub_batch, min_sub_batch=cfg.min_sub_batch))
     fixed: dict[str, Any] = {"workers": cfg.workers}
+    start: dict[str, Any] = {}
     if target.kind.startswith("cpu-"):
         if len(cfg.threads) > 1:
             axes["threads"] = tuple(cfg.threads)
         else:
             fixed["threads"] = cfg.threads[0]
-    return axes, fixed
+    if target.kind == "cpu-triton":
+        triton = triton_axes(cfg.max_sub_batch, max_instances=cfg.triton_max_instances,
+                             queue_delays_us=cfg.triton_queue_delays_us)
+        axes.update(triton)
+        fixed["workers"] = cfg.triton_workers
+        fixed["max_batch_size"] = int(getattr(target, "max_batch", MAX_ITEMS))
+        start = {"preferred_batch": [], "queue_delay_us": triton["queue_delay_us"][0], "instances": 1}
+    return axes, fixed, start
 
 
 def latency_vs_batch(onnx_path: str | Path, spec: Any, batches: Sequence[int], threads: int, repeats: int,
@@ -331,13 +559,15 @@ def profile_variant(onnx_path: str | Path, spec: Any, target: HardwareTarget, *,
     if not onnx_path.is_file():
         raise ConfigError(f"onnx_path {onnx_path} is not a file")
     sizes = cfg.query_sizes()
-    axes, fixed = _search_space(target, cfg)
+    axes, fixed, start = _search_space(target, cfg)
     load_targets: dict[str, Any] = {}  # one loaded model per knob setting that changes the session
 
     def load_target(knobs: Mapping[str, Any]) -> Any:
         key = json.dumps({k: v for k, v in knobs.items() if k not in ("sub_batch", "workers")}, sort_keys=True)
         if key not in load_targets:
             load_targets[key] = target.make_load_target(onnx_path, spec, dict(knobs))
+        elif hasattr(load_targets[key], "activate"):  # a server-side setting another one may have displaced
+            load_targets[key].activate()
         return load_targets[key]
 
     def measure(rate: float, knobs: dict) -> Measurement:
@@ -358,17 +588,32 @@ def profile_variant(onnx_path: str | Path, spec: Any, target: HardwareTarget, *,
                            errors=int(result.errors), queries=int(result.queries))
 
     evaluator = LBTEvaluator(measure, cfg.lbt_config())
-    search = HillClimb(axes, fixed=fixed, max_evaluations=cfg.max_evaluations).search(evaluator)
-    lbt = evaluator.result_for(search.best_knobs)
-    threads = int(search.best_knobs.get("threads", getattr(target, "threads", 1)))
-    batch_ms = latency_vs_batch(onnx_path, spec, cfg.latency_batches, threads, cfg.latency_repeats, cfg.seed)
+    notes = []
+    try:
+        search = HillClimb(axes, start, fixed=fixed, max_evaluations=cfg.max_evaluations).search(evaluator)
+        lbt = evaluator.result_for(search.best_knobs)
+        threads = int(search.best_knobs.get("threads", getattr(target, "threads", 1)))
+        if hasattr(target, "latency_vs_batch"):  # through the target's own serving stack
+            batch_ms = target.latency_vs_batch(load_target(search.best_knobs), cfg.latency_batches,
+                                               cfg.latency_repeats)
+            notes.append("latency_vs_batch measured through the server at the best knobs (HTTP round trip "
+                         "included)")
+        else:
+            batch_ms = latency_vs_batch(onnx_path, spec, cfg.latency_batches, threads, cfg.latency_repeats, cfg.seed)
+        device = target.describe()
+    finally:  # servers and sessions end with the variant's profiling, also when it fails
+        for used in load_targets.values():
+            if hasattr(used, "close"):
+                used.close()
+        if hasattr(target, "close"):
+            target.close()
     doc = build_profile(
         model_family=family, variant=variant, variant_run_id=variant_run_id, onnx_sha256=file_sha256(onnx_path),
-        target={"name": target.name, "kind": target.kind, "device": target.describe(), "threads": threads,
+        target={"name": target.name, "kind": target.kind, "device": device, "threads": threads,
                 "workers": int(search.best_knobs.get("workers", cfg.workers))},
         load=load_doc(sizes, axes["sub_batch"]), search=search, lbt=lbt, accuracy=accuracy,
         latency_vs_batch=batch_ms,
-        notes=[f"{len(evaluator.results)} knob settings, {cfg.point_duration_s:g} s per load point"],
+        notes=[f"{len(evaluator.results)} knob settings, {cfg.point_duration_s:g} s per load point", *notes],
     )
     validate_profile(doc)
     return doc
@@ -422,12 +667,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="profile.json",
                         help="profile JSON; with several targets one file per target: <stem>.<target>.json")
     parser.add_argument("--config", default=None, help="ProfileConfig as a JSON object")
+    parser.add_argument("--targets", default=None,
+                        help="comma-separated target names or kinds (default: all: cpu, cpu-triton, gpu)")
     args = parser.parse_args(argv)
 
     def step() -> dict:
         cfg = ProfileConfig.from_dict(json_object(args.config))
         accuracy = json_object(args.accuracy, "--accuracy")
-        targets = [CpuOnnxRuntime(threads=cfg.threads[0]), GpuTorch()]
+        known = [CpuOnnxRuntime(threads=cfg.threads[0]), CpuTriton(threads=cfg.threads[0]), GpuTorch()]
+        names = [n.strip() for n in args.targets.split(",") if n.strip()] if args.targets else None
+        if names is None:
+            targets = known
+        else:
+            unknown = [n for n in names if not any(n in (t.name, t.kind) for t in known)]
+            if unknown:
+                raise ConfigError(f"--targets: unknown target(s) {unknown}; known: "
+                                  f"{', '.join(f'{t.name} ({t.kind})' for t in known)}")
+            targets = [t for t in known if t.name in names or t.kind in names]
         profiles, skipped = profile_all(args.onnx, args.spec, targets, family=args.family, variant=args.variant,
                                         variant_run_id=args.run_id, accuracy=accuracy, cfg=cfg)
         if not profiles:

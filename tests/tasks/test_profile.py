@@ -71,7 +71,7 @@ def test_detect_targets_here_skips_gpu(caplog):
     skipped: dict[str, str] = {}
     with caplog.at_level(logging.INFO, logger="tasks.profile"):
         found = prof.detect_targets(skipped=skipped)
-    assert [t.kind for t in found] == ["cpu-onnxruntime"]
+    assert [t.kind for t in found] == ["cpu-onnxruntime", "cpu-triton"]
     assert isinstance(found[0], prof.HardwareTarget)
     assert skipped == {"gpu": "no CUDA device: skipped"}
     assert "gpu skipped: no CUDA device" in caplog.text
@@ -93,7 +93,8 @@ def test_cli_writes_a_profile_and_reports_errors_on_one_line(model, tmp_path, ca
     config = json.dumps({**TINY, "max_sub_batch": 64, "max_steps": 1, "latency_batches": [1]})
     out = tmp_path / "p.json"
     rc = prof.main(["--onnx", str(path), "--spec", str(spec_path), "--family", "ncf", "--variant", "fp32",
-                    "--run-id", RUN_ID, "--accuracy", json.dumps(ACCURACY), "--out", str(out), "--config", config])
+                    "--run-id", RUN_ID, "--accuracy", json.dumps(ACCURACY), "--out", str(out), "--config", config,
+                    "--targets", "cpu,gpu"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["profiles"][0]["path"] == str(out) and summary["skipped"] == {"gpu": "no CUDA device: skipped"}
@@ -119,3 +120,61 @@ def test_bad_run_id_is_the_callers_error(model):
     with pytest.raises(ConfigError, match="variant_run_id"):
         prof.profile_all(path, spec, [prof.CpuOnnxRuntime()], family="ncf", variant="fp32", variant_run_id="local",
                          accuracy=ACCURACY, cfg=prof.ProfileConfig.from_dict(TINY))
+
+
+def test_cli_refuses_unknown_targets(model, capsys):
+    path, _, spec_path = model
+    rc = prof.main(["--onnx", str(path), "--spec", str(spec_path), "--family", "ncf", "--variant", "fp32",
+                    "--run-id", RUN_ID, "--accuracy", json.dumps(ACCURACY), "--targets", "cpu,tpu"])
+    assert rc == 1 and "unknown target(s) ['tpu']" in capsys.readouterr().err
+
+
+def test_profile_config_validates_the_triton_axes():
+    with pytest.raises(ConfigError, match="queue_delays_us"):
+        prof.ProfileConfig.from_dict({"triton_queue_delays_us": [100, 0]})
+    with pytest.raises(ConfigError, match="triton_workers"):
+        prof.ProfileConfig.from_dict({"triton_workers": 0})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# cpu-triton: a real tritonserver
+
+
+@pytest.mark.triton
+def test_profile_variant_on_cpu_triton(model, tmp_path):
+    from serving import model_repo
+
+    path, spec, _ = model
+    cfg = prof.ProfileConfig.from_dict({**TINY, "max_sub_batch": 64, "max_evaluations": 3,
+                                        "triton_queue_delays_us": [0, 500], "triton_workers": 3})
+    target = prof.CpuTriton(threads=1, max_batch=256, work_root=tmp_path)
+    assert target.available() == (True, "")
+    doc = prof.profile_variant(path, spec, target, family="ncf", variant="fp32", variant_run_id=RUN_ID,
+                               accuracy=ACCURACY, cfg=cfg)
+    validate_profile(doc)
+    assert doc["target"]["kind"] == "cpu-triton" and "tritonserver 2." in doc["target"]["device"]
+    assert doc["latency_bounded_throughput_qps"] > 0
+    best = doc["search"]["best_knobs"]
+    assert {"sub_batch", "preferred_batch", "queue_delay_us", "instances", "max_batch_size"} <= set(best)
+    first = doc["search"]["evaluations"][0]["knobs"]  # climbed from plain serving
+    assert (first["preferred_batch"], first["queue_delay_us"], first["instances"]) == ([], 0, 1)
+    assert len(doc["search"]["evaluations"]) == 3 and best["max_batch_size"] == 256 and best["workers"] == 3
+    assert [row["batch"] for row in doc["latency_vs_batch"]] == [1, 16]
+    # the server is gone and its repository deleted once the variant is profiled
+    assert target.server is None and list(tmp_path.iterdir()) == []
+    # the profile turns into a serving config whose values name it
+    serving = model_repo.serving_config_from_profile(doc, source="p.json")
+    assert (serving.max_batch_size, serving.instance_count) == (256, best["instances"])
+    assert serving.max_queue_delay_microseconds == best["queue_delay_us"]
+
+
+@pytest.mark.triton
+def test_a_triton_target_that_cannot_start_is_reported_and_skipped(model, tmp_path):
+    path, _, spec_path = model
+    cfg = prof.ProfileConfig.from_dict({**TINY, "max_sub_batch": 64, "max_steps": 1, "latency_batches": [1]})
+    broken = prof.CpuTriton(server_args=["--no-such-option"], work_root=tmp_path)
+    profiles, skipped = prof.profile_all(path, spec_path, [broken, prof.CpuOnnxRuntime()], family="ncf",
+                                         variant="fp32", variant_run_id=RUN_ID, accuracy=ACCURACY, cfg=cfg)
+    assert [p["target"]["kind"] for p in profiles] == ["cpu-onnxruntime"]
+    assert skipped["cpu-triton"].startswith("TritonError: tritonserver exited with code 1 before it was ready")
+    assert broken.server is None and list(tmp_path.iterdir()) == []
