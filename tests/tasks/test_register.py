@@ -111,6 +111,7 @@ class Pipeline:
             c.log_dict(run_id, {}, "profile/skipped.json")  # profile_variants writes it beside the profiles
             c.set_terminated(run_id)
             run_ids[name] = run_id
+        c.log_dict(train, {"family": FAMILY}, "profile/summary.json")  # profile_variants' mark of a profiled family
         c.set_terminated(train)
         c.set_terminated(parent)
         return train, run_ids
