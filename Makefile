@@ -49,7 +49,7 @@ compress: setup mlflow-up ## Run compress_and_validate on the latest nightly run
 profile: setup mlflow-up ## Profile the latest validated variants per hardware target: LBT, plots, Pareto front (CONF='{json}')
 	@date=$${DATE:-$$($(PY) -m tasks.data --print-last-day)}; \
 	status=0; infra/local/airflow.sh test profile_variants "$$date" -c '$(CONF)' > $(RECFORGE_HOME)/profile-$$date.log 2>&1 || status=$$?; \
-	grep -E "\[DAG TEST\] end task|plan [a-z_]+:|profiled |skipped |^error|Error:" $(RECFORGE_HOME)/profile-$$date.log | sed -E 's/.*\[DAG TEST\] end task task_id=([a-z_]+) map_index=(-?[0-9]+).*/  done: \1 \2/; s/^.*(plan|profiled|skipped) /\1 /' | uniq || true; \
+	grep -E "\[DAG TEST\] end task|\] (plan [a-z_]+:|profiled |skipped )|^error|Error:" $(RECFORGE_HOME)/profile-$$date.log | sed -E 's/.*\[DAG TEST\] end task task_id=([a-z_]+) map_index=(-?[0-9]+).*/  done: \1 \2/; s/^[^]]*\] (plan|profiled|skipped) /  \1 /; s/ +\[tasks\.profile_variants\] loc=.*$$//' | uniq || true; \
 	[ $$status -ne 0 ] || $(PY) -m tasks.profile_variants report; \
 	echo "log: $(RECFORGE_HOME)/profile-$$date.log"; exit $$status
 
