@@ -228,13 +228,13 @@ def load_profiled_variants(candidate_run_id: str) -> tuple[list[ProfiledVariant]
     runs = client.search_runs([candidate.info.experiment_id],
                               f"tags.`mlflow.parentRunId` = '{candidate_run_id}' and "
                               "tags.`recforge.stage` = 'compress'", max_results=5000)
-    variants, problems = [], []
+    variants, problems, unprofiled = [], [], []
     for run in sorted(runs, key=lambda r: r.data.tags.get("recforge.variant", "")):
         run_id, tags = run.info.run_id, run.data.tags
         files = [a.path for a in client.list_artifacts(run_id, PROFILE_DIR)
                  if a.path.endswith(".json") and Path(a.path).name not in NOT_PROFILES]
         if not files:
-            problems.append(f"{family}/{tags.get('recforge.variant')}: no profile (not profiled)")
+            unprofiled.append(tags.get("recforge.variant", run_id))
             continue
         for path in files:
             with tempfile.TemporaryDirectory() as tmp:
@@ -249,6 +249,8 @@ def load_profiled_variants(candidate_run_id: str) -> tuple[list[ProfiledVariant]
                                   f"{doc['variant_run_id']}, not this run ({family}); re-run profile_variants")
             variants.append(ProfiledVariant(profile=doc, parity=tags.get("recforge.parity", ""),
                                             size_bytes=run.data.metrics.get("size_bytes"), artifact=path))
+    if unprofiled:
+        problems.append(f"{len(unprofiled)} variant(s) of {family} have no profile: {', '.join(unprofiled)}")
     return variants, problems
 
 
@@ -503,6 +505,10 @@ def judge(new_tags: Mapping[str, str], incumbent_version: str | None, incumbent_
         return Blessing("kept_incumbent", f"incumbent v{incumbent_version} has no usable recforge.lbt_qps/"
                         "recforge.auc tags to compare with; compare by hand and move the alias with MLflow",
                         **common)
+    slo = _number(new_tags, "recforge.p95_target_ms"), _number(incumbent_tags, "recforge.p95_target_ms")
+    if None not in slo and slo[0] != slo[1]:
+        return Blessing("kept_incumbent", f"profiled under another SLO (p95 <= {slo[0]} ms) than incumbent "
+                        f"v{incumbent_version} (p95 <= {slo[1]} ms): LBTs do not compare; compare by hand", **common)
     gain = new_lbt / inc_lbt - 1
     common["lbt_gain"] = gain
     hosts = common["new_host"], common["incumbent_host"]

@@ -189,6 +189,9 @@ def test_judge_margin_and_auc_tolerance():
     assert decide(200.0, 0.7485).decision == "kept_incumbent"
     assert "different hosts" in decide(200.0, 0.75, host="b").reason
     assert register.judge(inc, None, None, cfg, version="1").decision == "first_champion"
+    other_slo = {"recforge.lbt_qps": "900", "recforge.auc": "0.8", "recforge.p95_target_ms": "50.0"}
+    assert "another SLO" in register.judge(other_slo, "3", inc | {"recforge.p95_target_ms": "25.0"}, cfg,
+                                           version="4").reason
     with pytest.raises(ConfigError, match="margin"):
         RegisterConfig.from_dict({"margin": -0.1})
     with pytest.raises(ConfigError, match="unknown key"):
