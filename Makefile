@@ -16,7 +16,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 DATE ?=
 CONF ?= {}
 
-.PHONY: help setup run compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests bench
+.PHONY: help setup run compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests bench test-triton
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -83,6 +83,9 @@ test: setup ## Run the whole test suite (unit, DAG integrity, end-to-end with re
 
 test-fast: ## Run the tests without the end-to-end tier
 	$(PY) -m pytest -m "not e2e"
+
+test-triton: ## Run the Triton tier: real tritonserver on 127.0.0.1 (serving, model repositories, cpu-triton profiling)
+	$(PY) -m pytest tests/serving/test_triton.py tests/serving/test_model_repo.py tests/tasks/test_profile.py
 
 lint: ## Lint with ruff
 	$(VENV)/bin/ruff check .
