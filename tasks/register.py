@@ -250,7 +250,8 @@ def load_profiled_variants(candidate_run_id: str) -> tuple[list[ProfiledVariant]
             variants.append(ProfiledVariant(profile=doc, parity=tags.get("recforge.parity", ""),
                                             size_bytes=run.data.metrics.get("size_bytes"), artifact=path))
     if unprofiled:
-        problems.append(f"{len(unprofiled)} variant(s) of {family} have no profile: {', '.join(unprofiled)}")
+        names = ", ".join(unprofiled[:6]) + (f" and {len(unprofiled) - 6} more" if len(unprofiled) > 6 else "")
+        problems.append(f"{len(unprofiled)} variant(s) of {family} have no profile: {names}")
     return variants, problems
 
 
