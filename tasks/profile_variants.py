@@ -46,12 +46,14 @@ log = logging.getLogger(__name__)
 
 REFERENCE_VARIANT = "fp32"
 DEFAULT_TARGETS = ("cpu-onnxruntime", "cpu-triton", "gpu")
-# The stage's profiling budget on top of tasks.profile.ProfileConfig's defaults: about 25 s per (variant, target)
-# on 2 cores, so that four families x (3 Pareto variants + fp32) stay within ~10 min. threads=1: with 2 workers
-# on 2 cores a second intra-op thread only oversubscribes (measured: LBT 125 vs 350 qps at sub-batch 16).
+# The stage's profiling budget on top of tasks.profile.ProfileConfig's defaults: about 20 s per (variant, target)
+# on 2 cores, so that four families x (Pareto variants + fp32) x (onnxruntime + Triton) stay within ~10 min.
+# threads=1: with 2 workers on 2 cores a second intra-op thread only oversubscribes (measured: LBT 125 vs 350 qps
+# at sub-batch 16). Sub-batches from 32: 16 was never the best on onnxruntime and gave Triton LBT 0 (too many
+# HTTP requests per query), where a hill climb cannot start. start_qps 50: Triton's LBT here is ~100-200 qps.
 STAGE_PROFILE_DEFAULTS: dict[str, Any] = {
-    "point_duration_s": 1.0, "start_qps": 100.0, "max_steps": 7, "tolerance": 0.2, "threads": [1],
-    "max_evaluations": 4, "latency_repeats": 10,
+    "point_duration_s": 1.0, "start_qps": 50.0, "max_steps": 7, "tolerance": 0.2, "threads": [1],
+    "min_sub_batch": 32, "max_evaluations": 4, "latency_repeats": 10,
 }
 
 
