@@ -540,7 +540,7 @@ def bench_family(run: FamilyRun, cfg: BenchConfig, limits: Any) -> dict:
         "seconds": time.perf_counter() - started,
     }
     result["lbt_ratio"] = _ratio(result["recforge"]["lbt_qps"], result["baseline"]["lbt_qps"])
-    result["p95_ratio"] = _ratio(ours_at.p95_ms, base_at.p95_ms)
+    result["p95_ratio"] = _ratio(result["same_load"]["recforge"]["p95_ms"], result["same_load"]["baseline"]["p95_ms"])
     return result
 
 
