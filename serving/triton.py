@@ -48,6 +48,7 @@ from tasks.errors import ConfigError, RecForgeError
 STUB_PYTHON = "3.11"  # the stub must match the interpreter whose packages it embeds (the venv's)
 PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 LOG_TAIL_CHARS = 3000
+BODY_CACHE_SIZES = 64  # request bodies kept per load target (sub-batch sizes repeat; memory stays bounded)
 
 # numpy dtype <-> KServe v2 datatype (config.pbtxt uses TYPE_<same name>, except BYTES -> TYPE_STRING)
 V2_DATATYPES = {
@@ -537,8 +538,8 @@ class TritonHttpTarget:
     """``serving.loadgen`` target: a sub-batch of n items is one HTTP inference request to ``model``.
 
     The inputs of ``max_batch`` rows are built once (``model_defs.export.example_inputs``), and the request
-    body of each sub-batch size is built once and reused. The connection pool holds ``pool`` connections
-    (at least the load generator's workers). A non-200 answer raises, which the load generator counts as a
+    bodies of the first 64 sub-batch sizes seen are built once and reused. The connection pool holds ``pool``
+    connections (at least the load generator's workers). A non-200 answer raises, which the load generator counts as a
     failed query. The constructor sends one request of ``max_batch`` and one of 1 item (a check that the
     model serves inputs of this spec)."""
 
@@ -573,7 +574,8 @@ class TritonHttpTarget:
         if body is None:
             body = encode_request({k: v[:n_items] for k, v in self._inputs.items()}, [self.output])
             with self._lock:
-                self._bodies[n_items] = body
+                if len(self._bodies) < BODY_CACHE_SIZES:
+                    self._bodies[n_items] = body
         return body
 
     def infer(self, n_items: int) -> None:

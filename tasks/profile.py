@@ -63,6 +63,7 @@ from tasks.profile_search import (
     build_profile,
     deeprecsched_axes,
     knob_key,
+    mean_items_per_query,
     triton_axes,
     validate_profile,
 )
@@ -516,8 +517,8 @@ def load_doc(sizes: QuerySizes, sub_batch_axis: Sequence[int]) -> dict[str, Any]
 
 def _search_space(target: HardwareTarget, cfg: ProfileConfig) -> tuple[dict[str, tuple], dict[str, Any], dict]:
     """(axes, fixed knobs, start): DeepRecSched's sub-batch axis, plus intra-op threads on CPU targets, plus the
-    Triton axes on cpu-triton (climbed from plain serving: no preferred size, the shortest queue delay, one
-    instance; the Triton max_batch_size is a fixed knob, so that a profile records it)."""
+    Triton axes on cpu-triton (climbed from plain serving: one request per typical query, no preferred size, the
+    shortest queue delay, one instance; the Triton max_batch_size is a fixed knob, so that a profile records it)."""
     axes = dict(deeprecsched_axes(cfg.max_sub_batch, min_sub_batch=cfg.min_sub_batch))
     fixed: dict[str, Any] = {"workers": cfg.workers}
     start: dict[str, Any] = {}
@@ -532,7 +533,12 @@ def _search_space(target: HardwareTarget, cfg: ProfileConfig) -> tuple[dict[str,
         axes.update(triton)
         fixed["workers"] = cfg.triton_workers
         fixed["max_batch_size"] = int(getattr(target, "max_batch", MAX_ITEMS))
-        start = {"preferred_batch": [], "queue_delay_us": triton["queue_delay_us"][0], "instances": 1}
+        # every request pays an HTTP round trip and a hop to the python backend (~2-3 ms here), so start from one
+        # request per typical query (the smallest sub-batch >= the mean query) and let the climb split it
+        mean_items = mean_items_per_query(load_doc(cfg.query_sizes(), axes["sub_batch"]))
+        sub_batch = next((b for b in axes["sub_batch"] if b >= mean_items), axes["sub_batch"][-1])
+        start = {"sub_batch": sub_batch, "preferred_batch": [], "queue_delay_us": triton["queue_delay_us"][0],
+                 "instances": 1}
     return axes, fixed, start
 
 
