@@ -16,7 +16,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 DATE ?=
 CONF ?= {}
 
-.PHONY: help setup run compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests bench test-triton
+.PHONY: help setup run compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests bench test-triton fleet-up fleet-down fleet-status
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -98,6 +98,21 @@ lock: ## Re-resolve the pinned environment into requirements.lock (after changin
 
 k8s-manifests: $(VENV)/.installed ## Generate Kubernetes manifests for the Triton fleet, Airflow and MLflow
 	$(PY) -m serving.k8s --config infra/k8s/deploy.example.json --out infra/k8s/generated
+
+# Local Triton fleet: FLEET_NODES tritonserver nodes behind HAProxy on 127.0.0.1:FLEET_PORT (state: $(RECFORGE_HOME)/fleet)
+FLEET_NODES ?= 2
+FLEET_PORT ?= 8100
+FLEET_FAMILY ?= dlrm
+FLEET_TARGET ?= cpu
+
+fleet-up: $(VENV)/.installed mlflow-up ## Start the Triton fleet + HAProxy (FLEET_NODES=2): registry champion, else newest nightly model
+	@$(PY) -m serving.fleet up --nodes $(FLEET_NODES) --port $(FLEET_PORT) --family $(FLEET_FAMILY) --target $(FLEET_TARGET)
+
+fleet-down: ## Stop every process of the local fleet (idempotent, also leftovers of a stale state)
+	@$(PY) -m serving.fleet down
+
+fleet-status: ## The fleet's nodes, models, versions and HAProxy view
+	@$(PY) -m serving.fleet status
 
 clean: mlflow-down ## Stop services and delete local state (.recforge: data, MLflow, Airflow DB)
 	-infra/local/airflow.sh stop

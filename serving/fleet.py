@@ -349,7 +349,9 @@ def up(source: ModelSource, cfg: FleetConfig | None = None, *, home: str | Path 
             http, grpc, metrics = _free_ports(3)
             server = tr.TritonServer(node_root / "repo", http_port=http, grpc_port=grpc, metrics_port=metrics,
                                      log_path=node_root / "tritonserver.log", load_models=[source.model],
-                                     startup_timeout_s=cfg.startup_timeout_s)
+                                     startup_timeout_s=cfg.startup_timeout_s,
+                                     # server-side latency quantiles per model version: the rollout's canary gate
+                                     extra_args=["--metrics-config=summary_latencies=true"])
             server.start()
             servers.append(server)
             state["nodes"][name] = {

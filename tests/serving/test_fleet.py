@@ -225,3 +225,39 @@ def test_down_stops_everything_including_leftovers_and_is_idempotent(fleet):
     assert fl._fleet_processes(root) == [] and not stray.running()
     assert not (root / "state.json").exists() and fl.status(home=home)["status"] == "down"
     assert fl.down(home=home)["stopped"] == []
+
+
+def test_registry_source_fetches_the_champion_with_its_spec(mlflow_server, tmp_path, monkeypatch):
+    """The --from-registry hook against a real MLflow server: the champion-<target> version's ONNX file (SHA-256
+    checked), and the feature spec of its training run (the variant run's parent)."""
+    import hashlib
+
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    client = mlflow.MlflowClient(mlflow_server)
+    onnx_path = export_onnx(build_model("ncf", SPEC).eval(), SPEC, tmp_path / "model.int8_static.onnx")
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(SPEC.to_json())
+    experiment = client.create_experiment(f"fleet-registry-{time.time_ns()}")
+    with mlflow.start_run(experiment_id=experiment) as training:
+        mlflow.log_artifact(str(spec_path), "model_files")
+        with mlflow.start_run(experiment_id=experiment, nested=True) as variant:
+            mlflow.log_artifact(str(onnx_path), "onnx")
+    name = f"recforge-fleettest-{time.time_ns()}"
+    client.create_registered_model(name)
+    version = client.create_model_version(name, f"runs:/{variant.info.run_id}/onnx/{onnx_path.name}",
+                                          run_id=variant.info.run_id,
+                                          tags={"recforge.onnx_sha256": hashlib.sha256(onnx_path.read_bytes())
+                                                .hexdigest(), "recforge.family": "ncf",
+                                                "recforge.variant": "int8_static"})
+    with pytest.raises(ConfigError, match="no alias champion-cpu"):
+        fl.registry_source(name, "cpu", tmp_path / "dl0")
+    client.set_registered_model_alias(name, "champion-cpu", version.version)
+    source = fl.registry_source(name, "cpu", tmp_path / "dl")
+    assert (source.model, source.version) == (name, int(version.version))
+    assert open(source.onnx_path, "rb").read() == onnx_path.read_bytes()
+    assert json.loads(open(source.spec_path).read()) == json.loads(SPEC.to_json())
+    assert training.info.run_id and source.expected_sha256 == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    assert source.origin.startswith(f"registry {name}@champion-cpu v{version.version} (ncf/int8_static")
