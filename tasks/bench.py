@@ -73,7 +73,7 @@ class BenchConfig:
     start_fraction: float = 0.3  # LBT search starts at this fraction of the single-query capacity estimate
     max_steps: int = 7  # probed rates per LBT search
     tolerance: float = 0.15  # LBT bisection stops within this relative gap
-    max_evaluations: int = 4  # knob settings the hill climb may try per variant
+    max_evaluations: int = 3  # knob settings the hill climb may try per variant
     threads: tuple[int, ...] = (1, 2)  # onnxruntime intra-op thread candidates
     workers: int = 2  # serving worker threads of RecForge
     min_sub_batch: int = 32
@@ -91,6 +91,9 @@ class BenchConfig:
     synthetic_lbt: bool = True
     synthetic_sub_batch: int = 64  # fixed serving knobs of the synthetic LBT runs (workers = `workers`)
     synthetic_threads: int = 1
+    # production-scale models cannot meet the MovieLens models' 25 ms: an RMC2 query of 167 items gathers 640K
+    # embedding rows. Their LBT is measured against this looser target.
+    synthetic_p95_target_ms: float = 100.0
     latency_repeats: int = 10
     gemm_size: int = 2048
     array_mib: int = 128
@@ -111,7 +114,9 @@ class BenchConfig:
             except ValueError:
                 raise ConfigError(f"BenchConfig.date must be YYYY-MM-DD, got {self.date!r}") from None
         checks = [("point_duration_s", self.point_duration_s > 0), ("compare_duration_s", self.compare_duration_s > 0),
-                  ("p95_target_ms", self.p95_target_ms > 0), ("start_fraction", 0 < self.start_fraction <= 1),
+                  ("p95_target_ms", self.p95_target_ms > 0),
+                  ("synthetic_p95_target_ms", self.synthetic_p95_target_ms > 0),
+                  ("start_fraction", 0 < self.start_fraction <= 1),
                   ("load_fraction", 0 < self.load_fraction <= 1), ("tolerance", 0 < self.tolerance < 1),
                   ("table_rows_scale", 0 < self.table_rows_scale <= 1), ("zipf_alpha", 0 < self.zipf_alpha <= 5),
                   ("pooling_sigma", 0 <= self.pooling_sigma <= 3), ("shortlist", self.shortlist >= 1),
@@ -136,11 +141,11 @@ class BenchConfig:
 
         return QuerySizes.parse(self.sizes)
 
-    def lbt_config(self, start_qps: float):
+    def lbt_config(self, start_qps: float, p95_target_ms: float | None = None):
         from tasks.profile_search import LBTConfig
 
         start = max(0.5, float(start_qps))
-        return LBTConfig(p95_target_ms=self.p95_target_ms, start_qps=start, max_qps=start * 64,
+        return LBTConfig(p95_target_ms=p95_target_ms or self.p95_target_ms, start_qps=start, max_qps=start * 64,
                          tolerance=self.tolerance, max_steps=self.max_steps)
 
 
@@ -373,18 +378,19 @@ def measure_fn(target_for: Callable[[dict], Any], cfg: BenchConfig, sub_batch: i
     return measure
 
 
-def search_lbt(measure: Callable, knobs: Mapping[str, Any], cfg: BenchConfig, start_qps: float) -> Any:
+def search_lbt(measure: Callable, knobs: Mapping[str, Any], cfg: BenchConfig, start_qps: float,
+               p95_target_ms: float | None = None) -> Any:
     """LBT search from ``start_qps`` (an estimate from single-query timings, which a busy machine or the load
     generator's own overhead can make too optimistic): when even the start breaks the SLO, search again from a 4x
     lower rate, up to START_RETRIES times."""
     from tasks.profile_search import lbt_from_config
 
     for _ in range(START_RETRIES):
-        lbt = lbt_from_config(measure, knobs, cfg.lbt_config(start_qps))
+        lbt = lbt_from_config(measure, knobs, cfg.lbt_config(start_qps, p95_target_ms))
         if lbt.lbt_qps > 0 or start_qps <= 0.5:
             return lbt
         start_qps /= 4
-    return lbt_from_config(measure, knobs, cfg.lbt_config(start_qps))
+    return lbt_from_config(measure, knobs, cfg.lbt_config(start_qps, p95_target_ms))
 
 
 def profile_with_retries(variant: Mapping[str, Any], row: Mapping[str, Any], family: str, target: Any,
@@ -627,9 +633,13 @@ def _bench_synthetic_variant(spec: Any, precision: str, path: Path, pool: Any, m
         capacity = cfg.workers * 1000.0 / median_ms(lambda: target.infer(min(1024, round(mean_items))), 3, 1)
         lbt = search_lbt(measure_fn(lambda _knobs: target, cfg, sub_batch=sub_batch, workers=cfg.workers),
                          {"sub_batch": sub_batch, "workers": cfg.workers, "threads": cfg.synthetic_threads},
-                         cfg, cfg.start_fraction * capacity)
+                         cfg, cfg.start_fraction * capacity, cfg.synthetic_p95_target_ms)
         figures |= _lbt_summary(lbt, mean_items)
-        measured = figures["items_per_s"]
+        if figures["items_per_s"] > 0:
+            measured = figures["items_per_s"]
+        else:
+            figures["note"] = (f"LBT 0 at p95 <= {cfg.synthetic_p95_target_ms:g} ms; items/s = {sub_batch} items / "
+                               f"latency at batch {sub_batch}")
     else:
         figures["note"] = f"items/s = {sub_batch} items / latency at batch {sub_batch} (no LBT search)"
     figures["roofline"] = roofline(work, limits, precision, measured)
@@ -828,7 +838,9 @@ def format_markdown(doc: dict) -> str:
                     f"{_f(v.get('lbt_qps'), '.0f')} | {_f(v['roofline']['measured_items_per_s'], '.3g')} | "
                     f"{_f(v['roofline']['items_per_s'], '.3g')} ({v['roofline']['bound']}) | "
                     f"{_f(100 * v['roofline']['fraction_of_limit'], '.2g')}% |")
-        lines += ["", f"Synthetic serving knobs fixed: sub-batch {doc['config']['synthetic_sub_batch']}, "
+        lines += ["", f"Synthetic LBT at p95 <= {doc['config']['synthetic_p95_target_ms']:g} ms; where it is 0, "
+                  "items/s is one sub-batch's items / its latency. Serving knobs fixed: "
+                  f"sub-batch {doc['config']['synthetic_sub_batch']}, "
                   f"{doc['config']['workers']} workers, {doc['config']['synthetic_threads']} thread(s); INT8 = dynamic "
                   "quantization of the MLPs (DynamicQuantizeMatMul), tables fp32. Bytes per item = fp32 embedding rows "
                   "gathered + MLP weights once per sub-batch."]
