@@ -581,6 +581,29 @@ class Fleet:
         self._update(node, models={**info.get("models", {}), model: entry})
         return entry
 
+    def restart_node(self, node: str, model: str, version: int, *, timeout_s: float = 180.0) -> None:
+        """Restart ``node``'s tritonserver (same ports and repository) serving exactly ``version`` of ``model``:
+        the other version folders of the model are removed first. For a drained node whose server keeps the state
+        of a version that failed to load (Triton then reports not-ready for good under ``--strict-readiness``)."""
+        from serving import triton as tr
+
+        info = self.node(node)
+        model_dir = Path(info["repo"]) / model
+        if not (model_dir / str(version)).is_dir():
+            raise ConfigError(f"{node}: {model_dir / str(version)} does not exist; stage that version first")
+        for stale in model_dir.iterdir():
+            if stale.is_dir() and stale.name.isdigit() and stale.name != str(version):
+                shutil.rmtree(stale)
+        _stop_groups([info["pid"]], self.root)
+        server = tr.TritonServer(info["repo"], http_port=info["http_port"], grpc_port=info["grpc_port"],
+                                 metrics_port=info["metrics_port"], log_path=info["log"], load_models=[model],
+                                 startup_timeout_s=timeout_s, extra_args=["--metrics-config=summary_latencies=true"])
+        server.start()
+        self._update(node, pid=server.process.pid)
+        server.wait_ready()
+        if not server.model_ready(model, version):
+            raise RecForgeError(f"{node} restarted but {model} v{version} is not ready; see {info['log']}")
+
     def set_state(self, node: str, lb_state: str) -> None:
         """The node's state in the balancer: ``ready``, ``drain`` (no new requests) or ``maint``."""
         self.node(node)

@@ -185,7 +185,7 @@ def test_config_has_weights_health_checks_retries_and_route_allowlist(tmp_path):
     assert not any(line.startswith("bind") and "127.0.0.1" not in line for line in lines)
     assert not any(line.startswith("stats uri") or line.startswith("listen") for line in lines)  # no TCP stats page
     backend = lines[lines.index("backend triton"):]
-    for expected in ("balance leastconn", "option httpchk GET /v2/health/ready", "http-check expect status 200",
+    for expected in ("balance roundrobin", "option httpchk GET /v2/health/ready", "http-check expect status 200",
                      "option redispatch 1", "retries 2", "retry-on conn-failure empty-response 503",
                      "server node0 127.0.0.1:8001 weight 256", "server node1 127.0.0.1:8002 weight 85"):
         assert expected in backend
@@ -197,7 +197,7 @@ def test_haproxy_validates_the_generated_config_and_rejects_a_broken_one(tmp_pat
     nodes = [BackendNode("node0", 8001), BackendNode("node1", 8002)]
     path = write_config(tmp_path / "haproxy.cfg", nodes, port=18081, socket_path=tmp_path / "admin.sock")
     lb.check_config(path)  # raises on an invalid file
-    path.write_text(path.read_text().replace("balance leastconn", "balance fastest-please"))
+    path.write_text(path.read_text().replace("balance roundrobin", "balance fastest-please"))
     with pytest.raises(ConfigError, match="haproxy rejects .*haproxy.cfg"):
         lb.check_config(path)
 
@@ -259,7 +259,7 @@ def test_only_inference_health_and_metadata_routes_are_forwarded(fleet):
     assert mode == 0o600, oct(mode)
 
 
-def test_leastconn_follows_weights_and_runtime_changes_need_no_reload(fleet):
+def test_traffic_follows_weights_and_runtime_changes_need_no_reload(fleet):
     proxy, _ = fleet
     master, worker = proxy.pid, proxy.worker_pid()
     equal = Counter(send_load(proxy.url, 96))
@@ -269,7 +269,7 @@ def test_leastconn_follows_weights_and_runtime_changes_need_no_reload(fleet):
     proxy.set_weight("node1", 32)
     weighted = Counter(send_load(proxy.url, 240))
     assert weighted[None] == 0, weighted
-    # 7:1 configured: leastconn keeps (connections + 1) / weight level, so 8 connections split 7:1 (equal: 1:1)
+    # 7:1 configured: weighted round robin sends 7 of every 8 requests to node0 (equal: 1:1)
     assert weighted["node1"] > 0 and weighted["node0"] / weighted["node1"] >= 3.5, weighted
     servers = proxy.servers()
     assert (servers["node0"]["weight"], servers["node1"]["weight"]) == (224, 32)

@@ -1,0 +1,243 @@
+"""Rollouts against the real thing: a real MLflow registry (tests/conftest.py ``mlflow_server``), a 2-node fleet of
+real tritonserver processes behind a real haproxy, the DeepRecSys load generator through the balancer.
+
+Each rollout runs while a client keeps sending requests through the balancer; the faults of the issue are each a
+test: a model that fails to load, a model that breaks the p95 SLO under canary load, a file whose SHA-256 does
+not match the registry. Tests run in order on one fleet (module scope): v1 serving -> v2 promoted -> broken v3
+rolled back -> slow v4 rolled back -> tampered v5 refused, and each checks that v2 still serves everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from model_defs import build_model
+from model_defs.export import example_inputs, export_onnx
+from model_defs.spec import example_spec
+from serving import fleet as fl
+from serving import triton as tr
+from tasks.errors import DataError
+
+SPEC = dataclasses.replace(example_spec(), sparse_cardinalities=(30, 50, 5, 4, 3, 4), num_genres=8, genre_slots=3,
+                           history_length=5)
+TARGET = "cpu"
+triton_ok, triton_why = tr.check_installation()
+pytestmark = [pytest.mark.triton, pytest.mark.skipif(not triton_ok, reason=f"no tritonserver: {triton_why}")]
+
+
+def sha(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+class Registry:
+    """Registered versions laid out as tasks.register leaves them: a training run with model_files/spec.json, one
+    variant child run per file with the ONNX under onnx/, a model version tagged with the file's SHA-256."""
+
+    def __init__(self, name: str, spec_path, tmp):
+        import mlflow
+
+        self.client = mlflow.MlflowClient()
+        self.name = name
+        experiment = self.client.create_experiment(f"rollout-{uuid.uuid4().hex[:8]}")
+        self.experiment = experiment
+        self.train_run = self.client.create_run(experiment, run_name="train").info.run_id
+        self.client.log_artifact(self.train_run, str(spec_path), "model_files")
+        self.client.create_registered_model(name)
+        self.tmp = tmp
+
+    def add(self, onnx_path, variant: str, *, sha256: str | None = None, alias: str = "") -> str:
+        run = self.client.create_run(self.experiment, run_name=variant,
+                                     tags={"mlflow.parentRunId": self.train_run}).info.run_id
+        self.client.log_artifact(run, str(onnx_path), "onnx")
+        version = self.client.create_model_version(
+            self.name, f"runs:/{run}/onnx/{os.path.basename(onnx_path)}", run_id=run,
+            tags={"recforge.onnx_sha256": sha256 or sha(onnx_path), "recforge.variant": variant,
+                  "recforge.target": TARGET, "recforge.family": "ncf", "recforge.p95_target_ms": "250"})
+        if alias:
+            self.client.set_registered_model_alias(self.name, alias, version.version)
+        return version.version
+
+
+class Background:
+    """A client sending requests through the balancer for the whole rollout; counts what failed."""
+
+    def __init__(self, url: str, model: str, rate_hz: float = 20.0):
+        self.url, self.model, self.period = url, model, 1.0 / rate_hz
+        self.inputs = {k: v.numpy() for k, v in example_inputs(SPEC, 8, 5).items()}
+        self.sent = self.failed = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                tr.infer(self.url, self.model, self.inputs, timeout=10)
+            except Exception as err:  # noqa: BLE001 - every failure counts
+                self.failed += 1
+                self.errors.append(str(err)[:200])
+            self.sent += 1
+            time.sleep(self.period)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, mlflow_server):
+    """MLflow registry with v1 (champion) and v2, the fleet serving v1 on 2 nodes; RECFORGE_HOME and the
+    tracking URI of this process point at them for the module."""
+    import mlflow
+
+    folder = tmp_path_factory.mktemp("rollout")
+    saved = {k: os.environ.get(k) for k in ("RECFORGE_HOME", "MLFLOW_TRACKING_URI")}
+    os.environ["RECFORGE_HOME"] = str(folder / "home")
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server
+    mlflow.set_tracking_uri(mlflow_server)
+    spec_path = folder / "spec.json"
+    spec_path.write_text(SPEC.to_json())
+    files = {
+        "v1": export_onnx(build_model("ncf", SPEC).eval(), SPEC, folder / "v1.onnx"),
+        "v2": export_onnx(build_model("ncf", SPEC).eval(), SPEC, folder / "v2.onnx"),
+        # breaks any sane SLO: DLRM with a 3 x 2048 top MLP, ~10 M MACs per item
+        "slow": export_onnx(build_model("dlrm", SPEC, top_mlp=(2048, 2048, 2048, 1)).eval(), SPEC,
+                            folder / "slow.onnx"),
+    }
+    broken = folder / "broken.onnx"
+    broken.write_bytes(b"this is not an ONNX model " * 64)
+    files["broken"] = broken
+    registry = Registry(f"recforge-ncf-{uuid.uuid4().hex[:6]}", spec_path, folder)
+    versions = {"v1": registry.add(files["v1"], "fp32", alias=f"champion-{TARGET}"),
+                "v2": registry.add(files["v2"], "pruned50")}
+    source = fl.explicit_source(files["v1"], spec_path, model=registry.name, version=int(versions["v1"]),
+                                expected_sha256=sha(files["v1"]))
+    fl.up(source, fl.FleetConfig(nodes=2, port=0, check_inter_ms=200))
+    try:
+        yield {"registry": registry, "files": files, "versions": versions, "spec": spec_path, "folder": folder}
+    finally:
+        fl.down()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def served_versions(model: str) -> dict[str, int]:
+    state = fl.read_state()
+    return {n: node["models"][model]["version"] for n, node in state["nodes"].items()}
+
+
+def ready_versions(model: str, version: int) -> dict[str, bool]:
+    state = fl.read_state()
+    return {n: tr.model_ready(node["url"], model, version) for n, node in state["nodes"].items()}
+
+
+def config(**overrides) -> dict:
+    return {"canary_duration_s": 4.0, "load_qps": 15.0, "p95_slo_ms": 250.0, "sizes": "fixed:16",
+            "drain_timeout_s": 10.0, **overrides}
+
+
+def test_a_good_version_is_canaried_and_promoted_with_zero_failed_requests(world):
+    from tasks import rollout
+
+    registry, v2 = world["registry"], world["versions"]["v2"]
+    cfg = rollout.RolloutConfig.from_dict({**config(), "model": registry.name, "version": v2})
+    with Background(fl.read_state()["url"], registry.name) as client:
+        started = time.monotonic()
+        result = rollout.run(cfg)
+        wall = time.monotonic() - started
+    print(f"\nrollout v{v2}: {wall:.1f} s wall, {client.sent} background requests, {client.failed} failed; "
+          f"canary {result['figures']}")
+    assert result["outcome"] == "promoted", result
+    assert client.sent > 20 and client.failed == 0, client.errors[:3]
+    assert result["figures"]["canary_errors"] == 0 and result["figures"]["canary_requests"] > 0
+    # weighted round robin: a 10 % canary weight is about a 10 % share of the requests
+    assert 0.02 < result["figures"]["canary_share"] < 0.25, result["figures"]
+    assert served_versions(registry.name) == {"node0": int(v2), "node1": int(v2)}
+    assert all(ready_versions(registry.name, int(v2)).values())
+    assert not any(ready_versions(registry.name, int(world["versions"]["v1"])).values())
+    # the outputs are now v2's, through the balancer
+    inputs = {k: v.numpy() for k, v in example_inputs(SPEC, 4, 9).items()}
+    expected = rollout.expected_outputs(world["files"]["v2"], inputs)
+    got = tr.infer(fl.read_state()["url"], registry.name, inputs)["probability"].reshape(-1)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    history = rollout.read_history(registry.name)
+    assert history[-1]["outcome"] == "promoted" and history[-1]["version"] == v2
+    tags = registry.client.get_model_version(registry.name, v2).tags
+    assert tags["recforge.rollout.last"].startswith("promoted")
+    assert json.loads(tags["recforge.rollout.promoted"])["figures"]["canary_requests"] > 0
+    weights = {n: node["weight"] for n, node in fl.read_state()["nodes"].items()}
+    assert weights == {"node0": 100, "node1": 100}  # the canary got its weight back
+
+
+def test_a_model_that_fails_to_load_is_rolled_back_and_v2_keeps_serving(world):
+    from tasks import rollout
+
+    registry = world["registry"]
+    v2 = int(world["versions"]["v2"])
+    broken = registry.add(world["files"]["broken"], "broken")
+    cfg = rollout.RolloutConfig.from_dict({**config(), "model": registry.name, "version": broken})
+    with Background(fl.read_state()["url"], registry.name) as client:
+        with pytest.raises(rollout.RolloutFailed, match="failed to load on node0"):
+            rollout.run(cfg)
+    assert client.sent > 5 and client.failed == 0, client.errors[:3]
+    assert served_versions(registry.name) == {"node0": v2, "node1": v2}
+    assert all(ready_versions(registry.name, v2).values())
+    record = rollout.read_history(registry.name)[-1]
+    assert record["outcome"] == "rolled_back" and record["version"] == broken
+    assert "failed to load" in record["reasons"][0]
+
+
+def test_a_slow_model_breaks_the_slo_under_canary_load_and_is_rolled_back(world):
+    from tasks import rollout
+
+    registry = world["registry"]
+    v2 = int(world["versions"]["v2"])
+    slow = registry.add(world["files"]["slow"], "slow")
+    cfg = rollout.RolloutConfig.from_dict({**config(p95_slo_ms=40.0, load_qps=25.0, sizes="fixed:256",
+                                                    canary_weight_pct=30),
+                                           "model": registry.name, "version": slow})
+    with Background(fl.read_state()["url"], registry.name, rate_hz=10) as client:
+        with pytest.raises(rollout.RolloutFailed, match="failed its gate"):
+            rollout.run(cfg)
+    record = rollout.read_history(registry.name)[-1]
+    print(f"\nslow v{slow}: gate {record['gate']}; "
+          f"SLO breach -> rollback {record['figures']['breach_to_rollback_s']} s; "
+          f"background {client.sent} sent, {client.failed} failed")
+    assert record["outcome"] == "rolled_back" and not record["gate"]["passed"]
+    assert any("SLO 40.0 ms" in reason for reason in record["gate"]["reasons"])
+    assert record["figures"]["breach_to_rollback_s"] >= 0
+    assert served_versions(registry.name) == {"node0": v2, "node1": v2}
+    assert all(ready_versions(registry.name, v2).values())
+    assert not any(ready_versions(registry.name, int(slow)).values())
+    tags = registry.client.get_model_version(registry.name, slow).tags
+    assert tags["recforge.rollout.last"].startswith("rolled_back")
+
+
+def test_a_file_that_does_not_match_the_registry_is_refused_before_it_is_served(world):
+    from tasks import rollout
+
+    registry = world["registry"]
+    v2 = int(world["versions"]["v2"])
+    tampered = registry.add(world["files"]["v1"], "tampered", sha256="ab" * 32)
+    cfg = rollout.RolloutConfig.from_dict({**config(), "model": registry.name, "version": tampered})
+    with pytest.raises(DataError, match="refusing to serve it"):
+        rollout.run(cfg)
+    assert served_versions(registry.name) == {"node0": v2, "node1": v2}
+    state = fl.read_state()
+    assert all(node["lb_state"] == "ready" for node in state["nodes"].values())
