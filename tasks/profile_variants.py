@@ -46,14 +46,15 @@ log = logging.getLogger(__name__)
 
 REFERENCE_VARIANT = "fp32"
 DEFAULT_TARGETS = ("cpu-onnxruntime", "cpu-triton", "gpu")
-# The stage's profiling budget on top of tasks.profile.ProfileConfig's defaults: about 20 s per (variant, target)
-# on 2 cores, so that four families x (Pareto variants + fp32) x (onnxruntime + Triton) stay within ~10 min.
+# The stage's profiling budget on top of tasks.profile.ProfileConfig's defaults: about 15 s per (variant, target)
+# on 2 cores, so that four families x (Pareto variants + fp32) x (onnxruntime + Triton) stay within ~10 min
+# (1 s points and 4 knob settings took 11.6 min for the 13 variants of 1998-04-22 on a busy box).
 # threads=1: with 2 workers on 2 cores a second intra-op thread only oversubscribes (measured: LBT 125 vs 350 qps
 # at sub-batch 16). Sub-batches from 32: 16 was never the best on onnxruntime and gave Triton LBT 0 (too many
 # HTTP requests per query), where a hill climb cannot start. start_qps 50: Triton's LBT here is ~100-200 qps.
 STAGE_PROFILE_DEFAULTS: dict[str, Any] = {
-    "point_duration_s": 1.0, "start_qps": 50.0, "max_steps": 7, "tolerance": 0.2, "threads": [1],
-    "min_sub_batch": 32, "max_evaluations": 4, "latency_repeats": 10,
+    "point_duration_s": 0.75, "start_qps": 50.0, "max_steps": 7, "tolerance": 0.2, "threads": [1],
+    "min_sub_batch": 32, "max_evaluations": 3, "latency_repeats": 10,
 }
 
 
@@ -371,6 +372,17 @@ def p95_at_lbt(doc: Mapping[str, Any]) -> float | None:
                 None) if lbt > 0 else None
 
 
+def knobs_text(knobs: Mapping[str, Any]) -> str:
+    """"instances=1, preferred_batch=[1,2,…,1024], sub_batch=256": sorted, long lists shortened."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, list | tuple):
+            return "[" + (",".join(map(str, v)) if len(v) <= 4 else f"{v[0]},{v[1]},…,{v[-1]}") + "]"
+        return str(v)
+
+    return ", ".join(f"{k}={value(v)}" for k, v in sorted(knobs.items()))
+
+
 def profile_row(doc: Mapping[str, Any], path: Path | str) -> dict[str, Any]:
     """The one-line result of a profile document (for summaries, the asset extra and XCom)."""
     name = doc["target"]["name"]
@@ -413,7 +425,7 @@ def profile_one(job: Mapping[str, Any], cfg: ProfileStageConfig | Mapping[str, A
         rows.append(profile_row(doc, path))
     log_variant_profiles(client, job["variant_run_id"], profiles, skipped)
     for row in rows:
-        knobs = ", ".join(f"{k}={v}" for k, v in sorted(row["best_knobs"].items()))
+        knobs = knobs_text(row["best_knobs"])
         p95 = "—" if row["p95_ms_at_lbt"] is None else f"{row['p95_ms_at_lbt']:.1f} ms"
         log.info("profiled %s/%s on %s: LBT %.0f qps%s, %.0f items/s, p95 %s at LBT (%s)", job["family"],
                  job["variant"], row["target"], row["lbt_qps"], " (capped)" if row["lbt_capped"] else "",
@@ -490,8 +502,7 @@ def plot_p95_vs_load(doc: Mapping[str, Any]):
     ax.set_yscale("log")
     ax.set_xlabel("offered load (queries/s, Poisson)")
     ax.set_ylabel("latency per query (ms, log)")
-    knobs = ", ".join(f"{k}={v}" for k, v in sorted(doc["search"]["best_knobs"].items()))
-    ax.set_title(f"{_title(doc)}\n{knobs}", fontsize=9)
+    ax.set_title(f"{_title(doc)}\n{knobs_text(doc['search']['best_knobs'])}", fontsize=9)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     return fig
@@ -617,7 +628,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
              "| variant | target | LBT qps | items/s | p95 at LBT (ms) | best knobs | AUC | ΔAUC | front |",
              "|---|---|---|---|---|---|---|---|---|"]
     for p in summary["profiles"]:
-        knobs = ", ".join(f"{k}={v}" for k, v in sorted(p["best_knobs"].items()))
+        knobs = knobs_text(p["best_knobs"])
         lbt = fmt(p["lbt_qps"], ",.0f") + ("+" if p.get("lbt_capped") else "")
         lines.append(f"| {p['variant']} | {p['target']} | {lbt} | {fmt(p['items_per_s'], ',.0f')} | "
                      f"{fmt(p['p95_ms_at_lbt'], '.1f')} | {knobs} | {fmt(p['auc'], '.4f')} | "
@@ -629,8 +640,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             for target, reason in targets.items():
                 by_reason.setdefault(f"{target}: {reason}", []).append(variant)
         lines += [f"- {reason} ({', '.join(sorted(vs))})" for reason, vs in sorted(by_reason.items())]
-    lines += ["", "LBT: highest Poisson query rate meeting the p95 SLO with no errors (`+` = the probe cap). "
-              "★: on the AUC/LBT Pareto front of its target."]
+    lines += ["", "LBT: highest Poisson query rate meeting the p95 SLO with no errors (`+`: still met at the probe "
+              "cap; 0: not even the first rate probed met it). ★: on the AUC/LBT Pareto front of its target."]
     return "\n".join(lines) + "\n"
 
 

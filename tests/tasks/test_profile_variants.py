@@ -145,6 +145,8 @@ def test_family_summary_table_and_throughput_front():
     assert "| pruned50 | cpu | 1,200 | 200,400 | 15.0 | sub_batch=32, threads=1, workers=2 | 0.7490 | -0.0010 | ★ |" \
         in lines
     assert "- gpu: no CUDA device: skipped (pruned50)" in lines
+    assert pv.knobs_text({"sub_batch": 256, "preferred_batch": [1, 2, 4, 8, 16, 1024], "instances": 1}) == \
+        "instances=1, preferred_batch=[1,2,…,1024], sub_batch=256"
     json.dumps(summary)  # logged as summary.json: must be plain JSON
     extra = pv.profiles_asset_extra({"dlrm": summary})
     first = extra["families"]["dlrm"]["profiles"][0]
