@@ -515,13 +515,17 @@ def plot_latency_vs_batch(doc: Mapping[str, Any]):
     rows = doc["latency_vs_batch"]
     batches = [r["batch"] for r in rows]
     ax.plot(batches, [r["ms"] for r in rows], marker="o", color="tab:blue", label="ms per request")
+    from matplotlib.ticker import ScalarFormatter
+
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("items per request (batch)")
-    ax.set_ylabel("latency (ms, log)", color="tab:blue")
+    ax.set_ylabel("latency per request (ms)", color="tab:blue")
     per_item = ax.twinx()
     per_item.plot(batches, [1000 * r["ms"] / r["batch"] for r in rows], marker="s", color="tab:orange", lw=0.8)
     per_item.set_yscale("log")
+    per_item.yaxis.set_major_formatter(ScalarFormatter())
     per_item.set_ylabel("µs per item (log)", color="tab:orange")
     ax.set_title(f"{_title(doc)}: one request, threads={doc['target']['threads']}", fontsize=9)
     fig.tight_layout()
@@ -549,7 +553,7 @@ def plot_pareto(summary: Mapping[str, Any]):
     if front_rows:
         left.step([v["latency_ms_b256"] for v in front_rows], [v["auc"] for v in front_rows], where="post",
                   color="tab:orange", lw=1, label="Pareto front")
-        left.legend(loc="lower right", fontsize=8)
+        left.legend(loc="best", fontsize=8)
     left.set_xlabel("ORT latency at batch 256 (ms; compress_and_validate)")
     left.set_ylabel("test AUC")
     left.set_title("accuracy vs latency (black edge = profiled)", fontsize=9)
@@ -571,7 +575,7 @@ def plot_pareto(summary: Mapping[str, Any]):
     right.set_ylabel("test AUC")
     right.set_title("accuracy vs throughput per target (big = Pareto front)", fontsize=9)
     if summary["profiles"]:
-        right.legend(loc="lower left", fontsize=8)
+        right.legend(loc="best", fontsize=8)
     fig.suptitle(f"{summary['family']}: accuracy / serving-cost Pareto front", fontsize=10)
     fig.tight_layout()
     return fig
