@@ -462,7 +462,7 @@ class Blessing:
     def tags(self) -> dict[str, str]:
         fields = dataclasses.asdict(self)
         fields.pop("rerun")
-        return {f"recforge.blessing.{k}": _fmt(v) for k, v in fields.items() if v is not None}
+        return {f"recforge.blessing.{k}": _fmt(v) for k, v in fields.items() if v not in (None, "")}
 
     @classmethod
     def from_tags(cls, tags: Mapping[str, str]) -> Blessing | None:
