@@ -16,7 +16,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 DATE ?=
 CONF ?= {}
 
-.PHONY: help setup run compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests bench test-triton fleet-up fleet-down fleet-status
+.PHONY: help setup run compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests bench test-triton fleet-up fleet-down fleet-status rollout rollout-history
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -103,10 +103,25 @@ k8s-manifests: $(VENV)/.installed ## Generate Kubernetes manifests for the Trito
 FLEET_NODES ?= 2
 FLEET_PORT ?= 8100
 FLEET_FAMILY ?= dlrm
-FLEET_TARGET ?= cpu
+FLEET_TARGET ?= cpu-triton
 
 fleet-up: $(VENV)/.installed mlflow-up ## Start the Triton fleet + HAProxy (FLEET_NODES=2): registry champion, else newest nightly model
 	@$(PY) -m serving.fleet up --nodes $(FLEET_NODES) --port $(FLEET_PORT) --family $(FLEET_FAMILY) --target $(FLEET_TARGET)
+
+# make rollout MODEL=recforge-dlrm TARGET=cpu [VERSION=3 | VERSION=champion-cpu] [CONF='{"canary_duration_s": 60}']
+MODEL ?= recforge-$(FLEET_FAMILY)
+TARGET ?= $(FLEET_TARGET)
+VERSION ?=
+rollout: $(VENV)/.installed mlflow-up ## Roll a registered version out to the running fleet (rollout DAG): canary, gate, promote or roll back
+	@conf=$$($(PY) -c 'import json, sys; d = json.loads(sys.argv[4] or "{}"); d.update(model=sys.argv[1], target=sys.argv[2], version=sys.argv[3]); print(json.dumps(d))' "$(MODEL)" "$(TARGET)" "$(VERSION)" '$(CONF)'); \
+	stamp=$$(date -u +%Y%m%dT%H%M%S); log=$(RECFORGE_HOME)/rollout-$$stamp.log; \
+	echo "rollout $$conf (Airflow log: $$log)"; \
+	status=0; infra/local/airflow.sh test rollout "$$(date -u +%Y-%m-%dT%H:%M:%S+00:00)" -c "$$conf" > $$log 2>&1 || status=$$?; \
+	grep -E "\[DAG TEST\] end task|\] rollout |\] canary |RolloutFailed|^error|Error:" $$log | sed -E 's/.*\[DAG TEST\] end task task_id=([a-z_]+) map_index=(-?[0-9]+).*/  done: \1/; s/ +\[tasks\.rollout\] loc=.*$$//' || true; \
+	$(PY) -m tasks.rollout history --model "$(MODEL)" --last 1; exit $$status
+
+rollout-history: $(VENV)/.installed ## Past rollouts with their outcome and figures (MODEL= to filter)
+	@$(PY) -m tasks.rollout history $(if $(filter command line,$(origin MODEL)),--model "$(MODEL)")
 
 fleet-down: ## Stop every process of the local fleet (idempotent, also leftovers of a stale state)
 	@$(PY) -m serving.fleet down

@@ -45,8 +45,8 @@ def _run_id() -> str:
     params={
         "model": Param("recforge-dlrm", type="string", title="Registered model",
                        description="MLflow registered model name, e.g. recforge-dlrm."),
-        "target": Param("cpu", type="string", title="Hardware target",
-                        description="Target whose champion is rolled out (the fleet's target), e.g. cpu."),
+        "target": Param("cpu-triton", type="string", title="Hardware target",
+                        description="Target whose champion is rolled out (the fleet's target), e.g. cpu-triton."),
         "version": Param("", type="string", title="Version or alias",
                          description="A version number or an alias; empty: champion-<target>."),
         "canary_weight_pct": Param(10, type="integer", minimum=1, maximum=50, title="Canary weight (%)",
@@ -59,6 +59,8 @@ def _run_id() -> str:
                                 description="Failed requests / requests allowed during the canary."),
         "load_qps": Param(0.0, type="number", minimum=0, title="Canary load (queries/s)",
                           description="Offered load during the canary; 0: half the fleet's profiled capacity."),
+        "config": Param({}, type="object", title="Other settings",
+                        description="Other RolloutConfig fields, e.g. {\"sizes\": \"fixed:64\", \"smoke_rows\": 32}."),
     },
 )
 def rollout():

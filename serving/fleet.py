@@ -58,7 +58,7 @@ from tasks.errors import ConfigError, DataError, RecForgeError
 STATE_VERSION = 1
 DEFAULT_PORT = 8100
 DEFAULT_FAMILY = "dlrm"
-DEFAULT_TARGET = "cpu"
+DEFAULT_TARGET = "cpu-triton"  # a Triton fleet serves the champion profiled through Triton
 MODEL_PREFIX = "recforge-"  # as tasks.register names registered models: the served model keeps that name
 MAX_NODES = 16
 # Triton's per-model Prometheus counters that node_metrics reports (names without the nv_inference_ prefix)

@@ -22,7 +22,7 @@ the MLflow model version.
 
 CLI (what ``make rollout`` runs; the DAG runs the same functions)::
 
-    python -m tasks.rollout run --model recforge-dlrm --target cpu [--version 3|champion-cpu] [--config JSON]
+    python -m tasks.rollout run --model recforge-dlrm [--target cpu-triton] [--version 3|champion-cpu-triton] [--config JSON]
     python -m tasks.rollout history [--model M]
 """
 
@@ -67,7 +67,7 @@ class RolloutConfig:
     """What a release manager chooses (the rollout DAG's Params)."""
 
     model: str
-    target: str = "cpu"
+    target: str = "cpu-triton"  # the fleet's target: champions profiled through Triton
     version: str = ""  # a version number or an alias; empty: champion-<target>
     canary_weight_pct: int = 10
     canary_duration_s: float = 30.0
@@ -694,16 +694,18 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     go = sub.add_parser("run", help="roll a registered version out to the running fleet (canary, gate, promote)")
     go.add_argument("--model", required=True, help="registered model, e.g. recforge-dlrm")
-    go.add_argument("--target", default="cpu")
+    go.add_argument("--target", default="cpu-triton")
     go.add_argument("--version", default="", help="version number or alias (default champion-<target>)")
     go.add_argument("--config", default=None, help="other RolloutConfig fields as a JSON object")
     hist = sub.add_parser("history", help="past rollouts, newest last")
     hist.add_argument("--model", default=None)
+    hist.add_argument("--last", type=int, default=0, help="only the newest N")
     args = parser.parse_args(argv)
 
     def step() -> Any:
         if args.command == "history":
-            return read_history(args.model)
+            records = read_history(args.model)
+            return records[-args.last:] if args.last > 0 else records
         extra = json_object(args.config)
         cfg = RolloutConfig.from_dict({**extra, "model": args.model, "target": args.target,
                                        "version": args.version or extra.get("version", "")})

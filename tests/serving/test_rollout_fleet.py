@@ -29,7 +29,7 @@ from tasks.errors import DataError
 
 SPEC = dataclasses.replace(example_spec(), sparse_cardinalities=(30, 50, 5, 4, 3, 4), num_genres=8, genre_slots=3,
                            history_length=5)
-TARGET = "cpu"
+TARGET = "cpu-triton"
 triton_ok, triton_why = tr.check_installation()
 pytestmark = [pytest.mark.triton, pytest.mark.skipif(not triton_ok, reason=f"no tritonserver: {triton_why}")]
 

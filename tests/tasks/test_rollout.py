@@ -13,7 +13,7 @@ from tasks.rollout import RolloutConfig, append_history, gate, load_state, read_
 
 def test_config_defaults_and_reference():
     cfg = RolloutConfig(model="recforge-dlrm")
-    assert cfg.reference == "champion-cpu"
+    assert cfg.reference == "champion-cpu-triton"
     assert RolloutConfig(model="recforge-dlrm", version="3").reference == "3"
 
 
