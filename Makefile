@@ -16,7 +16,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 DATE ?=
 CONF ?= {}
 
-.PHONY: help setup run compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests bench test-triton fleet-up fleet-down fleet-status rollout rollout-history
+.PHONY: help setup run nightly compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests bench test-triton fleet-up fleet-down fleet-status rollout rollout-history
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -32,7 +32,13 @@ setup: $(VENV)/.installed ## Create .venv (pinned), install HAProxy (Debian), fe
 	$(PY) -m tasks.data --fetch-only
 	infra/local/airflow.sh init
 
-run: setup mlflow-up ## Run one nightly_retrain DAG run through Airflow (DATE=YYYY-MM-DD, CONF='{json}')
+run: setup mlflow-up ## The nightly chain as the scheduler runs it: nightly -> compress -> profile -> register (DATE=, CONF= of nightly)
+	@$(MAKE) --no-print-directory nightly
+	@$(MAKE) --no-print-directory compress CONF='{}'
+	@$(MAKE) --no-print-directory profile CONF='{}'
+	@$(MAKE) --no-print-directory register CONF='{}'
+
+nightly: setup mlflow-up ## Run one nightly_retrain DAG run through Airflow (DATE=YYYY-MM-DD, CONF='{json}')
 	@date=$${DATE:-$$($(PY) -m tasks.data --print-last-day)}; \
 	$(PY) -m tasks.nightly check --date "$$date" --conf '$(CONF)' >/dev/null; \
 	echo "nightly_retrain for $$date (MLflow: $$MLFLOW_TRACKING_URI; Airflow log: $(RECFORGE_HOME)/run-$$date.log)"; \
@@ -129,6 +135,7 @@ fleet-down: ## Stop every process of the local fleet (idempotent, also leftovers
 fleet-status: ## The fleet's nodes, models, versions and HAProxy view
 	@$(PY) -m serving.fleet status
 
-clean: mlflow-down ## Stop services and delete local state (.recforge: data, MLflow, Airflow DB)
+clean: mlflow-down ## Stop services (fleet, Airflow UI, MLflow) and delete local state (.recforge: data, MLflow, Airflow DB)
 	-infra/local/airflow.sh stop
+	-[ -x $(PY) ] && $(PY) -m serving.fleet down >/dev/null
 	rm -rf $(RECFORGE_HOME)

@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import requests
 import yaml
-from conftest import REPO, free_port
+from tests.conftest import REPO, free_port
 
 from serving import k8s
 from tasks.errors import ConfigError
