@@ -12,9 +12,10 @@ two flavours that share everything but the runtime lines:
 
 Both carry the tensor contract of ``model_defs.spec`` (inputs ``sparse``/``genres``/``history`` INT64 and
 ``dense`` FP32, output ``probability``, dims without the batch dim; the model's ``[B]`` output is presented
-as ``[B, 1]``), ``dynamic_batching``, ``instance_group``, ``model_warmup`` and the expected SHA-256 of the
-ONNX file as the parameter ``onnx_sha256``. Every serving value is written with a comment naming the
-measurement it came from (:class:`ServingConfig.sources`, filled by :func:`serving_config_from_profile`).
+as ``[B, 1]``), ``dynamic_batching`` (left out with ``ServingConfig(dynamic_batching=False)``),
+``instance_group``, ``model_warmup`` and the expected SHA-256 of the ONNX file as the parameter ``onnx_sha256``.
+Every serving value is written with a comment naming the measurement it came from (:class:`ServingConfig.sources`,
+filled by :func:`serving_config_from_profile`).
 
 :func:`verify_model_repository` checks each model file against its config's hash before anything is served;
 :func:`parse_config_pbtxt` reads a config back (with Triton's own ModelConfig protobuf, so a field Triton would
@@ -59,6 +60,9 @@ class ServingConfig:
     preferred_batch_size: tuple[int, ...] = ()  # empty: no preference, dispatch what has arrived
     max_queue_delay_microseconds: int = 100
     instance_count: int = 1
+    # False: no dynamic_batching block at all (Triton's default: each request runs on its own, as it arrives);
+    # preferred_batch_size must then be empty and max_queue_delay_microseconds is not written
+    dynamic_batching: bool = True
     instance_kind: str = "KIND_CPU"
     threads_per_instance: int = 1  # onnxruntime intra-op threads of each instance
     warmup_batch_sizes: tuple[int, ...] = (1,)
@@ -83,6 +87,11 @@ class ServingConfig:
         for key in ("instance_count", "threads_per_instance"):
             if not is_int(getattr(self, key)) or not 1 <= getattr(self, key) <= 64:
                 raise ConfigError(f"ServingConfig.{key} must be an integer in [1, 64], got {getattr(self, key)!r}")
+        if not isinstance(self.dynamic_batching, bool):
+            raise ConfigError(f"ServingConfig.dynamic_batching must be true or false, got {self.dynamic_batching!r}")
+        if not self.dynamic_batching and self.preferred_batch_size:
+            raise ConfigError(f"ServingConfig.preferred_batch_size {self.preferred_batch_size!r} needs "
+                              "dynamic_batching; set dynamic_batching true or leave preferred_batch_size empty")
         if self.instance_kind not in INSTANCE_KINDS:
             raise ConfigError(f"ServingConfig.instance_kind must be one of {INSTANCE_KINDS}, "
                               f"got {self.instance_kind!r}")
@@ -247,16 +256,21 @@ def render_config_pbtxt(*, model_name: str, spec: Any, serving_config: ServingCo
         lines.append(f"  {{ name: {_string(name)} data_type: {dtype} dims: [ {', '.join(map(str, dims))} ] "
                      f"reshape: {{ shape: [ ] }} }}{sep}  # the model's [B] output, served as [B, 1]")
     lines.append("]")
-    lines.append("dynamic_batching {")
-    if cfg.preferred_batch_size:
-        lines.append(f"  preferred_batch_size: [ {', '.join(map(str, cfg.preferred_batch_size))} ]  "
-                     f"# {_comment(cfg.source('preferred_batch_size'))}")
+    if cfg.dynamic_batching:
+        lines.append("dynamic_batching {")
+        if cfg.preferred_batch_size:
+            lines.append(f"  preferred_batch_size: [ {', '.join(map(str, cfg.preferred_batch_size))} ]  "
+                         f"# {_comment(cfg.source('preferred_batch_size'))}")
+        else:
+            lines.append(f"  # preferred_batch_size: none (dispatch whatever has arrived): "
+                         f"{_comment(cfg.source('preferred_batch_size'))}")
+        lines.append(f"  max_queue_delay_microseconds: {cfg.max_queue_delay_microseconds}  "
+                     f"# {_comment(cfg.source('max_queue_delay_microseconds'))}")
+        lines.append("}")
     else:
-        lines.append(f"  # preferred_batch_size: none (dispatch whatever has arrived): "
-                     f"{_comment(cfg.source('preferred_batch_size'))}")
-    lines.append(f"  max_queue_delay_microseconds: {cfg.max_queue_delay_microseconds}  "
-                 f"# {_comment(cfg.source('max_queue_delay_microseconds'))}")
-    lines += ["}", "instance_group ["]
+        lines.append(f"# no dynamic_batching: each request runs on its own as it arrives (Triton's default): "
+                     f"{_comment(cfg.source('dynamic_batching'))}")
+    lines += ["instance_group ["]
     lines.append(f"  {{ count: {cfg.instance_count} kind: {cfg.instance_kind} }}  "
                  f"# {_comment(cfg.source('instance_count'))}")
     lines.append("]")

@@ -163,3 +163,26 @@ def test_bad_settings_are_refused():
     with pytest.raises(ConfigError, match="flavour"):
         mr.render_config_pbtxt(model_name="m", spec=SPEC, serving_config=mr.ServingConfig(), flavour="cloud",
                                onnx_sha256="0" * 64)
+
+
+def test_dynamic_batching_off_writes_no_dynamic_batching_block(tmp_path, onnx_file):
+    """Triton's default serving (the fleet benchmark's baseline): no dynamic_batching block at all, one instance."""
+    cfg = mr.ServingConfig(max_batch_size=256, dynamic_batching=False, max_queue_delay_microseconds=0,
+                           sources={"dynamic_batching": "Triton's default (fleet benchmark baseline)"})
+    model_dir = mr.write_model_repository(tmp_path / "repo", model_name="m", onnx_path=onnx_file, spec=SPEC,
+                                          serving_config=cfg)
+    text = (model_dir / "config.pbtxt").read_text()
+    config = mr.parse_config_pbtxt(model_dir / "config.pbtxt")
+    assert "dynamic_batching" not in config and "max_queue_delay" not in text
+    assert config["max_batch_size"] == 256 and config["instance_group"] == [{"count": 1, "kind": "KIND_CPU"}]
+    assert "# no dynamic_batching: each request runs on its own" in text and "fleet benchmark baseline" in text
+    saved = mr.read_provenance(model_dir)["serving_config"]
+    assert saved["dynamic_batching"] is False and mr.ServingConfig.from_dict(saved) == cfg
+    # the default (and an old provenance without the key) keeps the block
+    assert "dynamic_batching" in mr.parse_config_pbtxt(mr.render_config_pbtxt(
+        model_name="m", spec=SPEC, serving_config=mr.ServingConfig.from_dict({}), flavour="local",
+        onnx_sha256="0" * 64))
+    with pytest.raises(ConfigError, match="needs dynamic_batching"):
+        mr.ServingConfig(dynamic_batching=False, preferred_batch_size=(8,))
+    with pytest.raises(ConfigError, match="dynamic_batching"):
+        mr.ServingConfig.from_dict({"dynamic_batching": "no"})
