@@ -16,7 +16,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 DATE ?=
 CONF ?= {}
 
-.PHONY: help setup run nightly compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests bench test-triton fleet-up fleet-down fleet-status rollout rollout-history
+.PHONY: help setup run nightly compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests bench test-triton fleet-up fleet-down fleet-status rollout rollout-history bench-fleet
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -63,6 +63,11 @@ profile: setup mlflow-up ## Profile the latest validated variants per hardware t
 BENCH_CONF ?= {}
 bench: setup ## Benchmark: RecForge's best variant vs PyTorch eager per family, the roofline, synthetic RMC1-3 (BENCH_CONF='{json}')
 	$(PY) -m tasks.bench --config '$(BENCH_CONF)'
+
+# `make bench-fleet` overrides, e.g. FLEET_BENCH_CONF='{"point_duration_s": 3, "max_steps": 8}' (serving/fleet_bench.py)
+FLEET_BENCH_CONF ?= {}
+bench-fleet: setup mlflow-up ## LBT of a 2-node Triton fleet: profile-generated config vs Triton's default (FLEET_FAMILY=, FLEET_BENCH_CONF=)
+	$(PY) -m serving.fleet_bench --family $(FLEET_FAMILY) --target $(FLEET_TARGET) --config '$(FLEET_BENCH_CONF)'
 
 register: setup mlflow-up ## Register the best profiled variant per (family, target) in MLflow and propose rollouts (CONF='{json}')
 	@date=$${DATE:-$$($(PY) -m tasks.data --print-last-day)}; \
