@@ -62,7 +62,7 @@ INFER = "/v2/models/dlrm/infer"
 
 
 def free_port() -> int:
-    from conftest import free_port as conftest_free_port
+    from tests.conftest import free_port as conftest_free_port
 
     return conftest_free_port()
 

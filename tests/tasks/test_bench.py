@@ -202,7 +202,7 @@ def test_bench_end_to_end_on_a_tiny_nightly(tiny_nightly, mlflow_server, monkeyp
 
 
 def test_mlflow_down_is_reported_not_fatal(monkeypatch):
-    from conftest import free_port
+    from tests.conftest import free_port
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     doc = {"nightly_date": "1998-04-22", "machine": {}, "config": {}, "markdown": "", "families": [], "synthetic": []}
