@@ -311,7 +311,7 @@ class OnnxTarget:
     """
 
     def __init__(self, onnx_path: str | Path, spec: FeatureSpec | str | Path, threads: int = 1,
-                 max_batch: int = MAX_ITEMS, seed: int = 0):
+                 max_batch: int = MAX_ITEMS, seed: int = 0, providers: Sequence[Any] | None = None):
         from model_defs.export import example_inputs
         from model_defs.spec import OUTPUT_NAME
         from tasks.compress import onnx_session
@@ -325,7 +325,7 @@ class OnnxTarget:
         if not self.path.is_file():
             raise ConfigError(f"onnx_path {self.path} is not a file")
         try:
-            self.session = onnx_session(self.path, self.threads)
+            self.session = onnx_session(self.path, self.threads, providers)
         except Exception as err:  # onnxruntime raises its own exception types
             raise ConfigError(f"onnx_path {self.path} cannot be loaded by onnxruntime: {_first_line(err)}") from None
         built = example_inputs(self.spec, self.max_batch, seed)

@@ -749,8 +749,9 @@ def optimize_onnx(src: str | Path, dst: str | Path, level: str = "extended") -> 
 # Running: prediction, parity, latency
 
 
-def onnx_session(onnx_path: str | Path, threads: int = 2) -> Any:
-    """A CPU session with all graph optimisations, ``threads`` intra-op threads and sequential execution."""
+def onnx_session(onnx_path: str | Path, threads: int = 2, providers: Sequence[Any] | None = None) -> Any:
+    """A session with all graph optimisations, ``threads`` intra-op threads and sequential execution, on the CPU
+    unless ``providers`` says otherwise (e.g. CUDA first, CPU as fallback)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -759,7 +760,7 @@ def onnx_session(onnx_path: str | Path, threads: int = 2) -> Any:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
-    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(onnx_path), options, providers=list(providers or ["CPUExecutionProvider"]))
 
 
 def _numpy_inputs(inputs: Split | Mapping[str, Any]) -> dict[str, np.ndarray]:

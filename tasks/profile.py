@@ -13,8 +13,9 @@ Targets:
 
 * :class:`CpuOnnxRuntime` (kind ``cpu-onnxruntime``): onnxruntime's CPU provider; knobs ``threads`` (intra-op),
   ``sub_batch``, ``workers``.
-* :class:`GpuTorch` (kind ``gpu-torch``): a placeholder; ``available()`` checks ``torch.cuda.is_available()``
-  and ``make_load_target`` raises until GPU serving is built.
+* :class:`GpuOnnxRuntime` (kind ``gpu-onnxruntime``): onnxruntime's CUDA provider; available when a CUDA device
+  is present and onnxruntime has the CUDA provider, skipped with the missing piece named otherwise. Not run on
+  a GPU in this project's CI (none there); FP16 variants are profiled only when it is available.
 * :class:`CpuTriton` (kind ``cpu-triton``): a real ``tritonserver`` (``serving.triton``) on 127.0.0.1 serving a
   local-flavour model repository (``serving.model_repo``: python backend running onnxruntime) over HTTP; knobs
   ``sub_batch`` and ``profile_search.triton_axes`` (``preferred_batch``, ``queue_delay_us``, ``instances``), plus
@@ -339,40 +340,90 @@ class CpuTriton:
         return f"CpuTriton(name={self.name!r}, threads={self.threads})"
 
 
-class GpuTorch:
-    """GPU placeholder (kind ``gpu-torch``): detected through ``torch.cuda``; serving on it is not built yet, so
-    ``make_load_target`` raises (``profile_all`` reports that as the target's one-line error)."""
+def _cuda_devices() -> list[str]:
+    """Names of the CUDA devices here ([] when none): torch's view, else ``nvidia-smi -L`` (this venv's torch is
+    the CPU wheel, which sees no GPU even on a GPU machine)."""
+    import shutil
+    import subprocess
 
-    kind = "gpu-torch"
+    try:
+        import torch
 
-    def __init__(self, *, name: str = "gpu", device_index: int = 0):
-        self.name, self.device_index = name, device_index
+        if torch.cuda.is_available():
+            return [torch.cuda.get_device_properties(i).name for i in range(torch.cuda.device_count())]
+    except Exception:  # noqa: BLE001 - a broken CUDA install is "no device" here
+        pass
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        return [line.split(":", 1)[1].split("(")[0].strip() for line in out.stdout.splitlines()
+                if line.startswith("GPU ")] if out.returncode == 0 else []
+    return []
+
+
+class GpuOnnxRuntime:
+    """onnxruntime's CUDA execution provider (kind ``gpu-onnxruntime``): the same ONNX variant, the same load
+    generator, sub-batches run on the GPU. Available when a CUDA device is present *and* onnxruntime has the
+    CUDA provider (the ``onnxruntime-gpu`` build); skipped with the missing piece named otherwise."""
+
+    kind = "gpu-onnxruntime"
+
+    def __init__(self, *, name: str = "gpu", device_index: int = 0, max_batch: int = MAX_ITEMS, seed: int = 0):
+        self.name, self.device_index, self.max_batch, self.seed = name, device_index, max_batch, seed
+        self.threads = 1  # host threads per session; the GPU does the work
 
     def available(self) -> tuple[bool, str]:
-        try:
-            import torch
-        except ImportError as err:
-            return False, f"torch is not importable: {err}"
-        if not torch.cuda.is_available():
+        devices = _cuda_devices()
+        if not devices:
             return False, "no CUDA device: skipped"
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            return False, f"onnxruntime is not importable: {err}"
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            return False, (f"CUDA device {devices[0]} present, but onnxruntime {ort.__version__} has no "
+                           "CUDAExecutionProvider (the serving environment needs onnxruntime-gpu): skipped")
         return True, ""
 
     def describe(self) -> str:
-        import torch
+        devices = _cuda_devices()
+        return devices[self.device_index] if len(devices) > self.device_index else "CUDA device"
 
-        props = torch.cuda.get_device_properties(self.device_index)
-        return f"{props.name}, {props.total_memory / 2**30:.0f} GiB"
+    def providers(self) -> list[Any]:
+        return [("CUDAExecutionProvider", {"device_id": self.device_index}), "CPUExecutionProvider"]
 
-    def make_load_target(self, onnx_path: str | Path, spec: Any, knobs: Mapping[str, Any]) -> Any:
-        raise ConfigError(f"target {self.name} ({self.kind}): GPU serving is not implemented yet")
+    def make_load_target(self, onnx_path: str | Path, spec: Any, knobs: Mapping[str, Any]) -> OnnxTarget:
+        target = OnnxTarget(onnx_path, spec, threads=1, max_batch=self.max_batch, seed=self.seed,
+                            providers=self.providers())
+        if "CUDAExecutionProvider" not in target.session.get_providers():
+            raise ConfigError(f"target {self.name}: onnxruntime fell back to the CPU for {onnx_path}")
+        return target
+
+    def latency_vs_batch(self, load_target: OnnxTarget, batches: Sequence[int], repeats: int) -> dict[int, float]:
+        """{batch: median ms of one request alone} on the GPU session (host-device copies included)."""
+        import statistics
+        import time
+
+        out = {}
+        for b in sorted(set(int(b) for b in batches if int(b) <= load_target.max_batch)):
+            load_target.infer(b)  # warm-up (kernel selection)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                load_target.infer(b)
+                times.append((time.perf_counter() - start) * 1000.0)
+            out[b] = statistics.median(times)
+        return out
 
     def __repr__(self) -> str:
-        return f"GpuTorch(name={self.name!r})"
+        return f"GpuOnnxRuntime(name={self.name!r}, device={self.device_index})"
 
 
 def default_targets(threads: int = 1) -> list[HardwareTarget]:
     """Every target this stage knows, available here or not."""
-    return [CpuOnnxRuntime(threads=threads), CpuTriton(threads=threads), GpuTorch()]
+    return [CpuOnnxRuntime(threads=threads), CpuTriton(threads=threads), GpuOnnxRuntime()]
 
 
 def probe_targets(candidates: Sequence[HardwareTarget]) -> tuple[list[HardwareTarget], dict[str, str]]:
@@ -680,7 +731,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def step() -> dict:
         cfg = ProfileConfig.from_dict(json_object(args.config))
         accuracy = json_object(args.accuracy, "--accuracy")
-        known = [CpuOnnxRuntime(threads=cfg.threads[0]), CpuTriton(threads=cfg.threads[0]), GpuTorch()]
+        known = [CpuOnnxRuntime(threads=cfg.threads[0]), CpuTriton(threads=cfg.threads[0]), GpuOnnxRuntime()]
         names = [n.strip() for n in args.targets.split(",") if n.strip()] if args.targets else None
         if names is None:
             targets = known

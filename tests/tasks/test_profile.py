@@ -180,3 +180,17 @@ def test_a_triton_target_that_cannot_start_is_reported_and_skipped(model, tmp_pa
     assert [p["target"]["kind"] for p in profiles] == ["cpu-onnxruntime"]
     assert skipped["cpu-triton"].startswith("TritonError: tritonserver exited with code 1 before it was ready")
     assert broken.server is None and list(tmp_path.iterdir()) == []
+
+
+def test_gpu_onnxruntime_target_names_what_is_missing(monkeypatch):
+    """No GPU can run here: the device list is faked to check the second reason (CUDA device, CPU-only ORT)."""
+    from tasks import profile
+
+    target = profile.GpuOnnxRuntime()
+    monkeypatch.setattr(profile, "_cuda_devices", lambda: [])
+    assert target.available() == (False, "no CUDA device: skipped")
+    monkeypatch.setattr(profile, "_cuda_devices", lambda: ["NVIDIA H100"])
+    ok, why = target.available()
+    assert not ok and "NVIDIA H100 present" in why and "CUDAExecutionProvider" in why and "onnxruntime-gpu" in why
+    assert target.kind == "gpu-onnxruntime" and target.describe() == "NVIDIA H100"
+    assert any(t.kind == "gpu-onnxruntime" for t in profile.default_targets())
