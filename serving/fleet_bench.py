@@ -37,6 +37,7 @@ import json
 import math
 import os
 import re
+import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -76,6 +77,7 @@ class FleetBenchConfig:
     seed: int = 0
     check_inter_ms: int = 500
     name: str | None = None  # folder under $RECFORGE_HOME/fleet-bench (default: <model>-<target>)
+    rounds: int = 1  # each config's fleet is measured this often, in alternating order; the LBT is their median
 
     def __post_init__(self) -> None:
         def positive(key: str, allow_none: bool = True) -> None:
@@ -87,6 +89,8 @@ class FleetBenchConfig:
 
         for key in ("p95_target_ms", "start_qps"):
             positive(key)
+        if not isinstance(self.rounds, int) or isinstance(self.rounds, bool) or not 1 <= self.rounds <= 10:
+            raise ConfigError(f"FleetBenchConfig.rounds must be an integer in [1, 10], got {self.rounds!r}")
         for key in ("sub_batch", "workers"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1024):
@@ -297,8 +301,12 @@ def compare(source: fl.ModelSource, cfg: FleetBenchConfig | None = None, *, targ
         "settings": asdict(cfg), "configs": {},
     }
     started = time.monotonic()
+    # rounds > 1 alternate the order (generated, default, default, generated, ...): a slow drift of the machine's
+    # load then weighs on both configs alike
+    order = [(r, label) for r in range(cfg.rounds) for label in (CONFIGS if r % 2 == 0 else CONFIGS[::-1])]
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in CONFIGS}
     try:
-        for label in CONFIGS:
+        for round_no, label in order:
             intended = serving[label]
             fleet_home = homes[label]
             try:
@@ -317,7 +325,7 @@ def compare(source: fl.ModelSource, cfg: FleetBenchConfig | None = None, *, targ
                     served[node] = config_knobs(tr.model_config(info["url"], source.model))
                     _check_served(label, node, served[node], intended)
                 pbtxt = Path(handle.node(handle.nodes[0])["repo"]) / source.model / "config.pbtxt"
-                entry = {"serving_config": intended.to_dict(), "config_pbtxt": str(pbtxt),
+                entry = {"round": round_no, "serving_config": intended.to_dict(), "config_pbtxt": str(pbtxt),
                          "config_pbtxt_knobs": config_knobs(mr.parse_config_pbtxt(pbtxt)), "served_knobs": served,
                          "fleet_url": state["url"], "up_seconds": state.get("up_seconds"),
                          "weights": {n: v["weight"] for n, v in handle.state["nodes"].items()},
@@ -325,14 +333,21 @@ def compare(source: fl.ModelSource, cfg: FleetBenchConfig | None = None, *, targ
                 entry.update(search_lbt(state["url"], source.model, source.spec_path, cfg, sub_batch=sub_batch,
                                         workers=workers, start_qps=start_qps, p95_target_ms=p95_target))
                 entry["loadavg_after"] = _loadavg()
-                doc["configs"][label] = entry
+                runs[label].append(entry)
             finally:
                 fl.down(home=fleet_home)
     finally:
         for fleet_home in homes.values():  # also the fleet of a label that never got its turn (interrupted)
             with contextlib.suppress(Exception):
                 fl.down(home=fleet_home)
-    lbt = {label: doc["configs"][label]["lbt_qps"] for label in CONFIGS}
+    lbt = {}
+    for label in CONFIGS:  # the median over the rounds; the figures at the LBT are those of the round nearest to it
+        rounds = [e["lbt_qps"] for e in runs[label]]
+        lbt[label] = statistics.median(rounds)
+        nearest = min(runs[label], key=lambda e, m=lbt[label]: (abs(e["lbt_qps"] - m), e["round"]))
+        doc["configs"][label] = {**nearest, "lbt_qps": lbt[label], "lbt_qps_rounds": rounds,
+                                 "lbt_qps_round_shown": nearest["lbt_qps"],
+                                 "other_rounds": [e for e in runs[label] if e is not nearest]}
     doc["ratio_generated_over_default"] = lbt["generated"] / lbt["default"] if lbt["default"] > 0 else None
     doc["loadavg_after"] = _loadavg()
     doc["duration_s"] = round(time.monotonic() - started, 1)
@@ -361,16 +376,22 @@ def render_table(doc: Mapping[str, Any]) -> str:
              f"{(doc.get('loadavg_before') or ['?'])[0]} / {(doc.get('loadavg_after') or ['?'])[0]}", "",
              "| config | LBT qps | items/s at LBT | p95 ms at LBT | p50 ms at LBT | rates probed | config.pbtxt |",
              "|---|---:|---:|---:|---:|---:|---|"]
+    rounds = max(len(e.get("lbt_qps_rounds") or [0]) for e in doc["configs"].values())
     for label in CONFIGS:
         entry = doc["configs"].get(label)
         if entry is None:
             continue
         lbt = _fmt(entry["lbt_qps"]) + (" (capped)" if entry["capped"] else "") + \
             ("" if entry["converged"] else " (not converged)")
+        if rounds > 1:
+            lbt += f" (median of {', '.join(_fmt(x) for x in entry['lbt_qps_rounds'])})"
         lines.append(f"| {label} | {lbt} | {_fmt(entry['items_per_s_at_lbt'], 0)} | "
                      f"{_fmt(entry['p95_ms_at_lbt'])} | {_fmt(entry['p50_ms_at_lbt'])} | {len(entry['curve'])} | "
                      f"{describe_knobs(entry['config_pbtxt_knobs'])} |")
     ratio = doc.get("ratio_generated_over_default")
+    if rounds > 1:
+        lines += ["", f"{rounds} rounds in alternating order; LBT = median of the rounds, the other columns are the "
+                  "round nearest to it"]
     lines += ["", f"LBT generated / default: {_fmt(ratio, 2) + 'x' if ratio is not None else '– (default LBT is 0)'}"]
     return "\n".join(lines) + "\n"
 

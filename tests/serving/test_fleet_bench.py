@@ -57,7 +57,7 @@ def cpu_triton_profile() -> dict:
 
 def test_settings_are_checked_on_one_line():
     for bad in ({"nodes": 0}, {"sub_batch": 0}, {"workers": 2.5}, {"point_duration_s": -1}, {"tolerance": 2},
-                {"sizes": "zipf"}, {"name": "a/b"}, {"unknown": 1}):
+                {"sizes": "zipf"}, {"name": "a/b"}, {"rounds": 0}, {"unknown": 1}):
         with pytest.raises(ConfigError):
             fb.FleetBenchConfig.from_dict(bad)
     default = fb.default_serving_config(mr.ServingConfig(max_batch_size=512, preferred_batch_size=(64,),
@@ -116,6 +116,8 @@ def test_both_configs_are_measured_through_a_real_fleet_and_compared(tmp_path, s
     for entry in (generated, default):
         assert entry["lbt_qps"] > 0 and entry["curve"] and entry["p95_ms_at_lbt"] <= SETTINGS["p95_target_ms"]
         assert entry["items_per_s_at_lbt"] > 0 and entry["start_qps"] == SETTINGS["start_qps"]
+    assert [(e["lbt_qps_rounds"], e["round"], e["other_rounds"]) for e in (generated, default)] == \
+        [([generated["lbt_qps"]], 0, []), ([default["lbt_qps"]], 0, [])]
     assert doc["ratio_generated_over_default"] == pytest.approx(generated["lbt_qps"] / default["lbt_qps"])
     assert summary["ratio_generated_over_default"] == doc["ratio_generated_over_default"]
     table = (home / "bench" / "fleet_configs.md").read_text()
