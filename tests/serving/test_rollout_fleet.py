@@ -241,3 +241,31 @@ def test_a_file_that_does_not_match_the_registry_is_refused_before_it_is_served(
     assert served_versions(registry.name) == {"node0": v2, "node1": v2}
     state = fl.read_state()
     assert all(node["lb_state"] == "ready" for node in state["nodes"].values())
+
+
+def test_malformed_requests_through_the_balancer_get_a_4xx_and_the_fleet_keeps_serving(world):
+    """Wrong shape, wrong dtype, missing input, batch above max_batch_size: Triton answers 4xx through HAProxy
+    (HAProxy's retry-on 503 does not turn a client error into a retry storm), and both nodes keep serving."""
+    import requests
+
+    from serving.triton import TritonError
+
+    registry = world["registry"]
+    url = fl.read_state()["url"]
+    good = {k: v.numpy() for k, v in example_inputs(SPEC, 4, 11).items()}
+    bad_requests = {
+        "wrong shape": {**good, "dense": good["dense"][:, :3]},
+        "wrong dtype": {**good, "sparse": good["sparse"].astype(np.float32)},
+        "missing input": {k: v for k, v in good.items() if k != "history"},
+        "batch above max_batch_size": {k: np.repeat(v[:1], 5000, axis=0) for k, v in good.items()},
+    }
+    for what, inputs in bad_requests.items():
+        with pytest.raises(TritonError) as err:
+            tr.infer(url, registry.name, inputs)
+        assert 400 <= err.value.status < 500, (what, err.value)
+    # Triton 2.45 answers an unparseable JSON body with 500 ("failed to parse the request JSON buffer"), not a
+    # 4xx; the balancer does not retry it (retry-on covers connection failures and 503 only) and nothing breaks
+    garbage = requests.post(f"{url}/v2/models/{registry.name}/infer", data=b"{not json", timeout=10)
+    assert garbage.status_code in (400, 500) and "parse" in garbage.text
+    for _ in range(4):  # both nodes still answer (round robin over them)
+        assert tr.infer(url, registry.name, good)["probability"].shape[0] == 4
