@@ -58,7 +58,7 @@ def _run_id() -> str:
         "max_error_rate": Param(0.001, type="number", minimum=0, maximum=1, title="Max error rate",
                                 description="Failed requests / requests allowed during the canary."),
         "load_qps": Param(0.0, type="number", minimum=0, title="Canary load (queries/s)",
-                          description="Offered load during the canary; 0: half the fleet's profiled capacity."),
+                          description="Offered load during the canary; 0: a quarter of the fleet's profiled capacity."),
         "config": Param({}, type="object", title="Other settings",
                         description="Other RolloutConfig fields, e.g. {\"sizes\": \"fixed:64\", \"smoke_rows\": 32}."),
     },

@@ -22,7 +22,7 @@ the MLflow model version.
 
 CLI (what ``make rollout`` runs; the DAG runs the same functions)::
 
-    python -m tasks.rollout run --model recforge-dlrm [--target cpu-triton] [--version 3|champion-cpu-triton] [--config JSON]
+    python -m tasks.rollout run --model recforge-dlrm [--target cpu-triton] [--version 3] [--config JSON]
     python -m tasks.rollout history [--model M]
 """
 
@@ -74,7 +74,7 @@ class RolloutConfig:
     p95_slo_ms: float = 0.0  # 0: the p95 target of the version's profile
     max_error_rate: float = 0.001
     load_qps: float = 0.0  # 0: load_fraction x the fleet's profiled capacity
-    load_fraction: float = 0.5
+    load_fraction: float = 0.25  # of the summed profiled capacity of the nodes (local nodes share the same cores)
     sizes: str = "lognormal"  # serving.loadgen.QuerySizes syntax
     smoke_rows: int = 16
     smoke_atol: float = 1e-4

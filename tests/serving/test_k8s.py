@@ -15,10 +15,10 @@ import kubernetes_validate
 import pytest
 import requests
 import yaml
-from tests.conftest import REPO, free_port
 
 from serving import k8s
 from tasks.errors import ConfigError
+from tests.conftest import REPO, free_port
 
 K8S_DIR = REPO / "infra" / "k8s"
 CONFIG = K8S_DIR / "deploy.example.json"
