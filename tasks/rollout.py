@@ -508,7 +508,10 @@ def _sub_batch(plan: Mapping[str, Any]) -> int:
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         knobs = json.loads(Path(plan["new"]["profile"]).read_text())["search"]["best_knobs"]
     sub = int(knobs.get("sub_batch", 64))
-    return max(1, min(sub, int(plan["new"]["serving_config"].get("max_batch_size", sub))))
+    # during the canary old and new versions serve side by side: requests must fit every node's max_batch_size
+    limits = [int(plan["new"]["serving_config"].get("max_batch_size", sub))]
+    limits += [int((n.get("serving_config") or {}).get("max_batch_size", sub)) for n in plan["nodes"].values()]
+    return max(1, min([sub, *limits]))
 
 
 def canary(plan: dict[str, Any]) -> dict[str, Any]:
@@ -525,8 +528,13 @@ def canary(plan: dict[str, Any]) -> dict[str, Any]:
     before = _node_counters(fleet, node, model, version)
     others_before = {n: _node_counters(fleet, n, model, int(plan["nodes"][n]["version"])) for n in others}
     _back_in_rotation(fleet, node, weight)
-    result = run_load(fleet.url, model, plan["new"]["spec"], plan["load_qps"], cfg["canary_duration_s"],
-                      sizes=cfg["sizes"], sub_batch=_sub_batch(plan), seed=cfg["seed"])
+    try:
+        result = run_load(fleet.url, model, plan["new"]["spec"], plan["load_qps"], cfg["canary_duration_s"],
+                          sizes=cfg["sizes"], sub_batch=_sub_batch(plan), seed=cfg["seed"])
+    except Exception as err:
+        plan["error"] = f"canary load through the balancer failed: {str(err).splitlines()[0] if str(err) else err!r}"
+        save_state(plan)
+        raise RolloutFailed(plan["error"]) from None
     after = _node_counters(fleet, node, model, version)
     others_served = sum(_node_counters(fleet, n, model, int(plan["nodes"][n]["version"]))["success"]
                         - others_before[n]["success"] for n in others)
@@ -546,7 +554,8 @@ def canary(plan: dict[str, Any]) -> dict[str, Any]:
         "canary_share": (served + failed) / (served + failed + others_served) if served + failed else 0.0,
     }
     verdict = gate(figures, plan["p95_slo_ms"], cfg["max_error_rate"])
-    plan["figures"].update({f"canary_{k}" if not k.startswith("canary_") else k: v for k, v in figures.items()})
+    # balancer_*: the load generator's view through HAProxy (whole fleet); canary_*: the canary node's own figures
+    plan["figures"].update({k if k.startswith("canary_") else f"balancer_{k}": v for k, v in figures.items()})
     plan["gate"] = {"passed": verdict.passed, "reasons": verdict.reasons, "p95_slo_ms": plan["p95_slo_ms"],
                     "max_error_rate": cfg["max_error_rate"]}
     plan["status"] = "canary_passed" if verdict.passed else "canary_failed"

@@ -165,7 +165,7 @@ def test_a_good_version_is_canaried_and_promoted_with_zero_failed_requests(world
           f"canary {result['figures']}")
     assert result["outcome"] == "promoted", result
     assert client.sent > 20 and client.failed == 0, client.errors[:3]
-    assert result["figures"]["canary_errors"] == 0 and result["figures"]["canary_requests"] > 0
+    assert result["figures"]["balancer_errors"] == 0 and result["figures"]["canary_requests"] > 0
     # weighted round robin: a 10 % canary weight is about a 10 % share of the requests
     assert 0.02 < result["figures"]["canary_share"] < 0.25, result["figures"]
     assert served_versions(registry.name) == {"node0": int(v2), "node1": int(v2)}
