@@ -339,14 +339,9 @@ def single_query_ms(target: Any, items: int, repeats: int) -> float:
 
 
 def median_ms(call: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * float(np.median(times))
+    from tasks.compress import median_ms as compress_median_ms
+
+    return compress_median_ms(call, repeats, warmup)
 
 
 def load_run(target: Any, rate: float, cfg: BenchConfig, duration_s: float, sub_batch: int, workers: int):

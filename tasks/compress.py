@@ -801,7 +801,7 @@ def onnx_max_abs_diff(model: nn.Module, onnx_path: str | Path, inputs: Split | M
     return float(np.max(np.abs(actual - expected))) if expected.size else 0.0
 
 
-def _median_ms(call: Callable[[], Any], repeats: int, warmup: int) -> float:
+def median_ms(call: Callable[[], Any], repeats: int, warmup: int) -> float:
     for _ in range(warmup):
         call()
     times = []
@@ -819,7 +819,7 @@ def onnx_latency_ms(onnx_path: str | Path, inputs: Split | Mapping[str, Any], th
 
     session = onnx_session(onnx_path, threads)
     feed = _numpy_inputs(inputs)
-    return _median_ms(lambda: session.run([OUTPUT_NAME], feed), repeats, warmup)
+    return median_ms(lambda: session.run([OUTPUT_NAME], feed), repeats, warmup)
 
 
 def torch_latency_ms(model: nn.Module, inputs: Split | Mapping[str, Any], threads: int = 2,
@@ -840,7 +840,7 @@ def torch_latency_ms(model: nn.Module, inputs: Split | Mapping[str, Any], thread
     model.eval()
     try:
         with torch.no_grad():
-            return _median_ms(lambda: model(**feed), repeats, warmup)
+            return median_ms(lambda: model(**feed), repeats, warmup)
     finally:
         torch.set_num_threads(previous)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)

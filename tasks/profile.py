@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -54,8 +53,10 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from serving.loadgen import MAX_ITEMS, OnnxTarget, QuerySizes, run_open_loop
+from serving.model_repo import sha256_file as file_sha256  # noqa: F401  (re-exported)
 from tasks.config import config_from_dict
 from tasks.errors import ConfigError, RecForgeError
+from tasks.hw_limits import cpu_model as _cpu_model
 from tasks.profile_search import (
     HillClimb,
     LBTConfig,
@@ -97,16 +98,6 @@ class HardwareTarget(Protocol):
         ...
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def _cpu_count() -> int:
@@ -539,12 +530,6 @@ def _one_line(err: BaseException, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_doc(sizes: QuerySizes, sub_batch_axis: Sequence[int]) -> dict[str, Any]:

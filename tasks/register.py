@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import logging
 import math
@@ -50,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from serving.model_repo import sha256_file as file_sha256
 from tasks import config
 from tasks.config import config_from_dict
 from tasks.errors import ConfigError, DataError, RecForgeError
@@ -190,12 +190,6 @@ def _one_line(err: BaseException) -> str:
     return text[0][:300] if text else type(err).__name__
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _now() -> str:
