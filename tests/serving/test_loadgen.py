@@ -124,9 +124,11 @@ def test_open_loop_queueing_shows_in_the_tail():
     assert high.errors == 0 and high.completed == 100
     assert high.p95_ms > 20 * service_ms and high.mean_wait_ms > 10 * service_ms
     assert high.achieved_qps < 1.2 * 1000 / service_ms  # the server saturates at 1/S
-    # issuing followed the Poisson schedule, not the completions
+    # issuing followed the Poisson schedule, not the completions: a closed loop would lag by the queue (the last
+    # arrivals ~600 ms behind); the open loop's lag is only the dispatcher's scheduling delay, which on 2 busy
+    # shared cores reached 17 ms at p95 (50 ms keeps an order of magnitude between the two)
     lag_ms = (high.issued_s - high.arrival_s) * 1000
-    assert np.all(lag_ms >= 0) and np.percentile(lag_ms, 95) < 10
+    assert np.all(lag_ms >= 0) and np.percentile(lag_ms, 95) < 50
     assert high.issued_s[-1] < high.arrival_s[-1] + 0.05 < high.finish_s[-1] - 0.3
     assert np.all(high.start_s >= high.issued_s) and np.all(high.finish_s >= high.start_s + service_ms / 1000 * 0.9)
     assert np.allclose(high.latencies_ms, (high.finish_s - high.arrival_s) * 1000)
