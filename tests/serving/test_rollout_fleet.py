@@ -156,7 +156,10 @@ def test_a_good_version_is_canaried_and_promoted_with_zero_failed_requests(world
     from tasks import rollout
 
     registry, v2 = world["registry"], world["versions"]["v2"]
-    cfg = rollout.RolloutConfig.from_dict({**config(), "model": registry.name, "version": v2})
+    # This test is about the mechanics (canary share, promotion node by node, zero failed requests); the SLO
+    # decision is the slow-model test's. On a fresh 2-core CI runner the first canary window through a just-loaded
+    # python-backend model once measured p95 411 ms for this tiny model, so the SLO here is generous.
+    cfg = rollout.RolloutConfig.from_dict({**config(p95_slo_ms=2000.0), "model": registry.name, "version": v2})
     with Background(fl.read_state()["url"], registry.name) as client:
         started = time.monotonic()
         result = rollout.run(cfg)
