@@ -114,11 +114,12 @@ def test_open_loop_queueing_shows_in_the_tail():
     service_ms = 10.0
     target = CallableTarget.sleeping(service_ms)
     one_sub_batch = {"sizes": QuerySizes.fixed(50), "sub_batch": 64, "workers": 1}
-    # low load (rho = 0.1): p95 ~ the service time
+    # low load (rho = 0.1): latency ~ the service time. The upper bounds leave room for thread wake-ups on a busy
+    # 2-core runner (a quiet one measured p50 29 ms once); overload below is an order of magnitude beyond them
     low = run_open_loop(target, 10.0, n_queries=20, seed=1, **one_sub_batch)
     assert low.errors == 0 and low.completed == 20
-    assert service_ms * 0.95 <= low.p50_ms < 2 * service_ms
-    assert low.p95_ms < 3 * service_ms
+    assert service_ms * 0.95 <= low.p50_ms < 4 * service_ms
+    assert low.p95_ms < 6 * service_ms
     # overload (rho = 3): arrivals keep coming, the queue grows, the tail is many service times
     high = run_open_loop(target, 3 * 1000 / service_ms, n_queries=100, seed=1, **one_sub_batch)
     assert high.errors == 0 and high.completed == 100
