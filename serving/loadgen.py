@@ -10,6 +10,10 @@ sub-batch finished, so queueing delay counts.
 The load is OPEN LOOP: a dispatcher thread releases queries at Poisson arrival times
 (:func:`poisson_arrivals`) whatever the server's progress, so a server slower than the offered rate
 shows as a growing tail latency instead of a silently lower offered rate (no coordinated omission).
+With an :class:`Offload` (DeepRecSched's hybrid scheduling), a query of more than ``threshold`` items is not
+split: it runs whole on the offload target (the accelerator, served by its own worker threads), and only the
+smaller queries are split into sub-batches for the CPU workers.
+
 Issuing stops at the end of the schedule; in-flight work then gets ``drain_timeout_s`` to finish, and
 queries still unfinished after that count as errors (``timed_out``). With ``max_queue``, a query that
 arrives while ``max_queue`` queries wait to start is dropped (``dropped``, also an error).
@@ -349,6 +353,32 @@ class OnnxTarget:
         self.session.run(self._outputs, {name: array[:n_items] for name, array in self._inputs.items()})
 
 
+@dataclass(frozen=True)
+class Offload:
+    """DeepRecSched's CPU/accelerator split (Gupta et al., ISCA 2020, sec. 5): a query of more than ``threshold``
+    items goes whole to ``target`` (e.g. a GPU session), run by ``workers`` threads of its own (one per stream);
+    smaller queries stay on the CPU workers, split into sub-batches. Large queries amortise the accelerator's
+    fixed launch and copy cost, small ones would only queue behind them. A query larger than the target's
+    ``max_batch`` is cut into requests of ``max_batch`` items, all on the accelerator."""
+
+    target: Target
+    threshold: int  # items; a query of more items is offloaded (MAX_ITEMS: nothing is)
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target, Target):
+            raise ConfigError(f"offload target must have a name and an infer(n_items) method, got {self.target!r}")
+        check_int("offload threshold", self.threshold, 0, MAX_ITEMS)
+        check_int("offload workers", self.workers, 1, MAX_WORKERS)
+
+    @property
+    def max_batch(self) -> int:
+        return int(getattr(self.target, "max_batch", MAX_ITEMS))
+
+    def takes(self, n_items: int) -> bool:
+        return n_items > self.threshold
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The open-loop run
 
@@ -399,6 +429,9 @@ class LoadResult:
     duration_s: float  # measurement window: start to the later of the last completion and the arrival window's
     # end (duration_s, or the last arrival with n_queries); to the give-up time if queries timed out
     first_error: str | None = None
+    offloaded: int = 0  # issued queries sent whole to the Offload target (0 without one)
+    offload_threshold: int | None = None  # items; None: no offload
+    offload_p95_ms: float = math.nan  # p95 of the completed offloaded queries
     latencies_ms: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     arrival_s: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     issued_s: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
@@ -453,10 +486,12 @@ class _Run:
     """Shared state of one run: the dispatcher, the workers and the supervisor (the calling thread)."""
 
     def __init__(self, target: Target, arrivals: np.ndarray, sizes: np.ndarray, sub_batch: int, workers: int,
-                 max_queue: int | None):
+                 max_queue: int | None, offload: Offload | None = None):
         n = len(arrivals)
         self.target, self.arrivals, self.sizes = target, arrivals, sizes
         self.sub_batch, self.n_workers, self.max_queue = sub_batch, workers, max_queue
+        self.offload = offload
+        self.offloaded = np.zeros(n, dtype=bool)
         self.issued = np.full(n, np.nan)
         self.start = np.full(n, np.nan)
         self.finish = np.full(n, np.nan)
@@ -468,6 +503,7 @@ class _Run:
         self.lock = threading.Lock()
         self.stop = threading.Event()  # set by the supervisor: skip all remaining work, record nothing more
         self.tasks: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self.offload_tasks: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
         self.t0 = 0.0
 
     def now(self) -> float:
@@ -488,18 +524,29 @@ class _Run:
                         self.errors[qi] = f"dropped: {self.waiting} queries already waiting (max_queue)"
                         self.dropped += 1
                         continue
-                    parts = sub_batches(int(self.sizes[qi]), self.sub_batch)
+                    n = int(self.sizes[qi])
+                    to_offload = self.offload is not None and self.offload.takes(n)
+                    if to_offload:
+                        parts = sub_batches(n, self.offload.max_batch)
+                        self.offloaded[qi] = True
+                    else:
+                        parts = sub_batches(n, self.sub_batch)
                     self.remaining[qi] = len(parts)
                     self.waiting += 1
+                tasks = self.offload_tasks if to_offload else self.tasks
                 for n_items in parts:
-                    self.tasks.put((qi, n_items))
+                    tasks.put((qi, n_items))
         finally:
             for _ in range(self.n_workers):
                 self.tasks.put(None)
+            for _ in range(self.offload.workers if self.offload is not None else 0):
+                self.offload_tasks.put(None)
 
-    def work(self) -> None:
+    def work(self, offload: bool = False) -> None:
+        tasks = self.offload_tasks if offload else self.tasks
+        target = self.offload.target if offload else self.target
         while True:
-            task = self.tasks.get()
+            task = tasks.get()
             if task is None:
                 return
             qi, n_items = task
@@ -513,7 +560,7 @@ class _Run:
             error = None
             if not failed:  # a query whose sub-batch failed skips its other sub-batches
                 try:
-                    self.target.infer(n_items)
+                    target.infer(n_items)
                 except Exception as err:  # any failure of the target is the query's error
                     error = f"{type(err).__name__}: {_first_line(err)}"
             with self.lock:
@@ -528,11 +575,13 @@ class _Run:
 
 def run_open_loop(target: Target, rate_qps: float, *, duration_s: float | None = None, n_queries: int | None = None,
                   sizes: QuerySizes | None = None, sub_batch: int = 64, workers: int = 2, seed: int = 0,
-                  max_queue: int | None = None, drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> LoadResult:
+                  max_queue: int | None = None, drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
+                  offload: Offload | None = None) -> LoadResult:
     """Drive ``target`` with Poisson queries at ``rate_qps`` for ``duration_s`` seconds (or ``n_queries``).
 
     Query sizes come from ``sizes`` (default: DeepRecSys' lognormal); each query is split into sub-batches of
-    at most ``sub_batch`` items, run by ``workers`` threads. ``seed`` fixes the arrival schedule and the sizes.
+    at most ``sub_batch`` items, run by ``workers`` threads; with ``offload``, queries above its threshold run
+    whole on its target instead. ``seed`` fixes the arrival schedule and the sizes.
     The call returns at most about ``drain_timeout_s`` after the last arrival.
     """
     check_run_settings(rate_qps, duration_s, n_queries, sub_batch, workers, seed, max_queue, drain_timeout_s)
@@ -542,6 +591,8 @@ def run_open_loop(target: Target, rate_qps: float, *, duration_s: float | None =
     if sub_batch > max_batch:
         raise ConfigError(f"sub_batch must be an integer in [1, {max_batch}] (the target's max_batch), "
                           f"got {sub_batch}")
+    if offload is not None and not isinstance(offload, Offload):
+        raise ConfigError(f"offload must be an Offload, got {offload!r}")
     sizes = sizes if sizes is not None else QuerySizes.lognormal()
     if not isinstance(sizes, QuerySizes):
         raise ConfigError(f"sizes must be a QuerySizes, got {sizes!r}")
@@ -549,9 +600,11 @@ def run_open_loop(target: Target, rate_qps: float, *, duration_s: float | None =
     arrivals = poisson_arrivals(rate_qps, duration_s, n_queries, arrival_rng)
     query_sizes = sizes.sample(len(arrivals), size_rng)
 
-    run = _Run(target, arrivals, query_sizes, sub_batch, workers, max_queue)
+    run = _Run(target, arrivals, query_sizes, sub_batch, workers, max_queue, offload)
     dispatcher = threading.Thread(target=run.dispatch, name="loadgen-dispatch", daemon=True)
     pool = [threading.Thread(target=run.work, name=f"loadgen-worker-{i}", daemon=True) for i in range(workers)]
+    pool += [threading.Thread(target=run.work, args=(True,), name=f"loadgen-offload-{i}", daemon=True)
+             for i in range(offload.workers if offload is not None else 0)]
     schedule_end = float(arrivals[-1]) if len(arrivals) else 0.0
     window_end = duration_s if duration_s is not None else schedule_end  # the offered-load window
     run.t0 = time.perf_counter()
@@ -572,6 +625,7 @@ def run_open_loop(target: Target, rate_qps: float, *, duration_s: float | None =
             finish = run.finish[:issued].copy()
             start = run.start[:issued].copy()
             issued_at = run.issued[:issued].copy()
+            offloaded = run.offloaded[:issued].copy()
     arrival = arrivals[:issued]
     items = query_sizes[:issued]
     timed_out = 0
@@ -588,6 +642,8 @@ def run_open_loop(target: Target, rate_qps: float, *, duration_s: float | None =
 
     def pct(q: float) -> float:
         return float(np.percentile(latencies, q)) if completed else math.nan
+
+    offloaded_ok = offloaded[ok]
 
     return LoadResult(
         target=str(getattr(target, "name", type(target).__name__)),
@@ -611,6 +667,9 @@ def run_open_loop(target: Target, rate_qps: float, *, duration_s: float | None =
         mean_items=float(items.mean()) if issued else math.nan,
         duration_s=wall,
         first_error=next((e for e in errors if e is not None), None),
+        offloaded=int(offloaded.sum()),
+        offload_threshold=offload.threshold if offload is not None else None,
+        offload_p95_ms=float(np.percentile(latencies[offloaded_ok], 95)) if offloaded_ok.any() else math.nan,
         latencies_ms=latencies,
         arrival_s=arrival.copy(),
         issued_s=issued_at,

@@ -73,6 +73,7 @@ class BenchConfig:
     start_fraction: float = 0.3  # LBT search starts at this fraction of the single-query capacity estimate
     max_steps: int = 7  # probed rates per LBT search
     tolerance: float = 0.15  # LBT bisection stops within this relative gap
+    confirm: int = 2  # extra runs at each final LBT rate, baseline and RecForge alike (profile_search.confirm_lbt)
     max_evaluations: int = 3  # knob settings the hill climb may try per variant
     threads: tuple[int, ...] = (1, 2)  # onnxruntime intra-op thread candidates
     workers: int = 2  # serving worker threads of RecForge
@@ -120,7 +121,8 @@ class BenchConfig:
                   ("load_fraction", 0 < self.load_fraction <= 1), ("tolerance", 0 < self.tolerance < 1),
                   ("table_rows_scale", 0 < self.table_rows_scale <= 1), ("zipf_alpha", 0 < self.zipf_alpha <= 5),
                   ("pooling_sigma", 0 <= self.pooling_sigma <= 3), ("shortlist", self.shortlist >= 1),
-                  ("max_steps", self.max_steps >= 1), ("max_evaluations", self.max_evaluations >= 1),
+                  ("max_steps", self.max_steps >= 1), ("confirm", 0 <= self.confirm <= 100),
+                  ("max_evaluations", self.max_evaluations >= 1),
                   ("workers", 1 <= self.workers <= 64), ("baseline_threads", 0 <= self.baseline_threads <= 64),
                   ("threads", bool(self.threads) and all(1 <= t <= 64 for t in self.threads)),
                   ("synthetic_batches", bool(self.synthetic_batches)
@@ -146,7 +148,7 @@ class BenchConfig:
 
         start = max(0.5, float(start_qps))
         return LBTConfig(p95_target_ms=p95_target_ms or self.p95_target_ms, start_qps=start, max_qps=start * 64,
-                         tolerance=self.tolerance, max_steps=self.max_steps)
+                         tolerance=self.tolerance, max_steps=self.max_steps, confirm=self.confirm)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -400,7 +402,8 @@ def profile_with_retries(variant: Mapping[str, Any], row: Mapping[str, Any], fam
                              start_qps=start, max_qps=start * 64, tolerance=cfg.tolerance, max_steps=cfg.max_steps,
                              sizes=cfg.sizes, min_sub_batch=cfg.min_sub_batch, max_sub_batch=cfg.max_sub_batch,
                              threads=tuple(cfg.threads), workers=cfg.workers, seed=cfg.seed,
-                             max_evaluations=cfg.max_evaluations, latency_batches=(1, 64, 256),
+                             max_evaluations=cfg.max_evaluations, confirm=cfg.confirm,
+                             latency_batches=(1, 64, 256),
                              latency_repeats=cfg.latency_repeats)
         doc = profile_variant(variant["onnx_path"], str(Path(variant["base_dir"]) / "spec.json"), target,
                               family=family, variant=row["variant"], variant_run_id=row["variant_run_id"],

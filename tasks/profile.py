@@ -16,6 +16,10 @@ Targets:
 * :class:`GpuOnnxRuntime` (kind ``gpu-onnxruntime``): onnxruntime's CUDA provider; available when a CUDA device
   is present and onnxruntime has the CUDA provider, skipped with the missing piece named otherwise. Not run on
   a GPU in this project's CI (none there); FP16 variants are profiled only when it is available.
+* :class:`HybridCpuGpu` (kind ``hybrid-onnxruntime``): DeepRecSched's scheduler (Gupta et al., ISCA 2020):
+  queries of more than ``gpu_threshold`` items run whole on a GPU target, the others are split into sub-batches
+  on the CPU target; knobs ``sub_batch``, ``gpu_threshold`` (searched together), ``threads``, ``gpu_workers``.
+  Available when both parts are.
 * :class:`CpuTriton` (kind ``cpu-triton``): a real ``tritonserver`` (``serving.triton``) on 127.0.0.1 serving a
   local-flavour model repository (``serving.model_repo``: python backend running onnxruntime) over HTTP; knobs
   ``sub_batch`` and ``profile_search.triton_axes`` (``preferred_batch``, ``queue_delay_us``, ``instances``), plus
@@ -52,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from serving.loadgen import MAX_ITEMS, OnnxTarget, QuerySizes, run_open_loop
+from serving.loadgen import MAX_ITEMS, Offload, OnnxTarget, QuerySizes, run_open_loop
 from serving.model_repo import sha256_file as file_sha256  # noqa: F401  (re-exported)
 from tasks.config import config_from_dict
 from tasks.errors import ConfigError, RecForgeError
@@ -63,6 +67,7 @@ from tasks.profile_search import (
     LBTEvaluator,
     Measurement,
     build_profile,
+    confirm_lbt,
     deeprecsched_axes,
     knob_key,
     mean_items_per_query,
@@ -412,9 +417,78 @@ class GpuOnnxRuntime:
         return f"GpuOnnxRuntime(name={self.name!r}, device={self.device_index})"
 
 
+class HybridLoadTarget:
+    """The load target of a :class:`HybridCpuGpu` setting: ``infer`` runs on the CPU part (sub-batches); the GPU
+    part takes whole queries through :meth:`offload`."""
+
+    def __init__(self, cpu: Any, gpu: Any):
+        self.cpu, self.gpu = cpu, gpu
+        self.name = f"{cpu.name} + {gpu.name}"
+        self.max_batch = int(getattr(cpu, "max_batch", MAX_ITEMS))
+
+    def infer(self, n_items: int) -> None:
+        self.cpu.infer(n_items)
+
+    def offload(self, knobs: Mapping[str, Any]) -> Offload:
+        return Offload(self.gpu, int(knobs["gpu_threshold"]), workers=int(knobs.get("gpu_workers", 1)))
+
+    def close(self) -> None:
+        for part in (self.cpu, self.gpu):
+            if hasattr(part, "close"):
+                part.close()
+
+
+class HybridCpuGpu:
+    """DeepRecSched's hybrid scheduling (kind ``hybrid-onnxruntime``): one CPU target and one GPU target serve
+    the same variant; the load generator sends a query of more than ``gpu_threshold`` items whole to the GPU
+    (``serving.loadgen.Offload``) and splits the smaller ones into sub-batches on the CPU. The threshold is
+    hill-climbed together with the sub-batch size: large queries amortise the GPU's launch and copy cost, small
+    ones are cheaper on the CPU cores (DeepRecSys fig. 11: the optimal threshold moves with load and model).
+    Available when both parts are; the reason names the missing part otherwise."""
+
+    kind = "hybrid-onnxruntime"
+
+    def __init__(self, cpu: HardwareTarget | None = None, gpu: HardwareTarget | None = None, *,
+                 name: str = "hybrid"):
+        self.cpu = cpu if cpu is not None else CpuOnnxRuntime()
+        self.gpu = gpu if gpu is not None else GpuOnnxRuntime()
+        self.name = name
+        self.threads = int(getattr(self.cpu, "threads", 1))
+        self.max_batch = int(getattr(self.cpu, "max_batch", MAX_ITEMS))
+
+    def available(self) -> tuple[bool, str]:
+        for part in (self.cpu, self.gpu):
+            ok, reason = part.available()
+            if not ok:
+                return False, f"needs {part.kind} target {part.name!r}: {reason}"
+        return True, ""
+
+    def describe(self) -> str:
+        return f"{self.cpu.describe()} + {self.gpu.describe()}"
+
+    def make_load_target(self, onnx_path: str | Path, spec: Any, knobs: Mapping[str, Any]) -> HybridLoadTarget:
+        cpu = self.cpu.make_load_target(onnx_path, spec, knobs)
+        try:
+            gpu = self.gpu.make_load_target(onnx_path, spec, knobs)
+        except BaseException:
+            if hasattr(cpu, "close"):
+                cpu.close()
+            raise
+        return HybridLoadTarget(cpu, gpu)
+
+    def close(self) -> None:
+        for part in (self.cpu, self.gpu):
+            if hasattr(part, "close"):
+                part.close()
+
+    def __repr__(self) -> str:
+        return f"HybridCpuGpu(name={self.name!r}, cpu={self.cpu!r}, gpu={self.gpu!r})"
+
+
 def default_targets(threads: int = 1) -> list[HardwareTarget]:
     """Every target this stage knows, available here or not."""
-    return [CpuOnnxRuntime(threads=threads), CpuTriton(threads=threads), GpuOnnxRuntime()]
+    return [CpuOnnxRuntime(threads=threads), CpuTriton(threads=threads), GpuOnnxRuntime(),
+            HybridCpuGpu(CpuOnnxRuntime(threads=threads), GpuOnnxRuntime())]
 
 
 def probe_targets(candidates: Sequence[HardwareTarget]) -> tuple[list[HardwareTarget], dict[str, str]]:
@@ -464,6 +538,7 @@ class ProfileConfig:
     tolerance: float = 0.1
     max_steps: int = 10  # probed rates per knob setting
     repeats: int = 1  # load runs per probed rate
+    confirm: int = 2  # extra load runs at the best setting's LBT rate before it stands (profile_search.confirm_lbt)
     max_error_rate: float = 0.0
     min_achieved_ratio: float = 0.9
     sizes: str = "lognormal"  # serving.loadgen.QuerySizes.parse syntax
@@ -480,6 +555,10 @@ class ProfileConfig:
     triton_queue_delays_us: tuple[int, ...] = (0, 100, 500, 2000)
     triton_max_instances: int = 2
     triton_workers: int = 4
+    # hybrid targets only: DeepRecSched's GPU offload thresholds (items, ascending; the climb starts from the last,
+    # where nothing is offloaded); () = from the query sizes (offload_thresholds); the threads feeding the GPU
+    gpu_thresholds: tuple[int, ...] = ()
+    gpu_workers: int = 1
 
     def __post_init__(self) -> None:
         self.lbt_config()  # validates the LBT fields
@@ -490,6 +569,7 @@ class ProfileConfig:
                 len(set(self.threads)) != len(self.threads):
             raise ConfigError(f"ProfileConfig.threads must be distinct integers in [1, 64], got {self.threads}")
         for key, low, high in (("workers", 1, 256), ("seed", 0, 2**63 - 1), ("max_evaluations", 1, 10_000),
+                               ("confirm", 0, 100),
                                ("latency_repeats", 1, 10_000)):
             if not _int_ok(getattr(self, key), low, high):
                 raise ConfigError(f"ProfileConfig.{key} must be an integer in [{low}, {high}], "
@@ -503,6 +583,13 @@ class ProfileConfig:
         if not _int_ok(self.triton_workers, 1, 256):
             raise ConfigError(f"ProfileConfig.triton_workers must be an integer in [1, 256], "
                               f"got {self.triton_workers!r}")
+        if not _int_ok(self.gpu_workers, 1, 64):
+            raise ConfigError(f"ProfileConfig.gpu_workers must be an integer in [1, 64], got {self.gpu_workers!r}")
+        if any(not _int_ok(t, 0, MAX_ITEMS) for t in self.gpu_thresholds):
+            raise ConfigError(f"ProfileConfig.gpu_thresholds must be integers in [0, {MAX_ITEMS}], "
+                              f"got {self.gpu_thresholds}")
+        if self.gpu_thresholds:
+            deeprecsched_axes(gpu_thresholds=self.gpu_thresholds)  # validates their order
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> ProfileConfig:
@@ -558,11 +645,16 @@ def _search_space(target: HardwareTarget, cfg: ProfileConfig) -> tuple[dict[str,
     axes = dict(deeprecsched_axes(cfg.max_sub_batch, min_sub_batch=cfg.min_sub_batch))
     fixed: dict[str, Any] = {"workers": cfg.workers}
     start: dict[str, Any] = {}
-    if target.kind.startswith("cpu-"):
+    if target.kind.startswith(("cpu-", "hybrid-")):
         if len(cfg.threads) > 1:
             axes["threads"] = tuple(cfg.threads)
         else:
             fixed["threads"] = cfg.threads[0]
+    if target.kind.startswith("hybrid-"):
+        thresholds = cfg.gpu_thresholds or offload_thresholds(cfg.query_sizes(), seed=cfg.seed)
+        axes.update(deeprecsched_axes(cfg.max_sub_batch, min_sub_batch=cfg.min_sub_batch, gpu_thresholds=thresholds))
+        fixed["gpu_workers"] = cfg.gpu_workers
+        start = {"gpu_threshold": thresholds[-1]}  # DeepRecSched starts CPU-only and offloads step by step
     if target.kind == "cpu-triton":
         triton = triton_axes(cfg.max_sub_batch, max_instances=cfg.triton_max_instances,
                              queue_delays_us=cfg.triton_queue_delays_us)
@@ -576,6 +668,29 @@ def _search_space(target: HardwareTarget, cfg: ProfileConfig) -> tuple[dict[str,
         start = {"sub_batch": sub_batch, "preferred_batch": [], "queue_delay_us": triton["queue_delay_us"][0],
                  "instances": 1}
     return axes, fixed, start
+
+
+OFFLOAD_FRACTIONS = (1.0, 0.9, 0.75, 0.5, 0.25, 0.1, 0.0)
+
+
+def offload_thresholds(sizes: QuerySizes, fractions: Sequence[float] = OFFLOAD_FRACTIONS, *, seed: int = 0,
+                       n: int = 20_000) -> tuple[int, ...]:
+    """GPU thresholds (ascending) that offload about these fractions of the queries, from a sample of the query
+    sizes: fraction 1 is threshold 0 (everything), fraction 0 is MAX_ITEMS (nothing). Fixed item steps would
+    leave the climb on a plateau: lognormal(5.1, 0.2) queries are 100-270 items, so thresholds 256 and 1024
+    offload almost the same nothing, and a hill climb starting CPU-only would stop there."""
+    import numpy as np
+
+    sample = np.sort(sizes.sample(n, seed))
+    out = set()
+    for f in fractions:
+        if f >= 1:
+            out.add(0)
+        elif f <= 0:
+            out.add(MAX_ITEMS)
+        else:  # queries of more than the (1 - f) quantile are offloaded
+            out.add(int(np.quantile(sample, 1.0 - f)))
+    return tuple(sorted(out))
 
 
 def latency_vs_batch(onnx_path: str | Path, spec: Any, batches: Sequence[int], threads: int, repeats: int,
@@ -605,7 +720,8 @@ def profile_variant(onnx_path: str | Path, spec: Any, target: HardwareTarget, *,
     load_targets: dict[str, Any] = {}  # one loaded model per knob setting that changes the session
 
     def load_target(knobs: Mapping[str, Any]) -> Any:
-        key = json.dumps({k: v for k, v in knobs.items() if k not in ("sub_batch", "workers")}, sort_keys=True)
+        key = json.dumps({k: v for k, v in knobs.items() if k not in ("sub_batch", "workers", "gpu_threshold",
+                                                                       "gpu_workers")}, sort_keys=True)
         if key not in load_targets:
             load_targets[key] = target.make_load_target(onnx_path, spec, dict(knobs))
         elif hasattr(load_targets[key], "activate"):  # a server-side setting another one may have displaced
@@ -613,9 +729,11 @@ def profile_variant(onnx_path: str | Path, spec: Any, target: HardwareTarget, *,
         return load_targets[key]
 
     def measure(rate: float, knobs: dict) -> Measurement:
-        result = run_open_loop(load_target(knobs), rate, duration_s=cfg.point_duration_s, sizes=sizes,
+        used = load_target(knobs)
+        offload = used.offload(knobs) if "gpu_threshold" in knobs else None  # a hybrid target's GPU part
+        result = run_open_loop(used, rate, duration_s=cfg.point_duration_s, sizes=sizes,
                                sub_batch=int(knobs["sub_batch"]), workers=int(knobs.get("workers", cfg.workers)),
-                               seed=cfg.seed)
+                               seed=cfg.seed, offload=offload)
 
         def ms(value: Any) -> float:
             return float(value) if value is not None else math.nan
@@ -633,7 +751,8 @@ def profile_variant(onnx_path: str | Path, spec: Any, target: HardwareTarget, *,
     notes = []
     try:
         search = HillClimb(axes, start, fixed=fixed, max_evaluations=cfg.max_evaluations).search(evaluator)
-        lbt = evaluator.result_for(search.best_knobs)
+        # the climb compares single short runs; the figure that goes into the registry is re-measured
+        lbt = confirm_lbt(measure, evaluator.result_for(search.best_knobs), cfg.confirm)
         threads = int(search.best_knobs.get("threads", getattr(target, "threads", 1)))
         if hasattr(target, "latency_vs_batch"):  # through the target's own serving stack
             batch_ms = target.latency_vs_batch(load_target(search.best_knobs), cfg.latency_batches,

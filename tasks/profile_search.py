@@ -48,7 +48,7 @@ from tasks.errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "serving" / "profile_schema.json"
 PROFILE_SCHEMA_VERSION = 1
-TARGET_KINDS = ("cpu-onnxruntime", "cpu-triton", "gpu-onnxruntime", "gpu-triton", "gpu-tensorrt")
+TARGET_KINDS = ("cpu-onnxruntime", "cpu-triton", "gpu-onnxruntime", "gpu-triton", "gpu-tensorrt", "hybrid-onnxruntime")
 DEFAULT_SUB_BATCHES = (8, 16, 32, 64, 128, 256, 512, 1024)
 DEFAULT_QUEUE_DELAYS_US = (0, 50, 100, 200, 500, 1000, 2000, 5000)
 MAX_TRITON_BATCH = 1 << 16
@@ -98,6 +98,7 @@ class LBTConfig:
     tolerance: float = 0.05  # bisection stops when (first bad - last good) / first bad < tolerance
     max_steps: int = 20  # rates probed at most (each probe is `repeats` load runs)
     repeats: int = 1  # load runs per rate; the verdict uses their median percentiles (noise robustness)
+    confirm: int = 0  # extra load runs at the final LBT rate before it stands (see confirm_lbt)
 
     def __post_init__(self) -> None:
         # written as `not (ok)` so that NaN fails every check
@@ -119,6 +120,8 @@ class LBTConfig:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"LBTConfig.{key} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.confirm, int) or isinstance(self.confirm, bool) or not 0 <= self.confirm <= 100:
+            raise ConfigError(f"LBTConfig.confirm must be an integer in [0, 100], got {self.confirm!r}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> LBTConfig:
@@ -226,6 +229,7 @@ def latency_bounded_throughput(
     max_steps: int = 20,
     repeats: int = 1,
     min_achieved_ratio: float = 0.9,
+    confirm: int = 0,
 ) -> LBTResult:
     """The highest offered rate whose p95 <= ``p95_target_ms``, error rate <= ``max_error_rate`` and achieved
     rate >= ``min_achieved_ratio`` x offered, for the serving ``knobs``.
@@ -236,11 +240,13 @@ def latency_bounded_throughput(
     rates are probed, each with ``repeats`` load runs whose median percentiles decide. The edge cases come
     back with a ``note``: start_qps already failing gives LBT 0; max_qps still passing gives LBT = max_qps with
     ``capped``; a step budget spent before convergence gives the last good rate with ``converged`` False.
+    With ``confirm`` > 0 the final rate is re-measured before it stands (:func:`confirm_lbt`).
     Bad bounds raise ConfigError.
     """
     config = LBTConfig(
         p95_target_ms=p95_target_ms, start_qps=start_qps, max_qps=max_qps, max_error_rate=max_error_rate,
         min_achieved_ratio=min_achieved_ratio, tolerance=tolerance, max_steps=max_steps, repeats=repeats,
+        confirm=confirm,
     )
     return _search_lbt(measure, dict(knobs or {}), config)
 
@@ -250,53 +256,116 @@ def lbt_from_config(measure: Measure, knobs: Mapping[str, Any] | None, config: L
     return _search_lbt(measure, dict(knobs or {}), config)
 
 
-def _search_lbt(measure: Measure, knobs: dict, config: LBTConfig) -> LBTResult:
-    points: list[LBTPoint] = []
+def _runs(measure: Measure, rate: float, knobs: dict, n: int) -> tuple[Measurement, ...]:
+    runs = tuple(measure(rate, dict(knobs)) for _ in range(n))
+    for run in runs:
+        if not isinstance(run, Measurement):
+            raise TypeError(f"measure({rate}, {knobs}) returned {type(run).__name__}, not a Measurement")
+    return runs
 
-    def probe(rate: float) -> LBTPoint:
-        runs = tuple(measure(rate, dict(knobs)) for _ in range(config.repeats))
-        for run in runs:
-            if not isinstance(run, Measurement):
-                raise TypeError(f"measure({rate}, {knobs}) returned {type(run).__name__}, not a Measurement")
-        median = _median_measurement(rate, runs)
-        passed, reason = slo_verdict(median, rate, config)
-        point = LBTPoint(rate, median, passed, reason, runs)
-        points.append(point)
+
+def _point(rate: float, runs: tuple[Measurement, ...], config: LBTConfig) -> LBTPoint:
+    median = _median_measurement(rate, runs)
+    passed, reason = slo_verdict(median, rate, config)
+    return LBTPoint(rate, median, passed, reason, runs)
+
+
+def confirm_lbt(measure: Measure, result: LBTResult, runs: int) -> LBTResult:
+    """``result`` with its LBT rate re-measured ``runs`` more times: the rate stands when the median of all its
+    runs meets the SLO. Otherwise it becomes a failed rate, the bisection resumes between the next lower passing
+    rate and it, and the new final rate is confirmed the same way (down to LBT 0).
+
+    One short load run can pass by luck (a quiet second on a shared machine). The search trusts every verdict, so
+    a lucky pass near the top is the likeliest way to overstate an LBT, and the cheapest place to spend extra
+    runs: the rest of the curve keeps one run per rate."""
+    if runs < 1:
+        return result
+    search = _LBTSearch(measure, result.knobs, dataclasses.replace(result.config, confirm=runs), list(result.points))
+    return search.confirm(result)
+
+
+class _LBTSearch:
+    """The state of one LBT search: ramp up by doubling, bisect, confirm the final rate (see
+    :func:`latency_bounded_throughput`); ``points`` holds every probed rate in probing order."""
+
+    def __init__(self, measure: Measure, knobs: dict, config: LBTConfig, points: list[LBTPoint] | None = None):
+        self.measure, self.knobs, self.config = measure, knobs, config
+        self.points: list[LBTPoint] = points if points is not None else []
+
+    def probe(self, rate: float) -> LBTPoint:
+        point = _point(rate, _runs(self.measure, rate, self.knobs, self.config.repeats), self.config)
+        self.points.append(point)
         return point
 
-    def result(lbt: float, *, capped: bool = False, converged: bool = True, note: str = "") -> LBTResult:
-        return LBTResult(lbt, knobs, config, points, capped=capped, converged=converged, note=note)
+    def result(self, lbt: float, *, capped: bool = False, converged: bool = True, note: str = "") -> LBTResult:
+        return LBTResult(lbt, self.knobs, self.config, self.points, capped=capped, converged=converged, note=note)
 
-    first = probe(config.start_qps)
-    if not first.passed:
-        return result(0.0, note=f"even start_qps {config.start_qps:g} breaks the SLO ({first.reason}): the LBT is 0;"
-                                " lower start_qps to look below it")
-    good, bad = config.start_qps, math.inf
-    # ramp up: double until the SLO breaks or max_qps passes
-    while bad == math.inf:
-        if good >= config.max_qps:
-            return result(good, capped=True, note=f"max_qps {config.max_qps:g} still meets the SLO: the LBT is at "
-                                                  "least that; raise max_qps to find it")
-        if len(points) >= config.max_steps:
-            return result(good, converged=False, note=f"step budget ({config.max_steps}) spent while ramping up: "
-                                                       f"the LBT is at least {good:g} qps")
-        rate = min(2 * good, config.max_qps)
-        if probe(rate).passed:
+    def run(self) -> LBTResult:
+        result = self.ramp()
+        return self.confirm(result) if self.config.confirm else result
+
+    def ramp(self) -> LBTResult:
+        config = self.config
+        first = self.probe(config.start_qps)
+        if not first.passed:
+            return self.result(0.0, note=f"even start_qps {config.start_qps:g} breaks the SLO ({first.reason}): the "
+                                         "LBT is 0; lower start_qps to look below it")
+        good = config.start_qps
+        while True:  # double until the SLO breaks or max_qps passes
+            if good >= config.max_qps:
+                return self.result(good, capped=True, note=f"max_qps {config.max_qps:g} still meets the SLO: the "
+                                                            "LBT is at least that; raise max_qps to find it")
+            if len(self.points) >= config.max_steps:
+                return self.result(good, converged=False, note=f"step budget ({config.max_steps}) spent while "
+                                                               f"ramping up: the LBT is at least {good:g} qps")
+            rate = min(2 * good, config.max_qps)
+            if not self.probe(rate).passed:
+                return self.bisect(good, rate)
             good = rate
-        else:
-            bad = rate
-    # bisection: good always passed, bad always failed
-    while (bad - good) / bad >= config.tolerance:
-        if len(points) >= config.max_steps:
-            return result(good, converged=False,
-                          note=f"step budget ({config.max_steps}) spent before convergence: the LBT lies in "
-                               f"[{good:g}, {bad:g}) qps")
-        mid = (good + bad) / 2
-        if probe(mid).passed:
-            good = mid
-        else:
-            bad = mid
-    return result(good)
+
+    def bisect(self, good: float, bad: float, budget: int | None = None) -> LBTResult:
+        """Bisect between a passing and a failing rate until their gap is within tolerance (``budget``: steps
+        allowed in all, default max_steps)."""
+        budget = self.config.max_steps if budget is None else budget
+        while (bad - good) / bad >= self.config.tolerance:
+            if len(self.points) >= budget:
+                return self.result(good, converged=False,
+                                   note=f"step budget ({budget}) spent before convergence: the LBT lies in "
+                                        f"[{good:g}, {bad:g}) qps")
+            mid = (good + bad) / 2
+            if self.probe(mid).passed:
+                good = mid
+            else:
+                bad = mid
+        return self.result(good)
+
+    def confirm(self, result: LBTResult) -> LBTResult:
+        runs, lbt = self.config.confirm, result.lbt_qps
+        budget = len(self.points) + self.config.max_steps  # the resumed bisections get one more step budget
+        dropped: list[float] = []
+        while lbt > 0:
+            index = max(i for i, p in enumerate(self.points) if p.rate_qps == lbt)
+            point = _point(lbt, self.points[index].runs + _runs(self.measure, lbt, self.knobs, runs), self.config)
+            self.points[index] = point
+            if point.passed:
+                break
+            dropped.append(lbt)
+            good = max((p.rate_qps for p in self.points if p.passed and p.rate_qps < lbt), default=0.0)
+            if good <= 0:
+                lbt = 0.0
+                break
+            result = self.bisect(good, lbt, budget)
+            lbt = result.lbt_qps
+        held = f"LBT confirmed by {runs} more run(s) at {lbt:g} qps (median verdict)" if lbt > 0 else \
+            f"no passing rate held up when re-measured ({runs} more run(s) each): the LBT is 0"
+        if dropped:
+            held = f"{', '.join(f'{r:g}' for r in dropped)} qps did not hold up when re-measured; {held}"
+        return LBTResult(lbt, self.knobs, self.config, self.points, capped=result.capped and not dropped,
+                         converged=result.converged, note="; ".join(n for n in (result.note, held) if n))
+
+
+def _search_lbt(measure: Measure, knobs: dict, config: LBTConfig) -> LBTResult:
+    return _LBTSearch(measure, knobs, config).run()
 
 
 class LBTEvaluator:

@@ -16,6 +16,7 @@ from serving import loadgen
 from serving.loadgen import (
     CallableTarget,
     LoadResult,
+    Offload,
     OnnxTarget,
     QuerySizes,
     poisson_arrivals,
@@ -164,6 +165,66 @@ def test_sub_batches_of_a_query_run_in_parallel_on_free_workers():
     parallel = run_open_loop(CallableTarget.sleeping(service_ms), 10.0, workers=4, **kwargs)
     assert serial.p50_ms >= 4 * service_ms * 0.95
     assert service_ms * 0.95 <= parallel.p50_ms < 2.5 * service_ms
+
+
+# ---------------------------------------------------------------------------------------------- CPU/GPU offload
+
+
+def _recorder() -> tuple[CallableTarget, list[int]]:
+    calls: list[int] = []
+    lock = threading.Lock()
+
+    def record(n_items: int) -> None:
+        with lock:
+            calls.append(n_items)
+
+    return CallableTarget(record), calls
+
+
+@pytest.mark.parametrize(("threshold", "gpu_max_batch"), [(100, 1024), (64, 128), (0, 1024), (1024, 1024)])
+def test_offload_sends_queries_above_the_threshold_whole_to_the_accelerator(tmp_path, threshold, gpu_max_batch):
+    cpu, cpu_calls = _recorder()
+    gpu, gpu_calls = _recorder()
+    gpu.max_batch = gpu_max_batch
+    path = tmp_path / "sizes.txt"
+    path.write_text("1\n64\n65\n150\n300\n")
+    result = run_open_loop(cpu, 2000.0, n_queries=80, sizes=QuerySizes.from_file(path), sub_batch=32, workers=1,
+                           seed=3, offload=Offload(gpu, threshold))
+    assert result.errors == 0 and result.completed == 80
+    big = [int(n) for n in result.items if n > threshold]
+    small = [int(n) for n in result.items if n <= threshold]
+    # one worker on each side, FIFO: the calls come in arrival order
+    assert gpu_calls == [part for n in big for part in sub_batches(n, gpu_max_batch)]
+    assert cpu_calls == [part for n in small for part in sub_batches(n, 32)]
+    assert result.offloaded == len(big) and result.offload_threshold == threshold
+    assert math.isnan(result.offload_p95_ms) == (not big)
+    assert json.loads(json.dumps(result.to_dict()))["offloaded"] == len(big)
+
+
+def test_offload_relieves_a_saturated_cpu():
+    """Sleeping targets (the CPU: 1 ms + 0.05 ms/item per sub-batch on 2 workers, ~176 queries/s for the
+    lognormal sizes; the accelerator: 2 ms + 0.005 ms/item per whole query, ~350 queries/s): at 250 queries/s the
+    CPU alone falls behind and its tail grows with the run; sending the queries above the median size
+    (e^5.1 ~ 164 items) to the accelerator keeps both sides below saturation."""
+    kwargs = {"duration_s": 2.0, "sub_batch": 64, "workers": 2, "seed": 7}
+    cpu_only = run_open_loop(CallableTarget.sleeping(1.0, 0.05), 250.0, **kwargs)
+    hybrid = run_open_loop(CallableTarget.sleeping(1.0, 0.05), 250.0,
+                           offload=Offload(CallableTarget.sleeping(2.0, 0.005), 164), **kwargs)
+    assert cpu_only.errors == 0 and hybrid.errors == 0
+    assert cpu_only.offloaded == 0 and 0.3 < hybrid.offloaded / hybrid.queries < 0.7
+    assert cpu_only.p95_ms > 200  # ~0.5 s of backlog by the end of the run
+    assert hybrid.p95_ms < cpu_only.p95_ms / 4
+
+
+def test_offload_rejects_bad_settings():
+    with pytest.raises(ConfigError, match="offload threshold must be an integer in \\[0, 1024\\]"):
+        Offload(CallableTarget(lambda n: None), 2000)
+    with pytest.raises(ConfigError, match="offload workers"):
+        Offload(CallableTarget(lambda n: None), 10, workers=0)
+    with pytest.raises(ConfigError, match="offload target"):
+        Offload(object(), 10)
+    with pytest.raises(ConfigError, match="offload must be an Offload"):
+        run_open_loop(CallableTarget(lambda n: None), 10.0, n_queries=1, offload=100)
 
 
 def test_target_errors_drops_and_timeouts_are_counted():

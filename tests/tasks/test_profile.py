@@ -73,7 +73,8 @@ def test_detect_targets_here_skips_gpu(caplog):
         found = prof.detect_targets(skipped=skipped)
     assert [t.kind for t in found] == ["cpu-onnxruntime", "cpu-triton"]
     assert isinstance(found[0], prof.HardwareTarget)
-    assert skipped == {"gpu": "no CUDA device: skipped"}
+    assert skipped == {"gpu": "no CUDA device: skipped",
+                       "hybrid": "needs gpu-onnxruntime target 'gpu': no CUDA device: skipped"}
     assert "gpu skipped: no CUDA device" in caplog.text
 
 
@@ -194,3 +195,78 @@ def test_gpu_onnxruntime_target_names_what_is_missing(monkeypatch):
     assert not ok and "NVIDIA H100 present" in why and "CUDAExecutionProvider" in why and "onnxruntime-gpu" in why
     assert target.kind == "gpu-onnxruntime" and target.describe() == "NVIDIA H100"
     assert any(t.kind == "gpu-onnxruntime" for t in profile.default_targets())
+
+
+# ---------------------------------------------------------------------------------------------- hybrid CPU/GPU
+
+
+class Sleeping:
+    """A hardware target whose requests sleep ``fixed_ms + per_item_ms x items``: the stand-in for a GPU, which
+    this project's CI does not have (and a CPU whose cost is known, so that the optimum is known)."""
+
+    def __init__(self, name, kind, fixed_ms, per_item_ms):
+        self.name, self.kind, self.fixed_ms, self.per_item_ms = name, kind, fixed_ms, per_item_ms
+        self.closed = 0
+
+    def available(self):
+        return True, ""
+
+    def describe(self):
+        return f"sleeps {self.fixed_ms} ms + {self.per_item_ms} ms/item"
+
+    def make_load_target(self, onnx_path, spec, knobs):
+        from serving.loadgen import CallableTarget
+
+        return CallableTarget.sleeping(self.fixed_ms, self.per_item_ms, name=self.name)
+
+    def close(self):
+        self.closed += 1
+
+
+def test_hybrid_target_climbs_the_gpu_threshold(model):
+    """DeepRecSched's offload threshold, searched end to end through profile_variant: the CPU part serves the
+    lognormal(5.1, 0.2) queries at ~176 queries/s (2 workers, 1 ms + 0.05 ms/item per 64-item sub-batch), the
+    fake GPU at ~350/s (2 ms + 0.005 ms/item per whole query). CPU only (threshold 1024, where the climb starts)
+    is the worst setting; offloading the larger queries must win by a wide margin."""
+    path, spec, _ = model
+    cpu = Sleeping("cpu", "cpu-onnxruntime", 1.0, 0.05)
+    gpu = Sleeping("gpu", "gpu-fake", 2.0, 0.005)
+    cfg = prof.ProfileConfig.from_dict({
+        **TINY, "point_duration_s": 0.6, "start_qps": 50, "max_qps": 1600, "max_steps": 7, "tolerance": 0.15,
+        "min_sub_batch": 64, "max_sub_batch": 64, "gpu_thresholds": [0, 128, 192, 1024], "max_evaluations": 4})
+    doc = prof.profile_variant(path, spec, prof.HybridCpuGpu(cpu, gpu), family="ncf", variant="fp32",
+                               variant_run_id=RUN_ID, accuracy=ACCURACY, cfg=cfg)
+    validate_profile(doc)
+    assert doc["target"]["kind"] == "hybrid-onnxruntime" and doc["target"]["name"] == "hybrid"
+    assert "+" in doc["target"]["device"] and cpu.closed == 1 and gpu.closed == 1
+    values = {e["knobs"]["gpu_threshold"]: e["lbt_qps"] for e in doc["search"]["evaluations"]}
+    best = doc["search"]["best_knobs"]
+    assert best["gpu_threshold"] < 1024 and best["gpu_workers"] == 1
+    assert values[1024] > 0 and doc["latency_bounded_throughput_qps"] > 1.5 * values[1024]
+
+
+def test_hybrid_target_names_the_missing_part(monkeypatch):
+    from tasks import profile
+
+    monkeypatch.setattr(profile, "_cuda_devices", lambda: [])
+    hybrid = profile.HybridCpuGpu()
+    assert hybrid.available() == (False, "needs gpu-onnxruntime target 'gpu': no CUDA device: skipped")
+    assert profile.HybridCpuGpu(Sleeping("c", "cpu-onnxruntime", 1, 0), Absent()).available() == (
+        False, "needs cpu-onnxruntime target 'absent': not plugged in")
+    with pytest.raises(ConfigError, match="gpu_thresholds"):
+        prof.ProfileConfig.from_dict({"gpu_thresholds": [256, 128]})
+    with pytest.raises(ConfigError, match="gpu_workers"):
+        prof.ProfileConfig.from_dict({"gpu_workers": 0})
+
+
+def test_offload_thresholds_follow_the_query_sizes():
+    from serving.loadgen import QuerySizes
+
+    sizes = QuerySizes.lognormal()
+    thresholds = prof.offload_thresholds(sizes)
+    assert thresholds[0] == 0 and thresholds[-1] == 1024 and list(thresholds) == sorted(set(thresholds))
+    sample = sizes.sample(20_000, 1)
+    offloaded = [float((sample > t).mean()) for t in thresholds]
+    # each step of the axis moves a real share of the queries (no plateau for the climb to stop on)
+    assert offloaded == pytest.approx([1.0, 0.9, 0.75, 0.5, 0.25, 0.1, 0.0], abs=0.03)
+    assert prof.offload_thresholds(QuerySizes.fixed(100)) == (0, 100, 1024)  # all or nothing

@@ -164,6 +164,39 @@ def test_repeats_take_the_median_so_one_outlier_run_per_point_does_not_move_the_
     assert spoiled.lbt_qps < truth / 2  # one bad run fails the ramp early without repeats
 
 
+def test_confirm_rejects_a_lucky_pass_at_the_top_and_keeps_a_real_one():
+    """A server whose true LBT is ~300 qps (M/M/1, 2.5 ms) but whose *first* run at every rate above that is lucky
+    (a quiet moment: p95 / 10): one run per rate overstates the LBT; confirming the final rate with 2 more runs
+    (median of 3) rejects it, and the resumed bisection ends at a rate that really holds."""
+    base = mm1(2.5)
+    truth = mm1_lbt(2.5, 25.0)
+    calls = Counter()
+
+    def lucky_first(rate: float, knobs: dict) -> Measurement:
+        calls[rate] += 1
+        m = base(rate, knobs)
+        if calls[rate] == 1 and truth < rate < 1000 / 2.5:
+            return Measurement(rate, m.p50_ms / 10, m.p95_ms / 10, m.p99_ms / 10, rate, 0, m.queries)
+        return m
+
+    kwargs = {"p95_target_ms": 25, "start_qps": 10, "max_qps": 10_000, "tolerance": 0.02}
+    fooled = latency_bounded_throughput(lucky_first, {}, **kwargs)
+    assert fooled.lbt_qps > truth * 1.05
+    calls.clear()
+    confirmed = latency_bounded_throughput(lucky_first, {}, confirm=2, **kwargs)
+    assert truth * 0.95 <= confirmed.lbt_qps <= truth and confirmed.config.confirm == 2
+    assert "did not hold up" in confirmed.note and confirmed.converged
+    top = next(p for p in confirmed.points if p.rate_qps == fooled.lbt_qps)
+    assert len(top.runs) == 3 and not top.passed  # the overstated rate is now a recorded failure
+    assert [p for p in confirmed.points if p.rate_qps == confirmed.lbt_qps][0].passed
+    # a clean server keeps its LBT, and the confirmation runs are recorded on the point
+    clean = ps.confirm_lbt(base, latency_bounded_throughput(base, {}, **kwargs), 2)
+    assert clean.lbt_qps == latency_bounded_throughput(base, {}, **kwargs).lbt_qps
+    assert clean.note.startswith("LBT confirmed by 2 more run(s)") and len([p for p in clean.points if p.rate_qps == clean.lbt_qps][0].runs) == 3
+    with pytest.raises(ConfigError, match="confirm"):
+        LBTConfig(confirm=-1)
+
+
 def test_step_budget_spent_returns_last_good_rate_unconverged():
     result = latency_bounded_throughput(mm1(2.0), {}, p95_target_ms=25, start_qps=10, max_qps=10_000,
                                         tolerance=0.001, max_steps=8)
