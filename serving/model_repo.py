@@ -194,8 +194,12 @@ def serving_config_from_profile(profile: Mapping[str, Any] | str | Path, *, sour
     measured = ", ".join(f"{b}: {batch_ms[b]:.3g} ms" for b in warmup if b in batch_ms)
     sources["warmup_batch_sizes"] = "1 and max_batch_size" + (f" (single-request latency_vs_batch {measured})"
                                                                if measured else "")
+    # a GPU profile's instances run on the GPU; a hybrid profile's Triton side is its CPU part (the offloaded
+    # queries need a second, GPU deployment, which the hybrid profile's gpu_threshold routes to)
+    kind = "KIND_GPU" if target["kind"].startswith("gpu-") else "KIND_CPU"
+    sources["instance_kind"] = f"target.kind={target['kind']} of {where}"
     return ServingConfig(max_batch_size=max_batch_size, preferred_batch_size=preferred,
-                         max_queue_delay_microseconds=queue_delay, instance_count=instances,
+                         max_queue_delay_microseconds=queue_delay, instance_count=instances, instance_kind=kind,
                          threads_per_instance=threads, warmup_batch_sizes=warmup, sources=sources)
 
 

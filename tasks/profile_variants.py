@@ -45,7 +45,7 @@ from tasks.errors import ConfigError, DataError, RecForgeError
 log = logging.getLogger(__name__)
 
 REFERENCE_VARIANT = "fp32"
-DEFAULT_TARGETS = ("cpu-onnxruntime", "cpu-triton", "gpu")
+DEFAULT_TARGETS = ("cpu-onnxruntime", "cpu-triton", "gpu", "hybrid")  # "hybrid": DeepRecSched CPU+GPU split
 # The stage's profiling budget on top of tasks.profile.ProfileConfig's defaults: about 15 s per (variant, target)
 # on 2 cores, so that four families x (Pareto variants + fp32) x (onnxruntime + Triton) stay within ~10 min
 # (1 s points and 4 knob settings took 11.6 min for the 13 variants of 1998-04-22 on a busy box).

@@ -75,6 +75,14 @@ def test_serving_config_from_a_cpu_onnxruntime_profile_maps_workers_and_sub_batc
     assert "search.best_knobs.sub_batch=128" in cfg.sources["max_batch_size"]
     assert "workers=3" in cfg.sources["instance_count"] and "run-42/profile.json" in cfg.sources["instance_count"]
     assert "max_queue_delay_microseconds" not in cfg.sources  # not measured: the config says it is a default
+    assert cfg.instance_kind == "KIND_CPU"
+
+
+@pytest.mark.parametrize(("kind", "instance_kind"), [("gpu-onnxruntime", "KIND_GPU"), ("gpu-tensorrt", "KIND_GPU"),
+                                                     ("hybrid-onnxruntime", "KIND_CPU")])
+def test_a_gpu_profile_serves_its_instances_on_the_gpu(kind, instance_kind):
+    cfg = mr.serving_config_from_profile(profile_doc(kind, {"sub_batch": 256, "threads": 1, "workers": 1}))
+    assert cfg.instance_kind == instance_kind and f"target.kind={kind}" in cfg.sources["instance_kind"]
 
 
 @pytest.mark.parametrize("flavour", ["local", "production"])

@@ -192,7 +192,8 @@ def test_confirm_rejects_a_lucky_pass_at_the_top_and_keeps_a_real_one():
     # a clean server keeps its LBT, and the confirmation runs are recorded on the point
     clean = ps.confirm_lbt(base, latency_bounded_throughput(base, {}, **kwargs), 2)
     assert clean.lbt_qps == latency_bounded_throughput(base, {}, **kwargs).lbt_qps
-    assert clean.note.startswith("LBT confirmed by 2 more run(s)") and len([p for p in clean.points if p.rate_qps == clean.lbt_qps][0].runs) == 3
+    at_lbt = next(p for p in clean.points if p.rate_qps == clean.lbt_qps)
+    assert clean.note.startswith("LBT confirmed by 2 more run(s)") and len(at_lbt.runs) == 3
     with pytest.raises(ConfigError, match="confirm"):
         LBTConfig(confirm=-1)
 
