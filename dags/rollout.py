@@ -59,6 +59,9 @@ def _run_id() -> str:
                                 description="Failed requests / requests allowed during the canary."),
         "load_qps": Param(0.0, type="number", minimum=0, title="Canary load (queries/s)",
                           description="Offered load during the canary; 0: a quarter of the fleet's profiled capacity."),
+        "max_p95_regression": Param(0.2, type="number", minimum=0, maximum=10, title="Max p95 regression",
+                                    description="How much slower (0.2 = 20 %) the canary's queries may be than the "
+                                                "previous version's under the same load, once over the SLO."),
         "config": Param({}, type="object", title="Other settings",
                         description="Other RolloutConfig fields, e.g. {\"sizes\": \"fixed:64\", \"smoke_rows\": 32}."),
     },

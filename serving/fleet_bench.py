@@ -192,16 +192,8 @@ def _measure(target: Any, cfg: FleetBenchConfig, sizes: Any, sub_batch: int, wor
         duration = max(cfg.point_duration_s, MIN_QUERIES_PER_POINT / rate)  # low rates: enough queries for a p95
         result = run_open_loop(target, rate, duration_s=duration, sizes=sizes, sub_batch=sub_batch, workers=workers,
                                seed=cfg.seed, drain_timeout_s=max(2.0, 4 * p95_target_ms / 1000))
-        # Poisson noise in how many queries a short window issues is not the server falling behind (tasks.profile)
-        issued_qps = result.queries / duration
-        achieved = float(result.achieved_qps) * (rate / issued_qps if issued_qps > 0 else 1.0)
         loads[rate] = result.to_dict()
-
-        def ms(value: Any) -> float:
-            return float(value) if value is not None and math.isfinite(value) else math.nan
-
-        return Measurement(rate, ms(result.p50_ms), ms(result.p95_ms), ms(result.p99_ms), achieved,
-                           int(result.errors), int(result.queries))
+        return Measurement.from_load(result, rate, duration)
 
     return measure
 

@@ -24,6 +24,10 @@ What the generated ``haproxy.cfg`` does (:func:`render_config`):
   L7 retries need the whole request in HAProxy's buffer before it is sent, hence ``option http-buffer-request``
   (without it, requests in flight on a killed node were lost: 2-4 of 600 in the test, none with it); requests
   larger than ``tune.bufsize`` (``buffer_bytes``) are forwarded but cannot be retried.
+* every answer carries ``X-RecForge-Node: <server name>`` (``http-response set-header``): the load generator
+  attributes each request to the node that served it, so the rollout's canary gate compares the canary's queries
+  with the others' under the same load (:func:`tasks.rollout.gate`). The node names are the fleet's own labels
+  (node0, node1, ...), nothing about the host.
 * the admin runtime API on a unix socket in the state folder (``stats socket ... mode 600 level admin``), no TCP
   stats page. ``show stat`` / ``show servers state`` there are parsed by :meth:`HAProxy.servers` and
   :meth:`HAProxy.server_state`.
@@ -62,6 +66,7 @@ from tasks.errors import ConfigError, RecForgeError
 
 BACKEND = "triton"
 FRONTEND = "inference"
+NODE_HEADER = "X-RecForge-Node"  # set on every answer: the name of the node that served it
 MAX_WEIGHT = 256  # HAProxy's largest server weight
 EQUAL_WEIGHT = 100  # every node's weight when no node has a profile
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")  # node names: HAProxy server names, file names, JSON keys
@@ -295,12 +300,18 @@ def render_config(nodes: Sequence[BackendNode], *, port: int, socket_path: str |
         "    option redispatch 1",
         f"    retries {s.retries}",
         "    retry-on conn-failure empty-response 503",
+        f"    http-response set-header {NODE_HEADER} %[srv_name]",
         f"    default-server check inter {s.check_inter_ms}ms fastinter {max(50, s.check_inter_ms // 2)}ms "
         f"downinter {s.check_down_inter_ms}ms fall {s.fall} rise {s.rise} "
         f"observe layer4 error-limit {s.error_limit} on-error fastinter",
     ]
     lines += [f"    server {n.name} {n.host}:{n.port} weight {weights[n.name].weight}" for n in nodes]
     return "\n".join(lines) + "\n"
+
+
+def served_by(headers: Mapping[str, str]) -> str | None:
+    """The fleet node that served a response through the balancer (its ``X-RecForge-Node`` header), or None."""
+    return headers.get(NODE_HEADER)
 
 
 def write_config(path: str | Path, nodes: Sequence[BackendNode], *, port: int, socket_path: str | Path,

@@ -252,7 +252,8 @@ def sub_batches(n_items: int, sub_batch: int) -> list[int]:
 @runtime_checkable
 class Target(Protocol):
     """What the load generator drives: ``infer(n)`` runs one sub-batch of ``n`` items (the target owns its
-    inputs) and must be safe to call from several threads at once. ``max_batch`` (optional) bounds ``n``."""
+    inputs) and must be safe to call from several threads at once. ``max_batch`` (optional) bounds ``n``. If
+    ``infer`` returns a string (e.g. the fleet node that answered), it is recorded in the query's ``served_by``."""
 
     name: str
 
@@ -280,8 +281,8 @@ class CallableTarget:
 
         return cls(sleep, name or f"sleep({fixed_ms:g}ms + {per_item_ms:g}ms/item)")
 
-    def infer(self, n_items: int) -> None:
-        self.fn(n_items)
+    def infer(self, n_items: int) -> Any:
+        return self.fn(n_items)
 
 
 def _first_line(err: BaseException, limit: int = 300) -> str:
@@ -379,6 +380,27 @@ class Offload:
         return n_items > self.threshold
 
 
+def cpu_times() -> tuple[int, int] | None:
+    """(total, steal) jiffies of all CPUs from /proc/stat; None where there is none (not Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    values = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return sum(values), values[7]
+
+
+def steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float:
+    """Share (%) of the CPU time between two :func:`cpu_times` samples that the hypervisor gave to other guests
+    while this machine's vCPUs wanted to run; NaN when unknown."""
+    if before is None or after is None or after[0] <= before[0]:
+        return math.nan
+    return 100.0 * (after[1] - before[1]) / (after[0] - before[0])
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The open-loop run
 
@@ -432,6 +454,9 @@ class LoadResult:
     offloaded: int = 0  # issued queries sent whole to the Offload target (0 without one)
     offload_threshold: int | None = None  # items; None: no offload
     offload_p95_ms: float = math.nan  # p95 of the completed offloaded queries
+    # CPU steal (%) during the run: time the hypervisor ran other guests while ours wanted the CPU. On a shared VM
+    # it comes in bursts that stall every thread for milliseconds; a run taken in one measures the host, not us.
+    cpu_steal_pct: float = math.nan
     latencies_ms: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     arrival_s: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     issued_s: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
@@ -439,8 +464,15 @@ class LoadResult:
     finish_s: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), repr=False)
     query_errors: list[str | None] = field(default_factory=list, repr=False)
+    served_by: list[tuple[str, ...]] = field(default_factory=list, repr=False)  # per issued query: what answered
 
-    _ARRAYS = ("latencies_ms", "arrival_s", "issued_s", "start_s", "finish_s", "items", "query_errors")
+    _ARRAYS = ("latencies_ms", "arrival_s", "issued_s", "start_s", "finish_s", "items", "query_errors", "served_by")
+
+    def latencies_by(self, served: Callable[[tuple[str, ...]], bool]) -> np.ndarray:
+        """Latencies (ms) of the queries completed without error whose ``served_by`` satisfies ``served``."""
+        ok = [e is None for e in self.query_errors]
+        picked = [served(s) for s, good in zip(self.served_by, ok, strict=True) if good]
+        return self.latencies_ms[np.array(picked, dtype=bool)] if picked else np.zeros(0)
 
     def records(self) -> list[QueryRecord]:
         """One :class:`QueryRecord` per issued query, in arrival order."""
@@ -492,6 +524,7 @@ class _Run:
         self.sub_batch, self.n_workers, self.max_queue = sub_batch, workers, max_queue
         self.offload = offload
         self.offloaded = np.zeros(n, dtype=bool)
+        self.served_by: list[set[str] | None] = [None] * n
         self.issued = np.full(n, np.nan)
         self.start = np.full(n, np.nan)
         self.finish = np.full(n, np.nan)
@@ -557,10 +590,10 @@ class _Run:
                     self.start[qi] = self.now()
                     self.waiting -= 1
                 failed = self.errors[qi] is not None
-            error = None
+            error, served = None, None
             if not failed:  # a query whose sub-batch failed skips its other sub-batches
                 try:
-                    target.infer(n_items)
+                    served = target.infer(n_items)
                 except Exception as err:  # any failure of the target is the query's error
                     error = f"{type(err).__name__}: {_first_line(err)}"
             with self.lock:
@@ -568,6 +601,10 @@ class _Run:
                     continue
                 if error and self.errors[qi] is None:
                     self.errors[qi] = error
+                if isinstance(served, str):
+                    if self.served_by[qi] is None:
+                        self.served_by[qi] = set()
+                    self.served_by[qi].add(served)
                 self.remaining[qi] -= 1
                 if self.remaining[qi] == 0:
                     self.finish[qi] = self.now()
@@ -607,6 +644,7 @@ def run_open_loop(target: Target, rate_qps: float, *, duration_s: float | None =
              for i in range(offload.workers if offload is not None else 0)]
     schedule_end = float(arrivals[-1]) if len(arrivals) else 0.0
     window_end = duration_s if duration_s is not None else schedule_end  # the offered-load window
+    cpu_before = cpu_times()
     run.t0 = time.perf_counter()
     try:
         for thread in pool:
@@ -626,6 +664,8 @@ def run_open_loop(target: Target, rate_qps: float, *, duration_s: float | None =
             start = run.start[:issued].copy()
             issued_at = run.issued[:issued].copy()
             offloaded = run.offloaded[:issued].copy()
+            served_by = [tuple(sorted(s)) if s else () for s in run.served_by[:issued]]
+    steal = steal_pct(cpu_before, cpu_times())
     arrival = arrivals[:issued]
     items = query_sizes[:issued]
     timed_out = 0
@@ -670,6 +710,7 @@ def run_open_loop(target: Target, rate_qps: float, *, duration_s: float | None =
         offloaded=int(offloaded.sum()),
         offload_threshold=offload.threshold if offload is not None else None,
         offload_p95_ms=float(np.percentile(latencies[offloaded_ok], 95)) if offloaded_ok.any() else math.nan,
+        cpu_steal_pct=steal,
         latencies_ms=latencies,
         arrival_s=arrival.copy(),
         issued_s=issued_at,
@@ -677,6 +718,7 @@ def run_open_loop(target: Target, rate_qps: float, *, duration_s: float | None =
         finish_s=finish,
         items=items.copy(),
         query_errors=errors,
+        served_by=served_by,
     )
 
 

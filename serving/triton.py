@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.loadbalancer import served_by
 from tasks.errors import ConfigError, RecForgeError
 
 STUB_PYTHON = "3.11"  # the stub must match the interpreter whose packages it embeds (the venv's)
@@ -541,7 +542,8 @@ class TritonHttpTarget:
     bodies of the first 64 sub-batch sizes seen are built once and reused. The connection pool holds ``pool``
     connections (at least the load generator's workers). A non-200 answer raises, which the load generator counts as a
     failed query. The constructor sends one request of ``max_batch`` and one of 1 item (a check that the
-    model serves inputs of this spec)."""
+    model serves inputs of this spec). ``infer`` returns the fleet node that answered (HAProxy's
+    ``X-RecForge-Node`` header; None straight from a server), which the load generator records per query."""
 
     def __init__(self, url: str, model: str, spec: Any, max_batch: int = 1024, seed: int = 0, *, pool: int = 16,
                  timeout: float = 30.0):
@@ -578,7 +580,7 @@ class TritonHttpTarget:
                     self._bodies[n_items] = body
         return body
 
-    def infer(self, n_items: int) -> None:
+    def infer(self, n_items: int) -> str | None:
         if not 1 <= n_items <= self.max_batch:
             raise ValueError(f"sub-batch of {n_items} items outside [1, {self.max_batch}] (max_batch)")
         body, header_length = self._body(n_items)
@@ -587,6 +589,7 @@ class TritonHttpTarget:
                                                "Content-Type": "application/octet-stream"})
         if response.status_code != 200:
             raise TritonError(f"HTTP {response.status_code}: {_error_text(response)}", response.status_code)
+        return served_by(response.headers)  # the fleet node, when the answer came through the balancer
 
     def close(self) -> None:
         self._session.close()

@@ -363,14 +363,7 @@ def measure_fn(target_for: Callable[[dict], Any], cfg: BenchConfig, sub_batch: i
         duration = max(cfg.point_duration_s, MIN_QUERIES_PER_POINT / rate)  # low rates: enough queries for a p95
         result = load_run(target_for(knobs), rate, cfg, duration,
                           sub_batch or int(knobs["sub_batch"]), workers or int(knobs.get("workers", cfg.workers)))
-        issued_qps = result.queries / duration
-        achieved = result.achieved_qps * (rate / issued_qps if issued_qps > 0 else 1.0)
-
-        def ms(value: float) -> float:
-            return float(value) if value is not None and math.isfinite(value) else math.nan
-
-        return Measurement(rate, ms(result.p50_ms), ms(result.p95_ms), ms(result.p99_ms), achieved,
-                           int(result.errors), int(result.queries))
+        return Measurement.from_load(result, rate, duration)
 
     return measure
 

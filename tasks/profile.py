@@ -43,7 +43,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -735,17 +734,7 @@ def profile_variant(onnx_path: str | Path, spec: Any, target: HardwareTarget, *,
                                sub_batch=int(knobs["sub_batch"]), workers=int(knobs.get("workers", cfg.workers)),
                                seed=cfg.seed, offload=offload)
 
-        def ms(value: Any) -> float:
-            return float(value) if value is not None else math.nan
-
-        # Poisson noise: a short window issues fewer queries than rate x duration about half the time, which the
-        # saturation rule (achieved >= ratio x offered) would read as falling behind. Scale the achieved rate by
-        # offered / actually-issued so that only the server's lag (completions stretching past the window) counts.
-        issued_qps = result.queries / cfg.point_duration_s
-        achieved = float(result.achieved_qps) * (rate / issued_qps if issued_qps > 0 else 1.0)
-        return Measurement(rate_qps=rate, p50_ms=ms(result.p50_ms), p95_ms=ms(result.p95_ms),
-                           p99_ms=ms(result.p99_ms), achieved_qps=achieved,
-                           errors=int(result.errors), queries=int(result.queries))
+        return Measurement.from_load(result, rate, cfg.point_duration_s)
 
     evaluator = LBTEvaluator(measure, cfg.lbt_config())
     notes = []

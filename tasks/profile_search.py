@@ -38,6 +38,7 @@ import math
 import numbers
 import socket
 import statistics
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ TARGET_KINDS = ("cpu-onnxruntime", "cpu-triton", "gpu-onnxruntime", "gpu-triton"
 DEFAULT_SUB_BATCHES = (8, 16, 32, 64, 128, 256, 512, 1024)
 DEFAULT_QUEUE_DELAYS_US = (0, 50, 100, 200, 500, 1000, 2000, 5000)
 MAX_TRITON_BATCH = 1 << 16
+STEAL_PAUSE_S = 2.0  # pause before re-measuring a rate taken under CPU steal
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -69,10 +71,28 @@ class Measurement:
     achieved_qps: float  # completed queries per second
     errors: int  # failed, dropped or timed-out queries
     queries: int  # queries issued
+    cpu_steal_pct: float = math.nan  # CPU steal during the run (serving.loadgen.LoadResult.cpu_steal_pct)
 
     @property
     def error_rate(self) -> float:
         return self.errors / self.queries if self.queries > 0 else 1.0
+
+    @classmethod
+    def from_load(cls, result: Any, rate: float, window_s: float) -> Measurement:
+        """The measurement of a ``serving.loadgen.LoadResult`` of ``window_s`` seconds of arrivals at ``rate``.
+
+        Poisson noise: a short window issues fewer queries than rate x window about half the time, which the
+        saturation rule (achieved >= ratio x offered) would read as falling behind. The achieved rate is scaled by
+        offered / actually-issued, so that only the server's lag (completions stretching past the window) counts."""
+
+        def ms(value: Any) -> float:
+            return float(value) if value is not None and math.isfinite(value) else math.nan
+
+        issued_qps = result.queries / window_s
+        achieved = float(result.achieved_qps) * (rate / issued_qps if issued_qps > 0 else 1.0)
+        return cls(rate_qps=rate, p50_ms=ms(result.p50_ms), p95_ms=ms(result.p95_ms), p99_ms=ms(result.p99_ms),
+                   achieved_qps=achieved, errors=int(result.errors), queries=int(result.queries),
+                   cpu_steal_pct=ms(getattr(result, "cpu_steal_pct", math.nan)))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -99,6 +119,10 @@ class LBTConfig:
     max_steps: int = 20  # rates probed at most (each probe is `repeats` load runs)
     repeats: int = 1  # load runs per rate; the verdict uses their median percentiles (noise robustness)
     confirm: int = 0  # extra load runs at the final LBT rate before it stands (see confirm_lbt)
+    # a failing rate whose runs saw more CPU steal than this (%) is measured again, at most steal_retries times:
+    # on a shared VM the host's bursts stall every thread, and the verdict would be about the host
+    max_cpu_steal_pct: float = 5.0
+    steal_retries: int = 2
 
     def __post_init__(self) -> None:
         # written as `not (ok)` so that NaN fails every check
@@ -120,8 +144,12 @@ class LBTConfig:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"LBTConfig.{key} must be an integer >= 1, got {value!r}")
-        if not isinstance(self.confirm, int) or isinstance(self.confirm, bool) or not 0 <= self.confirm <= 100:
-            raise ConfigError(f"LBTConfig.confirm must be an integer in [0, 100], got {self.confirm!r}")
+        for key in ("confirm", "steal_retries"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 100:
+                raise ConfigError(f"LBTConfig.{key} must be an integer in [0, 100], got {value!r}")
+        if not 0 < self.max_cpu_steal_pct <= 100:
+            raise ConfigError(f"LBTConfig.max_cpu_steal_pct must be in (0, 100], got {self.max_cpu_steal_pct}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> LBTConfig:
@@ -141,6 +169,7 @@ class LBTPoint:
     passed: bool
     reason: str  # why it failed ("" when it passed)
     runs: tuple[Measurement, ...]
+    discarded: tuple[Measurement, ...] = ()  # failed runs taken under CPU steal above the limit, measured again
 
 
 @dataclass
@@ -177,13 +206,18 @@ class LBTResult:
         def ms(value: float) -> float | None:
             return float(value) if math.isfinite(value) else None
 
-        return [
-            {"offered_qps": p.rate_qps, "achieved_qps": p.measurement.achieved_qps,
-             "p50_ms": ms(p.measurement.p50_ms), "p95_ms": ms(p.measurement.p95_ms),
-             "p99_ms": ms(p.measurement.p99_ms), "errors": p.measurement.errors,
-             "queries": p.measurement.queries, "meets_slo": p.passed}
-            for p in sorted(self.points, key=lambda p: p.rate_qps)
-        ]
+        rows = []
+        for p in sorted(self.points, key=lambda p: p.rate_qps):
+            row = {"offered_qps": p.rate_qps, "achieved_qps": p.measurement.achieved_qps,
+                   "p50_ms": ms(p.measurement.p50_ms), "p95_ms": ms(p.measurement.p95_ms),
+                   "p99_ms": ms(p.measurement.p99_ms), "errors": p.measurement.errors,
+                   "queries": p.measurement.queries, "meets_slo": p.passed}
+            if math.isfinite(p.measurement.cpu_steal_pct):
+                row["cpu_steal_pct"] = round(p.measurement.cpu_steal_pct, 2)
+            if p.discarded:
+                row["discarded_runs"] = len(p.discarded)
+            rows.append(row)
+        return rows
 
 
 def slo_verdict(measurement: Measurement, offered_qps: float, config: LBTConfig) -> tuple[bool, str]:
@@ -214,7 +248,12 @@ def _median_measurement(rate: float, runs: Sequence[Measurement]) -> Measurement
         achieved_qps=statistics.median(r.achieved_qps for r in runs),
         errors=sum(r.errors for r in runs),
         queries=sum(r.queries for r in runs),
+        cpu_steal_pct=max((r.cpu_steal_pct for r in runs), default=math.nan),
     )
+
+
+def _stolen(runs: Sequence[Measurement], config: LBTConfig) -> bool:
+    return any(r.cpu_steal_pct > config.max_cpu_steal_pct for r in runs)  # NaN (unknown) is not stolen
 
 
 def latency_bounded_throughput(
@@ -230,6 +269,8 @@ def latency_bounded_throughput(
     repeats: int = 1,
     min_achieved_ratio: float = 0.9,
     confirm: int = 0,
+    max_cpu_steal_pct: float = 5.0,
+    steal_retries: int = 2,
 ) -> LBTResult:
     """The highest offered rate whose p95 <= ``p95_target_ms``, error rate <= ``max_error_rate`` and achieved
     rate >= ``min_achieved_ratio`` x offered, for the serving ``knobs``.
@@ -240,13 +281,14 @@ def latency_bounded_throughput(
     rates are probed, each with ``repeats`` load runs whose median percentiles decide. The edge cases come
     back with a ``note``: start_qps already failing gives LBT 0; max_qps still passing gives LBT = max_qps with
     ``capped``; a step budget spent before convergence gives the last good rate with ``converged`` False.
-    With ``confirm`` > 0 the final rate is re-measured before it stands (:func:`confirm_lbt`).
+    With ``confirm`` > 0 the final rate is re-measured before it stands (:func:`confirm_lbt`). A rate that fails
+    in runs taken under more than ``max_cpu_steal_pct`` % CPU steal is measured again (``steal_retries`` times).
     Bad bounds raise ConfigError.
     """
     config = LBTConfig(
         p95_target_ms=p95_target_ms, start_qps=start_qps, max_qps=max_qps, max_error_rate=max_error_rate,
         min_achieved_ratio=min_achieved_ratio, tolerance=tolerance, max_steps=max_steps, repeats=repeats,
-        confirm=confirm,
+        confirm=confirm, max_cpu_steal_pct=max_cpu_steal_pct, steal_retries=steal_retries,
     )
     return _search_lbt(measure, dict(knobs or {}), config)
 
@@ -293,9 +335,26 @@ class _LBTSearch:
         self.points: list[LBTPoint] = points if points is not None else []
 
     def probe(self, rate: float) -> LBTPoint:
-        point = _point(rate, _runs(self.measure, rate, self.knobs, self.config.repeats), self.config)
+        point = self.runs_at(rate, self.config.repeats)
         self.points.append(point)
         return point
+
+    def runs_at(self, rate: float, n: int, earlier: LBTPoint | None = None) -> LBTPoint:
+        """``n`` runs at ``rate`` (with ``earlier``'s runs, when given) judged together. A verdict that fails with
+        new runs taken under CPU steal above the limit is measured again, at most ``steal_retries`` times after a
+        pause (steal comes in bursts); the discarded runs are kept on the point."""
+        base = earlier.runs if earlier is not None else ()
+        discarded = earlier.discarded if earlier is not None else ()
+        runs = _runs(self.measure, rate, self.knobs, n)
+        point = _point(rate, base + runs, self.config)
+        for _ in range(self.config.steal_retries):
+            if point.passed or not _stolen(runs, self.config):
+                break
+            discarded += runs
+            time.sleep(STEAL_PAUSE_S)
+            runs = _runs(self.measure, rate, self.knobs, n)
+            point = _point(rate, base + runs, self.config)
+        return dataclasses.replace(point, discarded=discarded) if discarded else point
 
     def result(self, lbt: float, *, capped: bool = False, converged: bool = True, note: str = "") -> LBTResult:
         return LBTResult(lbt, self.knobs, self.config, self.points, capped=capped, converged=converged, note=note)
@@ -345,7 +404,7 @@ class _LBTSearch:
         dropped: list[float] = []
         while lbt > 0:
             index = max(i for i, p in enumerate(self.points) if p.rate_qps == lbt)
-            point = _point(lbt, self.points[index].runs + _runs(self.measure, lbt, self.knobs, runs), self.config)
+            point = self.runs_at(lbt, runs, earlier=self.points[index])
             self.points[index] = point
             if point.passed:
                 break

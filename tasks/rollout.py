@@ -12,8 +12,9 @@ restore the fleet whichever step failed, even after a crash.
 3. :func:`smoke_test`: known inputs (seeded) on the canary must give the outputs onnxruntime computes from the
    verified file;
 4. :func:`canary`: the canary is put back at ``canary_weight_pct`` of the balancer's weight while the DeepRecSys
-   load generator runs through the balancer; :func:`gate` judges the load generator's p95 and error rate and the
-   canary's own figures from Triton's metrics endpoint;
+   load generator runs through the balancer; :func:`gate` judges the canary's queries against the SLO and against
+   the queries the other nodes (previous version) served at the same time (the balancer names the node of every
+   answer), the error rates, and the canary's own figures from Triton's metrics endpoint;
 5. :func:`promote`: every other node in turn is drained (no new requests; in-flight ones finish), updated,
    smoke-tested and put back at its weight.
 
@@ -44,6 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from tasks import config
 from tasks.config import config_from_dict
@@ -74,7 +76,8 @@ class RolloutConfig:
     p95_slo_ms: float = 0.0  # 0: the p95 target of the version's profile
     max_error_rate: float = 0.001
     load_qps: float = 0.0  # 0: load_fraction x the fleet's profiled capacity
-    load_fraction: float = 0.25  # of the summed profiled capacity of the nodes (local nodes share the same cores)
+    load_fraction: float = 0.25  # of the profiled capacity x the hosts of the fleet (local nodes share one host)
+    max_p95_regression: float = 0.2  # the canary's queries may be this much slower than the others' (see gate)
     sizes: str = "lognormal"  # serving.loadgen.QuerySizes syntax
     smoke_rows: int = 16
     smoke_atol: float = 1e-4
@@ -91,6 +94,7 @@ class RolloutConfig:
             raise ConfigError(f"canary_weight_pct must be an integer in [1, 50], got {self.canary_weight_pct!r}")
         checks = (("canary_duration_s", 1.0, 3600.0), ("p95_slo_ms", 0.0, 60_000.0), ("max_error_rate", 0.0, 1.0),
                   ("load_qps", 0.0, 1e6), ("load_fraction", 0.01, 1.0), ("smoke_atol", 0.0, 1.0),
+                  ("max_p95_regression", 0.0, 10.0),
                   ("drain_timeout_s", 0.0, 3600.0), ("load_timeout_s", 1.0, 3600.0))
         for key, low, high in checks:
             value = getattr(self, key)
@@ -113,7 +117,7 @@ class RolloutConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in params.items() if k in fields}
         d |= dict(params.get("config") or {})
-        for key in ("canary_duration_s", "p95_slo_ms", "max_error_rate", "load_qps"):
+        for key in ("canary_duration_s", "p95_slo_ms", "max_error_rate", "load_qps", "max_p95_regression"):
             if key in d and isinstance(d[key], int) and not isinstance(d[key], bool):
                 d[key] = float(d[key])
         return cls.from_dict(d)
@@ -183,30 +187,65 @@ def _now() -> str:
 @dataclass(frozen=True)
 class GateVerdict:
     passed: bool
-    reasons: list[str]
+    reasons: list[str]  # why it failed (empty when it passed)
     figures: dict[str, float]
+    warnings: list[str] = dataclasses.field(default_factory=list)  # recorded, not a reason to roll back
 
 
-def gate(figures: Mapping[str, float], p95_slo_ms: float, max_error_rate: float) -> GateVerdict:
-    """Judge the canary's figures: the load generator's ``p95_ms`` and ``error_rate`` over the whole fleet, and the
-    canary's own ``canary_error_rate`` and ``canary_p95_ms`` (Triton's server-side figures; NaN: not measured).
-    Every limit broken is a reason; no requests at all is a failure too."""
-    reasons = []
+def gate(figures: Mapping[str, float], p95_slo_ms: float, max_error_rate: float,
+         max_p95_regression: float = 0.2) -> GateVerdict:
+    """Judge the canary window, like a canary analysis (Kayenta, Flagger): the canary against the SLO *and* against
+    the nodes that still serve the previous version, under the same load at the same time.
+
+    * Errors: the load generator's ``error_rate`` through the balancer and the canary's own ``canary_error_rate``
+      (Triton's counters) must stay under ``max_error_rate``; no query at all, or no request on the canary, fails.
+    * The canary's server-side ``canary_p95_ms`` (Triton) must meet the SLO.
+    * Client-side latency, when the balancer told which node answered each request (``canary_query_p95_ms``: the
+      queries with a sub-batch on the canary; ``baseline_query_p95_ms``: the queries the other nodes served alone):
+      the canary fails when its queries' p95 breaks the SLO and is more than ``max_p95_regression`` above the
+      baseline's. A fleet over its SLO with or without the canary (an overloaded host, a load set too high) is not
+      the new version's doing: that is a warning, and rolling back would not fix it. Without attribution (a
+      balancer of an older release), the whole fleet's ``p95_ms`` is judged against the SLO.
+    """
+    reasons, warnings = [], []
+
+    def value(key: str) -> float:
+        return float(figures.get(key, math.nan))
+
     if figures.get("queries", 0) <= 0:
         reasons.append("the load generator completed no queries")
-    for key, label in (("p95_ms", "p95 through the balancer"), ("canary_p95_ms", "canary p95 (Triton)")):
-        value = float(figures.get(key, math.nan))
-        if not math.isnan(value) and value > p95_slo_ms:
-            reasons.append(f"{label} {value:.1f} ms > SLO {p95_slo_ms:.1f} ms")
-        if key == "p95_ms" and math.isnan(value):
-            reasons.append("no p95 measured through the balancer")
+    fleet_p95, canary_q, baseline_q = value("p95_ms"), value("canary_query_p95_ms"), value("baseline_query_p95_ms")
+    if math.isnan(fleet_p95):
+        reasons.append("no p95 measured through the balancer")
+    if math.isnan(canary_q):  # no attribution: the whole fleet's view decides
+        if fleet_p95 > p95_slo_ms:
+            reasons.append(f"p95 through the balancer {fleet_p95:.1f} ms > SLO {p95_slo_ms:.1f} ms")
+    else:
+        limit = baseline_q * (1 + max_p95_regression)
+        if canary_q > p95_slo_ms and not canary_q <= limit:  # NaN baseline: the SLO alone decides
+            versus = f" and {canary_q / baseline_q - 1:.0%} above the previous version's {baseline_q:.1f} ms" \
+                if not math.isnan(baseline_q) else ""
+            reasons.append(f"p95 of the queries the canary served {canary_q:.1f} ms > SLO {p95_slo_ms:.1f} ms{versus}")
+        elif canary_q > p95_slo_ms:
+            warnings.append(f"p95 of the queries the canary served {canary_q:.1f} ms > SLO {p95_slo_ms:.1f} ms, but "
+                            f"the previous version's queries had {baseline_q:.1f} ms under the same load: the fleet "
+                            "is over its SLO with or without the new version")
+        elif canary_q > limit:
+            warnings.append(f"p95 of the queries the canary served {canary_q:.1f} ms is "
+                            f"{canary_q / baseline_q - 1:.0%} above the previous version's {baseline_q:.1f} ms "
+                            f"(within the SLO {p95_slo_ms:.1f} ms)")
+        if fleet_p95 > p95_slo_ms and not reasons:
+            warnings.append(f"p95 through the balancer {fleet_p95:.1f} ms > SLO {p95_slo_ms:.1f} ms (whole fleet)")
+    canary_p95 = value("canary_p95_ms")
+    if canary_p95 > p95_slo_ms:
+        reasons.append(f"canary p95 (Triton) {canary_p95:.1f} ms > SLO {p95_slo_ms:.1f} ms")
     for key, label in (("error_rate", "error rate through the balancer"), ("canary_error_rate", "canary error rate")):
-        value = float(figures.get(key, math.nan))
-        if not math.isnan(value) and value > max_error_rate:
-            reasons.append(f"{label} {value:.4f} > max {max_error_rate:.4f}")
+        rate = value(key)
+        if not math.isnan(rate) and rate > max_error_rate:
+            reasons.append(f"{label} {rate:.4f} > max {max_error_rate:.4f}")
     if figures.get("canary_requests", 1) <= 0:
         reasons.append("the canary served no requests during the canary window")
-    return GateVerdict(passed=not reasons, reasons=reasons, figures=dict(figures))
+    return GateVerdict(passed=not reasons, reasons=reasons, figures=dict(figures), warnings=warnings)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -382,7 +421,9 @@ def resolve_plan(cfg: RolloutConfig, *, dag_run_id: str = "") -> dict[str, Any]:
     capacity = _profile_figure(incumbent_profile, "latency_bounded_throughput_qps")
     if math.isnan(capacity):
         capacity = _profile_figure(paths.get("profile"), "latency_bounded_throughput_qps")
-    load_qps = cfg.load_qps or (cfg.load_fraction * capacity * len(nodes) if not math.isnan(capacity) else 20.0)
+    # nodes on one host share its cores: the fleet's capacity is one node's per host, not one per node
+    hosts = len({urlsplit(n["url"]).hostname for n in nodes.values()})
+    load_qps = cfg.load_qps or (cfg.load_fraction * capacity * hosts if not math.isnan(capacity) else 20.0)
     slo = cfg.p95_slo_ms or next((v for v in (info["p95_target_ms"],
                                               _profile_figure(incumbent_profile, "p95_target_ms"))
                                   if not math.isnan(v)), 25.0)
@@ -514,6 +555,20 @@ def _sub_batch(plan: Mapping[str, Any]) -> int:
     return max(1, min([sub, *limits]))
 
 
+def attributed_p95(result: Any, canary_node: str) -> dict[str, float]:
+    """p95 (ms) and counts of the queries with a sub-batch on ``canary_node`` and of those the other nodes served
+    alone, from the node each answer named (``serving.loadbalancer.NODE_HEADER``); NaN when none was named."""
+    import numpy as np
+
+    def p95(latencies: Any) -> float:
+        return float(np.percentile(latencies, 95)) if len(latencies) else math.nan
+
+    canary_q = result.latencies_by(lambda served: canary_node in served)
+    baseline_q = result.latencies_by(lambda served: bool(served) and canary_node not in served)
+    return {"canary_query_p95_ms": p95(canary_q), "canary_queries": float(len(canary_q)),
+            "baseline_query_p95_ms": p95(baseline_q), "baseline_queries": float(len(baseline_q))}
+
+
 def canary(plan: dict[str, Any]) -> dict[str, Any]:
     """Step 4: the canary back in rotation at ``canary_weight_pct`` % of the weight, the load generator through the
     balancer for ``canary_duration_s``, then the gate. RolloutFailed (with the figures saved) when it fails."""
@@ -552,17 +607,22 @@ def canary(plan: dict[str, Any]) -> dict[str, Any]:
         "canary_p95_ms": after["p95_ms"],
         # leastconn honours weights under concurrency only: the share the canary really got
         "canary_share": (served + failed) / (served + failed + others_served) if served + failed else 0.0,
+        **attributed_p95(result, node),
     }
-    verdict = gate(figures, plan["p95_slo_ms"], cfg["max_error_rate"])
+    verdict = gate(figures, plan["p95_slo_ms"], cfg["max_error_rate"], cfg.get("max_p95_regression", 0.2))
     # balancer_*: the load generator's view through HAProxy (whole fleet); canary_*: the canary node's own figures
-    plan["figures"].update({k if k.startswith("canary_") else f"balancer_{k}": v for k, v in figures.items()})
-    plan["gate"] = {"passed": verdict.passed, "reasons": verdict.reasons, "p95_slo_ms": plan["p95_slo_ms"],
-                    "max_error_rate": cfg["max_error_rate"]}
+    # (canary_query_*: the queries it served, client side); baseline_*: the queries the other nodes served alone
+    plan["figures"].update({k if k.startswith(("canary_", "baseline_")) else f"balancer_{k}": v
+                            for k, v in figures.items()})
+    plan["gate"] = {"passed": verdict.passed, "reasons": verdict.reasons, "warnings": verdict.warnings,
+                    "p95_slo_ms": plan["p95_slo_ms"], "max_error_rate": cfg["max_error_rate"]}
     plan["status"] = "canary_passed" if verdict.passed else "canary_failed"
     if not verdict.passed:
         plan["figures"]["breach_detected_at"] = time.time()
     save_state(plan)
     log.info("canary %s: %s", node, "; ".join(verdict.reasons) or "passed")
+    for warning in verdict.warnings:
+        log.warning("canary %s: %s", node, warning)
     if not verdict.passed:
         raise RolloutFailed(f"canary of {model} v{version} on {node} failed its gate: " + "; ".join(verdict.reasons))
     return plan

@@ -125,6 +125,15 @@ def test_up_serves_through_the_balancer_and_refuses_model_control_there(fleet):
     inputs = feed(8, seed=1)
     out = tr.infer(state["url"], MODEL, inputs)
     np.testing.assert_allclose(out["probability"][:, 0], reference(fleet["v1"], inputs), rtol=1e-5, atol=1e-6)
+    # each answer through the balancer names its node (the canary gate attributes queries with it); a node's own
+    # port names none
+    through = tr.TritonHttpTarget(state["url"], MODEL, fleet["spec"], max_batch=8, pool=2)
+    direct = tr.TritonHttpTarget(state["nodes"]["node0"]["url"], MODEL, fleet["spec"], max_batch=8, pool=2)
+    try:
+        assert {through.infer(4) for _ in range(8)} == {"node0", "node1"} and direct.infer(4) is None
+    finally:
+        through.close()
+        direct.close()
     # model control, config and statistics never pass the balancer; they do work on a node's own port
     assert requests.post(state["url"] + "/v2/repository/index", json={}, timeout=5).status_code == 403
     assert requests.post(f"{state['url']}/v2/repository/models/{MODEL}/unload", json={}, timeout=5).status_code == 403

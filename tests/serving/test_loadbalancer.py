@@ -120,6 +120,9 @@ def send_load(url: str, n: int, concurrency: int = 8, on_sent=None) -> list[str 
                 try:
                     response = session.post(url + INFER, data=json.dumps({"inputs": []}), timeout=10)
                     results[i] = response.json()["node"] if response.status_code == 200 else None
+                    # the balancer names the node that answered (the rollout attributes queries with it)
+                    if results[i] is not None and lb.served_by(response.headers) != results[i]:
+                        results[i] = f"header {lb.served_by(response.headers)!r} != {results[i]!r}"
                 except (requests.RequestException, ValueError):
                     results[i] = None
 
@@ -187,6 +190,7 @@ def test_config_has_weights_health_checks_retries_and_route_allowlist(tmp_path):
     backend = lines[lines.index("backend triton"):]
     for expected in ("balance roundrobin", "option httpchk GET /v2/health/ready", "http-check expect status 200",
                      "option redispatch 1", "retries 2", "retry-on conn-failure empty-response 503",
+                     "http-response set-header X-RecForge-Node %[srv_name]",
                      "server node0 127.0.0.1:8001 weight 256", "server node1 127.0.0.1:8002 weight 85"):
         assert expected in backend
     assert any(line.startswith("default-server check inter 500ms") and "fall 2 rise 2" in line for line in backend)

@@ -171,6 +171,9 @@ def test_a_good_version_is_canaried_and_promoted_with_zero_failed_requests(world
     assert result["figures"]["balancer_errors"] == 0 and result["figures"]["canary_requests"] > 0
     # weighted round robin: a 10 % canary weight is about a 10 % share of the requests
     assert 0.02 < result["figures"]["canary_share"] < 0.25, result["figures"]
+    # the balancer named the node of every answer: the canary's queries and the previous version's, side by side
+    assert result["figures"]["canary_queries"] > 0 and result["figures"]["baseline_queries"] > 0
+    assert result["figures"]["canary_query_p95_ms"] > 0 and result["figures"]["baseline_query_p95_ms"] > 0
     assert served_versions(registry.name) == {"node0": int(v2), "node1": int(v2)}
     assert all(ready_versions(registry.name, int(v2)).values())
     assert not any(ready_versions(registry.name, int(world["versions"]["v1"])).values())
