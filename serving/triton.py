@@ -543,10 +543,11 @@ class TritonHttpTarget:
     connections (at least the load generator's workers). A non-200 answer raises, which the load generator counts as a
     failed query. The constructor sends one request of ``max_batch`` and one of 1 item (a check that the
     model serves inputs of this spec). ``infer`` returns the fleet node that answered (HAProxy's
-    ``X-RecForge-Node`` header; None straight from a server), which the load generator records per query."""
+    ``X-RecForge-Node`` header; None straight from a server), which the load generator records per query; with
+    ``record``, ``requests`` also collects (node, ms) of every answered request."""
 
     def __init__(self, url: str, model: str, spec: Any, max_batch: int = 1024, seed: int = 0, *, pool: int = 16,
-                 timeout: float = 30.0):
+                 timeout: float = 30.0, record: bool = False):
         from model_defs.export import example_inputs
         from model_defs.spec import OUTPUT_NAME
         from serving.loadgen import MAX_ITEMS, check_int, load_spec
@@ -563,6 +564,7 @@ class TritonHttpTarget:
         self._lock = threading.Lock()
         self._session = _session(pool)
         self._path = f"{self.url}/v2/models/{model}/infer"
+        self.requests: list[tuple[str | None, float]] | None = None  # (node, ms) of each answered request
         try:
             for n in (self.max_batch, 1):
                 self.infer(n)
@@ -570,6 +572,8 @@ class TritonHttpTarget:
             self.close()
             raise ConfigError(f"model {model!r} on {url} does not serve inputs of this spec: "
                               f"{str(err).splitlines()[0]}") from None
+        if record:  # from here on: the checks above are not part of the load
+            self.requests = []
 
     def _body(self, n_items: int) -> tuple[bytes, int]:
         body = self._bodies.get(n_items)
@@ -584,12 +588,16 @@ class TritonHttpTarget:
         if not 1 <= n_items <= self.max_batch:
             raise ValueError(f"sub-batch of {n_items} items outside [1, {self.max_batch}] (max_batch)")
         body, header_length = self._body(n_items)
+        start = time.perf_counter()
         response = self._session.post(self._path, data=body, timeout=self.timeout,
                                       headers={"Inference-Header-Content-Length": str(header_length),
                                                "Content-Type": "application/octet-stream"})
         if response.status_code != 200:
             raise TritonError(f"HTTP {response.status_code}: {_error_text(response)}", response.status_code)
-        return served_by(response.headers)  # the fleet node, when the answer came through the balancer
+        node = served_by(response.headers)  # the fleet node, when the answer came through the balancer
+        if self.requests is not None:
+            self.requests.append((node, (time.perf_counter() - start) * 1000.0))  # list.append is atomic
+        return node
 
     def close(self) -> None:
         self._session.close()

@@ -172,8 +172,10 @@ def test_a_good_version_is_canaried_and_promoted_with_zero_failed_requests(world
     # weighted round robin: a 10 % canary weight is about a 10 % share of the requests
     assert 0.02 < result["figures"]["canary_share"] < 0.25, result["figures"]
     # the balancer named the node of every answer: the canary's queries and the previous version's, side by side
-    assert result["figures"]["canary_queries"] > 0 and result["figures"]["baseline_queries"] > 0
-    assert result["figures"]["canary_query_p95_ms"] > 0 and result["figures"]["baseline_query_p95_ms"] > 0
+    figures = result["figures"]
+    assert figures["canary_queries"] > 0 and figures["canary_query_p95_ms"] > 0
+    assert figures["canary_request_count"] > 0 and figures["baseline_request_count"] > figures["canary_request_count"]
+    assert figures["canary_request_p95_ms"] > 0 and figures["baseline_request_p95_ms"] > 0
     assert served_versions(registry.name) == {"node0": int(v2), "node1": int(v2)}
     assert all(ready_versions(registry.name, int(v2)).values())
     assert not any(ready_versions(registry.name, int(world["versions"]["v1"])).values())
@@ -222,7 +224,7 @@ def test_a_slow_model_breaks_the_slo_under_canary_load_and_is_rolled_back(world)
         with pytest.raises(rollout.RolloutFailed, match="failed its gate"):
             rollout.run(cfg)
     record = rollout.read_history(registry.name)[-1]
-    print(f"\nslow v{slow}: gate {record['gate']}; "
+    print(f"\nslow v{slow}: gate {record['gate']}; figures {record['figures']}; "
           f"SLO breach -> rollback {record['figures']['breach_to_rollback_s']} s; "
           f"background {client.sent} sent, {client.failed} failed")
     assert record["outcome"] == "rolled_back" and not record["gate"]["passed"]

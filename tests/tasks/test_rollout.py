@@ -61,20 +61,21 @@ def test_gate_ignores_an_unmeasured_canary_p95():
     assert gate(GOOD | {"canary_p95_ms": math.nan}, 25.0, 0.001).passed
 
 
-ATTRIBUTED = GOOD | {"canary_query_p95_ms": 9.0, "baseline_query_p95_ms": 8.0}
+ATTRIBUTED = GOOD | {"canary_query_p95_ms": 9.0, "canary_request_p95_ms": 4.0, "baseline_request_p95_ms": 4.0}
 
 
 @pytest.mark.parametrize("change, passed, words", [
-    # a slow canary: over the SLO and far above the previous version under the same load -> roll back
-    ({"canary_query_p95_ms": 60.0, "baseline_query_p95_ms": 12.0, "p95_ms": 40.0}, False,
-     "p95 of the queries the canary served 60.0 ms > SLO 25.0 ms and 400% above the previous version's 12.0 ms"),
-    # the whole fleet over its SLO, the canary no worse than the rest: the fleet's problem, not the version's
-    ({"canary_query_p95_ms": 33.0, "baseline_query_p95_ms": 32.0, "p95_ms": 32.5}, True,
-     "the fleet is over its SLO with or without the new version"),
+    # a slow canary: its queries over the SLO, its requests far slower than the previous version's -> roll back
+    ({"canary_query_p95_ms": 60.0, "canary_request_p95_ms": 50.0, "baseline_request_p95_ms": 10.0, "p95_ms": 40.0},
+     False, "p95 of the queries the canary served 60.0 ms > SLO 25.0 ms; its requests 50.0 ms at p95 against "
+            "10.0 ms on the previous version (+400%)"),
+    # the whole fleet over its SLO, the canary's requests no slower than the rest: not the version's doing
+    ({"canary_query_p95_ms": 33.0, "canary_request_p95_ms": 21.0, "baseline_request_p95_ms": 20.0, "p95_ms": 32.5},
+     True, "the fleet is over its SLO with or without the new version"),
     # slower than the previous version, but within the SLO: recorded
-    ({"canary_query_p95_ms": 20.0, "baseline_query_p95_ms": 10.0}, True, "100% above the previous version's 10.0 ms"),
+    ({"canary_request_p95_ms": 8.0}, True, "the canary is slower than the previous version"),
     # the canary alone answered (one-node fleet): the SLO decides
-    ({"canary_query_p95_ms": 30.0, "baseline_query_p95_ms": math.nan}, False,
+    ({"canary_query_p95_ms": 30.0, "baseline_request_p95_ms": math.nan}, False,
      "p95 of the queries the canary served 30.0 ms > SLO 25.0 ms"),
     # attribution makes the whole-fleet p95 a warning, not a reason
     ({"p95_ms": 26.0}, True, "p95 through the balancer 26.0 ms > SLO 25.0 ms (whole fleet)"),
@@ -86,13 +87,15 @@ def test_gate_compares_the_canary_with_the_previous_version_under_the_same_load(
     assert any(words in text for text in said), (verdict.reasons, verdict.warnings)
 
 
-def test_gate_keeps_the_absolute_limits_with_attribution():
+def test_gate_keeps_the_error_limits_with_attribution_and_reads_triton_p95_as_a_warning():
     verdict = gate(ATTRIBUTED | {"canary_p95_ms": 90.0, "canary_error_rate": 0.5}, 25.0, 0.001)
-    assert not verdict.passed and len(verdict.reasons) == 2
+    assert not verdict.passed and verdict.reasons == ["canary error rate 0.5000 > max 0.0010"]
+    assert verdict.warnings == ["canary p95 (Triton) 90.0 ms > SLO 25.0 ms (server-side sliding window, warm-up "
+                                "and smoke test included)"]
     assert gate(ATTRIBUTED, 25.0, 0.001).passed and gate(ATTRIBUTED, 25.0, 0.001).warnings == []
 
 
-def test_attributed_p95_splits_queries_by_the_node_that_answered():
+def test_attributed_p95_splits_queries_and_requests_by_the_node_that_answered():
     from serving.loadgen import CallableTarget, QuerySizes, run_open_loop
     from tasks.rollout import attributed_p95
 
@@ -103,12 +106,15 @@ def test_attributed_p95_splits_queries_by_the_node_that_answered():
 
     result = run_open_loop(CallableTarget(answer), 500.0, n_queries=200, sizes=QuerySizes.fixed(100), sub_batch=50,
                            workers=1, seed=0)
+    result.requests = [("node0", 30.0)] * 10 + [("node1", 10.0)] * 30 + [(None, 99.0)]
     figures = attributed_p95(result, "node0")
-    assert figures["canary_queries"] + figures["baseline_queries"] == 200
     assert figures["canary_queries"] == sum("node0" in s for s in result.served_by) == 100  # 2 requests per query
-    assert figures["canary_query_p95_ms"] >= 0 and figures["baseline_query_p95_ms"] >= 0
+    assert figures["canary_query_p95_ms"] >= 0
+    assert (figures["canary_request_p95_ms"], figures["canary_request_count"]) == (30.0, 10.0)
+    assert (figures["baseline_request_p95_ms"], figures["baseline_request_count"]) == (10.0, 30.0)
     nobody = attributed_p95(run_open_loop(CallableTarget(lambda n: None), 500.0, n_queries=10, workers=1), "node0")
     assert math.isnan(nobody["canary_query_p95_ms"]) and nobody["canary_queries"] == 0
+    assert math.isnan(nobody["baseline_request_p95_ms"])
 
 
 def test_state_file_and_history_round_trip(tmp_path, monkeypatch):
