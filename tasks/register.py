@@ -208,7 +208,8 @@ def _experiment_id(client) -> str:
 def load_profiled_variants(candidate_run_id: str) -> tuple[list[ProfiledVariant], list[str]]:
     """The profile documents on the variant runs of one training run: (variants, problems).
 
-    Each ``profile/<target>.json`` is validated against the profile schema and must name its own run; an invalid
+    Each ``profile/<target>.json`` of the targets the latest profiling of the run measured (tag
+    ``recforge.profiled_targets``) is validated against the profile schema and must name its own run; an invalid
     one raises ConfigError naming the artifact. Variant runs without profiles are listed in ``problems``.
     """
     from tasks.profile_search import validate_profile
@@ -227,6 +228,11 @@ def load_profiled_variants(candidate_run_id: str) -> tuple[list[ProfiledVariant]
         run_id, tags = run.info.run_id, run.data.tags
         files = [a.path for a in client.list_artifacts(run_id, PROFILE_DIR)
                  if a.path.endswith(".json") and Path(a.path).name not in NOT_PROFILES]
+        # MLflow cannot delete an artifact: a target profiled on an earlier night and skipped or failed on the
+        # latest one still has its file. The latest profiling's tag says which files are current.
+        current = tags.get("recforge.profiled_targets")
+        if current is not None:
+            files = [f for f in files if Path(f).stem in set(current.split(",")) - {"none"}]
         if not files:
             unprofiled.append(tags.get("recforge.variant", run_id))
             continue

@@ -322,6 +322,20 @@ def test_invalid_profile_is_named(pipeline):
         pipeline.register(train)
 
 
+def test_a_profile_the_latest_profiling_did_not_renew_is_ignored(pipeline):
+    """MLflow keeps artifacts forever: a target profiled on an earlier night (here cpu-old) and skipped on the
+    latest one still has its file; the run's recforge.profiled_targets tag says which profiles are current."""
+    train, runs = pipeline.night({"v": {"lbt": {"cpu": 100.0, "cpu-old": 900.0}, "auc": 0.75}})
+    variants, _ = register.load_profiled_variants(train)
+    assert sorted(v.profile["target"]["name"] for v in variants) == ["cpu", "cpu-old"]  # no tag: every file
+    pipeline.client.set_tag(runs["v"], "recforge.profiled_targets", "cpu")
+    variants, _ = register.load_profiled_variants(train)
+    assert [v.profile["target"]["name"] for v in variants] == ["cpu"]
+    pipeline.client.set_tag(runs["v"], "recforge.profiled_targets", "none")
+    variants, problems = register.load_profiled_variants(train)
+    assert variants == [] and "have no profile" in problems[0]
+
+
 def test_rollback_walks_back_one_champion_at_a_time(pipeline):
     nights = [pipeline.night(one_variant(lbt))[0] for lbt in (100.0, 130.0, 170.0)]
     v1, v2, v3 = (pipeline.register(t, dag_run_id=f"night-{i}")["targets"]["cpu"]["version"]
