@@ -102,8 +102,6 @@ class HardwareTarget(Protocol):
         ...
 
 
-
-
 def _cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -416,6 +414,13 @@ class GpuOnnxRuntime:
         return f"GpuOnnxRuntime(name={self.name!r}, device={self.device_index})"
 
 
+def _close(*parts: Any) -> None:
+    """``close()`` each part that has one (targets and load targets may hold servers or sessions)."""
+    for part in parts:
+        if hasattr(part, "close"):
+            part.close()
+
+
 class HybridLoadTarget:
     """The load target of a :class:`HybridCpuGpu` setting: ``infer`` runs on the CPU part (sub-batches); the GPU
     part takes whole queries through :meth:`offload`."""
@@ -432,9 +437,7 @@ class HybridLoadTarget:
         return Offload(self.gpu, int(knobs["gpu_threshold"]), workers=int(knobs.get("gpu_workers", 1)))
 
     def close(self) -> None:
-        for part in (self.cpu, self.gpu):
-            if hasattr(part, "close"):
-                part.close()
+        _close(self.cpu, self.gpu)
 
 
 class HybridCpuGpu:
@@ -470,15 +473,12 @@ class HybridCpuGpu:
         try:
             gpu = self.gpu.make_load_target(onnx_path, spec, knobs)
         except BaseException:
-            if hasattr(cpu, "close"):
-                cpu.close()
+            _close(cpu)
             raise
         return HybridLoadTarget(cpu, gpu)
 
     def close(self) -> None:
-        for part in (self.cpu, self.gpu):
-            if hasattr(part, "close"):
-                part.close()
+        _close(self.cpu, self.gpu)
 
     def __repr__(self) -> str:
         return f"HybridCpuGpu(name={self.name!r}, cpu={self.cpu!r}, gpu={self.gpu!r})"
@@ -616,8 +616,6 @@ def _one_line(err: BaseException, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-
-
 def load_doc(sizes: QuerySizes, sub_batch_axis: Sequence[int]) -> dict[str, Any]:
     """The profile's ``load`` section for these query sizes and sub-batch axis."""
     if sizes.kind == "lognormal":
@@ -752,11 +750,7 @@ def profile_variant(onnx_path: str | Path, spec: Any, target: HardwareTarget, *,
             batch_ms = latency_vs_batch(onnx_path, spec, cfg.latency_batches, threads, cfg.latency_repeats, cfg.seed)
         device = target.describe()
     finally:  # servers and sessions end with the variant's profiling, also when it fails
-        for used in load_targets.values():
-            if hasattr(used, "close"):
-                used.close()
-        if hasattr(target, "close"):
-            target.close()
+        _close(*load_targets.values(), target)
     doc = build_profile(
         model_family=family, variant=variant, variant_run_id=variant_run_id, onnx_sha256=file_sha256(onnx_path),
         target={"name": target.name, "kind": target.kind, "device": device, "threads": threads,

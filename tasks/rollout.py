@@ -41,7 +41,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -539,9 +539,9 @@ def _node_counters(fleet: Any, node: str, model: str, version: int) -> dict[str,
 
 
 def run_load(url: str, model: str, spec: str, rate_qps: float, duration_s: float, *, sizes: str, sub_batch: int,
-             seed: int, workers: int = 8) -> Any:
-    """The DeepRecSys load generator through the balancer (open loop, Poisson arrivals); the result also carries
-    ``requests``: (node, ms) of every answered request."""
+             seed: int, workers: int = 8) -> tuple[Any, list[tuple[str | None, float]]]:
+    """The DeepRecSys load generator through the balancer (open loop, Poisson arrivals): (its LoadResult,
+    (node, ms) of every answered request)."""
     from serving.loadgen import QuerySizes, run_open_loop
     from serving.triton import TritonHttpTarget
 
@@ -551,8 +551,7 @@ def run_load(url: str, model: str, spec: str, rate_qps: float, duration_s: float
                                sub_batch=sub_batch, workers=workers, seed=seed)
     finally:
         target.close()
-    result.requests = list(target.requests or [])  # (node, ms) per answered request, for attributed_p95
-    return result
+    return result, list(target.requests or [])
 
 
 def _sub_batch(plan: Mapping[str, Any]) -> int:
@@ -566,7 +565,7 @@ def _sub_batch(plan: Mapping[str, Any]) -> int:
     return max(1, min([sub, *limits]))
 
 
-def attributed_p95(result: Any, canary_node: str) -> dict[str, float]:
+def attributed_p95(result: Any, requests: Sequence[tuple[str | None, float]], canary_node: str) -> dict[str, float]:
     """The canary window's latencies by the node that answered (``serving.loadbalancer.NODE_HEADER``):
 
     * ``canary_query_p95_ms`` / ``canary_queries``: queries with a sub-batch on ``canary_node`` (what its users
@@ -581,7 +580,6 @@ def attributed_p95(result: Any, canary_node: str) -> dict[str, float]:
         return float(np.percentile(latencies, 95)) if len(latencies) else math.nan
 
     canary_q = result.latencies_by(lambda served: canary_node in served)
-    requests = getattr(result, "requests", None) or []
     canary_r = [ms for node, ms in requests if node == canary_node]
     baseline_r = [ms for node, ms in requests if node is not None and node != canary_node]
     return {"canary_query_p95_ms": p95(canary_q), "canary_queries": float(len(canary_q)),
@@ -604,8 +602,9 @@ def canary(plan: dict[str, Any]) -> dict[str, Any]:
     others_before = {n: _node_counters(fleet, n, model, int(plan["nodes"][n]["version"])) for n in others}
     _back_in_rotation(fleet, node, weight)
     try:
-        result = run_load(fleet.url, model, plan["new"]["spec"], plan["load_qps"], cfg["canary_duration_s"],
-                          sizes=cfg["sizes"], sub_batch=_sub_batch(plan), seed=cfg["seed"])
+        result, requests = run_load(fleet.url, model, plan["new"]["spec"], plan["load_qps"],
+                                    cfg["canary_duration_s"], sizes=cfg["sizes"], sub_batch=_sub_batch(plan),
+                                    seed=cfg["seed"])
     except Exception as err:
         plan["error"] = f"canary load through the balancer failed: {str(err).splitlines()[0] if str(err) else err!r}"
         save_state(plan)
@@ -627,7 +626,7 @@ def canary(plan: dict[str, Any]) -> dict[str, Any]:
         "canary_p95_ms": after["p95_ms"],
         # leastconn honours weights under concurrency only: the share the canary really got
         "canary_share": (served + failed) / (served + failed + others_served) if served + failed else 0.0,
-        **attributed_p95(result, node),
+        **attributed_p95(result, requests, node),
     }
     verdict = gate(figures, plan["p95_slo_ms"], cfg["max_error_rate"], cfg.get("max_p95_regression", 0.2))
     # balancer_*: the load generator's view through HAProxy (whole fleet); canary_*: the canary node's own figures

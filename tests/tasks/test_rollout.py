@@ -106,13 +106,14 @@ def test_attributed_p95_splits_queries_and_requests_by_the_node_that_answered():
 
     result = run_open_loop(CallableTarget(answer), 500.0, n_queries=200, sizes=QuerySizes.fixed(100), sub_batch=50,
                            workers=1, seed=0)
-    result.requests = [("node0", 30.0)] * 10 + [("node1", 10.0)] * 30 + [(None, 99.0)]
-    figures = attributed_p95(result, "node0")
+    requests = [("node0", 30.0)] * 10 + [("node1", 10.0)] * 30 + [(None, 99.0)]
+    figures = attributed_p95(result, requests, "node0")
     assert figures["canary_queries"] == sum("node0" in s for s in result.served_by) == 100  # 2 requests per query
     assert figures["canary_query_p95_ms"] >= 0
     assert (figures["canary_request_p95_ms"], figures["canary_request_count"]) == (30.0, 10.0)
     assert (figures["baseline_request_p95_ms"], figures["baseline_request_count"]) == (10.0, 30.0)
-    nobody = attributed_p95(run_open_loop(CallableTarget(lambda n: None), 500.0, n_queries=10, workers=1), "node0")
+    nobody = attributed_p95(run_open_loop(CallableTarget(lambda n: None), 500.0, n_queries=10, workers=1), [],
+                            "node0")
     assert math.isnan(nobody["canary_query_p95_ms"]) and nobody["canary_queries"] == 0
     assert math.isnan(nobody["baseline_request_p95_ms"])
 
