@@ -236,7 +236,7 @@ def test_hybrid_target_climbs_the_gpu_threshold(model):
     cfg = prof.ProfileConfig.from_dict({
         **TINY, "p95_target_ms": 50.0, "point_duration_s": 0.6, "start_qps": 20, "max_qps": 1600, "max_steps": 8,
         "tolerance": 0.15,
-        "min_sub_batch": 64, "max_sub_batch": 64, "gpu_thresholds": [0, 128, 192, 1024], "max_evaluations": 4})
+        "min_sub_batch": 64, "max_sub_batch": 64, "gpu_thresholds": [0, 128, 164, 1024], "max_evaluations": 4})
     doc = prof.profile_variant(path, spec, prof.HybridCpuGpu(cpu, gpu), family="ncf", variant="fp32",
                                variant_run_id=RUN_ID, accuracy=ACCURACY, cfg=cfg)
     validate_profile(doc)
