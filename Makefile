@@ -29,7 +29,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 setup: $(VENV)/.installed ## Create .venv (pinned), install HAProxy (Debian), fetch + verify MovieLens-100K, init the Airflow DB
 	infra/local/system-packages.sh
-	$(PY) -m tasks.data --fetch-only
+	$(PY) -m recforge.pipeline.data.ingest --fetch-only
 	infra/local/airflow.sh init
 
 run: setup mlflow-up ## The nightly chain as the scheduler runs it: nightly -> compress -> profile -> register (DATE=, CONF= of nightly)
@@ -39,41 +39,41 @@ run: setup mlflow-up ## The nightly chain as the scheduler runs it: nightly -> c
 	@$(MAKE) --no-print-directory register CONF='{}'
 
 nightly: setup mlflow-up ## Run one nightly_retrain DAG run through Airflow (DATE=YYYY-MM-DD, CONF='{json}')
-	@date=$${DATE:-$$($(PY) -m tasks.data --print-last-day)}; \
-	$(PY) -m tasks.nightly check --date "$$date" --conf '$(CONF)' >/dev/null; \
+	@date=$${DATE:-$$($(PY) -m recforge.pipeline.data.ingest --print-last-day)}; \
+	$(PY) -m recforge.pipeline.training.nightly check --date "$$date" --conf '$(CONF)' >/dev/null; \
 	echo "nightly_retrain for $$date (MLflow: $$MLFLOW_TRACKING_URI; Airflow log: $(RECFORGE_HOME)/run-$$date.log)"; \
 	status=0; infra/local/airflow.sh test nightly_retrain "$$date" -c '$(CONF)' > $(RECFORGE_HOME)/run-$$date.log 2>&1 || status=$$?; \
 	grep -E "\[DAG TEST\] end task|^\s+- |data checks failed|Data Docs:" $(RECFORGE_HOME)/run-$$date.log | sed -E 's/.*\[DAG TEST\] end task task_id=([a-z_]+) map_index=(-?[0-9]+).*/  done: \1 \2/' | uniq || true; \
-	$(PY) -m tasks.nightly report --date "$$date"; exit $$status
+	$(PY) -m recforge.pipeline.training.nightly report --date "$$date"; exit $$status
 
 compress: setup mlflow-up ## Run compress_and_validate on the latest nightly run's candidates (CONF='{json}')
-	@date=$${DATE:-$$($(PY) -m tasks.data --print-last-day)}; \
+	@date=$${DATE:-$$($(PY) -m recforge.pipeline.data.ingest --print-last-day)}; \
 	status=0; infra/local/airflow.sh test compress_and_validate "$$date" -c '$(CONF)' > $(RECFORGE_HOME)/compress-$$date.log 2>&1 || status=$$?; \
 	grep -E "\[DAG TEST\] end task|: (PASS|REJECT)|passed:|^error|DataError" $(RECFORGE_HOME)/compress-$$date.log | sed -E 's/.*\[DAG TEST\] end task task_id=([a-z_]+) map_index=(-?[0-9]+).*/  done: \1 \2/' || true; \
 	echo "log: $(RECFORGE_HOME)/compress-$$date.log"; exit $$status
 
 profile: setup mlflow-up ## Profile the latest validated variants per hardware target: LBT, plots, Pareto front (CONF='{json}')
-	@date=$${DATE:-$$($(PY) -m tasks.data --print-last-day)}; \
+	@date=$${DATE:-$$($(PY) -m recforge.pipeline.data.ingest --print-last-day)}; \
 	status=0; infra/local/airflow.sh test profile_variants "$$date" -c '$(CONF)' > $(RECFORGE_HOME)/profile-$$date.log 2>&1 || status=$$?; \
 	grep -E "\[DAG TEST\] end task|\] (plan [a-z_]+:|profiled |skipped )|^error|Error:" $(RECFORGE_HOME)/profile-$$date.log | sed -E 's/.*\[DAG TEST\] end task task_id=([a-z_]+) map_index=(-?[0-9]+).*/  done: \1 \2/; s/^[^]]*\] (plan|profiled|skipped) /  \1 /; s/ +\[tasks\.profile_variants\] loc=.*$$//' | uniq || true; \
-	[ $$status -ne 0 ] || $(PY) -m tasks.profile_variants report; \
+	[ $$status -ne 0 ] || $(PY) -m recforge.pipeline.profiling.stage report; \
 	echo "log: $(RECFORGE_HOME)/profile-$$date.log"; exit $$status
 
 # `make bench` overrides, e.g. BENCH_CONF='{"families":["dlrm"],"synthetic":[],"point_duration_s":0.5}' (tasks/bench.py)
 BENCH_CONF ?= {}
 bench: setup ## Benchmark: RecForge's best variant vs PyTorch eager per family, the roofline, synthetic RMC1-3 (BENCH_CONF='{json}')
-	$(PY) -m tasks.bench --config '$(BENCH_CONF)'
+	$(PY) -m recforge.tools.bench --config '$(BENCH_CONF)'
 
 # `make bench-fleet` overrides, e.g. FLEET_BENCH_CONF='{"point_duration_s": 3, "max_steps": 8}' (serving/fleet_bench.py)
 FLEET_BENCH_CONF ?= {}
 bench-fleet: setup mlflow-up ## LBT of a 2-node Triton fleet: profile-generated config vs Triton's default (FLEET_FAMILY=, FLEET_BENCH_CONF=)
-	$(PY) -m serving.fleet_bench --family $(FLEET_FAMILY) --target $(FLEET_TARGET) --config '$(FLEET_BENCH_CONF)'
+	$(PY) -m recforge.tools.fleet_bench --family $(FLEET_FAMILY) --target $(FLEET_TARGET) --config '$(FLEET_BENCH_CONF)'
 
 register: setup mlflow-up ## Register the best profiled variant per (family, target) in MLflow and propose rollouts (CONF='{json}')
-	@date=$${DATE:-$$($(PY) -m tasks.data --print-last-day)}; \
+	@date=$${DATE:-$$($(PY) -m recforge.pipeline.data.ingest --print-last-day)}; \
 	status=0; infra/local/airflow.sh test register_models "$$date" -c '$(CONF)' > $(RECFORGE_HOME)/register-$$date.log 2>&1 || status=$$?; \
 	grep -E "\[DAG TEST\] end task|registered |alias |stays a candidate|proposed rollout:|not promoted:|^error|Error:" $(RECFORGE_HOME)/register-$$date.log | sed -E 's/.*\[DAG TEST\] end task task_id=([a-z_]+) map_index=(-?[0-9]+).*/  done: \1 \2/' || true; \
-	echo "log: $(RECFORGE_HOME)/register-$$date.log"; $(PY) -m tasks.register show --history 5; exit $$status
+	echo "log: $(RECFORGE_HOME)/register-$$date.log"; $(PY) -m recforge.pipeline.registry.stage show --history 5; exit $$status
 
 mlflow-up: ## Start the MLflow tracking server on 127.0.0.1:5000 (MLFLOW_PORT) unless one is running
 	@if [ "$$MLFLOW_TRACKING_URI" = "http://127.0.0.1:$(MLFLOW_PORT)" ]; then infra/local/mlflow.sh start; \
@@ -100,6 +100,7 @@ test-triton: ## Run the Triton tier: real tritonserver on 127.0.0.1 (serving, mo
 
 lint: ## Lint with ruff
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 lock: ## Re-resolve the pinned environment into requirements.lock (after changing pyproject.toml)
 	rm -rf /tmp/recforge-lock && $(PYTHON_BIN) -m venv /tmp/recforge-lock
@@ -108,7 +109,7 @@ lock: ## Re-resolve the pinned environment into requirements.lock (after changin
 	mv requirements.lock.new requirements.lock
 
 k8s-manifests: $(VENV)/.installed ## Generate Kubernetes manifests for the Triton fleet, Airflow and MLflow
-	$(PY) -m serving.k8s --config infra/k8s/deploy.example.json --out infra/k8s/generated
+	$(PY) -m recforge.serving.k8s --config infra/k8s/deploy.example.json --out infra/k8s/generated
 
 # Local Triton fleet: FLEET_NODES tritonserver nodes behind HAProxy on 127.0.0.1:FLEET_PORT (state: $(RECFORGE_HOME)/fleet)
 FLEET_NODES ?= 2
@@ -117,7 +118,7 @@ FLEET_FAMILY ?= dlrm
 FLEET_TARGET ?= cpu-triton
 
 fleet-up: $(VENV)/.installed mlflow-up ## Start the Triton fleet + HAProxy (FLEET_NODES=2): registry champion, else newest nightly model
-	@$(PY) -m serving.fleet up --nodes $(FLEET_NODES) --port $(FLEET_PORT) --family $(FLEET_FAMILY) --target $(FLEET_TARGET)
+	@$(PY) -m recforge.serving.fleet up --nodes $(FLEET_NODES) --port $(FLEET_PORT) --family $(FLEET_FAMILY) --target $(FLEET_TARGET)
 
 # make rollout MODEL=recforge-dlrm TARGET=cpu [VERSION=3 | VERSION=champion-cpu] [CONF='{"canary_duration_s": 60}']
 MODEL ?= recforge-$(FLEET_FAMILY)
@@ -129,18 +130,18 @@ rollout: $(VENV)/.installed mlflow-up ## Roll a registered version out to the ru
 	echo "rollout $$conf (Airflow log: $$log)"; \
 	status=0; infra/local/airflow.sh test rollout "$$(date -u +%Y-%m-%dT%H:%M:%S+00:00)" -c "$$conf" > $$log 2>&1 || status=$$?; \
 	grep -E "\[DAG TEST\] end task|\] rollout |\] canary |RolloutFailed|^error|Error:" $$log | sed -E 's/.*\[DAG TEST\] end task task_id=([a-z_]+) map_index=(-?[0-9]+).*/  done: \1/; s/ +\[tasks\.rollout\] loc=.*$$//' || true; \
-	$(PY) -m tasks.rollout history --model "$(MODEL)" --last 1; exit $$status
+	$(PY) -m recforge.serving.rollout history --model "$(MODEL)" --last 1; exit $$status
 
 rollout-history: $(VENV)/.installed ## Past rollouts with their outcome and figures (MODEL= to filter)
-	@$(PY) -m tasks.rollout history $(if $(filter command line,$(origin MODEL)),--model "$(MODEL)")
+	@$(PY) -m recforge.serving.rollout history $(if $(filter command line,$(origin MODEL)),--model "$(MODEL)")
 
 fleet-down: ## Stop every process of the local fleet (idempotent, also leftovers of a stale state)
-	@$(PY) -m serving.fleet down
+	@$(PY) -m recforge.serving.fleet down
 
 fleet-status: ## The fleet's nodes, models, versions and HAProxy view
-	@$(PY) -m serving.fleet status
+	@$(PY) -m recforge.serving.fleet status
 
 clean: mlflow-down ## Stop services (fleet, Airflow UI, MLflow) and delete local state (.recforge: data, MLflow, Airflow DB)
 	-infra/local/airflow.sh stop
-	-[ -x $(PY) ] && $(PY) -m serving.fleet down >/dev/null
+	-[ -x $(PY) ] && $(PY) -m recforge.serving.fleet down >/dev/null
 	rm -rf $(RECFORGE_HOME)

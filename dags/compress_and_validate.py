@@ -44,7 +44,7 @@ def _params() -> dict:
 def compress_and_validate():
     @task
     def candidates() -> list[dict]:
-        from tasks.compress_validate import find_candidates
+        from recforge.pipeline.parity.stage import find_candidates
 
         ctx = get_current_context()
         extras = [event.extra for events in ctx["triggering_asset_events"].values() for event in events]
@@ -53,21 +53,21 @@ def compress_and_validate():
 
     @task
     def plan(found: list[dict]) -> list[dict]:
-        from tasks.compress import CompressConfig, plan_bases
+        from recforge.pipeline.compression.compress import CompressConfig, plan_bases
 
         cfg = CompressConfig.from_dict(_params()["compress_config"])
         return [{"candidate": c, "base": base} for c in found for base in plan_bases(cfg, c["family"])]
 
     @task(max_active_tis_per_dagrun=1)  # training/fine-tuning uses every core
     def variants(candidate: dict, base: str) -> list[dict]:
-        from tasks.compress_validate import Candidate, compress_and_validate
+        from recforge.pipeline.parity.stage import Candidate, compress_and_validate
 
         p = _params()
         return compress_and_validate(Candidate(**candidate), base, p["compress_config"], p["parity_config"])
 
     @task(outlets=[VALIDATED_VARIANTS])
     def summarize(found: list[dict], rows: list[list[dict]]) -> dict:
-        from tasks.compress_validate import Candidate, summarize_family
+        from recforge.pipeline.parity.stage import Candidate, summarize_family
 
         flat = [r for group in rows for r in group]
         result = {}

@@ -51,14 +51,17 @@ def _params() -> dict:
 def nightly_retrain():
     @task
     def ingest() -> dict:
-        from tasks import config, data
+        from recforge.core import config
+        from recforge.pipeline.data import ingest as data
 
         raw = data.fetch_movielens(config.raw_dir())
         return data.ingest(raw, config.data_root(), data.parse_date(_day())).to_dict()
 
     @task
     def open_run(ingested: dict) -> str:
-        from tasks import config, data, train
+        from recforge.core import config
+        from recforge.pipeline.data import ingest as data
+        from recforge.pipeline.training import train
 
         day = data.parse_date(_day())
         ctx = get_current_context()
@@ -67,21 +70,23 @@ def nightly_retrain():
 
     @task(retries=0)  # bad data does not get better by retrying
     def check(parent_run_id: str) -> dict:
-        from tasks import checks, config
+        from recforge.core import config
+        from recforge.pipeline.datagate import checks
 
         return checks.check_day(config.data_root(), _day(), _params()["check_config"], parent_run_id)
 
     @task
     def features(checked: dict) -> dict:
-        from tasks import config, data
-        from tasks.features import build_features
+        from recforge.core import config
+        from recforge.pipeline.data import ingest as data
+        from recforge.pipeline.data.features import build_features
 
         out = config.work_dir() / _day() / "features"
         return build_features(config.data_root(), data.parse_date(_day()), out).to_dict()
 
     @task
     def families() -> list[str]:
-        from tasks.train import TrainConfig
+        from recforge.pipeline.training.train import TrainConfig
 
         return list(TrainConfig.from_dict({"families": _params()["families"]}).families)
 
@@ -89,7 +94,7 @@ def nightly_retrain():
     def train(family: str, feature_set: dict, parent_run_id: str) -> dict:
         from pathlib import Path
 
-        from tasks import train
+        from recforge.pipeline.training import train
 
         cfg = train.TrainConfig.from_dict(_params()["train_config"])
         out = Path(feature_set["out_dir"]).parent / "models" / family
@@ -97,7 +102,7 @@ def nightly_retrain():
 
     @task(outlets=list(CANDIDATE_ASSETS.values()))
     def publish(results: list[dict], parent_run_id: str) -> dict:
-        from tasks import train
+        from recforge.pipeline.training import train
 
         summary = train.close_parent_run(parent_run_id, list(results))
         events = get_current_context()["outlet_events"]
@@ -112,7 +117,7 @@ def nightly_retrain():
     @task(trigger_rule="one_failed", retries=0)
     def mark_failed(parent_run_id: str) -> None:
         """Mark the MLflow parent run FAILED, then fail itself: as the DAG's only leaf it decides the run state."""
-        from tasks import train
+        from recforge.pipeline.training import train
 
         train.fail_parent_run(parent_run_id)
         raise RuntimeError(f"an upstream task failed; MLflow parent run {parent_run_id} is marked FAILED")

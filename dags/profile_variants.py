@@ -63,7 +63,7 @@ def _stage_config() -> dict:
 def profile_variants():
     @task
     def plan() -> list[dict]:
-        from tasks.profile_variants import ProfileStageConfig, plan_profiles
+        from recforge.pipeline.profiling.stage import ProfileStageConfig, plan_profiles
 
         ctx = get_current_context()
         extras = [event.extra for events in ctx["triggering_asset_events"].values() for event in events]
@@ -73,13 +73,13 @@ def profile_variants():
 
     @task(max_active_tis_per_dagrun=1, execution_timeout=timedelta(minutes=30))  # load tests need quiet cores
     def profile(job: dict) -> dict:
-        from tasks.profile_variants import profile_one
+        from recforge.pipeline.profiling.stage import profile_one
 
         return profile_one(job, _stage_config())
 
     @task(outlets=[PROFILES])
     def summarize(results: list[dict]) -> dict:
-        from tasks.profile_variants import format_summary, profiles_asset_extra, summarize_profiles
+        from recforge.pipeline.profiling.stage import format_summary, profiles_asset_extra, summarize_profiles
 
         summaries = summarize_profiles(list(results))
         for summary in summaries.values():

@@ -57,7 +57,7 @@ def _config() -> dict:
 def register_models():
     @task
     def profiled_families() -> list[dict]:
-        from tasks.register import find_profiled_candidates
+        from recforge.pipeline.registry.stage import find_profiled_candidates
 
         ctx = get_current_context()
         extras = [event.extra for events in ctx["triggering_asset_events"].values() for event in events]
@@ -66,14 +66,14 @@ def register_models():
 
     @task
     def register(candidate: dict) -> dict:
-        from tasks.register import register_family
+        from recforge.pipeline.registry.stage import register_family
 
         return register_family(candidate["candidate_run_id"], cfg=_config(),
                                dag_run_id=get_current_context()["run_id"])
 
     @task
     def propose_rollout(results: list[dict]) -> dict:
-        from tasks.register import propose_rollout
+        from recforge.pipeline.registry.stage import propose_rollout
 
         proposal = propose_rollout(list(results), cfg=_config(), dag_run_id=get_current_context()["run_id"])
         for p in proposal["proposals"]:

@@ -1,7 +1,7 @@
 """rollout: a release manager rolls a registered model version out to the Triton fleet, canaried.
 
 Triggered by hand (``schedule=None``; also ``make rollout MODEL=... TARGET=...``). Steps, each a shim over
-``tasks.rollout``:
+``recforge.serving.rollout``:
 
 1. ``resolve``: the version to roll out (an explicit version or an alias, default ``champion-<target>``), its ONNX
    file downloaded and its SHA-256 checked against the registry, and what every fleet node serves now;
@@ -69,31 +69,31 @@ def _run_id() -> str:
 def rollout():
     @task
     def resolve() -> dict:
-        from tasks.rollout import RolloutConfig, resolve_plan
+        from recforge.serving.rollout import RolloutConfig, resolve_plan
 
         return resolve_plan(RolloutConfig.from_params(_params()), dag_run_id=_run_id())
 
     @task
     def stage_canary(plan: dict) -> dict:
-        from tasks.rollout import stage_canary
+        from recforge.serving.rollout import stage_canary
 
         return stage_canary(plan)
 
     @task
     def smoke_test(plan: dict) -> dict:
-        from tasks.rollout import smoke_test
+        from recforge.serving.rollout import smoke_test
 
         return smoke_test(plan)
 
     @task
     def canary(plan: dict) -> dict:
-        from tasks.rollout import canary
+        from recforge.serving.rollout import canary
 
         return canary(plan)
 
     @task
     def promote(plan: dict) -> dict:
-        from tasks.rollout import promote
+        from recforge.serving.rollout import promote
 
         return promote(plan)
 
@@ -101,7 +101,7 @@ def rollout():
     def rollback() -> None:
         """Restore the previous version and weights on every node, record the outcome, fail the run. Reads the
         rollout's own state file (not XCom), so it works whichever step failed."""
-        from tasks.rollout import rollback_and_fail
+        from recforge.serving.rollout import rollback_and_fail
 
         rollback_and_fail(dag_run_id=_run_id())
 

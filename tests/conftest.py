@@ -15,6 +15,8 @@ import pytest
 import requests
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+TIERS = ("integration", "triton", "e2e", "perf")
+SERVICE_FIXTURES = {"mlflow_server"}  # a test using one of these starts a real service: integration at least
 DAY0 = dt.date(1998, 1, 1)
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(os.environ.get("RECFORGE_VENV", REPO / ".venv")) / "bin"
@@ -50,8 +52,8 @@ def synthetic_tables(days: int = 30, users: int = 40, items: int = 60, per_day: 
 
 @pytest.fixture
 def synthetic_root(tmp_path):
-    """A data root laid out as tasks.data writes it, from synthetic tables."""
-    from tasks import data
+    """A data root laid out as recforge.pipeline.data.ingest writes it, from synthetic tables."""
+    from recforge.pipeline.data import ingest as data
 
     ratings, users, items = synthetic_tables()
     root = str(tmp_path / "data")
@@ -65,7 +67,8 @@ def synthetic_root(tmp_path):
 @pytest.fixture(scope="session")
 def movielens_raw():
     """The real MovieLens-100K raw files (downloaded and checksum-verified by `make setup`)."""
-    from tasks import config, data
+    from recforge.core import config
+    from recforge.pipeline.data import ingest as data
 
     return data.fetch_movielens(config.raw_dir())
 
@@ -104,3 +107,15 @@ def mlflow_server(tmp_path_factory):
     yield url
     os.killpg(proc.pid, 15)
     proc.wait(timeout=30)
+
+
+def pytest_collection_modifyitems(items):
+    """Give every test its tier: the marker it has, integration when it uses a real-service fixture, else unit
+    (``make test-fast`` runs ``-m unit``)."""
+    for item in items:
+        if any(item.get_closest_marker(tier) for tier in TIERS):
+            continue
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)

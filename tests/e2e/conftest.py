@@ -14,7 +14,7 @@ from tests.conftest import REPO  # noqa: F401  (re-exported for the e2e tests)
 
 def make_pipeline_env(root: Path, mlflow_url: str) -> dict:
     """Environment of one isolated pipeline: its own RECFORGE_HOME, Airflow DB and MLflow experiment."""
-    from tasks import config
+    from recforge.core import config
 
     env = os.environ | {
         "RECFORGE_HOME": str(root / "home"),

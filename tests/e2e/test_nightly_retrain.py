@@ -88,11 +88,11 @@ def test_nightly_run_trains_every_family_and_tracks_it(nightly):
 
 def test_bad_partition_stops_the_run_before_training(pipeline_env):
     env = pipeline_env
-    landed = subprocess.run([sys.executable, "-m", "tasks.data", "--date", DAY], env=env, cwd=REPO,
+    landed = subprocess.run([sys.executable, "-m", "recforge.pipeline.data.ingest", "--date", DAY], env=env, cwd=REPO,
                             capture_output=True, text=True)
     assert landed.returncode == 0, landed.stderr
     sys.path.insert(0, str(REPO))
-    from tasks import data
+    from recforge.pipeline.data import ingest as data
 
     root = str(Path(env["RECFORGE_HOME"]) / "data")
     day = data.parse_date(DAY)

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.e2e.conftest import make_pipeline_env, run_dag
-from tests.tasks.test_register import Pipeline
+from tests.pipeline.registry.test_stage import Pipeline
 
 pytestmark = pytest.mark.e2e
 

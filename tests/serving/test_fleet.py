@@ -1,4 +1,4 @@
-"""serving.fleet with real tritonserver nodes behind a real haproxy: up, inference through the balancer, model
+"""recforge.serving.fleet with real tritonserver nodes behind a real haproxy: up, inference through the balancer, model
 control refused there, staging a version on one node through its own port (and back), Triton metrics per node,
 a node killed under open-loop load, down leaving no process; plus the parts that need no server."""
 
@@ -16,14 +16,14 @@ import onnxruntime as ort
 import pytest
 import requests
 
-from model_defs import build_model
-from model_defs.export import example_inputs, export_onnx
-from model_defs.spec import example_spec
-from serving import fleet as fl
-from serving import loadbalancer as lb
-from serving import triton as tr
-from tasks.errors import ConfigError
-from tasks.profile import free_ports
+from recforge.contracts.features import example_spec
+from recforge.core.errors import ConfigError
+from recforge.core.ports import free_ports
+from recforge.inference import triton as tr
+from recforge.models import build_model
+from recforge.models.export import example_inputs, export_onnx
+from recforge.serving import fleet as fl
+from recforge.serving import loadbalancer as lb
 
 SPEC = dataclasses.replace(example_spec(), sparse_cardinalities=(30, 50, 5, 4, 3, 4), num_genres=8, genre_slots=3,
                            history_length=5)
@@ -185,7 +185,7 @@ def test_stage_a_version_on_one_node_and_back_with_metrics(fleet):
 @pytest.mark.triton
 @needs_triton
 def test_a_node_killed_under_load_loses_at_most_its_in_flight_requests(fleet):
-    from serving.loadgen import QuerySizes, run_open_loop
+    from recforge.inference.loadgen import QuerySizes, run_open_loop
 
     handle = fl.Fleet(home=fleet["home"])
     target = tr.TritonHttpTarget(handle.url, MODEL, SPEC, max_batch=16, pool=8)

@@ -16,8 +16,8 @@ import pytest
 import requests
 import yaml
 
-from serving import k8s
-from tasks.errors import ConfigError
+from recforge.core.errors import ConfigError
+from recforge.serving import k8s
 from tests.conftest import REPO, free_port
 
 K8S_DIR = REPO / "infra" / "k8s"
@@ -364,7 +364,7 @@ def test_cli_writes_the_manifests_and_reports_errors_on_one_line(tmp_path, capsy
 
 
 def test_real_tritonserver_accepts_the_generated_args_and_hides_the_repository_api(tmp_path):
-    from serving.triton import server_env, tritonserver_binary
+    from recforge.inference.triton import server_env, tritonserver_binary
 
     (container,) = _containers(_triton_deployments()[0])
     key = secrets.token_hex(8)

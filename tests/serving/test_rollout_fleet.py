@@ -20,12 +20,12 @@ import uuid
 import numpy as np
 import pytest
 
-from model_defs import build_model
-from model_defs.export import example_inputs, export_onnx
-from model_defs.spec import example_spec
-from serving import fleet as fl
-from serving import triton as tr
-from tasks.errors import DataError
+from recforge.contracts.features import example_spec
+from recforge.core.errors import DataError
+from recforge.inference import triton as tr
+from recforge.models import build_model
+from recforge.models.export import example_inputs, export_onnx
+from recforge.serving import fleet as fl
 
 SPEC = dataclasses.replace(example_spec(), sparse_cardinalities=(30, 50, 5, 4, 3, 4), num_genres=8, genre_slots=3,
                            history_length=5)
@@ -39,7 +39,7 @@ def sha(path) -> str:
 
 
 class Registry:
-    """Registered versions laid out as tasks.register leaves them: a training run with model_files/spec.json, one
+    """Registered versions laid out as recforge.pipeline.registry.stage leaves them: a training run with model_files/spec.json, one
     variant child run per file with the ONNX under onnx/, a model version tagged with the file's SHA-256."""
 
     def __init__(self, name: str, spec_path, tmp):
@@ -153,7 +153,7 @@ def config(**overrides) -> dict:
 
 
 def test_a_good_version_is_canaried_and_promoted_with_zero_failed_requests(world):
-    from tasks import rollout
+    from recforge.serving import rollout
 
     registry, v2 = world["registry"], world["versions"]["v2"]
     # This test is about the mechanics (canary share, promotion node by node, zero failed requests); the SLO
@@ -194,7 +194,7 @@ def test_a_good_version_is_canaried_and_promoted_with_zero_failed_requests(world
 
 
 def test_a_model_that_fails_to_load_is_rolled_back_and_v2_keeps_serving(world):
-    from tasks import rollout
+    from recforge.serving import rollout
 
     registry = world["registry"]
     v2 = int(world["versions"]["v2"])
@@ -212,7 +212,7 @@ def test_a_model_that_fails_to_load_is_rolled_back_and_v2_keeps_serving(world):
 
 
 def test_a_slow_model_breaks_the_slo_under_canary_load_and_is_rolled_back(world):
-    from tasks import rollout
+    from recforge.serving import rollout
 
     registry = world["registry"]
     v2 = int(world["versions"]["v2"])
@@ -238,7 +238,7 @@ def test_a_slow_model_breaks_the_slo_under_canary_load_and_is_rolled_back(world)
 
 
 def test_a_file_that_does_not_match_the_registry_is_refused_before_it_is_served(world):
-    from tasks import rollout
+    from recforge.serving import rollout
 
     registry = world["registry"]
     v2 = int(world["versions"]["v2"])
@@ -256,7 +256,7 @@ def test_malformed_requests_through_the_balancer_get_a_4xx_and_the_fleet_keeps_s
     (HAProxy's retry-on 503 does not turn a client error into a retry storm), and both nodes keep serving."""
     import requests
 
-    from serving.triton import TritonError
+    from recforge.inference.triton import TritonError
 
     registry = world["registry"]
     url = fl.read_state()["url"]

@@ -1,0 +1,20 @@
+"""Timing a call the way every stage reports it: the median of repeated runs after a warm-up."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def median_ms(call: Callable[[], Any], repeats: int, warmup: int) -> float:
+    """Median milliseconds of ``repeats`` calls of ``call`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter_ns()
+        call()
+        times.append(time.perf_counter_ns() - start)
+    return statistics.median(times) / 1e6

@@ -1,0 +1,338 @@
+"""Features for a run on logical date D: built from partitions up to D only, split by time.
+
+Every feature of an event at time t is computed from events strictly before t (events in the
+same second count as simultaneous, not as past), so nothing leaks from the future:
+
+* sparse ids: user, item, occupation, zip prefix, gender, age bucket (index 0 = unknown)
+* genres: the item's genres, multi-valued, 0-padded
+* history: the user's most recently liked items (rating >= 4) before t, most recent first
+* dense: age, release year, and user/item rating statistics of the past (count, smoothed mean
+  rating, smoothed positive rate), standardised with the training split's mean/std
+* label: rating >= 4
+
+Split: whole days, latest first: the test split is the shortest run of final days holding at
+least ``test_fraction`` of the rows, validation the same before it, training everything earlier.
+
+Output folder: ``train.parquet``, ``val.parquet``, ``test.parquet``, ``spec.json`` (the model
+input contract, see recforge.models/spec.py) and ``meta.json`` (split days, counts, normalisation,
+data fingerprint).
+
+CLI: ``python -m recforge.pipeline.data.features --date 1998-04-22 --out DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recforge.contracts.features import FeatureSpec
+from recforge.core import config
+from recforge.core.cli import run_step
+from recforge.core.errors import DataError
+from recforge.pipeline.data import ingest as data
+
+SPARSE_FEATURES = ("user_id", "item_id", "occupation", "zip_prefix", "gender", "age_bucket")
+DENSE_FEATURES = (
+    "age",
+    "release_year",
+    "user_log_count",
+    "user_mean_rating",
+    "user_pos_rate",
+    "item_log_count",
+    "item_mean_rating",
+    "item_pos_rate",
+)
+AGE_BUCKET_EDGES = (18, 25, 35, 45, 50, 56)  # MovieLens-1M's age groups
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    history_length: int = 20
+    genre_slots: int = 6
+    label_threshold: int = 4
+    test_fraction: float = 0.1
+    val_fraction: float = 0.1
+    prior_strength: float = 5.0  # pseudo-counts pulling sparse users/items to the global mean
+    min_train_rows: int = 1000
+
+    def __post_init__(self) -> None:
+        if not (0 < self.test_fraction < 0.5 and 0 < self.val_fraction < 0.5):
+            raise ValueError("test_fraction and val_fraction must be in (0, 0.5)")
+        if self.history_length < 1 or self.genre_slots < 1:
+            raise ValueError("history_length and genre_slots must be >= 1")
+
+
+@dataclass
+class FeatureResult:
+    out_dir: str
+    day: str
+    fingerprint: str
+    rows: dict[str, int]
+    days: dict[str, list[str]]
+    label_rate: dict[str, float]
+    spec: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sparse_vocabularies(users: pd.DataFrame, items: pd.DataFrame) -> dict[str, dict]:
+    """Category -> index (from 1) per categorical user attribute; ids are used as they are."""
+    return {
+        "occupation": _vocab(users["occupation"]),
+        "zip_prefix": _vocab(zip_prefix(users["zip_code"])),
+        "gender": _vocab(users["gender"]),
+        "genres": _vocab(pd.Series([g for gs in items["genres"] for g in gs.split()])),
+    }
+
+
+def _vocab(values: pd.Series) -> dict:
+    return {v: i + 1 for i, v in enumerate(sorted(set(values)))}
+
+
+def zip_prefix(zip_codes: pd.Series) -> pd.Series:
+    """First digit of a US zip code (a coarse region); "other" for foreign/malformed codes."""
+    first = zip_codes.astype(str).str[:1]
+    return first.where(first.str.isdigit(), "other")
+
+
+def age_bucket(age: pd.Series) -> np.ndarray:
+    return np.digitize(age.to_numpy(), AGE_BUCKET_EDGES) + 1  # 1..7, 0 stays "unknown"
+
+
+def past_statistics(events: pd.DataFrame, key: str, label: np.ndarray, prior_mean: float,
+                    prior_rate: float, strength: float) -> pd.DataFrame:
+    """Count, smoothed mean rating and smoothed positive rate of ``key``'s events strictly before each event.
+
+    ``events`` must be sorted by timestamp. Events of the same key in the same second see the same
+    (earlier) statistics, so simultaneous events do not leak into each other.
+    """
+    frame = pd.DataFrame({key: events[key].to_numpy(), "ts": events["timestamp"].to_numpy(),
+                          "rating": events["rating"].to_numpy(), "pos": label})
+    grouped = frame.groupby(key, sort=False)
+    frame["n"] = grouped.cumcount()
+    frame["sum_rating"] = grouped["rating"].cumsum() - frame["rating"]
+    frame["sum_pos"] = grouped["pos"].cumsum() - frame["pos"]
+    ties = frame.groupby([key, "ts"], sort=False)
+    n = ties["n"].transform("first").to_numpy(dtype=float)
+    sum_rating = ties["sum_rating"].transform("first").to_numpy(dtype=float)
+    sum_pos = ties["sum_pos"].transform("first").to_numpy(dtype=float)
+    return pd.DataFrame({
+        "log_count": np.log1p(n),
+        "mean_rating": (sum_rating + strength * prior_mean) / (n + strength),
+        "pos_rate": (sum_pos + strength * prior_rate) / (n + strength),
+    }, index=events.index)
+
+
+def liked_history(events: pd.DataFrame, label: np.ndarray, length: int) -> np.ndarray:
+    """[N, length] int64: each event's user's last ``length`` liked items strictly before it, newest first."""
+    out = np.zeros((len(events), length), dtype=np.int64)
+    users = events["user_id"].to_numpy()
+    items = events["item_id"].to_numpy()
+    stamps = events["timestamp"].to_numpy()
+    order = np.lexsort((stamps, users))  # by user, then time
+    liked: list[int] = []
+    i = 0
+    while i < len(order):
+        user = users[order[i]]
+        liked = []
+        while i < len(order) and users[order[i]] == user:
+            # one tie group: same user, same second; all see the history before it
+            j = i
+            while j < len(order) and users[order[j]] == user and stamps[order[j]] == stamps[order[i]]:
+                j += 1
+            recent = liked[-length:][::-1]
+            for k in range(i, j):
+                out[order[k], : len(recent)] = recent
+            liked.extend(int(items[order[k]]) for k in range(i, j) if label[order[k]])
+            i = j
+    return out
+
+
+def split_days(days: pd.Series, test_fraction: float, val_fraction: float) -> dict[str, list[dt.date]]:
+    """Assign whole days to train/val/test, latest days to test (see module docstring)."""
+    counts = days.value_counts().sort_index(ascending=False)  # newest first
+    total = counts.sum()
+    cumulative = counts.cumsum()
+    n_test = int(np.searchsorted(cumulative.to_numpy(), test_fraction * total) + 1)
+    n_val = int(np.searchsorted(cumulative.to_numpy(), (test_fraction + val_fraction) * total) + 1) - n_test
+    ordered = list(counts.index)
+    test, val, train = ordered[:n_test], ordered[n_test : n_test + max(n_val, 1)], ordered[n_test + max(n_val, 1) :]
+    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+def build_features(data_root: str, day: dt.date, out_dir: Path,
+                   cfg: FeatureConfig = FeatureConfig()) -> FeatureResult:
+    ratings = data.load_ratings(data_root, day)
+    users, items = data.load_dimensions(data_root)
+    ratings = ratings.sort_values(["timestamp", "user_id", "item_id"], kind="stable").reset_index(drop=True)
+    label = (ratings["rating"].to_numpy() >= cfg.label_threshold).astype(np.int64)
+    event_days = data.day_of(ratings["timestamp"])
+    split_of_day = split_days(event_days, cfg.test_fraction, cfg.val_fraction)
+    if sum(event_days.isin(split_of_day["train"])) < cfg.min_train_rows:
+        raise DataError(
+            f"only {sum(event_days.isin(split_of_day['train']))} training rows up to {day}; "
+            f"need at least {cfg.min_train_rows} (min_train_rows): choose a later date"
+        )
+
+    vocab = sparse_vocabularies(users, items)
+    users = users.set_index("user_id")
+    items = items.set_index("item_id")
+    user_rows = users.reindex(ratings["user_id"])
+    item_rows = items.reindex(ratings["item_id"])
+
+    columns: dict[str, np.ndarray] = {
+        "user_id": ratings["user_id"].to_numpy(),
+        "item_id": ratings["item_id"].to_numpy(),
+        "occupation": user_rows["occupation"].map(vocab["occupation"]).fillna(0).to_numpy(np.int64),
+        "zip_prefix": zip_prefix(user_rows["zip_code"].fillna("")).map(vocab["zip_prefix"]).fillna(0)
+        .to_numpy(np.int64),
+        "gender": user_rows["gender"].map(vocab["gender"]).fillna(0).to_numpy(np.int64),
+        "age_bucket": np.where(user_rows["age"].isna(), 0, age_bucket(user_rows["age"].fillna(0))),
+    }
+    genre_ids = np.zeros((len(ratings), cfg.genre_slots), dtype=np.int64)
+    item_genres = {
+        item_id: [vocab["genres"][g] for g in gs.split()][: cfg.genre_slots]
+        for item_id, gs in items["genres"].items()
+    }
+    for row, item_id in enumerate(columns["item_id"]):
+        gs = item_genres.get(item_id, [])
+        genre_ids[row, : len(gs)] = gs
+    history = liked_history(ratings, label, cfg.history_length)
+
+    train_mask = event_days.isin(split_of_day["train"]).to_numpy()
+    prior_mean = float(ratings["rating"][train_mask].mean())
+    prior_rate = float(label[train_mask].mean())
+    user_stats = past_statistics(ratings, "user_id", label, prior_mean, prior_rate, cfg.prior_strength)
+    item_stats = past_statistics(ratings, "item_id", label, prior_mean, prior_rate, cfg.prior_strength)
+    release_year = item_rows["release_year"].astype("float64")
+    release_year = release_year.fillna(release_year[train_mask].median()).to_numpy()
+    dense = pd.DataFrame({
+        "age": user_rows["age"].astype(float).fillna(float(users["age"].median())).to_numpy(),
+        "release_year": release_year,
+        "user_log_count": user_stats["log_count"].to_numpy(),
+        "user_mean_rating": user_stats["mean_rating"].to_numpy(),
+        "user_pos_rate": user_stats["pos_rate"].to_numpy(),
+        "item_log_count": item_stats["log_count"].to_numpy(),
+        "item_mean_rating": item_stats["mean_rating"].to_numpy(),
+        "item_pos_rate": item_stats["pos_rate"].to_numpy(),
+    })
+    mean = dense[train_mask].mean()
+    std = dense[train_mask].std(ddof=0).replace(0.0, 1.0)
+    dense = ((dense - mean) / std).astype("float32")
+
+    table = pd.DataFrame({name: columns[name].astype(np.int64) for name in SPARSE_FEATURES})
+    for k in range(cfg.genre_slots):
+        table[f"genre_{k}"] = genre_ids[:, k]
+    for k in range(cfg.history_length):
+        table[f"hist_{k}"] = history[:, k]
+    for name in DENSE_FEATURES:
+        table[name] = dense[name].to_numpy()
+    table["label"] = label
+    table["timestamp"] = ratings["timestamp"].to_numpy()
+
+    spec = FeatureSpec(
+        sparse_features=SPARSE_FEATURES,
+        sparse_cardinalities=(
+            int(users.index.max()) + 1,
+            int(items.index.max()) + 1,
+            len(vocab["occupation"]) + 1,
+            len(vocab["zip_prefix"]) + 1,
+            len(vocab["gender"]) + 1,
+            len(AGE_BUCKET_EDGES) + 2,
+        ),
+        num_genres=len(vocab["genres"]) + 1,
+        genre_slots=cfg.genre_slots,
+        history_length=cfg.history_length,
+        dense_features=DENSE_FEATURES,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, label_rate = {}, {}
+    for split in SPLITS:
+        mask = event_days.isin(split_of_day[split]).to_numpy()
+        part = table[mask].reset_index(drop=True)
+        part.to_parquet(out_dir / f"{split}.parquet", index=False)
+        rows[split] = len(part)
+        label_rate[split] = round(float(part["label"].mean()), 4)
+    (out_dir / "spec.json").write_text(spec.to_json())
+    result = FeatureResult(
+        out_dir=str(out_dir),
+        day=day.isoformat(),
+        fingerprint=data.fingerprint(data_root, day),
+        rows=rows,
+        days={s: [split_of_day[s][0].isoformat(), split_of_day[s][-1].isoformat()] for s in SPLITS},
+        label_rate=label_rate,
+        spec=json.loads(spec.to_json()),
+    )
+    meta = result.to_dict() | {
+        "config": asdict(cfg),
+        "dense_mean": mean.to_dict(),
+        "dense_std": std.to_dict(),
+        "vocabularies": vocab,
+    }
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    return result
+
+
+@dataclass
+class Split:
+    """One split as numpy arrays, named as the model inputs (recforge.models/spec.py)."""
+
+    sparse: np.ndarray
+    genres: np.ndarray
+    history: np.ndarray
+    dense: np.ndarray
+    label: np.ndarray
+    frame: pd.DataFrame  # the raw columns, for slicing by attribute
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        return {"sparse": self.sparse, "genres": self.genres, "history": self.history, "dense": self.dense}
+
+
+def load_split(features_dir: Path, split: str) -> Split:
+    path = Path(features_dir) / f"{split}.parquet"
+    if not path.exists():
+        raise DataError(f"{path} is missing; run the features step for this date first")
+    spec = load_spec(features_dir)
+    frame = pd.read_parquet(path)
+    return Split(
+        sparse=frame[list(spec.sparse_features)].to_numpy(np.int64),
+        genres=frame[[f"genre_{k}" for k in range(spec.genre_slots)]].to_numpy(np.int64),
+        history=frame[[f"hist_{k}" for k in range(spec.history_length)]].to_numpy(np.int64),
+        dense=frame[list(spec.dense_features)].to_numpy(np.float32),
+        label=frame["label"].to_numpy(np.float32),
+        frame=frame,
+    )
+
+
+def load_spec(features_dir: Path) -> FeatureSpec:
+    path = Path(features_dir) / "spec.json"
+    if not path.exists():
+        raise DataError(f"{path} is missing; run the features step for this date first")
+    return FeatureSpec.from_json(path.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recforge.pipeline.data.features", description=__doc__.split("\n")[0])
+    parser.add_argument("--date", type=data.parse_date, required=True, help="logical date D (YYYY-MM-DD)")
+    parser.add_argument("--out", type=Path, help="output folder (default: $RECFORGE_WORK_DIR/<date>/features)")
+    parser.add_argument("--data-root", default=None, help="data root (default: $RECFORGE_DATA_ROOT)")
+    args = parser.parse_args(argv)
+
+    out = args.out or config.work_dir() / args.date.isoformat() / "features"
+    return run_step(lambda: build_features(args.data_root or config.data_root(), args.date, out).to_dict())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

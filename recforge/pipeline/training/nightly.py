@@ -1,0 +1,81 @@
+"""Front door of `make run`: check a nightly run's date and params before Airflow starts, report after it ends.
+
+    python -m recforge.pipeline.training.nightly check --date 1998-04-22 --conf '{"families": ["din"]}'
+    python -m recforge.pipeline.training.nightly report --date 1998-04-22
+
+``check`` turns a bad date or a bad param into one line (instead of a task traceback deep in an Airflow
+log); ``report`` prints the MLflow parent run of that date with each family's test AUC against the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from recforge.core import config
+from recforge.core.cli import json_object, run_step
+from recforge.core.errors import ConfigError, DataError
+from recforge.pipeline.data import ingest as data
+from recforge.pipeline.datagate.checks import CheckConfig
+from recforge.pipeline.training.train import TrainConfig
+
+NIGHTLY_PARAMS = ("families", "train_config", "check_config")
+
+
+def check_conf(day: str, conf_text: str) -> dict:
+    """Validate the logical date and the DAG params the same way the DAG's tasks will."""
+
+    date = data.parse_date(day)
+    first, last = data.first_and_last_day(config.raw_dir())
+    if not first <= date <= last:
+        raise ConfigError(f"date {date} is outside the data ({first}..{last})")
+    conf = json_object(conf_text, "CONF")
+    unknown = sorted(set(conf) - set(NIGHTLY_PARAMS))
+    if unknown:
+        raise ConfigError(f"unknown param(s) {unknown}; nightly_retrain takes {list(NIGHTLY_PARAMS)}")
+    train = TrainConfig.from_dict(conf.get("train_config"))
+    if "families" in conf:
+        TrainConfig.from_dict({"families": conf["families"]})
+    CheckConfig.from_dict(conf.get("check_config"))
+    return {"date": date.isoformat(), "families": conf.get("families", list(train.families))}
+
+
+def report(day: str) -> str:
+    """The summary table logged on the nightly parent run of ``day``."""
+    import mlflow
+
+    client = mlflow.MlflowClient(config.tracking_uri())
+    experiment = client.get_experiment_by_name(config.experiment_name())
+    runs = [] if experiment is None else client.search_runs(
+        [experiment.experiment_id], f"tags.`recforge.kind` = 'nightly' and tags.`recforge.logical_date` = '{day}'",
+        order_by=["start_time DESC"], max_results=1)
+    if not runs:
+        raise DataError(f"no nightly run for {day} in MLflow at {config.tracking_uri()}")
+    run = runs[0]
+    lines = [f"nightly-{day}: {run.info.status}  (MLflow run {run.info.run_id}, "
+             f"{config.tracking_uri()}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id})"]
+    if run.info.status == "FINISHED":
+        with open(client.download_artifacts(run.info.run_id, "summary.md")) as fh:
+            lines.append(fh.read())
+    elif failure := run.data.tags.get("recforge.failure"):
+        lines.append(f"failure: {failure}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recforge.pipeline.training.nightly", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="validate the date and params of a nightly run")
+    check.add_argument("--date", required=True)
+    check.add_argument("--conf", default="{}")
+    rep = sub.add_parser("report", help="print the result of the nightly run of a date")
+    rep.add_argument("--date", required=True)
+    args = parser.parse_args(argv)
+
+    if args.command == "check":
+        return run_step(lambda: check_conf(args.date, args.conf))
+    return run_step(lambda: report(args.date))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""recforge.tools.fleet_bench: the generated serving config against Triton's default one, each on a real 2-node fleet
+behind HAProxy, with a tiny NCF model and very short load settings (structure, not speed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from recforge.contracts.features import example_spec
+from recforge.core.errors import ConfigError
+from recforge.inference import model_repo as mr
+from recforge.inference import triton as tr
+from recforge.models import build_model
+from recforge.models.export import export_onnx
+from recforge.pipeline.profiling.search import HillClimb, LBTEvaluator, Measurement, build_profile
+from recforge.serving import fleet as fl
+from recforge.tools import fleet_bench as fb
+
+SPEC = dataclasses.replace(example_spec(), sparse_cardinalities=(30, 50, 5, 4, 3, 4), num_genres=8, genre_slots=3,
+                           history_length=5)
+MODEL = "recforge-ncf"
+BEST = {"sub_batch": 16, "preferred_batch": [16], "queue_delay_us": 200, "instances": 2, "threads": 1, "workers": 4,
+        "max_batch_size": 64}
+# short and lenient: both configs meet the SLO up to max_qps (a structure test on a busy 2-core machine)
+SETTINGS = {"start_qps": 20, "max_qps": 40, "point_duration_s": 0.5, "warmup_s": 0.3, "max_steps": 3,
+            "tolerance": 0.5, "sizes": "fixed:16", "p95_target_ms": 5000, "check_inter_ms": 200, "name": "tiny"}
+
+triton_ok, triton_why = tr.check_installation()
+
+
+def cpu_triton_profile() -> dict:
+    """A schema-valid cpu-triton profile whose search picked BEST (a closed-form latency model, no server)."""
+
+    def measure(rate, knobs):
+        p95 = 5.0 + rate / 100.0
+        return Measurement(rate, p95 / 2, p95, p95 * 1.1, rate, 0, int(rate))
+
+    fixed_keys = ("workers", "threads", "max_batch_size")
+    evaluator = LBTEvaluator(measure, p95_target_ms=25, start_qps=100, max_qps=1600, tolerance=0.2)
+    search = HillClimb({k: (v,) for k, v in BEST.items() if k not in fixed_keys},
+                       fixed={k: BEST[k] for k in fixed_keys}).search(evaluator)
+    return build_profile(
+        model_family="ncf", variant="fp32", variant_run_id=uuid.uuid4().hex, onnx_sha256="0" * 64,
+        target={"name": "cpu-triton", "kind": "cpu-triton", "device": "test CPU", "threads": 1, "workers": 4},
+        load={"distribution": "lognormal", "params": {"mu": 5.1, "sigma": 0.2},
+              "sub_batch_policy": {"mode": "searched"}},
+        search=search, lbt=evaluator.result_for(search.best_knobs), accuracy={"auc": 0.75, "delta_auc": 0.0},
+        latency_vs_batch={1: 0.4, 16: 1.0, 64: 2.0},
+    )
+
+
+def test_settings_are_checked_on_one_line():
+    for bad in ({"nodes": 0}, {"sub_batch": 0}, {"workers": 2.5}, {"point_duration_s": -1}, {"tolerance": 2},
+                {"sizes": "zipf"}, {"name": "a/b"}, {"rounds": 0}, {"unknown": 1}):
+        with pytest.raises(ConfigError):
+            fb.FleetBenchConfig.from_dict(bad)
+    default = fb.default_serving_config(mr.ServingConfig(max_batch_size=512, preferred_batch_size=(64,),
+                                                         instance_count=3, threads_per_instance=2))
+    assert (default.dynamic_batching, default.instance_count, default.max_batch_size) == (False, 1, 512)
+    assert default.preferred_batch_size == () and default.threads_per_instance == 1
+
+
+@pytest.fixture
+def short_home():
+    """A short RECFORGE_HOME: HAProxy's admin socket path under it must stay within 107 characters."""
+    home = Path(tempfile.mkdtemp(prefix="fb-", dir="/tmp"))
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.triton
+@pytest.mark.skipif(not triton_ok, reason=f"tritonserver cannot run here: {triton_why}")
+def test_both_configs_are_measured_through_a_real_fleet_and_compared(tmp_path, short_home, monkeypatch, capsys):
+    home = short_home
+    monkeypatch.setenv("RECFORGE_HOME", str(home))
+    onnx_path = export_onnx(build_model("ncf", SPEC).eval(), SPEC, tmp_path / "model.onnx")
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(SPEC.to_json())
+    profile_path = tmp_path / "profile.json"
+    profile_path.write_text(json.dumps(cpu_triton_profile()))
+
+    code = fb.main(["--onnx", str(onnx_path), "--spec", str(spec_path), "--profile", str(profile_path),
+                    "--model", MODEL, "--target", "cpu-triton", "--config", json.dumps(SETTINGS)])
+    out = capsys.readouterr()
+    print(out.out)  # the table (pytest -s)
+    assert code == 0, out.err
+    summary = json.loads(out.out[out.out.index("{\n"):])
+    doc = json.loads((home / "bench" / "fleet_configs.json").read_text())["runs"][f"{MODEL}@cpu-triton"]
+    assert summary["json"] == str(home / "bench" / "fleet_configs.json")
+    assert set(doc["configs"]) == {"generated", "default"}
+    assert doc["load"]["sub_batch"] == 16 and doc["load"]["workers"] == 4  # the profile's best_knobs, both runs
+    assert doc["load"]["from_profile"] == ["sub_batch", "workers"]
+    generated, default = doc["configs"]["generated"], doc["configs"]["default"]
+
+    # the configs on disk and as each node serves them: generated from the profile vs Triton's default
+    assert generated["config_pbtxt_knobs"] == {"max_batch_size": 64, "dynamic_batching": True,
+                                               "preferred_batch_size": [16], "max_queue_delay_us": 200,
+                                               "instances": 2, "intra_op_threads": 1}
+    default_pbtxt = mr.parse_config_pbtxt(default["config_pbtxt"])
+    assert "dynamic_batching" not in default_pbtxt
+    assert default_pbtxt["instance_group"] == [{"count": 1, "kind": "KIND_CPU"}]
+    assert default_pbtxt["max_batch_size"] == 64
+    assert set(default["served_knobs"]) == {"node0", "node1"}
+    for knobs in default["served_knobs"].values():
+        assert (knobs["dynamic_batching"], knobs["instances"], knobs["max_batch_size"]) == (False, 1, 64)
+    for knobs in generated["served_knobs"].values():
+        assert (knobs["dynamic_batching"], knobs["preferred_batch_size"], knobs["instances"]) == (True, [16], 2)
+
+    # both measured under the same load; the ratio is theirs
+    for entry in (generated, default):
+        assert entry["lbt_qps"] > 0 and entry["curve"] and entry["p95_ms_at_lbt"] <= SETTINGS["p95_target_ms"]
+        assert entry["items_per_s_at_lbt"] > 0
+        # an LBT of 0 at the start rate is searched again from a 4x lower one (START_RETRIES)
+        assert entry["start_qps"] in [SETTINGS["start_qps"] / 4**k for k in range(fb.START_RETRIES + 1)]
+    assert [(e["lbt_qps_rounds"], e["round"], e["other_rounds"]) for e in (generated, default)] == \
+        [([generated["lbt_qps"]], 0, []), ([default["lbt_qps"]], 0, [])]
+    assert doc["ratio_generated_over_default"] == pytest.approx(generated["lbt_qps"] / default["lbt_qps"])
+    assert summary["ratio_generated_over_default"] == doc["ratio_generated_over_default"]
+    table = (home / "bench" / "fleet_configs.md").read_text()
+    assert "| generated |" in table and "| default |" in table and "no dynamic_batching" in table
+    assert "LBT generated / default:" in out.out
+
+    # both fleets are down, and only this benchmark's folders were used
+    for label in fb.CONFIGS:
+        root = fl.fleet_dir(home / "fleet-bench" / "tiny" / label)
+        assert fl._fleet_processes(root) == [] and not (root / "state.json").exists()
+    assert not (home / "fleet").exists()
