@@ -15,11 +15,13 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 # Logical date of `make run`: default = last day of the data. Override: make run DATE=1998-03-01
 DATE ?=
 CONF ?= {}
+# Runs one DAG through Airflow, keeps its log in $(RECFORGE_HOME)/<dag>-<date>.log, prints the gist (--help)
+RUN_DAG := infra/local/run-dag.sh
 
 .PHONY: help setup run nightly compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests bench test-triton fleet-up fleet-down fleet-status rollout rollout-history bench-fleet
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON_BIN) -m venv $(VENV)
@@ -41,39 +43,29 @@ run: setup mlflow-up ## The nightly chain as the scheduler runs it: nightly -> c
 nightly: setup mlflow-up ## Run one nightly_retrain DAG run through Airflow (DATE=YYYY-MM-DD, CONF='{json}')
 	@date=$${DATE:-$$($(PY) -m recforge.pipeline.data.ingest --print-last-day)}; \
 	$(PY) -m recforge.pipeline.training.nightly check --date "$$date" --conf '$(CONF)' >/dev/null; \
-	echo "nightly_retrain for $$date (MLflow: $$MLFLOW_TRACKING_URI; Airflow log: $(RECFORGE_HOME)/run-$$date.log)"; \
-	status=0; infra/local/airflow.sh test nightly_retrain "$$date" -c '$(CONF)' > $(RECFORGE_HOME)/run-$$date.log 2>&1 || status=$$?; \
-	grep -E "\[DAG TEST\] end task|^\s+- |data checks failed|Data Docs:" $(RECFORGE_HOME)/run-$$date.log | sed -E 's/.*\[DAG TEST\] end task task_id=([a-z_]+) map_index=(-?[0-9]+).*/  done: \1 \2/' | uniq || true; \
+	status=0; $(RUN_DAG) nightly_retrain "$$date" -c '$(CONF)' || status=$$?; \
 	$(PY) -m recforge.pipeline.training.nightly report --date "$$date"; exit $$status
 
 compress: setup mlflow-up ## Run compress_and_validate on the latest nightly run's candidates (CONF='{json}')
-	@date=$${DATE:-$$($(PY) -m recforge.pipeline.data.ingest --print-last-day)}; \
-	status=0; infra/local/airflow.sh test compress_and_validate "$$date" -c '$(CONF)' > $(RECFORGE_HOME)/compress-$$date.log 2>&1 || status=$$?; \
-	grep -E "\[DAG TEST\] end task|: (PASS|REJECT)|passed:|^error|DataError" $(RECFORGE_HOME)/compress-$$date.log | sed -E 's/.*\[DAG TEST\] end task task_id=([a-z_]+) map_index=(-?[0-9]+).*/  done: \1 \2/' || true; \
-	echo "log: $(RECFORGE_HOME)/compress-$$date.log"; exit $$status
+	@$(RUN_DAG) compress_and_validate "$(DATE)" -c '$(CONF)'
 
 profile: setup mlflow-up ## Profile the latest validated variants per hardware target: LBT, plots, Pareto front (CONF='{json}')
-	@date=$${DATE:-$$($(PY) -m recforge.pipeline.data.ingest --print-last-day)}; \
-	status=0; infra/local/airflow.sh test profile_variants "$$date" -c '$(CONF)' > $(RECFORGE_HOME)/profile-$$date.log 2>&1 || status=$$?; \
-	grep -E "\[DAG TEST\] end task|\] (plan [a-z_]+:|profiled |skipped )|^error|Error:" $(RECFORGE_HOME)/profile-$$date.log | sed -E 's/.*\[DAG TEST\] end task task_id=([a-z_]+) map_index=(-?[0-9]+).*/  done: \1 \2/; s/^[^]]*\] (plan|profiled|skipped) /  \1 /; s/ +\[tasks\.profile_variants\] loc=.*$$//' | uniq || true; \
-	[ $$status -ne 0 ] || $(PY) -m recforge.pipeline.profiling.stage report; \
-	echo "log: $(RECFORGE_HOME)/profile-$$date.log"; exit $$status
+	@status=0; $(RUN_DAG) profile_variants "$(DATE)" -c '$(CONF)' || status=$$?; \
+	[ $$status -ne 0 ] || $(PY) -m recforge.pipeline.profiling.cli report; exit $$status
 
-# `make bench` overrides, e.g. BENCH_CONF='{"families":["dlrm"],"synthetic":[],"point_duration_s":0.5}' (tasks/bench.py)
+# `make bench` overrides, e.g. BENCH_CONF='{"families":["dlrm"],"synthetic":[],"point_duration_s":0.5}' (recforge.tools.bench)
 BENCH_CONF ?= {}
 bench: setup ## Benchmark: RecForge's best variant vs PyTorch eager per family, the roofline, synthetic RMC1-3 (BENCH_CONF='{json}')
 	$(PY) -m recforge.tools.bench --config '$(BENCH_CONF)'
 
-# `make bench-fleet` overrides, e.g. FLEET_BENCH_CONF='{"point_duration_s": 3, "max_steps": 8}' (serving/fleet_bench.py)
+# `make bench-fleet` overrides, e.g. FLEET_BENCH_CONF='{"point_duration_s": 3, "max_steps": 8}' (recforge.tools.fleet_bench)
 FLEET_BENCH_CONF ?= {}
 bench-fleet: setup mlflow-up ## LBT of a 2-node Triton fleet: profile-generated config vs Triton's default (FLEET_FAMILY=, FLEET_BENCH_CONF=)
 	$(PY) -m recforge.tools.fleet_bench --family $(FLEET_FAMILY) --target $(FLEET_TARGET) --config '$(FLEET_BENCH_CONF)'
 
 register: setup mlflow-up ## Register the best profiled variant per (family, target) in MLflow and propose rollouts (CONF='{json}')
-	@date=$${DATE:-$$($(PY) -m recforge.pipeline.data.ingest --print-last-day)}; \
-	status=0; infra/local/airflow.sh test register_models "$$date" -c '$(CONF)' > $(RECFORGE_HOME)/register-$$date.log 2>&1 || status=$$?; \
-	grep -E "\[DAG TEST\] end task|registered |alias |stays a candidate|proposed rollout:|not promoted:|^error|Error:" $(RECFORGE_HOME)/register-$$date.log | sed -E 's/.*\[DAG TEST\] end task task_id=([a-z_]+) map_index=(-?[0-9]+).*/  done: \1 \2/' || true; \
-	echo "log: $(RECFORGE_HOME)/register-$$date.log"; $(PY) -m recforge.pipeline.registry.stage show --history 5; exit $$status
+	@status=0; $(RUN_DAG) register_models "$(DATE)" -c '$(CONF)' || status=$$?; \
+	$(PY) -m recforge.pipeline.registry.stage show --history 5; exit $$status
 
 mlflow-up: ## Start the MLflow tracking server on 127.0.0.1:5000 (MLFLOW_PORT) unless one is running
 	@if [ "$$MLFLOW_TRACKING_URI" = "http://127.0.0.1:$(MLFLOW_PORT)" ]; then infra/local/mlflow.sh start; \
@@ -89,16 +81,16 @@ ui: setup mlflow-up ## Start the Airflow UI and MLflow UI on 127.0.0.1 and print
 ui-stop: ## Stop the Airflow UI services (MLflow: make mlflow-down)
 	infra/local/airflow.sh stop
 
-test: setup ## Run the whole test suite (unit, DAG integrity, end-to-end with real Airflow + MLflow)
+test: setup ## Run every test: unit, integration (MLflow, HAProxy, Airflow), triton, e2e, perf
 	$(PY) -m pytest
 
-test-fast: ## Run the tests without the end-to-end tier
-	$(PY) -m pytest -m "not e2e"
+test-fast: ## Run the unit tier only: no server, no clock (-m unit)
+	$(PY) -m pytest -m unit
 
-test-triton: ## Run the Triton tier: real tritonserver on 127.0.0.1 (serving, model repositories, cpu-triton profiling)
-	$(PY) -m pytest tests/serving/test_triton.py tests/serving/test_model_repo.py tests/tasks/test_profile.py
+test-triton: ## Run the triton tier: every test that starts a real tritonserver on 127.0.0.1 (-m triton)
+	$(PY) -m pytest -m triton
 
-lint: ## Lint with ruff
+lint: ## Lint with ruff, and check the layer contracts with import-linter
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
@@ -120,16 +112,14 @@ FLEET_TARGET ?= cpu-triton
 fleet-up: $(VENV)/.installed mlflow-up ## Start the Triton fleet + HAProxy (FLEET_NODES=2): registry champion, else newest nightly model
 	@$(PY) -m recforge.serving.fleet up --nodes $(FLEET_NODES) --port $(FLEET_PORT) --family $(FLEET_FAMILY) --target $(FLEET_TARGET)
 
-# make rollout MODEL=recforge-dlrm TARGET=cpu [VERSION=3 | VERSION=champion-cpu] [CONF='{"canary_duration_s": 60}']
+# make rollout MODEL=recforge-dlrm TARGET=cpu-triton [VERSION=3 | VERSION=champion-cpu-triton] [CONF='{"canary_duration_s": 60}']
 MODEL ?= recforge-$(FLEET_FAMILY)
 TARGET ?= $(FLEET_TARGET)
 VERSION ?=
 rollout: $(VENV)/.installed mlflow-up ## Roll a registered version out to the running fleet (rollout DAG): canary, gate, promote or roll back
 	@conf=$$($(PY) -c 'import json, sys; d = json.loads(sys.argv[4] or "{}"); d.update(model=sys.argv[1], target=sys.argv[2], version=sys.argv[3]); print(json.dumps(d))' "$(MODEL)" "$(TARGET)" "$(VERSION)" '$(CONF)'); \
-	stamp=$$(date -u +%Y%m%dT%H%M%S); log=$(RECFORGE_HOME)/rollout-$$stamp.log; \
-	echo "rollout $$conf (Airflow log: $$log)"; \
-	status=0; infra/local/airflow.sh test rollout "$$(date -u +%Y-%m-%dT%H:%M:%S+00:00)" -c "$$conf" > $$log 2>&1 || status=$$?; \
-	grep -E "\[DAG TEST\] end task|\] rollout |\] canary |RolloutFailed|^error|Error:" $$log | sed -E 's/.*\[DAG TEST\] end task task_id=([a-z_]+) map_index=(-?[0-9]+).*/  done: \1/; s/ +\[tasks\.rollout\] loc=.*$$//' || true; \
+	echo "rollout $$conf"; \
+	status=0; $(RUN_DAG) rollout "$$(date -u +%Y-%m-%dT%H:%M:%S+00:00)" -c "$$conf" || status=$$?; \
 	$(PY) -m recforge.serving.rollout history --model "$(MODEL)" --last 1; exit $$status
 
 rollout-history: $(VENV)/.installed ## Past rollouts with their outcome and figures (MODEL= to filter)

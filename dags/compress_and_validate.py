@@ -10,6 +10,8 @@ nightly parent run given as a param (or of the latest finished one).
 
 from __future__ import annotations
 
+import functools
+import operator
 from datetime import timedelta
 
 import pendulum
@@ -23,8 +25,7 @@ def _params() -> dict:
 
 @dag(
     dag_id="compress_and_validate",
-    schedule=CANDIDATE_ASSETS["dlrm"] | CANDIDATE_ASSETS["wide_deep"] | CANDIDATE_ASSETS["ncf"]
-    | CANDIDATE_ASSETS["din"],
+    schedule=functools.reduce(operator.or_, CANDIDATE_ASSETS.values()),  # any candidate
     start_date=pendulum.datetime(1990, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -53,7 +54,8 @@ def compress_and_validate():
 
     @task
     def plan(found: list[dict]) -> list[dict]:
-        from recforge.pipeline.compression.compress import CompressConfig, plan_bases
+        from recforge.pipeline.compression.config import CompressConfig
+        from recforge.pipeline.compression.variants import plan_bases
 
         cfg = CompressConfig.from_dict(_params()["compress_config"])
         return [{"candidate": c, "base": base} for c in found for base in plan_bases(cfg, c["family"])]

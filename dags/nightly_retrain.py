@@ -1,7 +1,7 @@
 """nightly_retrain: ingest -> check -> features -> train (one mapped task per model family) -> publish.
 
 Runs daily at 02:00 UTC for the previous day's partition (the data interval [D 02:00, D+1 02:00)
-has logical date D). Thin wiring only: every task is a shim over a function in ``tasks/``, imported
+has logical date D). Thin wiring only: every task is a shim over a function in ``recforge.pipeline``, imported
 inside the task so parsing this file never imports torch, mlflow, onnxruntime or great_expectations.
 A failing data check stops the run before training; the parent MLflow run is then marked FAILED
 with the check's Data Docs attached, and nothing registered or deployed changes.
@@ -16,7 +16,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 from recforge_assets import CANDIDATE_ASSETS
 
-ALL_FAMILIES = ["dlrm", "wide_deep", "ncf", "din", "logreg"]
+from recforge.models.families import FAMILY_NAMES  # torch-free: only the names
 
 
 def _day() -> str:
@@ -40,7 +40,7 @@ def _params() -> dict:
     default_args={"owner": "recforge", "retries": 2, "retry_delay": timedelta(minutes=5)},
     doc_md=__doc__,
     params={
-        "families": Param(ALL_FAMILIES, type="array", title="Model families",
+        "families": Param(list(FAMILY_NAMES), type="array", title="Model families",
                           description="Families to train; logreg is the reference baseline."),
         "train_config": Param({}, type="object", title="Training overrides",
                               description="TrainConfig fields, e.g. {\"max_epochs\": 3, \"max_train_rows\": 5000}."),
@@ -59,6 +59,7 @@ def nightly_retrain():
 
     @task
     def open_run(ingested: dict) -> str:
+        from recforge.contracts import tags
         from recforge.core import config
         from recforge.pipeline.data import ingest as data
         from recforge.pipeline.training import train
@@ -66,7 +67,7 @@ def nightly_retrain():
         day = data.parse_date(_day())
         ctx = get_current_context()
         return train.open_parent_run(_day(), data.fingerprint(config.data_root(), day), ctx["run_id"],
-                                     {"recforge.dag_id": ctx["dag"].dag_id})
+                                     {tags.DAG_ID: ctx["dag"].dag_id})
 
     @task(retries=0)  # bad data does not get better by retrying
     def check(parent_run_id: str) -> dict:
@@ -77,11 +78,12 @@ def nightly_retrain():
 
     @task
     def features(checked: dict) -> dict:
+        from recforge.contracts.layout import Catalog
         from recforge.core import config
         from recforge.pipeline.data import ingest as data
         from recforge.pipeline.data.features import build_features
 
-        out = config.work_dir() / _day() / "features"
+        out = Catalog.default().features_dir(_day())
         return build_features(config.data_root(), data.parse_date(_day()), out).to_dict()
 
     @task
@@ -94,10 +96,11 @@ def nightly_retrain():
     def train(family: str, feature_set: dict, parent_run_id: str) -> dict:
         from pathlib import Path
 
+        from recforge.contracts.layout import Catalog
         from recforge.pipeline.training import train
 
         cfg = train.TrainConfig.from_dict(_params()["train_config"])
-        out = Path(feature_set["out_dir"]).parent / "models" / family
+        out = Catalog.default().model_dir(_day(), family)
         return train.train_family(family, Path(feature_set["out_dir"]), out, cfg, parent_run_id).to_dict()
 
     @task(outlets=list(CANDIDATE_ASSETS.values()))

@@ -46,8 +46,9 @@ def _stage_config() -> dict:
         "families": Param([], type="array", items={"type": "string"}, title="Families",
                           description="Empty: every family with validated variants."),
         "targets": Param([], type="array", items={"type": "string"}, title="Hardware targets",
-                         description="Target kinds or names, e.g. [\"cpu-onnxruntime\", \"cpu-triton\", \"gpu\"]. "
-                                     "Empty: all of them; unknown or unavailable ones are reported and skipped."),
+                         description="Target names (recforge.contracts.targets), e.g. [\"cpu-onnxruntime\", "
+                                     "\"cpu-triton\", \"gpu-onnxruntime\"]. Empty: all of them; unknown or "
+                                     "unavailable ones are reported and skipped."),
         "profile_config": Param({}, type="object", title="Profiling overrides",
                                 description="ProfileConfig fields, e.g. {\"point_duration_s\": 2, \"p95_target_ms\": "
                                             "25}."),
@@ -63,7 +64,8 @@ def _stage_config() -> dict:
 def profile_variants():
     @task
     def plan() -> list[dict]:
-        from recforge.pipeline.profiling.stage import ProfileStageConfig, plan_profiles
+        from recforge.pipeline.profiling.stage import plan_profiles
+        from recforge.pipeline.profiling.stage_config import ProfileStageConfig
 
         ctx = get_current_context()
         extras = [event.extra for events in ctx["triggering_asset_events"].values() for event in events]
@@ -79,7 +81,8 @@ def profile_variants():
 
     @task(outlets=[PROFILES])
     def summarize(results: list[dict]) -> dict:
-        from recforge.pipeline.profiling.stage import format_summary, profiles_asset_extra, summarize_profiles
+        from recforge.pipeline.profiling.stage import summarize_profiles
+        from recforge.pipeline.profiling.summary import format_summary, profiles_asset_extra
 
         summaries = summarize_profiles(list(results))
         for summary in summaries.values():

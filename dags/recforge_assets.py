@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from airflow.sdk import Asset
 
-CANDIDATE_FAMILIES = ("dlrm", "wide_deep", "ncf", "din")
+from recforge.models.families import DEEP_FAMILIES as CANDIDATE_FAMILIES  # torch-free: only the names
 
 
 def candidate_asset(family: str) -> Asset:

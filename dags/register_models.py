@@ -4,9 +4,12 @@ Scheduled on the PROFILES Asset of ``profile_variants``. For each profiled famil
 the parity-passing variant with the highest latency-bounded throughput (ties: higher AUC, then smaller), makes it
 a version of ``recforge-<family>`` (source: the ONNX file the profile measured, SHA-256 checked), and moves
 ``champion-<target>`` only when it beats the champion by the margin (the old one becomes ``previous-<target>``).
-``propose_rollout`` ends the nightly chain: it writes the ``make rollout ...`` command for the release manager
-and tags it on the version. It does not touch any fleet. Triggered by hand, it registers the families of the
-nightly run given as ``parent_run_id`` (default: the latest finished one). Logic: ``tasks/register.py``.
+``propose_rollout`` ends the nightly chain: for every new champion it writes the fleet and rollout commands
+(``make fleet-up ...``, then ``make rollout ...``) for the release manager and tags them on the version. It does
+not touch any fleet. A family that fails does not stop the others' registration or the proposal;
+``check_every_family_registered`` then fails the run, naming the family. Triggered by hand, it registers the
+families of the nightly run given as ``parent_run_id`` (default: the latest finished one).
+Logic: ``recforge/pipeline/registry/``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ def _params() -> dict:
 def _config() -> dict:
     p = _params()
     return {"model_prefix": p["model_prefix"], "margin": p["margin"], "max_auc_drop": p["max_auc_drop"],
-            "families": p["families"], "auto_rollout_staging": p["auto_rollout_staging"]}
+            "families": p["families"]}
 
 
 @dag(
@@ -47,9 +50,6 @@ def _config() -> dict:
         "families": Param([], type="array", title="Families", description="Empty: every profiled family."),
         "model_prefix": Param("recforge-", type="string", title="Registered model prefix",
                               description="Registered model name = prefix + family."),
-        "auto_rollout_staging": Param(False, type="boolean", title="Auto-rollout to staging",
-                                      description="Hand each promotion to the staging-rollout hook. Never the "
-                                                  "production fleet; the hook is not wired to a rollout yet."),
         "parent_run_id": Param("", type="string", title="Nightly parent run (MLflow run id)",
                                description="Manual trigger only: empty = the latest finished nightly run."),
     },
@@ -57,7 +57,7 @@ def _config() -> dict:
 def register_models():
     @task
     def profiled_families() -> list[dict]:
-        from recforge.pipeline.registry.stage import find_profiled_candidates
+        from recforge.pipeline.registry.candidates import find_profiled_candidates
 
         ctx = get_current_context()
         extras = [event.extra for events in ctx["triggering_asset_events"].values() for event in events]
@@ -66,23 +66,37 @@ def register_models():
 
     @task
     def register(candidate: dict) -> dict:
-        from recforge.pipeline.registry.stage import register_family
+        """One family; its bad data comes back as {family, error} (retrying cannot help), so the others go on."""
+        from recforge.pipeline.registry.stage import register_candidate
 
-        return register_family(candidate["candidate_run_id"], cfg=_config(),
-                               dag_run_id=get_current_context()["run_id"])
+        return register_candidate(candidate, cfg=_config(), dag_run_id=get_current_context()["run_id"])
 
-    @task
-    def propose_rollout(results: list[dict]) -> dict:
-        from recforge.pipeline.registry.stage import propose_rollout
+    # runs when every family is done, even if one's task failed: that family is listed as failed, not the others
+    @task(trigger_rule="all_done_min_one_success")
+    def propose_rollout(candidates: list[dict], results: list[dict]) -> dict:
+        from recforge.pipeline.registry.proposals import propose_rollout
 
-        proposal = propose_rollout(list(results), cfg=_config(), dag_run_id=get_current_context()["run_id"])
+        proposal = propose_rollout(list(results or []), candidates=candidates,
+                                   dag_run_id=get_current_context()["run_id"])
         for p in proposal["proposals"]:
-            print("proposed rollout:", p["command"])
-        for line in proposal["not_promoted"]:
-            print("not promoted:", line)
+            print(f"proposed rollout: {p['command']} (fleet: {p['fleet_command']})")
+        for key in ("not_promoted", "not_proposed", "failed"):
+            for line in proposal[key]:
+                print(f"{key.replace('_', ' ')}:", line)
         return proposal
 
-    propose_rollout(register.expand(candidate=profiled_families()))
+    @task
+    def check_every_family_registered(proposal: dict) -> None:
+        """The DAG's leaf, so the run fails when a family failed (after the others' proposal is written)."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from recforge.pipeline.registry.stage import failed_families
+
+        if failure := failed_families(proposal):
+            raise AirflowFailException(failure)  # retrying cannot register it: fail at once
+
+    candidates = profiled_families()
+    check_every_family_registered(propose_rollout(candidates, register.expand(candidate=candidates)))
 
 
 register_models()

@@ -1,7 +1,7 @@
 """rollout: a release manager rolls a registered model version out to the Triton fleet, canaried.
 
-Triggered by hand (``schedule=None``; also ``make rollout MODEL=... TARGET=...``). Steps, each a shim over
-``recforge.serving.rollout``:
+Triggered by hand (``schedule=None``): from the UI, or ``make rollout MODEL=... TARGET=... [VERSION=...]``, which
+runs this DAG through ``airflow dags test``. Steps, each a shim over a function of ``recforge.serving.rollout``:
 
 1. ``resolve``: the version to roll out (an explicit version or an alias, default ``champion-<target>``), its ONNX
    file downloaded and its SHA-256 checked against the registry, and what every fleet node serves now;
@@ -46,7 +46,8 @@ def _run_id() -> str:
         "model": Param("recforge-dlrm", type="string", title="Registered model",
                        description="MLflow registered model name, e.g. recforge-dlrm."),
         "target": Param("cpu-triton", type="string", title="Hardware target",
-                        description="Target whose champion is rolled out (the fleet's target), e.g. cpu-triton."),
+                        description="Target whose champion is rolled out: the running fleet's target, one of "
+                                    "recforge.contracts.targets (cpu-triton, cpu-onnxruntime, ...)."),
         "version": Param("", type="string", title="Version or alias",
                          description="A version number or an alias; empty: champion-<target>."),
         "canary_weight_pct": Param(10, type="integer", minimum=1, maximum=50, title="Canary weight (%)",
@@ -69,31 +70,32 @@ def _run_id() -> str:
 def rollout():
     @task
     def resolve() -> dict:
-        from recforge.serving.rollout import RolloutConfig, resolve_plan
+        from recforge.serving.rollout.config import RolloutConfig
+        from recforge.serving.rollout.plan import resolve_plan
 
         return resolve_plan(RolloutConfig.from_params(_params()), dag_run_id=_run_id())
 
     @task
     def stage_canary(plan: dict) -> dict:
-        from recforge.serving.rollout import stage_canary
+        from recforge.serving.rollout.staging import stage_canary
 
         return stage_canary(plan)
 
     @task
     def smoke_test(plan: dict) -> dict:
-        from recforge.serving.rollout import smoke_test
+        from recforge.serving.rollout.smoke import smoke_test
 
         return smoke_test(plan)
 
     @task
     def canary(plan: dict) -> dict:
-        from recforge.serving.rollout import canary
+        from recforge.serving.rollout.canary import canary
 
         return canary(plan)
 
     @task
     def promote(plan: dict) -> dict:
-        from recforge.serving.rollout import promote
+        from recforge.serving.rollout.outcome import promote
 
         return promote(plan)
 
@@ -101,7 +103,7 @@ def rollout():
     def rollback() -> None:
         """Restore the previous version and weights on every node, record the outcome, fail the run. Reads the
         rollout's own state file (not XCom), so it works whichever step failed."""
-        from recforge.serving.rollout import rollback_and_fail
+        from recforge.serving.rollout.outcome import rollback_and_fail
 
         rollback_and_fail(dag_run_id=_run_id())
 

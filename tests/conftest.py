@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,6 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+
+from recforge.core.ports import free_ports
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 TIERS = ("integration", "triton", "e2e", "perf")
@@ -74,9 +75,8 @@ def movielens_raw():
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """One free TCP port on 127.0.0.1."""
+    return free_ports(1)[0]
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The embedded Airflow: SQLite metadata DB and config under $RECFORGE_HOME/airflow, DAGs from ./dags.
 #   infra/local/airflow.sh init                 create/migrate the metadata DB (idempotent)
-#   infra/local/airflow.sh test DAG_ID DATE [-c CONF_JSON]   run one DAG run in-process (`airflow dags test`)
+#   infra/local/airflow.sh test DAG_ID DATE [-c CONF_JSON]   run one DAG run in-process (`airflow dags test`;
+#                                               infra/local/run-dag.sh adds the log file, a summary, the status)
 #   infra/local/airflow.sh ui|stop              start/stop api-server + scheduler + dag-processor on 127.0.0.1
 #   infra/local/airflow.sh CMD...               any other airflow command with this environment
 set -euo pipefail

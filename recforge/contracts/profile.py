@@ -1,7 +1,7 @@
 """The profile document: what profiling measured for one (model family, variant, hardware target).
 
 The schema is ``profile_schema.json`` beside this module (JSON Schema draft 2020-12). The profiling stage writes
-profile documents (``recforge.pipeline.profiling.search.build_profile``); registration, the model-repository
+profile documents (``recforge.pipeline.profiling.document.build_profile``); registration, the model-repository
 generator, the fleet and the Kubernetes generator read them. :func:`validate_profile` is the one check all of them
 use.
 """

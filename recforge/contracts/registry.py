@@ -15,11 +15,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from recforge.contracts import tags as T
 from recforge.core import config
 from recforge.core.errors import ConfigError, DataError, first_line
 from recforge.core.hashing import sha256_file as file_sha256
 
 CHAMPION, PREVIOUS = "champion", "previous"
+MODEL_PREFIX = "recforge-"  # registered model of a family = <prefix><family> (recforge-dlrm); the fleet serves these
 ALIAS_PART = re.compile(r"^[A-Za-z0-9_-]+$")  # MLflow aliases: alphanumerics, "_" and "-"
 
 
@@ -73,9 +75,9 @@ def champion(model: str, target: str, *, with_profile: bool = True) -> dict[str,
     tags = version.tags
     info = {"model": model, "version": version.version, "alias": name, "target": target,
             "models_uri": f"models:/{model}@{name}", "source": version.source, "run_id": version.run_id,
-            "onnx_sha256": tags.get("recforge.onnx_sha256"), "variant": tags.get("recforge.variant"),
-            "family": tags.get("recforge.family"), "lbt_qps": tag_number(tags, "recforge.lbt_qps"),
-            "auc": tag_number(tags, "recforge.auc"), "profile_uri": tags.get("recforge.profile_uri"),
+            "onnx_sha256": tags.get(T.ONNX_SHA256), "variant": tags.get(T.VARIANT),
+            "family": tags.get(T.FAMILY), "lbt_qps": tag_number(tags, T.LBT_QPS),
+            "auc": tag_number(tags, T.AUC), "profile_uri": tags.get(T.PROFILE_URI),
             "previous_version": model_aliases(client, model).get(alias(PREVIOUS, target)), "tags": dict(tags)}
     if with_profile and info["profile_uri"]:
         import mlflow

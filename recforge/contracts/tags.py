@@ -44,6 +44,7 @@ SEARCH_STRATEGY = "recforge.search_strategy"
 BEST_KNOBS = "recforge.best_knobs"
 # ... and the figures registration judges by
 LBT_QPS = "recforge.lbt_qps"
+P95_TARGET_MS = "recforge.p95_target_ms"  # the SLO the profile was measured against
 LBT_CAPPED = "recforge.lbt_capped"
 ITEMS_PER_S = "recforge.items_per_s"
 AUC = "recforge.auc"
@@ -55,8 +56,8 @@ BLESSING_PREFIX = "recforge.blessing."  # recforge.blessing.<field> of registry.
 # Registered models: promotion and rollout history
 ALIAS_HISTORY = "recforge.alias_history"
 ROLLED_BACK = "recforge.rolled_back"
-ROLLOUT_PROPOSAL = "recforge.rollout_proposal"
-STAGING_ROLLOUT = "recforge.staging_rollout"
+ROLLOUT_PROPOSAL = "recforge.rollout_proposal"  # the proposed `make rollout ...` command
+ROLLOUT_PROPOSAL_FLEET = "recforge.rollout_proposal_fleet"  # the fleet command to run before it
 ROLLOUT_LAST = "recforge.rollout.last"
 ROLLOUT_PREFIX = "recforge.rollout."  # recforge.rollout.<outcome> on a version a rollout judged
 

@@ -1,4 +1,4 @@
-"""Shared plumbing of the stage CLIs (``python -m tasks.<stage>``): one-line errors, JSON results."""
+"""Shared plumbing of the stage CLIs (``python -m recforge.<package>.<module>``): one-line errors, JSON results."""
 
 from __future__ import annotations
 

@@ -115,7 +115,8 @@ def typed_config(cls: type[T] | None = None, *, frozen: bool = True) -> Any:
             try:
                 init(self, *args, **kwargs)
             except ValidationError as err:
-                raise ConfigError(_validation_message(klass.__name__, err)) from None
+                names = [f.name for f in dataclasses.fields(checked)]
+                raise ConfigError(_validation_message(klass.__name__, err, names)) from None
 
         checked.__init__ = __init__
         return checked
@@ -123,9 +124,12 @@ def typed_config(cls: type[T] | None = None, *, frozen: bool = True) -> Any:
     return wrap if cls is None else wrap(cls)
 
 
-def _validation_message(owner: str, err: ValidationError) -> str:
+def _validation_message(owner: str, err: ValidationError, field_names: list[str]) -> str:
     first = err.errors()[0]
-    where = ".".join(str(part) for part in first["loc"])
+    # a positional argument is located by its index: name its field instead
+    loc = [field_names[part] if isinstance(part, int) and part < len(field_names) and i == 0 else part
+           for i, part in enumerate(first["loc"])]
+    where = ".".join(str(part) for part in loc)
     message = first["msg"].removeprefix("Value error, ")
     more = f" (and {err.error_count() - 1} more problem(s))" if err.error_count() > 1 else ""
     if not where:

@@ -32,13 +32,13 @@ import re
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from recforge.contracts.features import INPUT_NAMES, OUTPUT_NAME
 from recforge.contracts.profile import validate_profile
-from recforge.core.config import config_from_dict
+from recforge.core.config import Annotated, Field, config_from_dict, typed_config
 from recforge.core.errors import ConfigError
 from recforge.core.hashing import sha256_file
 from recforge.inference.loadgen import load_spec
@@ -53,59 +53,44 @@ SHA_PARAMETER = "onnx_sha256"
 PROVENANCE_FILE = "provenance.json"  # beside config.pbtxt; Triton ignores files it does not know
 
 
-@dataclass(frozen=True)
+BatchSize = Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE)]
+PerInstance = Annotated[int, Field(ge=1, le=64)]
+
+
+@typed_config
 class ServingConfig:
     """The Triton serving settings of one model (the DeepRecSched / Triton search result).
 
     ``sources`` maps a field name to the measurement it came from; it becomes the comment of that value in
     config.pbtxt (fields without a source are marked as defaults)."""
 
-    max_batch_size: int = 256
-    preferred_batch_size: tuple[int, ...] = ()  # empty: no preference, dispatch what has arrived
-    max_queue_delay_microseconds: int = 100
-    instance_count: int = 1
+    max_batch_size: BatchSize = 256
+    preferred_batch_size: tuple[BatchSize, ...] = ()  # empty: no preference, dispatch what has arrived
+    max_queue_delay_microseconds: Annotated[int, Field(ge=0, le=10**7)] = 100
+    instance_count: PerInstance = 1
     # False: no dynamic_batching block at all (Triton's default: each request runs on its own, as it arrives);
     # preferred_batch_size must then be empty and max_queue_delay_microseconds is not written
     dynamic_batching: bool = True
-    instance_kind: str = "KIND_CPU"
-    threads_per_instance: int = 1  # onnxruntime intra-op threads of each instance
-    warmup_batch_sizes: tuple[int, ...] = (1,)
+    instance_kind: Literal[INSTANCE_KINDS] = "KIND_CPU"
+    threads_per_instance: PerInstance = 1  # onnxruntime intra-op threads of each instance
+    warmup_batch_sizes: tuple[BatchSize, ...] = (1,)
     sources: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        if not is_int(self.max_batch_size) or not 1 <= self.max_batch_size <= MAX_BATCH_SIZE:
-            raise ConfigError(f"ServingConfig.max_batch_size must be an integer in [1, {MAX_BATCH_SIZE}], "
-                              f"got {self.max_batch_size!r}")
         for key in ("preferred_batch_size", "warmup_batch_sizes"):
             sizes = getattr(self, key)
-            if not isinstance(sizes, tuple) or any(not is_int(s) or not 1 <= s <= self.max_batch_size for s in sizes) \
-                    or len(set(sizes)) != len(sizes):
+            if any(s > self.max_batch_size for s in sizes) or len(set(sizes)) != len(sizes):
                 raise ConfigError(f"ServingConfig.{key} must be distinct integers in [1, max_batch_size "
                                   f"{self.max_batch_size}], got {sizes!r}")
-        if not is_int(self.max_queue_delay_microseconds) or not 0 <= self.max_queue_delay_microseconds <= 10**7:
-            raise ConfigError("ServingConfig.max_queue_delay_microseconds must be an integer in [0, 10000000], "
-                              f"got {self.max_queue_delay_microseconds!r}")
-        for key in ("instance_count", "threads_per_instance"):
-            if not is_int(getattr(self, key)) or not 1 <= getattr(self, key) <= 64:
-                raise ConfigError(f"ServingConfig.{key} must be an integer in [1, 64], got {getattr(self, key)!r}")
-        if not isinstance(self.dynamic_batching, bool):
-            raise ConfigError(f"ServingConfig.dynamic_batching must be true or false, got {self.dynamic_batching!r}")
         if not self.dynamic_batching and self.preferred_batch_size:
             raise ConfigError(f"ServingConfig.preferred_batch_size {self.preferred_batch_size!r} needs "
                               "dynamic_batching; set dynamic_batching true or leave preferred_batch_size empty")
-        if self.instance_kind not in INSTANCE_KINDS:
-            raise ConfigError(f"ServingConfig.instance_kind must be one of {INSTANCE_KINDS}, "
-                              f"got {self.instance_kind!r}")
         unknown = sorted(set(self.sources) - {f.name for f in dataclasses.fields(self)})
         if unknown:
             raise ConfigError(f"ServingConfig.sources names unknown fields {unknown}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> ServingConfig:
-
         return config_from_dict(cls, dict(d or {}))
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,7 +110,8 @@ class ServingConfig:
 
 def serving_config_from_profile(profile: Mapping[str, Any] | str | Path, *, source: str | None = None,
                                 max_batch_size: int | None = None) -> ServingConfig:
-    """The serving config a profile document (``recforge/contracts/profile_schema.json``; a dict or a JSON file) argues for.
+    """The serving config a profile document (``recforge/contracts/profile_schema.json``; a dict or a JSON file)
+    argues for.
 
     * ``max_batch_size``: the one the profile ran with (``search.best_knobs.max_batch_size``, cpu-triton), else the
       largest request the client sends (``sub_batch``) or the largest preferred batch, whichever is larger
@@ -136,7 +122,6 @@ def serving_config_from_profile(profile: Mapping[str, Any] | str | Path, *, sour
     * ``threads_per_instance``: ``target.threads``;
     * ``warmup_batch_sizes``: 1 and max_batch_size.
     Each value's ``sources`` entry names the profile (file or run id), its LBT figure and the evaluation."""
-
     if not isinstance(profile, Mapping):
         path = Path(profile)
         try:
@@ -211,7 +196,6 @@ def serving_config_from_profile(profile: Mapping[str, Any] | str | Path, *, sour
 
 def tensor_contract(spec: Any) -> tuple[list[tuple[str, str, list[int]]], list[tuple[str, str, list[int]]]]:
     """([(name, TYPE_*, dims without batch)] of the inputs, the same of the outputs) for a FeatureSpec."""
-
     spec = load_spec(spec)
     dims = {"sparse": spec.num_sparse, "genres": spec.genre_slots, "history": spec.history_length,
             "dense": spec.num_dense}

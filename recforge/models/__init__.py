@@ -2,45 +2,32 @@
 
 ``build_model(family, spec, **hyperparams)`` is the one way the pipeline creates a model; every model
 has ``logits(sparse, genres, history, dense) -> [B]`` (for training with BCEWithLogits) and
-``forward(...) = sigmoid(logits(...))`` (what gets exported and served).
+``forward(...) = sigmoid(logits(...))`` (what gets exported and served). The families themselves are listed
+once, in :mod:`recforge.models.families`.
+
+Importing this package does not import torch (DAG files read the family names through it); building a
+model does.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any
-
-from torch import nn
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from recforge.contracts.features import FeatureSpec
-from recforge.models.din import DIN
-from recforge.models.dlrm import DLRM
-from recforge.models.dlrm import PRESETS as DLRM_PRESETS
-from recforge.models.logreg import LogisticRegression
-from recforge.models.ncf import NCF
-from recforge.models.wide_deep import WideAndDeep
+from recforge.models.families import FAMILIES, family
 
-FAMILIES: dict[str, type[nn.Module]] = {
-    "dlrm": DLRM,
-    "wide_deep": WideAndDeep,
-    "ncf": NCF,
-    "din": DIN,
-    "logreg": LogisticRegression,
-}
-# Named hyperparameter sets per family, picked with ``build_model(..., preset=name)``.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {"dlrm": DLRM_PRESETS}
+if TYPE_CHECKING:
+    from torch import nn
+
+# Named hyperparameter sets per family (only families that have some), picked with ``build_model(..., preset=name)``.
+PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = {f.name: f.presets for f in FAMILIES.values() if f.presets}
 
 
-def _family_class(family: str) -> type[nn.Module]:
-    try:
-        return FAMILIES[family]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown model family {family!r}; choose one of {sorted(FAMILIES)}") from None
-
-
-def default_hyperparams(family: str) -> dict[str, Any]:
+def default_hyperparams(family_name: str) -> dict[str, Any]:
     """The hyperparameters ``build_model(family, spec)`` uses when given none (for logging)."""
-    signature = inspect.signature(_family_class(family).__init__)
+    signature = inspect.signature(family(family_name).model_class().__init__)
     return {
         name: param.default
         for name, param in signature.parameters.items()
@@ -48,30 +35,37 @@ def default_hyperparams(family: str) -> dict[str, Any]:
     }
 
 
-def build_model(family: str, spec: FeatureSpec, **hyperparams: Any) -> nn.Module:
+def resolved_hyperparams(family_name: str, hyperparams: Mapping[str, Any]) -> dict[str, Any]:
+    """Every hyperparameter of a model built with ``build_model(family, spec, **hyperparams)`` (preset resolved)."""
+    explicit = dict(hyperparams)
+    preset = explicit.pop("preset", None)
+    presets = family(family_name).presets
+    return default_hyperparams(family_name) | (dict(presets.get(preset, {})) if preset else {}) | explicit
+
+
+def build_model(family_name: str, spec: FeatureSpec, **hyperparams: Any) -> nn.Module:
     """A fresh, randomly initialised model of ``family`` for ``spec``.
 
     ``preset="name"`` (dlrm: "rmc1", "rmc2", "rmc3", "small") starts from a named hyperparameter set;
     explicitly passed hyperparameters override the preset's. Raises ValueError for an unknown family,
     preset or hyperparameter name, or invalid hyperparameter values.
     """
-    model_class = _family_class(family)
+    registered = family(family_name)
     preset = hyperparams.pop("preset", None)
     if preset is not None:
-        family_presets = PRESETS.get(family, {})
-        if preset not in family_presets:
+        if preset not in registered.presets:
             raise ValueError(
-                f"unknown preset {preset!r} for model family {family!r}; "
-                f"choose one of {sorted(family_presets) or 'none (this family has no presets)'}"
+                f"unknown preset {preset!r} for model family {family_name!r}; "
+                f"choose one of {sorted(registered.presets) or 'none (this family has no presets)'}"
             )
-        hyperparams = {**family_presets[preset], **hyperparams}
-    unknown = sorted(set(hyperparams) - set(default_hyperparams(family)))
+        hyperparams = {**registered.presets[preset], **hyperparams}
+    accepted = default_hyperparams(family_name)
+    unknown = sorted(set(hyperparams) - set(accepted))
     if unknown:
         raise ValueError(
-            f"unknown hyperparameters {unknown} for model family {family!r}; "
-            f"accepted: {sorted(default_hyperparams(family))}"
+            f"unknown hyperparameters {unknown} for model family {family_name!r}; accepted: {sorted(accepted)}"
         )
-    return model_class(spec, **hyperparams)
+    return registered.model_class()(spec, **hyperparams)
 
 
-__all__ = ["FAMILIES", "PRESETS", "FeatureSpec", "build_model", "default_hyperparams"]
+__all__ = ["FAMILIES", "PRESETS", "build_model", "default_hyperparams", "resolved_hyperparams"]

@@ -8,7 +8,6 @@ interaction sees F + 2 sparse vectors plus the dense vector.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -23,18 +22,8 @@ from recforge.models.arches import (
     check_layer_sizes,
     check_positive_int,
 )
+from recforge.models.families import DLRM_SMALL
 
-# DeepRecSys (Gupta et al. 2020) Table I, the MLP part of the production-class models: dense-FC is the
-# bottom MLP, predict-FC the top MLP. The paper's table counts, table sizes and lookups per table are NOT
-# here: the tables come from the dataset's FeatureSpec, and scaling them up to production size is the
-# job of the later synthetic profiling.
-RMC1: dict[str, Any] = {"embedding_dim": 32, "bottom_mlp": (256, 128, 32), "top_mlp": (256, 64, 1)}
-RMC2: dict[str, Any] = {"embedding_dim": 64, "bottom_mlp": (256, 128, 64), "top_mlp": (512, 128, 1)}
-RMC3: dict[str, Any] = {"embedding_dim": 32, "bottom_mlp": (2560, 512, 32), "top_mlp": (512, 128, 1)}
-# Sized for MovieLens-100K on 2 CPU cores: seconds per epoch.
-SMALL: dict[str, Any] = {"embedding_dim": 16, "bottom_mlp": (64, 16), "top_mlp": (64, 32, 1)}
-
-PRESETS: dict[str, dict[str, Any]] = {"rmc1": RMC1, "rmc2": RMC2, "rmc3": RMC3, "small": SMALL}
 INTERACTIONS = ("dot", "cat")
 
 
@@ -55,9 +44,9 @@ class DLRM(nn.Module):
     def __init__(
         self,
         spec: FeatureSpec,
-        embedding_dim: int = SMALL["embedding_dim"],
-        bottom_mlp: Sequence[int] = SMALL["bottom_mlp"],
-        top_mlp: Sequence[int] = SMALL["top_mlp"],
+        embedding_dim: int = DLRM_SMALL["embedding_dim"],
+        bottom_mlp: Sequence[int] = DLRM_SMALL["bottom_mlp"],
+        top_mlp: Sequence[int] = DLRM_SMALL["top_mlp"],
         interaction: str = "dot",
     ):
         super().__init__()

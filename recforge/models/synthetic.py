@@ -136,7 +136,7 @@ class RmcSpec:
 # paper's measurements were run with): arch_embedding_size = T tables of R rows, arch_sparse_feature_size = D,
 # num_indices_per_lookup = lookups per table, arch_mlp_bot = "Dd-<bottom layers>", arch_mlp_top = top layers,
 # arch_interaction_op = cat. (The paper's Table I gives the same table counts and lookups -- RMC1 8 tables x 80,
-# RMC2 32 x 120, RMC3 10 x 20 -- but not the rows; recforge.models/dlrm.py's PRESETS take only the MLP widths from
+# RMC2 32 x 120, RMC3 10 x 20 -- but not the rows; recforge.models.families' DLRM presets take only the MLP widths from
 # Table I for the MovieLens-sized models, which differ slightly from these configs.)
 RMC1 = RmcSpec("rmc1", num_tables=8, rows_per_table=4_000_000, lookups_per_table=80, embedding_dim=32,
                dense_features=128, bottom_mlp=(64, 32), top_mlp=(256, 64, 1))

@@ -1,8 +1,8 @@
 """Latency-bounded throughput of the local Triton fleet: the serving config generated from the profile against
 Triton's default config, side by side under the same DeepRecSys load.
 
-Two fleets run one after the other (``recforge.serving.fleet.up``, ``cfg.nodes`` tritonserver nodes behind HAProxy on a free
-port), each in its own folder ``$RECFORGE_HOME/fleet-bench/<name>/{generated,default}`` so that a user's fleet in
+Two fleets run one after the other (``recforge.serving.fleet.up``, ``cfg.nodes`` tritonserver nodes behind HAProxy on
+a free port), each in its own folder ``$RECFORGE_HOME/fleet-bench/<name>/{generated,default}`` so that a user's fleet in
 ``$RECFORGE_HOME/fleet`` is never touched:
 
 * ``generated``: what ``make fleet-up`` serves, :func:`recforge.inference.model_repo.serving_config_from_profile` of the
@@ -14,8 +14,9 @@ port), each in its own folder ``$RECFORGE_HOME/fleet-bench/<name>/{generated,def
 Each node's config is read back from Triton (``/v2/models/<m>/config``) and checked against the intended one before
 any load runs. The client side is identical: the same query sizes (lognormal(5.1, 0.2) items per query), sub-batch
 size and workers (the profile's ``best_knobs``), seed, durations and SLO; the LBT search is
-:func:`recforge.pipeline.profiling.search.latency_bounded_throughput` over :func:`recforge.inference.loadgen.run_open_loop` on a
-:class:`recforge.inference.triton.TritonHttpTarget` of the balancer's URL. Both fleets are always brought down.
+:func:`recforge.pipeline.profiling.lbt.latency_bounded_throughput` over
+:func:`recforge.inference.loadgen.run_open_loop` on a :class:`recforge.inference.triton.TritonHttpTarget` of the
+balancer's URL. Both fleets are always brought down.
 
 The results go to ``$RECFORGE_HOME/bench/fleet_configs.json`` (one entry per model and target, the latest run
 replacing an older one) and ``fleet_configs.md`` (the table of every entry).
@@ -36,25 +37,26 @@ import datetime as dt
 import json
 import math
 import os
-import re
 import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from recforge.core import config
 from recforge.core.cli import json_object, run_step
+from recforge.core.config import Annotated, Field, typed_config
 from recforge.core.errors import ConfigError, RecForgeError
 from recforge.inference import model_repo as mr
 from recforge.inference import triton as tr
 from recforge.inference.loadgen import QuerySizes, run_open_loop
 from recforge.inference.model_repo import ServingConfig
 from recforge.inference.triton import TritonHttpTarget
-from recforge.pipeline.profiling.search import LBTConfig, Measurement, latency_bounded_throughput
+from recforge.pipeline.profiling.lbt import LBTConfig, Measure, Measurement, latency_bounded_throughput
 from recforge.serving import fleet as fl
+from recforge.serving.fleet.config import DEFAULT_FAMILY
 
 CONFIGS = ("generated", "default")  # in the order they run
 DEFAULT_SUB_BATCH, DEFAULT_WORKERS, DEFAULT_P95_MS, DEFAULT_START_QPS = 64, 8, 25.0, 10.0
@@ -63,53 +65,37 @@ START_RETRIES = 2  # an LBT of 0 at start_qps is searched again from a 4x lower 
 RESULTS_NAME = "fleet_configs"
 
 
-@dataclass(frozen=True)
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Knob = Annotated[int, Field(ge=1, le=1024)]
+
+
+@typed_config
 class FleetBenchConfig:
     """Settings of the comparison (``--config`` JSON). None: taken from the model's profile."""
 
-    nodes: int = 2
-    p95_target_ms: float | None = None  # None: the profile's p95 target (25 ms without a profile)
-    start_qps: float | None = None  # None: a quarter of the profile's LBT (10 qps without a profile)
-    max_qps: float = 20_000.0
-    point_duration_s: float = 2.0  # per probed rate (longer at low rates: MIN_QUERIES_PER_POINT queries)
-    warmup_s: float = 1.0  # a load run at start_qps before each search (connections, model caches)
-    tolerance: float = 0.1
+    nodes: int = 2  # checked as recforge.serving.fleet.FleetConfig checks it
+    p95_target_ms: Positive | None = None  # None: the profile's p95 target (25 ms without a profile)
+    start_qps: Positive | None = None  # None: a quarter of the profile's LBT (10 qps without a profile)
+    max_qps: Positive = 20_000.0
+    point_duration_s: Positive = 2.0  # per probed rate (longer at low rates: MIN_QUERIES_PER_POINT queries)
+    # a load run at start_qps before each search (connections, model caches)
+    warmup_s: Annotated[float, Field(ge=0, le=600)] = 1.0
+    tolerance: float = 0.1  # this and the next four: checked by recforge.pipeline.profiling.lbt.LBTConfig
     max_steps: int = 12
     repeats: int = 1
     max_error_rate: float = 0.0
     min_achieved_ratio: float = 0.9
     sizes: str = "lognormal"  # recforge.inference.loadgen.QuerySizes.parse: lognormal(5.1, 0.2) items per query
-    sub_batch: int | None = None  # None: the profile's best_knobs.sub_batch (64 without)
-    workers: int | None = None  # None: the profile's best_knobs.workers (8 without)
+    sub_batch: Knob | None = None  # None: the profile's best_knobs.sub_batch (64 without)
+    workers: Knob | None = None  # None: the profile's best_knobs.workers (8 without)
     seed: int = 0
-    check_inter_ms: int = 500
-    name: str | None = None  # folder under $RECFORGE_HOME/fleet-bench (default: <model>-<target>)
-    rounds: int = 1  # each config's fleet is measured this often, in alternating order; the LBT is their median
+    check_inter_ms: int = 500  # checked as recforge.serving.fleet.FleetConfig checks it
+    # folder under $RECFORGE_HOME/fleet-bench (default: <model>-<target>)
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
+    rounds: Annotated[int, Field(ge=1, le=10)] = 1  # each config's fleet is measured this often, in alternating
+    # order; the LBT is their median
 
     def __post_init__(self) -> None:
-        def positive(key: str, allow_none: bool = True) -> None:
-            value = getattr(self, key)
-            if value is None and allow_none:
-                return
-            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < math.inf:
-                raise ConfigError(f"FleetBenchConfig.{key} must be a finite number > 0, got {value!r}")
-
-        for key in ("p95_target_ms", "start_qps"):
-            positive(key)
-        if not isinstance(self.rounds, int) or isinstance(self.rounds, bool) or not 1 <= self.rounds <= 10:
-            raise ConfigError(f"FleetBenchConfig.rounds must be an integer in [1, 10], got {self.rounds!r}")
-        for key in ("sub_batch", "workers"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1024):
-                raise ConfigError(f"FleetBenchConfig.{key} must be an integer in [1, 1024] (or null: the profile's), "
-                                  f"got {value!r}")
-        for key in ("max_qps", "point_duration_s"):
-            positive(key, allow_none=False)
-        if not isinstance(self.warmup_s, int | float) or not 0 <= self.warmup_s <= 600:
-            raise ConfigError(f"FleetBenchConfig.warmup_s must be in [0, 600], got {self.warmup_s!r}")
-        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.name):
-            raise ConfigError(f"FleetBenchConfig.name must be 1-64 letters, digits, '_', '.', '-', got {self.name!r}")
-
         QuerySizes.parse(self.sizes)
         fl.FleetConfig(nodes=self.nodes, port=0, check_inter_ms=self.check_inter_ms)  # same checks as the fleet's
         self.lbt_kwargs(self.start_qps or DEFAULT_START_QPS, self.p95_target_ms or DEFAULT_P95_MS)  # bounds
@@ -120,13 +106,22 @@ class FleetBenchConfig:
 
     def lbt_kwargs(self, start_qps: float, p95_target_ms: float) -> dict[str, Any]:
         """Keyword arguments of recforge.pipeline.profiling.search.latency_bounded_throughput (checked by LBTConfig)."""
-
         kwargs = {"p95_target_ms": float(p95_target_ms), "start_qps": float(start_qps),
                   "max_qps": max(float(self.max_qps), float(start_qps)), "tolerance": self.tolerance,
                   "max_steps": self.max_steps, "repeats": self.repeats, "max_error_rate": self.max_error_rate,
                   "min_achieved_ratio": self.min_achieved_ratio}
         LBTConfig(**kwargs)
         return kwargs
+
+
+def read_profile(path: str | Path | None) -> dict[str, Any] | None:
+    """The profile document at ``path`` (None without one); a one-line ConfigError when it is not JSON."""
+    if not path:
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"profile {path} cannot be read as JSON: {err}") from None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -136,7 +131,6 @@ class FleetBenchConfig:
 def default_serving_config(generated: Any) -> Any:
     """Triton's default serving of the model: no dynamic batching, one instance, default threads and warm-up; only
     ``max_batch_size`` is the generated config's (the largest request the client may send)."""
-
     why = "Triton's default (recforge.tools.fleet_bench baseline)"
     return ServingConfig(max_batch_size=generated.max_batch_size, dynamic_batching=False,
                          max_queue_delay_microseconds=0, instance_count=1, instance_kind=generated.instance_kind,
@@ -145,8 +139,8 @@ def default_serving_config(generated: Any) -> Any:
 
 
 def config_knobs(model_config: Mapping[str, Any]) -> dict[str, Any]:
-    """The serving knobs of a model config, parsed from config.pbtxt (recforge.inference.model_repo.parse_config_pbtxt) or as
-    Triton serves it (its JSON form, where int64 values are strings)."""
+    """The serving knobs of a model config, parsed from config.pbtxt (recforge.inference.model_repo.parse_config_pbtxt)
+    or as Triton serves it (its JSON form, where int64 values are strings)."""
     batching = model_config.get("dynamic_batching")
     params = {k: (v or {}).get("string_value") for k, v in (model_config.get("parameters") or {}).items()}
     groups = model_config.get("instance_group") or [{}]
@@ -186,10 +180,9 @@ def _check_served(label: str, node: str, served: Mapping[str, Any], intended: An
 
 
 def _measure(target: Any, cfg: FleetBenchConfig, sizes: Any, sub_batch: int, workers: int, p95_target_ms: float,
-             loads: dict[float, dict[str, Any]]) -> Any:
-    """A recforge.pipeline.profiling.search.Measure over recforge.inference.loadgen.run_open_loop on ``target``; each rate's load summary
-    goes into ``loads`` (the items/s at the LBT come from there)."""
-
+             loads: dict[float, dict[str, Any]]) -> Measure:
+    """A recforge.pipeline.profiling.lbt.Measure over recforge.inference.loadgen.run_open_loop on ``target``; each
+    rate's load summary goes into ``loads`` (the items/s at the LBT come from there)."""
     def measure(rate: float, knobs: dict) -> Measurement:
         duration = max(cfg.point_duration_s, MIN_QUERIES_PER_POINT / rate)  # low rates: enough queries for a p95
         result = run_open_loop(target, rate, duration_s=duration, sizes=sizes, sub_batch=sub_batch, workers=workers,
@@ -204,7 +197,6 @@ def search_lbt(url: str, model: str, spec: str, cfg: FleetBenchConfig, *, sub_ba
                start_qps: float, p95_target_ms: float) -> dict[str, Any]:
     """The LBT of the fleet at ``url`` (through the balancer): a warm-up run at ``start_qps``, then
     latency_bounded_throughput, searched again from a 4x lower rate when even the start breaks the SLO."""
-
     sizes = QuerySizes.parse(cfg.sizes)
     target = TritonHttpTarget(url, model, spec, max_batch=sub_batch, seed=cfg.seed, pool=max(workers, 8))
     loads: dict[float, dict[str, Any]] = {}
@@ -259,9 +251,8 @@ def compare(source: fl.ModelSource, cfg: FleetBenchConfig | None = None, *, targ
             home: str | Path | None = None, notes: Sequence[str] = ()) -> dict[str, Any]:
     """Run the ``generated`` then the ``default`` fleet of ``source`` and search each one's LBT under the same load;
     returns the result document (not written: see :func:`write_results`). Both fleets are down afterwards."""
-
     cfg = cfg or FleetBenchConfig()
-    profile = fl._read_profile(source.profile_path)
+    profile = read_profile(source.profile_path)
     knobs = dict(profile["search"]["best_knobs"]) if profile else {}
     generated = mr.serving_config_from_profile(source.profile_path) if profile else mr.ServingConfig()
     serving = {"generated": generated, "default": default_serving_config(generated)}
@@ -412,9 +403,8 @@ def write_results(doc: Mapping[str, Any], home: str | Path | None = None) -> tup
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-
     parser = argparse.ArgumentParser(prog="python -m recforge.tools.fleet_bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--family", default=os.environ.get("FLEET_FAMILY", fl.DEFAULT_FAMILY),
+    parser.add_argument("--family", default=os.environ.get("FLEET_FAMILY", DEFAULT_FAMILY),
                         help="model family: registry champion recforge-<family>, else the newest nightly model")
     parser.add_argument("--target", default=fl.DEFAULT_TARGET, help="hardware target (champion, profile)")
     parser.add_argument("--config", default="{}", help="FleetBenchConfig fields as a JSON object")

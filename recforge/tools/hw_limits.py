@@ -176,7 +176,6 @@ def item_limit(ops_per_item: float, bytes_per_item: float, peak_ops: float, band
 
 
 def main(argv: list[str] | None = None) -> int:
-
     parser = argparse.ArgumentParser(prog="python -m recforge.tools.hw_limits", description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=2048, help="GEMM size n (n×n×n)")
     parser.add_argument("--mib", type=int, default=128, help="MiB per array of the bandwidth test")

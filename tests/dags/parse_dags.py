@@ -33,6 +33,17 @@ folder = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
 # as the dag-processor does: the bundle (DAG folder) is importable by its DAG files
 bag = BundleDagBag(dag_folder=folder, bundle_path=folder)
 parsed_modules = set(sys.modules) - after_import
+
+
+def asset_uris(condition) -> list[str]:
+    """URIs of the assets an asset-scheduled DAG waits for (an Asset, or AssetAny/AssetAll of them)."""
+    if condition is None:
+        return []
+    if hasattr(condition, "objects"):
+        return sorted(uri for part in condition.objects for uri in asset_uris(part))
+    return [condition.uri] if hasattr(condition, "uri") else []  # e.g. the null asset of a cron schedule
+
+
 dags = {}
 for dag_id, dag in bag.dags.items():
     dags[dag_id] = {
@@ -45,7 +56,9 @@ for dag_id, dag in bag.dags.items():
                         "upstream": sorted(t.upstream_task_ids)}
             for t in dag.tasks
         },
-        "params": {k: {"title": (v.schema or {}).get("title")} for k, v in dag.params.items()},
+        "params": {k: {"title": (v.schema or {}).get("title"), "default": v.value if v.has_value else None}
+                   for k, v in dag.params.items()},
+        "scheduled_on": asset_uris(getattr(dag.timetable, "asset_condition", None)),
         "max_active_runs": dag.max_active_runs,
         "start_date": dag.start_date.isoformat() if dag.start_date else None,
     }

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from recforge.models.families import DEEP_FAMILIES, FAMILY_NAMES
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -63,6 +65,13 @@ def test_nightly_retrain_schedule_and_shape(parsed):
     assert dag["max_active_runs"] == 1
     # a logical date before start_date runs no task at all and still "succeeds": cover all the data
     assert dag["start_date"] <= "1997-09-20"
+
+
+def test_family_lists_come_from_the_registry(parsed):
+    assert parsed["dags"]["nightly_retrain"]["params"]["families"]["default"] == list(FAMILY_NAMES)
+    # compression runs on any deep family's candidate (the baseline is never compressed)
+    expected = sorted(f"recforge://candidates/{family}" for family in DEEP_FAMILIES)
+    assert parsed["dags"]["compress_and_validate"]["scheduled_on"] == expected
 
 
 def test_rollout_is_manual_and_rolls_back_on_any_failure(parsed):

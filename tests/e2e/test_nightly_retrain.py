@@ -12,12 +12,15 @@ import mlflow
 import pandas as pd
 import pytest
 
+from recforge.contracts import tags
+from recforge.contracts.layout import Catalog
+from recforge.models.families import BASELINE_FAMILY, FAMILY_NAMES
 from tests.e2e.conftest import REPO, make_pipeline_env, run_dag
 
 pytestmark = pytest.mark.e2e
 
 DAY = "1997-11-15"  # a small slice: about 40k ratings before it
-FAMILIES = ["dlrm", "wide_deep", "ncf", "din", "logreg"]
+FAMILIES = list(FAMILY_NAMES)
 # few steps: a higher learning rate so every family gets past its random initialisation
 CONF = json.dumps({"families": FAMILIES,
                    "train_config": {"max_epochs": 2, "max_train_rows": 8000, "learning_rate": 0.01}})
@@ -45,16 +48,16 @@ def test_nightly_run_trains_every_family_and_tracks_it(nightly):
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
 
     runs = _runs(pipeline_env)
-    parents = [r for r in runs if r.data.tags.get("recforge.kind") == "nightly"]
+    parents = [r for r in runs if r.data.tags.get(tags.KIND) == "nightly"]
     assert len(parents) == 1
     parent = parents[0]
     assert parent.info.status == "FINISHED"
-    assert parent.data.tags["recforge.logical_date"] == DAY
-    assert len(parent.data.tags["recforge.data_fingerprint"]) == 64
+    assert parent.data.tags[tags.LOGICAL_DATE] == DAY
+    assert len(parent.data.tags[tags.DATA_FINGERPRINT]) == 64
     assert parent.data.tags["mlflow.source.git.commit"]
 
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.data.tags["recforge.family"] for r in children) == sorted(FAMILIES)
+    assert sorted(r.data.tags[tags.FAMILY] for r in children) == sorted(FAMILIES)
     client = _client(pipeline_env)
     for child in children:
         assert 0.5 < child.data.metrics["test_auc"] <= 1.0
@@ -67,7 +70,7 @@ def test_nightly_run_trains_every_family_and_tracks_it(nightly):
         assert contexts == {"training", "validation", "testing"}
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "model_files")}
         assert {"model_files/model.onnx", "model_files/state_dict.pt", "model_files/spec.json"} <= artifacts
-        onnx_uri = child.data.tags["recforge.onnx_model_uri"]
+        onnx_uri = child.data.tags[tags.ONNX_MODEL_URI]
         assert onnx_uri.startswith("models:/")
 
     parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -79,7 +82,7 @@ def test_nightly_run_trains_every_family_and_tracks_it(nightly):
     with sqlite3.connect(db) as conn:
         rows = conn.execute("select a.uri, e.extra from asset_event e join asset a on a.id = e.asset_id").fetchall()
     events = {uri: json.loads(extra) for uri, extra in rows}
-    assert set(events) == {f"recforge://candidates/{f}" for f in FAMILIES if f != "logreg"}
+    assert set(events) == {f"recforge://candidates/{f}" for f in FAMILIES if f != BASELINE_FAMILY}
     for uri, extra in events.items():
         assert extra["family"] == uri.rsplit("/", 1)[1]
         assert extra["run_id"] in {c.info.run_id for c in children}
@@ -108,11 +111,11 @@ def test_bad_partition_stops_the_run_before_training(pipeline_env):
     assert "rating" in log and "Data Docs" in log
 
     runs = _runs(env)
-    parent = next(r for r in runs if r.data.tags.get("recforge.kind") == "nightly")
+    parent = next(r for r in runs if r.data.tags.get(tags.KIND) == "nightly")
     assert parent.info.status == "FAILED"
     assert [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id] == []
     assert "data_docs" in {a.path for a in _client(env).list_artifacts(parent.info.run_id)}
-    assert not (Path(env["RECFORGE_HOME"]) / "work" / DAY / "features").exists()
+    assert not Catalog(Path(env["RECFORGE_HOME"]) / "work").features_dir(DAY).exists()
     # the bad partition is still there for people to look at: nothing repaired or deleted it
     assert len(data.load_partition(root, day)) == len(bad)
 
@@ -132,18 +135,18 @@ def test_compress_and_validate_gates_and_tracks_every_variant(nightly):
 
     client = _client(env)
     runs = _runs(env)
-    candidate = next(r for r in runs if r.data.tags.get("recforge.stage") == "train"
-                     and r.data.tags["recforge.family"] == "dlrm")
+    candidate = next(r for r in runs if r.data.tags.get(tags.STAGE) == "train"
+                     and r.data.tags[tags.FAMILY] == "dlrm")
     variants = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == candidate.info.run_id]
-    names = sorted(r.data.tags["recforge.variant"] for r in variants)
+    names = sorted(r.data.tags[tags.VARIANT] for r in variants)
     assert names == sorted(f"{base}{suffix}" for base in ("fp32", "pruned50", "student")
                            for suffix in ("", "+int8_dynamic", "+int8_static", "+fp16"))
-    by_name = {r.data.tags["recforge.variant"]: r for r in variants}
-    assert by_name["fp32"].data.tags["recforge.parity"] == "passed"  # the reference is at parity with itself
+    by_name = {r.data.tags[tags.VARIANT]: r for r in variants}
+    assert by_name["fp32"].data.tags[tags.PARITY] == "passed"  # the reference is at parity with itself
     for run in variants:
         assert run.data.params["technique"] and run.data.params["bits"] in {"8", "16", "32"}
         assert run.data.metrics["size_bytes"] > 0 and "auc" in run.data.metrics
-        if run.data.tags["recforge.parity"] == "passed":
+        if run.data.tags[tags.PARITY] == "passed":
             assert run.data.metrics["auc"] >= 0.999 * by_name["fp32"].data.metrics["auc"]
             assert [a.path for a in client.list_artifacts(run.info.run_id, "onnx")]
     assert by_name["fp32+int8_dynamic"].data.metrics["size_bytes"] < by_name["fp32"].data.metrics["size_bytes"] / 3
@@ -155,13 +158,13 @@ def test_compress_and_validate_gates_and_tracks_every_variant(nightly):
         (extra,) = conn.execute("select e.extra from asset_event e join asset a on a.id = e.asset_id "
                                 "where a.name = 'recforge_validated_variants'").fetchone()
     passed = json.loads(extra)["families"]["dlrm"]["passed"]
-    assert {p["name"] for p in passed} == {n for n, r in by_name.items() if r.data.tags["recforge.parity"] == "passed"}
+    assert {p["name"] for p in passed} == {n for n, r in by_name.items() if r.data.tags[tags.PARITY] == "passed"}
     assert all(Path(p["onnx_path"]).exists() for p in passed)
 
 
 def test_corrupt_candidate_stops_compression_with_a_clear_message(nightly):
     env, _ = nightly
-    onnx_path = Path(env["RECFORGE_HOME"]) / "work" / DAY / "models" / "ncf" / "model.onnx"
+    onnx_path = Catalog(Path(env["RECFORGE_HOME"]) / "work").model_dir(DAY, "ncf") / "model.onnx"
     onnx_path.write_bytes(b"not an onnx file")
     out = run_dag(env, "compress_and_validate", DAY, json.dumps({"families": ["ncf"]}))
     assert out.returncode != 0

@@ -10,6 +10,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from recforge.contracts import tags
+from recforge.contracts.targets import CPU_ONNXRUNTIME as CPU
 from tests.e2e.conftest import make_pipeline_env, run_dag
 
 pytestmark = pytest.mark.e2e
@@ -19,7 +21,7 @@ NIGHTLY_CONF = {"families": ["dlrm"], "train_config": {"max_epochs": 1, "max_tra
 COMPRESS_CONF = {"families": ["dlrm"], "compress_config": {"prune_ratios": [], "student": False,
                                                            "precisions": ["int8_dynamic", "fp16"],
                                                            "latency_repeats": 3, "parity_rows": 256}}
-PROFILE_CONF = {"targets": ["cpu-onnxruntime", "gpu", "tpu-v9"],
+PROFILE_CONF = {"targets": [CPU, "gpu-onnxruntime", "tpu-v9"],
                 "profile_config": {"point_duration_s": 0.3, "start_qps": 100, "max_qps": 400, "max_steps": 4,
                                    "tolerance": 0.5, "min_sub_batch": 64, "max_sub_batch": 128,
                                    "max_evaluations": 2, "latency_batches": [1, 64], "latency_repeats": 3}}
@@ -45,19 +47,19 @@ def test_profile_variants_logs_profiles_and_emits_the_profiles_asset(compressed)
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name(env["RECFORGE_EXPERIMENT"])
     runs = client.search_runs([experiment.experiment_id])
-    candidate = next(r for r in runs if r.data.tags.get("recforge.stage") == "train")
-    variants = {r.data.tags["recforge.variant"]: r for r in runs
+    candidate = next(r for r in runs if r.data.tags.get(tags.STAGE) == "train")
+    variants = {r.data.tags[tags.VARIANT]: r for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == candidate.info.run_id}
-    profiled = {name: r for name, r in variants.items() if "lbt_qps.cpu" in r.data.metrics}
+    profiled = {name: r for name, r in variants.items() if f"lbt_qps.{CPU}" in r.data.metrics}
     assert "fp32" in profiled  # the reference is always profiled
     assert "fp32+fp16" not in profiled  # fp16 is for GPU targets
     for run in profiled.values():
-        assert run.data.tags["recforge.parity"] == "passed"
-        assert run.data.tags["recforge.profiled_targets"] == "cpu"
-        assert "tpu-v9: unknown target" in run.data.tags["recforge.profile_skipped"]
-        assert run.data.metrics["lbt_qps.cpu"] > 0 and run.data.metrics["items_per_s.cpu"] > 0
+        assert run.data.tags[tags.PARITY] == "passed"
+        assert run.data.tags[tags.PROFILED_TARGETS] == CPU
+        assert "tpu-v9: unknown target" in run.data.tags[tags.PROFILE_SKIPPED]
+        assert run.data.metrics[f"lbt_qps.{CPU}"] > 0 and run.data.metrics[f"items_per_s.{CPU}"] > 0
         assert {a.path for a in client.list_artifacts(run.info.run_id, "profile")} >= {
-            "profile/cpu.json", "profile/cpu_p95_vs_load.png", "profile/cpu_latency_vs_batch.png"}
+            f"profile/{CPU}.json", f"profile/{CPU}_p95_vs_load.png", f"profile/{CPU}_latency_vs_batch.png"}
     assert {a.path for a in client.list_artifacts(candidate.info.run_id, "profile")} == {
         "profile/summary.json", "profile/summary.md", "profile/pareto.png"}
 
@@ -69,8 +71,8 @@ def test_profile_variants_logs_profiles_and_emits_the_profiles_asset(compressed)
     assert family["candidate_run_id"] == candidate.info.run_id
     assert {p["variant"] for p in family["profiles"]} == set(profiled)
     for p in family["profiles"]:
-        assert p["target"] == "cpu" and p["kind"] == "cpu-onnxruntime"
-        assert p["artifact_uri"] == f"runs:/{p['variant_run_id']}/profile/cpu.json"
+        assert p["target"] == p["kind"] == CPU
+        assert p["artifact_uri"] == f"runs:/{p['variant_run_id']}/profile/{CPU}.json"
         doc = json.loads(Path(p["path"]).read_text())
         assert doc["variant_run_id"] == p["variant_run_id"] == profiled[p["variant"]].info.run_id
         assert doc["latency_bounded_throughput_qps"] == p["lbt_qps"]

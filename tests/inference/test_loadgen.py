@@ -1,4 +1,5 @@
-"""recforge.inference.loadgen: Poisson arrivals, DeepRecSys query sizes, open-loop queueing, sub-batching, a real ONNX model."""
+"""recforge.inference.loadgen: Poisson arrivals, DeepRecSys query sizes, open-loop queueing, sub-batching, a real
+ONNX model."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import pytest
 from scipy import stats
 
 from recforge.core.errors import ConfigError
-from recforge.inference import loadgen
 from recforge.inference.loadgen import (
     CallableTarget,
     LoadResult,
@@ -24,9 +24,13 @@ from recforge.inference.loadgen import (
     run_open_loop,
     sub_batches,
 )
+from recforge.inference.loadgen.cli import main as loadgen_main
 
 KS_ALPHA = 0.01  # significance level of the goodness-of-fit tests (fixed seeds: deterministic outcomes)
 Z = 5.0  # tolerance of the moment checks, in standard errors
+
+# Tests marked ``perf`` assert real wall-clock latencies of sleeping targets (thread wake-ups included); the
+# queueing, splitting, offload and error bookkeeping they also exercise is covered by the unit tests beside them.
 
 
 # ---------------------------------------------------------------------------------------------- arrivals
@@ -111,6 +115,7 @@ def test_bad_sizes_file(tmp_path, text, match):
 # ---------------------------------------------------------------------------------------------- open loop
 
 
+@pytest.mark.perf
 def test_open_loop_queueing_shows_in_the_tail():
     service_ms = 10.0
     target = CallableTarget.sleeping(service_ms)
@@ -158,6 +163,7 @@ def test_sub_batches_split_and_call_sizes(tmp_path):
     assert Counter(result.items.tolist()).keys() <= {1, 64, 65, 150}
 
 
+@pytest.mark.perf
 def test_sub_batches_of_a_query_run_in_parallel_on_free_workers():
     service_ms = 30.0
     kwargs = {"n_queries": 1, "sizes": QuerySizes.fixed(256), "sub_batch": 64, "seed": 0}
@@ -201,6 +207,7 @@ def test_offload_sends_queries_above_the_threshold_whole_to_the_accelerator(tmp_
     assert json.loads(json.dumps(result.to_dict()))["offloaded"] == len(big)
 
 
+@pytest.mark.perf
 def test_offload_relieves_a_saturated_cpu():
     """Sleeping targets (the CPU: 1 ms + 0.05 ms/item per sub-batch on 2 workers, ~176 queries/s for the
     lognormal sizes; the accelerator: 2 ms + 0.005 ms/item per whole query, ~350 queries/s): at 250 queries/s the
@@ -227,7 +234,7 @@ def test_offload_rejects_bad_settings():
         run_open_loop(CallableTarget(lambda n: None), 10.0, n_queries=1, offload=100)
 
 
-def test_target_errors_drops_and_timeouts_are_counted():
+def test_target_errors_are_counted():
     def flaky(n_items: int) -> None:
         if n_items > 100:
             raise RuntimeError("too many items\nsecond line")
@@ -239,6 +246,28 @@ def test_target_errors_drops_and_timeouts_are_counted():
     assert result.first_error == "RuntimeError: too many items"
     assert len(result.latencies_ms) == result.completed
 
+
+def test_drops_and_timeouts_are_counted_on_a_stuck_target():
+    """A target that never returns (until the test releases it): no timing in the outcome. The first query blocks
+    the only worker, so at most ``max_queue`` later ones wait and the rest are dropped; whatever started or waited
+    is unfinished when the drain timeout expires."""
+    release = threading.Event()
+    stuck = CallableTarget(lambda n: release.wait(), name="stuck")
+    try:
+        dropped = run_open_loop(stuck, 2000.0, n_queries=40, sizes=QuerySizes.fixed(10), workers=1, max_queue=2,
+                                seed=0, drain_timeout_s=0.05)
+    finally:
+        release.set()
+    # at most 1 running + 2 waiting queries were accepted (the worker may take the first after a second arrived)
+    assert 40 - 3 <= dropped.dropped <= 40 - 2 and dropped.completed == 0
+    assert dropped.timed_out == 40 - dropped.dropped and dropped.errors == 40 and dropped.queries == 40
+    assert dropped.first_error.startswith("timed out")  # query 0: it started and never finished
+    assert {e.split(":")[0] for e in dropped.query_errors} == {"dropped", "timed out"}
+    assert all("max_queue" in e for e in dropped.query_errors if e.startswith("dropped"))
+
+
+@pytest.mark.perf
+def test_drops_and_timeouts_are_counted():
     slow = CallableTarget.sleeping(20.0)
     dropped = run_open_loop(slow, 500.0, n_queries=40, sizes=QuerySizes.fixed(10), workers=1, max_queue=2, seed=0)
     assert dropped.dropped > 10 and dropped.errors == dropped.dropped and dropped.completed + dropped.dropped == 40
@@ -280,6 +309,7 @@ def ncf_onnx(tmp_path_factory):
     return path, folder / "spec.json"
 
 
+@pytest.mark.perf
 def test_real_onnx_model_under_load(ncf_onnx):
     onnx_path, spec_path = ncf_onnx
     target = OnnxTarget(onnx_path, spec_path, threads=1, max_batch=64)
@@ -287,6 +317,14 @@ def test_real_onnx_model_under_load(ncf_onnx):
     assert result.errors == 0 and result.queries > 100 and result.completed == result.queries
     assert result.achieved_qps > 50 and result.items_per_s > 50 * 100
     assert 0 < result.p50_ms <= result.p95_ms <= result.p99_ms < 1000
+
+
+def test_real_onnx_model_serves_every_query_within_its_max_batch(ncf_onnx):
+    onnx_path, spec_path = ncf_onnx
+    target = OnnxTarget(onnx_path, spec_path, threads=1, max_batch=64)
+    result = run_open_loop(target, 100.0, n_queries=30, sub_batch=64, workers=2, seed=0)
+    assert result.errors == 0 and result.completed == result.queries == 30
+    assert 0 < result.p50_ms <= result.p95_ms <= result.p99_ms and result.items_per_s > 0
     with pytest.raises(ValueError, match="max_batch"):
         target.infer(65)
     with pytest.raises(ConfigError, match=r"sub_batch must be an integer in \[1, 64\]"):
@@ -316,7 +354,7 @@ def test_onnx_target_rejects_bad_model_or_spec(ncf_onnx, tmp_path):
 def test_cli_prints_the_result_and_one_line_errors(ncf_onnx, capsys, tmp_path):
     onnx_path, spec_path = ncf_onnx
     base = ["--onnx", str(onnx_path), "--spec", str(spec_path)]
-    assert loadgen.main([*base, "--rate", "100", "--duration", "1", "--sub-batch", "32", "--workers", "2"]) == 0
+    assert loadgen_main([*base, "--rate", "100", "--duration", "1", "--sub-batch", "32", "--workers", "2"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["errors"] == 0 and printed["queries"] > 50 and printed["sub_batch"] == 32
     assert printed["sizes"] == "lognormal(mu=5.1, sigma=0.2)" and printed["p99_ms"] > 0
@@ -328,15 +366,15 @@ def test_cli_prints_the_result_and_one_line_errors(ncf_onnx, capsys, tmp_path):
                        (["--rate", "10", "--sizes", "lognormal:5.1,-1"], "sigma"),
                        (["--rate", "10", "--sizes", str(tmp_path / "nope.txt")], "sizes"),
                        (["--rate", "10", "--threads", "0"], "--threads")]:
-        assert loadgen.main([*base, *args]) == 1, args
+        assert loadgen_main([*base, *args]) == 1, args
         captured = capsys.readouterr()
         assert captured.out == "" and captured.err.startswith(f"error: {flag}"), (args, captured.err)
         assert captured.err.count("\n") == 1, captured.err
     with pytest.raises(SystemExit) as exit_info:
-        loadgen.main([*base, "--rate", "fast"])
+        loadgen_main([*base, "--rate", "fast"])
     assert exit_info.value.code == 2
     with pytest.raises(SystemExit) as exit_info:
-        loadgen.main([*base, "--rate", "1", "--duration", "1", "--queries", "3"])
+        loadgen_main([*base, "--rate", "1", "--duration", "1", "--queries", "3"])
     assert exit_info.value.code == 2
 
 

@@ -12,7 +12,9 @@ import pytest
 from recforge.contracts.features import example_spec
 from recforge.core.errors import ConfigError
 from recforge.inference import model_repo as mr
-from recforge.pipeline.profiling.search import HillClimb, LBTEvaluator, Measurement, build_profile
+from recforge.pipeline.profiling.document import build_profile
+from recforge.pipeline.profiling.lbt import LBTEvaluator, Measurement
+from recforge.pipeline.profiling.search.hill_climb import HillClimb
 
 RUN_ID = uuid.uuid4().hex
 SPEC = dataclasses.replace(example_spec(), genre_slots=3, history_length=5)
@@ -78,7 +80,7 @@ def test_serving_config_from_a_cpu_onnxruntime_profile_maps_workers_and_sub_batc
     assert cfg.instance_kind == "KIND_CPU"
 
 
-@pytest.mark.parametrize(("kind", "instance_kind"), [("gpu-onnxruntime", "KIND_GPU"), ("gpu-tensorrt", "KIND_GPU"),
+@pytest.mark.parametrize(("kind", "instance_kind"), [("gpu-onnxruntime", "KIND_GPU"), ("gpu-triton", "KIND_GPU"),
                                                      ("hybrid-onnxruntime", "KIND_CPU")])
 def test_a_gpu_profile_serves_its_instances_on_the_gpu(kind, instance_kind):
     cfg = mr.serving_config_from_profile(profile_doc(kind, {"sub_batch": 256, "threads": 1, "workers": 1}))

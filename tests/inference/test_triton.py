@@ -1,6 +1,6 @@
-"""recforge.inference.triton against a real tritonserver (nvidia-pytriton wheel, python backend) serving a tiny exported model:
-outputs equal onnxruntime's, dynamic batches are split back per request, malformed requests get a 4xx and the
-server keeps serving, and a model whose file does not match its config's SHA-256 is refused at load."""
+"""recforge.inference.triton against a real tritonserver (nvidia-pytriton wheel, python backend) serving a tiny
+exported model: outputs equal onnxruntime's, dynamic batches are split back per request, malformed requests get a
+4xx and the server keeps serving, and a model whose file does not match its config's SHA-256 is refused at load."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Behaviour of every model family built through the registry in recforge.models/__init__.py."""
+"""Behaviour of every model family built through build_model (recforge.models) from the family registry."""
 
 from __future__ import annotations
 

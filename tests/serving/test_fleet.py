@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 import requests
 
+from recforge.contracts import tags as T
 from recforge.contracts.features import example_spec
 from recforge.core.errors import ConfigError
 from recforge.core.ports import free_ports
@@ -55,9 +56,14 @@ def test_triton_metrics_are_parsed_per_model_and_version():
 
 
 def test_config_and_sources_refuse_bad_input_on_one_line(tmp_path, monkeypatch):
-    for bad in ({"nodes": 0}, {"nodes": 17}, {"port": 70000}, {"target": "a b"}, {"unknown": 1}):
+    for bad in ({"nodes": 0}, {"nodes": 17}, {"port": 70000}, {"target": "a b"}, {"unknown": 1},
+                {"target": "cpu"}, {"target": "gpu-onnxruntime"}):
         with pytest.raises(ConfigError):
             fl.FleetConfig.from_dict(bad)
+    # every CPU target the registry can propose a champion for is a fleet target (make fleet-up FLEET_TARGET=...)
+    assert fl.fleet_targets() == ["cpu-onnxruntime", "cpu-triton"]
+    for target in fl.fleet_targets():
+        assert fl.FleetConfig.from_dict({"target": target}).target == target
     monkeypatch.setenv("RECFORGE_WORK_DIR", str(tmp_path / "work"))
     with pytest.raises(ConfigError, match=r"no trained dlrm model under .*; run `make run` first"):
         fl.nightly_source("dlrm")
@@ -117,7 +123,7 @@ def test_up_serves_through_the_balancer_and_refuses_model_control_there(fleet):
     assert state["status"] == "up" and set(state["nodes"]) == {"node0", "node1"}
     assert state["url"].startswith("http://127.0.0.1:")
     for node in state["nodes"].values():
-        assert node["url"].startswith("http://127.0.0.1:") and fl._alive(node["pid"])
+        assert node["url"].startswith("http://127.0.0.1:") and fl.process_alive(node["pid"])
         assert node["models"] == {MODEL: {**node["models"][MODEL], "version": 1}}
         assert node["weight"] == lb.EQUAL_WEIGHT  # no profile: equal weights
     on_disk = json.loads((fl.fleet_dir(home) / "state.json").read_text())
@@ -220,7 +226,7 @@ def test_a_node_killed_under_load_loses_at_most_its_in_flight_requests(fleet):
 def test_down_stops_everything_including_leftovers_and_is_idempotent(fleet):
     home = fleet["home"]
     root = fl.fleet_dir(home)
-    assert fl._fleet_processes(root)
+    assert fl.fleet_processes(root)
     # a leftover the state file does not know (an haproxy of a crashed `up`): down finds it by its folder
     stray_dir = root / "haproxy-stray"
     port = free_ports(1)[0]
@@ -231,7 +237,7 @@ def test_down_stops_everything_including_leftovers_and_is_idempotent(fleet):
     assert any(s.startswith("haproxy") for s in result["stopped"])
     assert any(s.startswith("node0") for s in result["stopped"])
     assert any(s.startswith("leftover haproxy") for s in result["stopped"]), result
-    assert fl._fleet_processes(root) == [] and not stray.running()
+    assert fl.fleet_processes(root) == [] and not stray.running()
     assert not (root / "state.json").exists() and fl.status(home=home)["status"] == "down"
     assert fl.down(home=home)["stopped"] == []
 
@@ -258,15 +264,14 @@ def test_registry_source_fetches_the_champion_with_its_spec(mlflow_server, tmp_p
     client.create_registered_model(name)
     version = client.create_model_version(name, f"runs:/{variant.info.run_id}/onnx/{onnx_path.name}",
                                           run_id=variant.info.run_id,
-                                          tags={"recforge.onnx_sha256": hashlib.sha256(onnx_path.read_bytes())
-                                                .hexdigest(), "recforge.family": "ncf",
-                                                "recforge.variant": "int8_static"})
-    with pytest.raises(ConfigError, match="no alias champion-cpu"):
-        fl.registry_source(name, "cpu", tmp_path / "dl0")
-    client.set_registered_model_alias(name, "champion-cpu", version.version)
-    source = fl.registry_source(name, "cpu", tmp_path / "dl")
+                                          tags={T.ONNX_SHA256: hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+                                                T.FAMILY: "ncf", T.VARIANT: "int8_static"})
+    with pytest.raises(ConfigError, match="no alias champion-cpu-onnxruntime"):
+        fl.registry_source(name, "cpu-onnxruntime", tmp_path / "dl0")
+    client.set_registered_model_alias(name, "champion-cpu-onnxruntime", version.version)
+    source = fl.registry_source(name, "cpu-onnxruntime", tmp_path / "dl")
     assert (source.model, source.version) == (name, int(version.version))
     assert open(source.onnx_path, "rb").read() == onnx_path.read_bytes()
     assert json.loads(open(source.spec_path).read()) == json.loads(SPEC.to_json())
     assert training.info.run_id and source.expected_sha256 == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
-    assert source.origin.startswith(f"registry {name}@champion-cpu v{version.version} (ncf/int8_static")
+    assert source.origin.startswith(f"registry {name}@champion-cpu-onnxruntime v{version.version} (ncf/int8_static")

@@ -18,6 +18,7 @@ import yaml
 
 from recforge.core.errors import ConfigError
 from recforge.serving import k8s
+from recforge.serving.k8s import cli as k8s_cli
 from tests.conftest import REPO, free_port
 
 K8S_DIR = REPO / "infra" / "k8s"
@@ -348,13 +349,13 @@ def test_bad_inputs_are_refused_with_a_clear_error(tmp_path, edit_profile, edit_
 
 def test_cli_writes_the_manifests_and_reports_errors_on_one_line(tmp_path, capsys):
     out = tmp_path / "out"
-    assert k8s.main(["--config", str(CONFIG), "--out", str(out)]) == 0
+    assert k8s_cli.main(["--config", str(CONFIG), "--out", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["fleets"]["triton-wide-deep-cpu-8c"] == {"replicas": "2..12", "cpu": "6500m", "gpu": False}
     assert (out / "kustomization.yaml").read_text() == (GENERATED / "kustomization.yaml").read_text()
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"namespace": "Not_A_Label", "fleets": []}))
-    assert k8s.main(["--config", str(bad), "--out", str(out)]) == 1
+    assert k8s_cli.main(["--config", str(bad), "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
 

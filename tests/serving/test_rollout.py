@@ -7,8 +7,11 @@ import math
 
 import pytest
 
+from recforge.contracts import tags
 from recforge.core.errors import ConfigError
 from recforge.serving.rollout import RolloutConfig, append_history, gate, load_state, read_history, save_state
+from recforge.serving.rollout.history import json_number
+from recforge.serving.rollout.plan import tag_number
 
 
 def test_config_defaults_and_reference():
@@ -20,6 +23,7 @@ def test_config_defaults_and_reference():
 @pytest.mark.parametrize("bad", [
     {"model": "bad name"}, {"model": "m", "canary_weight_pct": 0}, {"model": "m", "canary_weight_pct": 80},
     {"model": "m", "max_error_rate": 2.0}, {"model": "m", "target": "CPU!"}, {"model": "m", "sizes": "zipf"},
+    {"model": "m", "target": "cpu"},  # the old name of cpu-onnxruntime: targets have one vocabulary
     {"model": "m", "unknown": 1},
 ])
 def test_config_refuses_nonsense(bad):
@@ -28,8 +32,9 @@ def test_config_refuses_nonsense(bad):
 
 
 def test_config_from_dag_params_coerces_numbers():
-    cfg = RolloutConfig.from_params({"model": "recforge-ncf", "target": "cpu", "version": "", "canary_weight_pct": 20,
-                                     "canary_duration_s": 12, "p95_slo_ms": 0, "max_error_rate": 0, "load_qps": 0})
+    cfg = RolloutConfig.from_params({"model": "recforge-ncf", "target": "cpu-onnxruntime", "version": "",
+                                     "canary_weight_pct": 20, "canary_duration_s": 12, "p95_slo_ms": 0,
+                                     "max_error_rate": 0, "load_qps": 0})
     assert cfg.canary_duration_s == 12.0 and cfg.canary_weight_pct == 20
 
 
@@ -130,3 +135,9 @@ def test_state_file_and_history_round_trip(tmp_path, monkeypatch):
     assert len(read_history()) == 2
     with pytest.raises(ConfigError):
         save_state({"rollout_id": "../../etc/passwd"})
+
+
+def test_plan_numbers_are_json_without_nan():
+    """A plan goes through XCom (strict JSON) between the DAG's tasks: a missing figure is None, never NaN."""
+    assert tag_number({}, tags.LBT_QPS) is None and tag_number({tags.LBT_QPS: "12.5"}, tags.LBT_QPS) == 12.5
+    assert json_number(math.nan) is None and json_number(math.inf) is None and json_number(3.0) == 3.0

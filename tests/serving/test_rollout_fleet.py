@@ -9,8 +9,6 @@ rolled back -> slow v4 rolled back -> tampered v5 refused, and each checks that 
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import os
 import threading
@@ -20,51 +18,16 @@ import uuid
 import numpy as np
 import pytest
 
-from recforge.contracts.features import example_spec
+from recforge.contracts import tags as T
 from recforge.core.errors import DataError
 from recforge.inference import triton as tr
 from recforge.models import build_model
 from recforge.models.export import example_inputs, export_onnx
 from recforge.serving import fleet as fl
+from tests.serving.registered import SPEC, TARGET, Registry, sha
 
-SPEC = dataclasses.replace(example_spec(), sparse_cardinalities=(30, 50, 5, 4, 3, 4), num_genres=8, genre_slots=3,
-                           history_length=5)
-TARGET = "cpu-triton"
 triton_ok, triton_why = tr.check_installation()
 pytestmark = [pytest.mark.triton, pytest.mark.skipif(not triton_ok, reason=f"no tritonserver: {triton_why}")]
-
-
-def sha(path) -> str:
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
-
-
-class Registry:
-    """Registered versions laid out as recforge.pipeline.registry.stage leaves them: a training run with model_files/spec.json, one
-    variant child run per file with the ONNX under onnx/, a model version tagged with the file's SHA-256."""
-
-    def __init__(self, name: str, spec_path, tmp):
-        import mlflow
-
-        self.client = mlflow.MlflowClient()
-        self.name = name
-        experiment = self.client.create_experiment(f"rollout-{uuid.uuid4().hex[:8]}")
-        self.experiment = experiment
-        self.train_run = self.client.create_run(experiment, run_name="train").info.run_id
-        self.client.log_artifact(self.train_run, str(spec_path), "model_files")
-        self.client.create_registered_model(name)
-        self.tmp = tmp
-
-    def add(self, onnx_path, variant: str, *, sha256: str | None = None, alias: str = "") -> str:
-        run = self.client.create_run(self.experiment, run_name=variant,
-                                     tags={"mlflow.parentRunId": self.train_run}).info.run_id
-        self.client.log_artifact(run, str(onnx_path), "onnx")
-        version = self.client.create_model_version(
-            self.name, f"runs:/{run}/onnx/{os.path.basename(onnx_path)}", run_id=run,
-            tags={"recforge.onnx_sha256": sha256 or sha(onnx_path), "recforge.variant": variant,
-                  "recforge.target": TARGET, "recforge.family": "ncf", "recforge.p95_target_ms": "250"})
-        if alias:
-            self.client.set_registered_model_alias(self.name, alias, version.version)
-        return version.version
 
 
 class Background:
@@ -187,8 +150,8 @@ def test_a_good_version_is_canaried_and_promoted_with_zero_failed_requests(world
     history = rollout.read_history(registry.name)
     assert history[-1]["outcome"] == "promoted" and history[-1]["version"] == v2
     tags = registry.client.get_model_version(registry.name, v2).tags
-    assert tags["recforge.rollout.last"].startswith("promoted")
-    assert json.loads(tags["recforge.rollout.promoted"])["figures"]["canary_requests"] > 0
+    assert tags[T.ROLLOUT_LAST].startswith("promoted")
+    assert json.loads(tags[T.ROLLOUT_PREFIX + "promoted"])["figures"]["canary_requests"] > 0
     weights = {n: node["weight"] for n, node in fl.read_state()["nodes"].items()}
     assert weights == {"node0": 100, "node1": 100}  # the canary got its weight back
 
@@ -234,7 +197,7 @@ def test_a_slow_model_breaks_the_slo_under_canary_load_and_is_rolled_back(world)
     assert all(ready_versions(registry.name, v2).values())
     assert not any(ready_versions(registry.name, int(slow)).values())
     tags = registry.client.get_model_version(registry.name, slow).tags
-    assert tags["recforge.rollout.last"].startswith("rolled_back")
+    assert tags[T.ROLLOUT_LAST].startswith("rolled_back")
 
 
 def test_a_file_that_does_not_match_the_registry_is_refused_before_it_is_served(world):

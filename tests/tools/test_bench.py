@@ -16,12 +16,15 @@ import pandas as pd
 import pytest
 import torch
 
+from recforge.contracts import tags
 from recforge.contracts.features import example_spec
+from recforge.contracts.layout import Catalog
 from recforge.core.errors import ConfigError, DataError
 from recforge.models import build_model
 from recforge.models.export import example_inputs, export_onnx
 from recforge.models.synthetic import RmcSpec, SyntheticDLRM, export_synthetic_onnx, synthetic_inputs, torch_inputs
 from recforge.tools import bench
+from recforge.tools.bench.cli import main as bench_main
 from recforge.tools.hw_limits import HardwareLimits, item_limit
 
 SPEC = dataclasses.replace(example_spec(), sparse_cardinalities=(30, 50, 5, 4, 3, 4), num_genres=8, genre_slots=3,
@@ -99,7 +102,7 @@ def test_no_nightly_run_says_what_to_run(tmp_path, monkeypatch):
     monkeypatch.setenv("RECFORGE_WORK_DIR", str(tmp_path / "work"))
     with pytest.raises(DataError, match=r"make run && make compress"):
         bench.run_bench(bench.BenchConfig(families=("dlrm",), synthetic=()))
-    assert bench.main(["--config", '{"synthetic": []}']) == 1
+    assert bench_main(["--config", '{"synthetic": []}']) == 1
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -123,11 +126,11 @@ def tiny_nightly(tmp_path, monkeypatch):
     home, run_id = tmp_path / "home", uuid.uuid4().hex
     monkeypatch.setenv("RECFORGE_HOME", str(home))
     monkeypatch.setenv("RECFORGE_WORK_DIR", str(home / "work"))
-    day = home / "work" / "1998-04-22"
+    catalog, day = Catalog(home / "work"), "1998-04-22"
     torch.manual_seed(0)
     model = build_model("dlrm", SPEC, embedding_dim=8, bottom_mlp=(16, 8), top_mlp=(16, 1))
-    _model_folder(day / "models" / "dlrm", model, run_id)
-    base = day / "variants" / "dlrm" / "fp32"
+    _model_folder(catalog.model_dir(day, "dlrm"), model, run_id)
+    base = catalog.variants_dir(day, "dlrm") / "fp32"
     _model_folder(base, model, run_id)
     (base / "variants.json").write_text(json.dumps([
         {"name": "fp32", "base": "fp32", "precision": "fp32", "onnx_path": "/elsewhere/model.onnx",  # resolved here
@@ -140,9 +143,10 @@ def tiny_nightly(tmp_path, monkeypatch):
                           **{f"hist_{k}": rows["history"][:, k] for k in range(SPEC.history_length)},
                           **{f: rows["dense"][:, i] for i, f in enumerate(SPEC.dense_features)},
                           "label": np.zeros(200, np.float32)})
-    (day / "features").mkdir(parents=True)
-    frame.to_parquet(day / "features" / "test.parquet")
-    (day / "features" / "spec.json").write_text(SPEC.to_json())
+    features = catalog.features_dir(day)
+    features.mkdir(parents=True)
+    frame.to_parquet(features / "test.parquet")
+    (features / "spec.json").write_text(SPEC.to_json())
     summary_dir = home / "mlflow" / "artifacts" / "1" / run_id / "artifacts" / "compression"
     summary_dir.mkdir(parents=True)
     (summary_dir / "summary.json").write_text(json.dumps({"family": "dlrm", "passed": ["fp32"], "variants": [
@@ -197,7 +201,7 @@ def test_bench_end_to_end_on_a_tiny_nightly(tiny_nightly, mlflow_server, monkeyp
     assert doc["mlflow"].startswith("logged: MLflow run ")
     run = mlflow.MlflowClient(mlflow_server).get_run(doc["mlflow"].split()[3])
     assert run.data.metrics["dlrm.recforge_lbt_qps"] == ours["lbt_qps"]
-    assert run.data.tags["recforge.kind"] == "bench"
+    assert run.data.tags[tags.KIND] == "bench"
     assert not any(p.name.startswith("recforge-bench-") for p in (tiny_nightly / "work").iterdir())  # cleaned up
 
 

@@ -18,7 +18,9 @@ from recforge.inference import model_repo as mr
 from recforge.inference import triton as tr
 from recforge.models import build_model
 from recforge.models.export import export_onnx
-from recforge.pipeline.profiling.search import HillClimb, LBTEvaluator, Measurement, build_profile
+from recforge.pipeline.profiling.document import build_profile
+from recforge.pipeline.profiling.lbt import LBTEvaluator, Measurement
+from recforge.pipeline.profiling.search.hill_climb import HillClimb
 from recforge.serving import fleet as fl
 from recforge.tools import fleet_bench as fb
 
@@ -75,6 +77,7 @@ def short_home():
 
 
 @pytest.mark.triton
+@pytest.mark.integration  # HAProxy in front of the nodes
 @pytest.mark.skipif(not triton_ok, reason=f"tritonserver cannot run here: {triton_why}")
 def test_both_configs_are_measured_through_a_real_fleet_and_compared(tmp_path, short_home, monkeypatch, capsys):
     home = short_home
@@ -129,5 +132,5 @@ def test_both_configs_are_measured_through_a_real_fleet_and_compared(tmp_path, s
     # both fleets are down, and only this benchmark's folders were used
     for label in fb.CONFIGS:
         root = fl.fleet_dir(home / "fleet-bench" / "tiny" / label)
-        assert fl._fleet_processes(root) == [] and not (root / "state.json").exists()
+        assert fl.fleet_processes(root) == [] and not (root / "state.json").exists()
     assert not (home / "fleet").exists()

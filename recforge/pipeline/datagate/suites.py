@@ -1,4 +1,5 @@
-"""The great-expectations (GX) 1.x plumbing shared by RecForge's suites (:mod:`recforge.pipeline.datagate.checks`, :mod:`recforge.pipeline.parity.gate`).
+"""The great-expectations (GX) 1.x plumbing shared by RecForge's suites (:mod:`recforge.pipeline.datagate.checks`,
+:mod:`recforge.pipeline.parity.gate`).
 
 Every suite lives in one file-backed GX project rooted at ``gx_root`` (``gx_root/gx``, Data Docs under
 ``gx_root/gx/uncommitted/data_docs``). A caller describes its suites as :class:`SuiteRun` s (a name, a

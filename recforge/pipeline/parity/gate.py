@@ -28,8 +28,9 @@ are all tied has no ranking: its rows get 1.0 (ρ taken as 0 by GX; reported as 
 The suite has no day-to-day or variant-to-variant values in it: the bounds are expectation parameters
 (``{"$PARAMETER": ...}``), so one suite, validation definition and checkpoint (``parity_predictions``)
 serves every variant, and each validation is a GX run named after the variant; the checkpoint updates Data
-Docs under ``gx_root``. The GX plumbing is :mod:`recforge.pipeline.datagate.suites` (the project is the one :mod:`recforge.pipeline.datagate.checks`
-uses; the prediction frame is an asset of the pandas data source ``recforge_predictions``).
+Docs under ``gx_root``. The GX plumbing is :mod:`recforge.pipeline.datagate.suites` (the project is the one
+:mod:`recforge.pipeline.datagate.checks` uses; the prediction frame is an asset of the pandas data source
+``recforge_predictions``).
 
 Inputs that make parity meaningless (lengths that differ, labels that are not 0/1 or have one class,
 a reference with NaN/inf, a slice column not in the split) raise :class:`DataError` instead of a verdict.
@@ -37,8 +38,8 @@ Non-finite *variant* predictions never raise: AUC/logloss become NaN and the ver
 
 CLI (exit code 0 = passed, 2 = rejected, 1 = error)::
 
-    python -m recforge.pipeline.parity.gate --features DIR --reference fp32.npy --candidate variant.npy --name NAME \
-        [--config JSON] [--split test] [--gx-root DIR] [--reference-name fp32]
+    python -m recforge.pipeline.parity.gate --features DIR --reference fp32.npy --candidate variant.npy \
+        --name NAME [--config JSON] [--split test] [--gx-root DIR] [--reference-name fp32]
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ import pandas as pd
 
 from recforge.core import config as project
 from recforge.core.cli import json_object, run_step
-from recforge.core.config import config_from_dict
+from recforge.core.config import Annotated, Field, config_from_dict, typed_config
 from recforge.core.errors import ConfigError, DataError
 from recforge.pipeline.data.features import load_split
 from recforge.pipeline.datagate.suites import SuiteRun, json_safe, param, run_checkpoints
@@ -81,48 +82,41 @@ _NAME = re.compile(r"[\w.+\-:=@]+")  # variant names: they name the GX run, and 
 _METRIC_KEY_UNSAFE = re.compile(r"[^\w.\- /]")  # MLflow metric names: alphanumerics, _ - . space /
 
 
-@dataclass(frozen=True)
+AucRatio = Annotated[float, Field(gt=0, le=2)]  # NaN fails the bounds too
+FiniteNonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+@typed_config
 class ParityConfig:
     """Thresholds of the parity gate (``validate:`` section of a run config)."""
 
-    min_auc_ratio: float = 0.999  # variant test AUC >= ratio * reference test AUC (MLPerf DLRM high accuracy)
-    max_logloss_increase: float = 0.01  # variant logloss <= (1 + this) * reference logloss
-    slice_columns: tuple[str, ...] = ("age_bucket", "gender")
-    min_slice_samples: int = 500  # slices with fewer rows (or one class only) are skipped
-    min_slice_auc_ratio: float = 0.995  # per slice: variant AUC >= ratio * reference AUC
-    prediction_min: float = 0.0
-    prediction_max: float = 1.0
-    mean_ctr_tolerance: float = 0.01  # |mean predicted CTR - reference mean| <= this (absolute)
-    min_spearman: float = 0.99  # rank agreement with the reference predictions
+    min_auc_ratio: AucRatio = 0.999  # variant test AUC >= ratio * reference test AUC (MLPerf DLRM high accuracy)
+    max_logloss_increase: FiniteNonNegative = 0.01  # variant logloss <= (1 + this) * reference logloss
+    slice_columns: tuple[Annotated[str, Field(min_length=1)], ...] = ("age_bucket", "gender")
+    min_slice_samples: Annotated[int, Field(ge=1)] = 500  # slices with fewer rows (or one class only) are skipped
+    min_slice_auc_ratio: AucRatio = 0.995  # per slice: variant AUC >= ratio * reference AUC
+    prediction_min: Finite = 0.0
+    prediction_max: Finite = 1.0
+    mean_ctr_tolerance: FiniteNonNegative = 0.01  # |mean predicted CTR - reference mean| <= this (absolute)
+    min_spearman: Annotated[float, Field(ge=-1, le=1)] = 0.99  # rank agreement with the reference predictions
 
     def __post_init__(self) -> None:
-        # written as `not (ok)` so that NaN fails every check
-        for key in ("min_auc_ratio", "min_slice_auc_ratio"):
-            value = getattr(self, key)
-            if not 0 < value <= 2:
-                raise ValueError(f"{key} must be in (0, 2], got {value}")
-        for key in ("max_logloss_increase", "mean_ctr_tolerance"):
-            value = getattr(self, key)
-            if not 0 <= value < math.inf:
-                raise ValueError(f"{key} must be a finite number >= 0, got {value}")
-        if not self.min_slice_samples >= 1:
-            raise ValueError(f"min_slice_samples must be >= 1, got {self.min_slice_samples}")
-        if not -math.inf < self.prediction_min < self.prediction_max < math.inf:
-            raise ValueError(
-                "prediction_min and prediction_max must be finite with prediction_min < prediction_max,"
+        if not self.prediction_min < self.prediction_max:
+            raise ConfigError(
+                "ParityConfig: prediction_min and prediction_max must satisfy prediction_min < prediction_max,"
                 f" got {self.prediction_min} and {self.prediction_max}"
             )
-        if not -1 <= self.min_spearman <= 1:
-            raise ValueError(f"min_spearman must be in [-1, 1], got {self.min_spearman}")
-        if any(not isinstance(c, str) or not c for c in self.slice_columns) or len(set(self.slice_columns)) != len(
-            self.slice_columns
-        ):
-            raise ValueError(f"slice_columns must be distinct non-empty names, got {list(self.slice_columns)}")
+        if len(set(self.slice_columns)) != len(self.slice_columns):
+            raise ConfigError(f"ParityConfig.slice_columns must be distinct names, got {list(self.slice_columns)}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> ParityConfig:
         """Build from a plain dict; unknown keys, wrong types and bad values raise ConfigError."""
         return config_from_dict(cls, dict(d or {}))
+
+
+DEFAULT_THRESHOLDS = ParityConfig()
 
 
 @dataclass
@@ -165,13 +159,13 @@ def validate_variant(
     split: Split | tuple[np.ndarray, pd.DataFrame],
     *,
     gx_root: Path,
-    config: ParityConfig = ParityConfig(),
+    config: ParityConfig = DEFAULT_THRESHOLDS,
     reference_name: str = REFERENCE_NAME,
 ) -> ParityVerdict:
     """Check variant ``name``'s test-split ``probabilities`` for parity with the ``reference`` model's.
 
-    ``split`` is a :class:`recforge.pipeline.data.features.Split` or ``(labels, frame)``: 0/1 labels and a frame with the
-    ``config.slice_columns``, row-aligned with both probability arrays. Runs the prediction suite with GX
+    ``split`` is a :class:`recforge.pipeline.data.features.Split` or ``(labels, frame)``: 0/1 labels and a frame
+    with the ``config.slice_columns``, row-aligned with both probability arrays. Runs the prediction suite with GX
     (Data Docs under ``gx_root``). Raises DataError for inputs that make the comparison meaningless.
     """
     started = time.perf_counter()
@@ -192,7 +186,7 @@ def validate_variant(
     notes: list[str] = []
     finite = np.isfinite(probs)
     nonfinite = int(n - finite.sum())
-    ref_metrics = _evaluate(labels, ref)
+    ref_metrics = evaluate(labels, ref)
     metrics: dict[str, float] = {"rows": float(n), "nonfinite_predictions": float(nonfinite)}
     if nonfinite:
         var_metrics = {"auc": math.nan, "logloss": math.nan}
@@ -200,7 +194,7 @@ def validate_variant(
             f"{nonfinite} of {n} predictions are not finite (NaN/inf): test AUC, logloss and slice AUCs not computed"
         )
     else:
-        var_metrics = _evaluate(labels, probs)
+        var_metrics = evaluate(labels, probs)
     auc, ref_auc = var_metrics["auc"], ref_metrics["auc"]
     logloss, ref_logloss = var_metrics["logloss"], ref_metrics["logloss"]
     metrics.update(
@@ -327,7 +321,8 @@ def rank_disagreement(probabilities: np.ndarray, reference: np.ndarray) -> tuple
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recforge.pipeline.parity.gate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recforge.pipeline.parity.gate",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--features", type=Path, required=True, help="features folder of the run")
     parser.add_argument("--reference", type=Path, required=True, help=".npy of the fp32 model's probabilities")
     parser.add_argument("--candidate", type=Path, required=True, help=".npy of the variant's probabilities")
@@ -341,7 +336,6 @@ def main(argv: list[str] | None = None) -> int:
     outcome: dict[str, bool] = {}
 
     def step() -> dict[str, Any]:
-
         overrides = json_object(args.config)
         cfg = ParityConfig.from_dict(overrides)
         split = load_split(args.features, args.split)
@@ -366,7 +360,8 @@ def _labels_and_frame(split: Any) -> tuple[np.ndarray, pd.DataFrame]:
     elif isinstance(split, Sequence) and len(split) == 2:
         labels, frame = split
     else:
-        raise TypeError(f"split must be a recforge.pipeline.data.features.Split or (labels, frame), got {type(split).__name__}")
+        raise TypeError("split must be a recforge.pipeline.data.features.Split or (labels, frame), "
+                        f"got {type(split).__name__}")
     labels = np.asarray(labels, dtype=np.float64).reshape(-1)
     if not isinstance(frame, pd.DataFrame) or len(frame) != len(labels):
         raise DataError(
@@ -392,11 +387,6 @@ def _as_vector(values: Any, what: str, n: int) -> np.ndarray:
         return array.astype(np.float64)
     except (TypeError, ValueError):
         raise DataError(f"{what}: not numeric (dtype {array.dtype})") from None
-
-
-def _evaluate(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-
-    return evaluate(labels, probabilities)
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float:

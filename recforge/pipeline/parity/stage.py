@@ -1,9 +1,9 @@
 """The compress_and_validate stage: compressed variants of each trained candidate, gated on accuracy parity.
 
 For one candidate (a model family trained by ``nightly_retrain``) and one *base* (fp32, prunedNN, student):
-build the base and its precisions (``recforge.pipeline.compression.compress``), score every variant on the test split, gate it
-against the fp32 model (``recforge.pipeline.parity.gate``), and record it as an MLflow child run of the candidate's
-training run: params (technique, ratio, bits), metrics (AUC, ΔAUC, logloss, size, parameters, MACs per
+build the base and its precisions (``recforge.pipeline.compression``), score every variant on the test split,
+gate it against the fp32 model (``recforge.pipeline.parity.gate``), and record it as an MLflow child run of the
+candidate's training run: params (technique, ratio, bits), metrics (AUC, ΔAUC, logloss, size, parameters, MACs per
 item, CPU latency), the ONNX artifact and the verdict. A rejected variant keeps its reasons and goes no
 further. ``summarize_family`` then measures every variant's latency side by side with the fp32 PyTorch
 eager model, and logs the comparison table and an AUC-vs-size plot on the candidate's run.
@@ -16,6 +16,7 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -23,25 +24,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recforge.contracts import tags
+from recforge.contracts.layout import Catalog
 from recforge.core import config
 from recforge.core.cli import json_object, run_step
 from recforge.core.errors import ConfigError, DataError
 from recforge.inference.onnx import onnx_latency_ms, onnx_predict
-from recforge.pipeline.compression.compress import (
-    CompressConfig,
-    build_base_variants,
-    latency_inputs,
-    load_trained,
-    plan_bases,
-    torch_latency_ms,
-)
+from recforge.models.families import BASELINE_FAMILY
+from recforge.pipeline.compression.config import FP32, PRECISION_TABLE, CompressConfig
+from recforge.pipeline.compression.measure import latency_inputs, torch_latency_ms
+from recforge.pipeline.compression.model_folder import MODEL_FILES, load_trained
+from recforge.pipeline.compression.variants import build_base_variants, plan_bases
 from recforge.pipeline.data.features import load_split
 from recforge.pipeline.parity.gate import ParityConfig, validate_variant
-from recforge.pipeline.training.train import BASELINE_FAMILY, evaluate
+from recforge.pipeline.training.train import evaluate
 
 log = logging.getLogger(__name__)
-
-MODEL_FILES = ("state_dict.pt", "spec.json", "model.json", "model.onnx")
 
 
 @dataclass(frozen=True)
@@ -77,27 +75,26 @@ def find_candidates(extras: list[dict], parent_run_id: str = "", families: list[
 def _candidates_of_nightly_run(parent_run_id: str) -> list[dict]:
     import mlflow
 
-
     client = mlflow.MlflowClient(config.tracking_uri())
     experiment = client.get_experiment_by_name(config.experiment_name())
     if experiment is None:
         raise DataError(f"MLflow experiment {config.experiment_name()!r} not found; run nightly_retrain first")
     if not parent_run_id:
-        latest = client.search_runs([experiment.experiment_id], "tags.`recforge.kind` = 'nightly' and "
+        latest = client.search_runs([experiment.experiment_id], f"tags.`{tags.KIND}` = 'nightly' and "
                                     "attributes.status = 'FINISHED'", order_by=["start_time DESC"], max_results=1)
         if not latest:
             raise DataError("no finished nightly_retrain run in MLflow; run nightly_retrain first")
         parent_run_id = latest[0].info.run_id
     children = client.search_runs([experiment.experiment_id],
-                                  f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`recforge.stage` = 'train'")
-    return [candidate_of_run(r) for r in children if r.data.tags.get("recforge.family") != BASELINE_FAMILY]
+                                  f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{tags.STAGE}` = 'train'")
+    return [candidate_of_run(r) for r in children if r.data.tags.get(tags.FAMILY) != BASELINE_FAMILY]
 
 
 def candidate_of_run(run) -> dict:
     """The asset-event extra of a training run: where its model folder is on this machine."""
-    family, day = run.data.tags["recforge.family"], run.data.params["data_day"]
+    family, day = run.data.tags[tags.FAMILY], run.data.params["data_day"]
     return {"family": family, "run_id": run.info.run_id, "data_day": day,
-            "model_dir": str(config.work_dir() / day / "models" / family)}
+            "model_dir": str(Catalog.default().model_dir(day, family))}
 
 
 def resolve_candidate(extra: dict[str, Any]) -> Candidate:
@@ -108,12 +105,13 @@ def resolve_candidate(extra: dict[str, Any]) -> Candidate:
     family, run_id = extra.get("family"), extra.get("run_id")
     if not family or not run_id:
         raise DataError(f"candidate event without family/run_id: {extra!r}; re-run nightly_retrain")
-    model_dir = Path(extra.get("model_dir") or config.work_dir() / "candidates" / run_id / family)
+    catalog = Catalog.default()
+    model_dir = Path(extra.get("model_dir") or catalog.candidate_dir(run_id) / family)
     if not _is_model_of(model_dir, run_id):  # not on this machine, or overwritten by a later run
-        model_dir = _download_candidate(run_id, family)
-    features_dir = model_dir.parent.parent / "features"
+        model_dir = _download_candidate(catalog, run_id, family)
+    features_dir = Catalog.features_of(model_dir)
     if not features_dir.exists() and extra.get("data_day"):  # a downloaded model: the day's local features
-        features_dir = config.work_dir() / extra["data_day"] / "features"
+        features_dir = catalog.features_dir(extra["data_day"])
     missing = [n for n in MODEL_FILES if not (model_dir / n).exists()]
     if missing or not (features_dir / "test.parquet").exists():
         raise DataError(
@@ -140,12 +138,12 @@ def _is_model_of(model_dir: Path, run_id: str) -> bool:
         return False
 
 
-def _download_candidate(run_id: str, family: str) -> Path:
+def _download_candidate(catalog: Catalog, run_id: str, family: str) -> Path:
     """Fetch a candidate's model folder and features from MLflow (a worker without the training's disk)."""
     import mlflow
 
     client = mlflow.MlflowClient(config.tracking_uri())
-    root = config.work_dir() / "candidates" / run_id
+    root = catalog.candidate_dir(run_id)
     try:
         client.download_artifacts(run_id, "model_files", str(root))
     except Exception as err:  # noqa: BLE001
@@ -157,7 +155,6 @@ def _download_candidate(run_id: str, family: str) -> Path:
 
 def reference_predictions(candidate: Candidate):
     """The fp32 model's test-split probabilities: the reference every variant is gated against."""
-
     return onnx_predict(Path(candidate.model_dir) / "model.onnx", load_split(Path(candidate.features_dir), "test"))
 
 
@@ -166,10 +163,9 @@ def compress_and_validate(candidate: Candidate, base: str, compress_config: dict
     """Build ``base``'s variants of ``candidate``, gate and track each. Returns one summary row per variant."""
     import mlflow
 
-
     ccfg = CompressConfig.from_dict(compress_config)
     pcfg = ParityConfig.from_dict(parity_config)
-    out_dir = Path(out_dir or Path(candidate.model_dir).parent.parent / "variants" / candidate.family)
+    out_dir = Path(out_dir or Catalog.variants_of(candidate.model_dir, candidate.family))
     variants = build_base_variants(base, Path(candidate.model_dir), Path(candidate.features_dir), out_dir, ccfg)
     test = load_split(Path(candidate.features_dir), "test")
     reference = reference_predictions(candidate)
@@ -196,22 +192,22 @@ def compress_and_validate(candidate: Candidate, base: str, compress_config: dict
     return rows
 
 
-def _log_variant(experiment_id: str, candidate: Candidate, row: dict, metrics: dict, pcfg) -> str:
+def _log_variant(experiment_id: str, candidate: Candidate, row: dict, metrics: dict, pcfg: ParityConfig) -> str:
     """One MLflow child run of the candidate's run per variant; idempotent per (candidate, variant)."""
     import mlflow
 
     client = mlflow.MlflowClient()
     existing = client.search_runs(
         [experiment_id], filter_string=(f"tags.`mlflow.parentRunId` = '{candidate.run_id}' and "
-                                        f"tags.`recforge.variant` = '{row['name']}'"), max_results=1)
+                                        f"tags.`{tags.VARIANT}` = '{row['name']}'"), max_results=1)
     run_id = existing[0].info.run_id if existing else None
-    tags = {"recforge.stage": "compress", "recforge.family": candidate.family, "recforge.variant": row["name"],
-            "recforge.parity": "passed" if row["passed"] else "rejected"}
+    run_tags = {tags.STAGE: "compress", tags.FAMILY: candidate.family, tags.VARIANT: row["name"],
+                tags.PARITY: "passed" if row["passed"] else "rejected"}
     with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=f"{candidate.family}/{row['name']}",
-                          parent_run_id=None if run_id else candidate.run_id, tags=tags):
+                          parent_run_id=None if run_id else candidate.run_id, tags=run_tags):
         if not run_id:
             params = {"technique": row["technique"], "base": row["base"], "precision": row["precision"],
-                      "bits": {"int8_dynamic": 8, "int8_static": 8, "fp16": 16}.get(row["precision"], 32)}
+                      "bits": PRECISION_TABLE[row["precision"]].bits}
             params |= {f"p.{k}": v for k, v in (row.get("params") or {}).items()
                        if isinstance(v, int | float | str | bool) and k != "history"}
             mlflow.log_params(params)
@@ -222,7 +218,7 @@ def _log_variant(experiment_id: str, candidate: Candidate, row: dict, metrics: d
         mlflow.log_metrics({k: float(v) for k, v in (numbers | metrics).items()
                             if v is not None and v == v})  # v == v drops NaN
         mlflow.log_dict({"passed": row["passed"], "reasons": row["reasons"], "variant": row,
-                         "thresholds": pcfg.__dict__}, "verdict.json")
+                         "thresholds": dataclasses.asdict(pcfg)}, "verdict.json")
         if row.get("onnx_path"):
             mlflow.log_artifact(row["onnx_path"], "onnx")
         return mlflow.active_run().info.run_id
@@ -232,14 +228,13 @@ def summarize_family(candidate: Candidate, rows: list[dict], compress_config: di
     """Latency of every built variant side by side with fp32 PyTorch eager; table + plot on the candidate run."""
     import mlflow
 
-
     ccfg = CompressConfig.from_dict(compress_config)
     model, _, _ = load_trained(Path(candidate.model_dir))
     batch = latency_inputs(load_split(Path(candidate.features_dir), "test"), ccfg.latency_batch)
     eager_ms = torch_latency_ms(model, batch, ccfg.threads, ccfg.latency_repeats)
-    fp32 = next((r for r in rows if r["name"] == "fp32" and not r.get("error")), None)
+    fp32 = next((r for r in rows if r["name"] == FP32 and not r.get("error")), None)
     table = []
-    for row in sorted(rows, key=lambda r: (r["base"] != "fp32", r["base"], r["precision"] != "fp32", r["precision"])):
+    for row in sorted(rows, key=lambda r: (r["base"] != FP32, r["base"], r["precision"] != FP32, r["precision"])):
         ms = (onnx_latency_ms(row["onnx_path"], batch, ccfg.threads, ccfg.latency_repeats)
               if row.get("onnx_path") else None)
         table.append({
@@ -291,7 +286,7 @@ def _plot(summary: dict):
         ax.scatter(t["size_bytes"] / 1024, t["auc"], color="tab:green" if t["passed"] else "tab:red")
         ax.annotate(t["variant"], (t["size_bytes"] / 1024, t["auc"]), fontsize=7, xytext=(3, 3),
                     textcoords="offset points")
-    fp32 = next((t for t in summary["variants"] if t["variant"] == "fp32"), None)
+    fp32 = next((t for t in summary["variants"] if t["variant"] == FP32), None)
     if fp32 and fp32["auc"] is not None:
         ax.axhline(fp32["auc"], color="grey", lw=0.8, ls="--", label="fp32 AUC")
     ax.set_xscale("log")
@@ -304,7 +299,8 @@ def _plot(summary: dict):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recforge.pipeline.parity.stage", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recforge.pipeline.parity.stage",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--candidate-run", required=True, help="MLflow run id of a trained candidate")
     parser.add_argument("--base", action="append", help="base(s) to build (default: all of the family)")
     parser.add_argument("--config", default="{}", help='{"compress": {...}, "parity": {...}} overrides as JSON')
@@ -313,10 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     def step():
         import mlflow
 
-
         overrides = json_object(args.config)
         run = mlflow.MlflowClient(config.tracking_uri()).get_run(args.candidate_run)
-        if run.data.tags.get("recforge.stage") != "train":
+        if run.data.tags.get(tags.STAGE) != "train":
             raise ConfigError(f"MLflow run {args.candidate_run} is not a training run of nightly_retrain")
         candidate = resolve_candidate(candidate_of_run(run))
         family = candidate.family

@@ -11,33 +11,43 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import field
+from typing import Any
 
+from recforge.contracts import tags
 from recforge.core import config
 from recforge.core.cli import json_object, run_step
+from recforge.core.config import config_from_dict, typed_config
 from recforge.core.errors import ConfigError, DataError
+from recforge.models.families import FAMILY_NAMES
 from recforge.pipeline.data import ingest as data
 from recforge.pipeline.datagate.checks import CheckConfig
 from recforge.pipeline.training.train import TrainConfig
 
-NIGHTLY_PARAMS = ("families", "train_config", "check_config")
+
+@typed_config
+class NightlyParams:
+    """The params of a nightly_retrain run (the DAG's params; ``make run``'s CONF)."""
+
+    families: tuple[str, ...] = FAMILY_NAMES  # families to train; logreg is the reference baseline
+    train_config: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides
+    check_config: dict[str, Any] = field(default_factory=dict)  # CheckConfig overrides
+
+    def __post_init__(self) -> None:
+        # the nested configs are checked as the DAG's tasks will build them
+        TrainConfig.from_dict(self.train_config)
+        TrainConfig(families=self.families)
+        CheckConfig.from_dict(self.check_config)
 
 
 def check_conf(day: str, conf_text: str) -> dict:
     """Validate the logical date and the DAG params the same way the DAG's tasks will."""
-
     date = data.parse_date(day)
     first, last = data.first_and_last_day(config.raw_dir())
     if not first <= date <= last:
         raise ConfigError(f"date {date} is outside the data ({first}..{last})")
-    conf = json_object(conf_text, "CONF")
-    unknown = sorted(set(conf) - set(NIGHTLY_PARAMS))
-    if unknown:
-        raise ConfigError(f"unknown param(s) {unknown}; nightly_retrain takes {list(NIGHTLY_PARAMS)}")
-    train = TrainConfig.from_dict(conf.get("train_config"))
-    if "families" in conf:
-        TrainConfig.from_dict({"families": conf["families"]})
-    CheckConfig.from_dict(conf.get("check_config"))
-    return {"date": date.isoformat(), "families": conf.get("families", list(train.families))}
+    params = config_from_dict(NightlyParams, json_object(conf_text, "CONF"))
+    return {"date": date.isoformat(), "families": list(params.families)}
 
 
 def report(day: str) -> str:
@@ -47,7 +57,7 @@ def report(day: str) -> str:
     client = mlflow.MlflowClient(config.tracking_uri())
     experiment = client.get_experiment_by_name(config.experiment_name())
     runs = [] if experiment is None else client.search_runs(
-        [experiment.experiment_id], f"tags.`recforge.kind` = 'nightly' and tags.`recforge.logical_date` = '{day}'",
+        [experiment.experiment_id], f"tags.`{tags.KIND}` = 'nightly' and tags.`{tags.LOGICAL_DATE}` = '{day}'",
         order_by=["start_time DESC"], max_results=1)
     if not runs:
         raise DataError(f"no nightly run for {day} in MLflow at {config.tracking_uri()}")
@@ -57,13 +67,14 @@ def report(day: str) -> str:
     if run.info.status == "FINISHED":
         with open(client.download_artifacts(run.info.run_id, "summary.md")) as fh:
             lines.append(fh.read())
-    elif failure := run.data.tags.get("recforge.failure"):
+    elif failure := run.data.tags.get(tags.FAILURE):
         lines.append(f"failure: {failure}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recforge.pipeline.training.nightly", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recforge.pipeline.training.nightly",
+                                     description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate the date and params of a nightly run")
     check.add_argument("--date", required=True)

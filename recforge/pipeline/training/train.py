@@ -23,39 +23,42 @@ from typing import Any
 
 import numpy as np
 
+from recforge.contracts import tags
+from recforge.contracts.layout import Catalog
 from recforge.core import config
 from recforge.core.cli import json_object, run_step
+from recforge.core.config import Annotated, Field, typed_config
 from recforge.core.errors import ConfigError, DataError
-from recforge.models import FAMILIES, build_model, default_hyperparams
+from recforge.models import build_model, default_hyperparams
 from recforge.models.export import export_onnx, onnx_parity
+from recforge.models.families import BASELINE_FAMILY, DEEP_FAMILIES, FAMILIES, FAMILY_NAMES
 from recforge.pipeline.data.features import load_spec, load_split
 
 log = logging.getLogger(__name__)
 
-DEEP_FAMILIES = ("dlrm", "wide_deep", "ncf", "din")
-BASELINE_FAMILY = "logreg"
+__all__ = ["BASELINE_FAMILY", "DEEP_FAMILIES", "TrainConfig", "TrainResult", "evaluate", "predict", "train_family"]
 
 
-@dataclass(frozen=True)
+@typed_config
 class TrainConfig:
-    families: tuple[str, ...] = DEEP_FAMILIES + (BASELINE_FAMILY,)
-    max_epochs: int = 15
-    patience: int = 2  # epochs without a better validation AUC before stopping
-    batch_size: int = 512
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4  # id embeddings overfit MovieLens within 1-2 epochs without it
+    """How the nightly run trains its model families."""
+
+    families: tuple[str, ...] = FAMILY_NAMES  # the deep families and the logreg baseline
+    max_epochs: Annotated[int, Field(ge=1)] = 15
+    patience: Annotated[int, Field(ge=1)] = 2  # epochs without a better validation AUC before stopping
+    batch_size: Annotated[int, Field(ge=1)] = 512
+    learning_rate: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1e-3
+    # id embeddings overfit MovieLens within 1-2 epochs without it
+    weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1e-4
     seed: int = 42
-    threads: int = 2
-    max_train_rows: int = 0  # 0 = all; tests and smoke runs use a small slice
+    threads: Annotated[int, Field(ge=1)] = 2
+    max_train_rows: Annotated[int, Field(ge=0)] = 0  # 0 = all; tests and smoke runs use a small slice
     hyperparams: dict[str, dict[str, Any]] = field(default_factory=dict)  # per family, to build_model
 
     def __post_init__(self) -> None:
-
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown:
-            raise ValueError(f"unknown model families {unknown}; choose from {sorted(FAMILIES)}")
-        if self.max_epochs < 1 or self.patience < 1 or self.batch_size < 1 or self.learning_rate <= 0:
-            raise ValueError("max_epochs, patience, batch_size must be >= 1 and learning_rate > 0")
+            raise ConfigError(f"TrainConfig.families: unknown model families {unknown}; choose from {sorted(FAMILIES)}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> TrainConfig:
@@ -120,7 +123,6 @@ def fit(family: str, features_dir: Path, cfg: TrainConfig, on_epoch=None):
     """
     import torch
 
-
     seed_everything(cfg.seed)
     torch.set_num_threads(cfg.threads)
     spec = load_spec(features_dir)
@@ -166,11 +168,10 @@ def fit(family: str, features_dir: Path, cfg: TrainConfig, on_epoch=None):
 
 
 def train_family(family: str, features_dir: Path, out_dir: Path, cfg: TrainConfig,
-                 parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> TrainResult:
+                 parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None) -> TrainResult:
     """Train one family and log it as a child run of ``parent_run_id``; write model files to ``out_dir``."""
     import mlflow
     import torch
-
 
     started = time.time()
     features_dir, out_dir = Path(features_dir), Path(out_dir)
@@ -178,8 +179,7 @@ def train_family(family: str, features_dir: Path, out_dir: Path, cfg: TrainConfi
     meta = json.loads((features_dir / "meta.json").read_text())
     experiment = _experiment_id()
     with mlflow.start_run(experiment_id=experiment, run_name=family, parent_run_id=parent_run_id,
-                          tags={"recforge.family": family, "recforge.stage": "train", **(tags or {})}) as run:
-
+                          tags={tags.FAMILY: family, tags.STAGE: "train", **(extra_tags or {})}) as run:
         hyper = default_hyperparams(family) | cfg.hyperparams.get(family, {})
         mlflow.log_params({"family": family, "seed": cfg.seed, "max_epochs": cfg.max_epochs,
                            "patience": cfg.patience, "batch_size": cfg.batch_size,
@@ -217,15 +217,14 @@ def train_family(family: str, features_dir: Path, out_dir: Path, cfg: TrainConfi
         # pickle + code_paths: a pt2 (torch.export) artifact would freeze the example batch size
         mlflow.pytorch.log_model(model, name="pytorch", signature=signature, pip_requirements=requirements,
                                  serialization_format="pickle",
-                                 code_paths=[str(config.REPO_ROOT / "recforge.models")])
+                                 code_paths=[str(config.REPO_ROOT / "recforge")])
         import onnx
 
         onnx_info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="onnx", signature=signature,
                                           pip_requirements=["onnxruntime", "numpy<2"],
                                           save_as_external_data=False)
         mlflow.log_artifacts(str(out_dir), artifact_path="model_files")
-        mlflow.set_tags({"recforge.test_auc": f"{test_metrics['auc']:.4f}",
-                         "recforge.onnx_model_uri": onnx_info.model_uri})
+        mlflow.set_tags({tags.TEST_AUC: f"{test_metrics['auc']:.4f}", tags.ONNX_MODEL_URI: onnx_info.model_uri})
     return TrainResult(
         family=family, run_id=run.info.run_id, test_auc=test_metrics["auc"],
         test_logloss=test_metrics["logloss"], best_epoch=best_epoch, epochs_run=len(history),
@@ -261,13 +260,13 @@ def open_parent_run(day: str, fingerprint: str, airflow_run_id: str, extra_tags:
     experiment = _experiment_id()
     client = mlflow.MlflowClient()
     existing = client.search_runs(
-        [experiment], filter_string=f"tags.`recforge.airflow_run_id` = '{airflow_run_id}'", max_results=1)
+        [experiment], filter_string=f"tags.`{tags.AIRFLOW_RUN_ID}` = '{airflow_run_id}'", max_results=1)
     if existing:
         return existing[0].info.run_id
-    tags = {"recforge.kind": "nightly", "recforge.logical_date": day, "recforge.data_fingerprint": fingerprint,
-            "recforge.airflow_run_id": airflow_run_id, "mlflow.source.git.commit": config.git_commit(),
-            **(extra_tags or {})}
-    run = client.create_run(experiment, run_name=f"nightly-{day}", tags=tags)
+    run_tags = {tags.KIND: "nightly", tags.LOGICAL_DATE: day, tags.DATA_FINGERPRINT: fingerprint,
+                tags.AIRFLOW_RUN_ID: airflow_run_id, "mlflow.source.git.commit": config.git_commit(),
+                **(extra_tags or {})}
+    run = client.create_run(experiment, run_name=f"nightly-{day}", tags=run_tags)
     client.log_param(run.info.run_id, "logical_date", day)
     client.log_param(run.info.run_id, "data_fingerprint", fingerprint)
     return run.info.run_id
@@ -301,14 +300,15 @@ def fail_parent_run(parent_run_id: str, reason: str = "a task of the DAG run fai
     import mlflow
 
     client = mlflow.MlflowClient(config.tracking_uri())
-    client.set_tag(parent_run_id, "recforge.failure", reason)
+    client.set_tag(parent_run_id, tags.FAILURE, reason)
     client.set_terminated(parent_run_id, status="FAILED")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recforge.pipeline.training.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recforge.pipeline.training.train",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--features", type=Path, required=True, help="features folder of the run")
-    parser.add_argument("--family", required=True, help="model family (dlrm, wide_deep, ncf, din, logreg)")
+    parser.add_argument("--family", required=True, help=f"model family ({', '.join(FAMILY_NAMES)})")
     parser.add_argument("--out", type=Path, help="model folder (default: <features>/../models/<family>)")
     parser.add_argument("--parent-run-id", help="MLflow parent run to nest under")
     parser.add_argument("--config", default="{}", help="TrainConfig overrides as JSON")
@@ -316,18 +316,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def step():
         cfg = TrainConfig.from_dict(json_object(args.config))
-        if args.family not in cfg.families and args.family not in _families():
-            raise ConfigError(f"unknown family {args.family!r}; choose from {sorted(_families())}")
-        out = args.out or args.features.parent / "models" / args.family
+        if args.family not in FAMILIES:
+            raise ConfigError(f"unknown family {args.family!r}; choose from {sorted(FAMILIES)}")
+        # <work>/<day>/features -> <work>/<day>/models/<family>
+        out = args.out or Catalog(args.features.parent.parent).model_dir(args.features.parent.name, args.family)
         return train_family(args.family, args.features, out, cfg, args.parent_run_id).to_dict()
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return run_step(step)
 
-
-def _families() -> list[str]:
-
-    return list(FAMILIES)
 
 
 if __name__ == "__main__":

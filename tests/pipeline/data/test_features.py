@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recforge.core.errors import DataError
+from recforge.contracts.layout import Catalog
+from recforge.core.errors import ConfigError, DataError
 from recforge.pipeline.data import features
 from recforge.pipeline.data import ingest as data
 
@@ -100,3 +101,18 @@ def test_too_little_history_is_a_clear_error(synthetic_root, tmp_path):
     with pytest.raises(DataError, match="training rows up to 1998-01-03"):
         features.build_features(synthetic_root, dt.date(1998, 1, 3), tmp_path / "f",
                                 features.FeatureConfig(min_train_rows=5000))
+
+
+def test_feature_config_constraints_name_the_field():
+    with pytest.raises(ConfigError, match=r"FeatureConfig\.test_fraction: "):
+        features.FeatureConfig(test_fraction=0.5)
+    with pytest.raises(ConfigError, match=r"FeatureConfig\.history_length: "):
+        features.FeatureConfig(history_length=0)
+
+
+def test_cli_writes_the_catalog_features_folder(synthetic_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RECFORGE_WORK_DIR", str(tmp_path / "work"))
+    assert features.main(["--date", DAY.isoformat(), "--data-root", synthetic_root]) == 0
+    out = Catalog(tmp_path / "work").features_dir(DAY)
+    assert (out / "spec.json").is_file() and (out / "train.parquet").is_file()
+    assert str(out) in capsys.readouterr().out

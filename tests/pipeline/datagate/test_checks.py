@@ -1,5 +1,5 @@
-"""Data checks of a daily ratings partition (recforge.pipeline.datagate.checks): a clean partition passes, each kind of corruption
-fails with a line that names the expectation and the column, and the Data Docs site is written."""
+"""Data checks of a daily ratings partition (recforge.pipeline.datagate.checks): a clean partition passes, each kind
+of corruption fails with a line that names the expectation and the column, and the Data Docs site is written."""
 
 from __future__ import annotations
 
@@ -281,3 +281,32 @@ def test_check_day_logs_data_docs_on_the_parent_run_and_stops(synthetic_root, tm
     assert client.get_run(parent).data.tags["recforge.data_checks"] == "failed"
     with pytest.raises(ConfigError, match="min_volume"):
         check_day(synthetic_root, bad_day.isoformat(), {"min_volume": 0.1}, None, gx_root=tmp_path / "gx")
+
+
+def test_cli_checks_a_day_and_prints_the_report(synthetic_root, tmp_path, capsys):
+    from recforge.pipeline.data import ingest as data
+    from recforge.pipeline.datagate.checks import main
+
+    last = data.list_partitions(synthetic_root)[-1]
+    assert main(["--date", last.isoformat(), "--data-root", synthetic_root, "--gx-root", str(tmp_path / "gx"),
+                 "--config", '{"volume_window_days": 7}']) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["success"] and report["day"] == last.isoformat()
+
+
+def test_cli_bad_config_is_one_line(synthetic_root, tmp_path, capsys):
+    from recforge.pipeline.datagate.checks import main
+
+    assert main(["--date", "1998-01-05", "--data-root", synthetic_root, "--gx-root", str(tmp_path / "gx"),
+                 "--config", '{"label_rate_min": 0.95}']) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: CheckConfig.label_rate_min") and err.count("\n") == 1
+
+
+def test_config_constraints_name_the_field():
+    with pytest.raises(ConfigError, match=r"CheckConfig\.volume_window_days: .*greater than or equal to 1"):
+        CheckConfig(volume_window_days=0)
+    with pytest.raises(ConfigError, match=r"CheckConfig\.label_threshold: .*less than or equal to 5"):
+        CheckConfig(label_threshold=6)
+    with pytest.raises(ConfigError, match=r"CheckConfig\.min_volume_ratio .*max_volume_ratio"):
+        CheckConfig(min_volume_ratio=2.0, max_volume_ratio=1.0)

@@ -1,5 +1,5 @@
-"""Accuracy-parity gate of compressed variants (recforge.pipeline.parity.gate): parity passes; AUC loss, broken predictions,
-a CTR shift, rank scrambling and a one-slice regression are rejected with a reason naming the rule."""
+"""Accuracy-parity gate of compressed variants (recforge.pipeline.parity.gate): parity passes; AUC loss, broken
+predictions, a CTR shift, rank scrambling and a one-slice regression are rejected with a reason naming the rule."""
 
 from __future__ import annotations
 
@@ -248,7 +248,7 @@ def test_parity_config_from_dict():
         ParityConfig.from_dict({"min_auc": 0.99})
     with pytest.raises(ConfigError, match="min_slice_samples must be int"):
         ParityConfig.from_dict({"min_slice_samples": "500"})
-    with pytest.raises(ConfigError, match="min_spearman must be in"):
+    with pytest.raises(ConfigError, match="min_spearman: Input should be less than or equal to 1"):
         ParityConfig.from_dict({"min_spearman": 1.5})
     with pytest.raises(ConfigError, match="prediction_min < prediction_max"):
         ParityConfig.from_dict({"prediction_min": 1.0, "prediction_max": 0.0})

@@ -10,7 +10,7 @@ from recforge.pipeline.training import nightly
     [
         ("1998-13-01", "{}", "not a date (YYYY-MM-DD): '1998-13-01'"),
         ("1990-01-01", "{}", "outside the data (1997-09-20..1998-04-22)"),
-        ("1998-04-22", '{"bogus": 1}', "unknown param(s) ['bogus']"),
+        ("1998-04-22", '{"bogus": 1}', "NightlyParams: unknown key(s) ['bogus']"),
         ("1998-04-22", '{"train_config": {"max_epoch": 1}}', "TrainConfig: unknown key(s) ['max_epoch']"),
         ("1998-04-22", '{"families": ["xgb"]}', "unknown model families ['xgb']"),
         ("1998-04-22", "{", "CONF is not valid JSON"),

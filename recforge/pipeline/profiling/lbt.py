@@ -1,0 +1,403 @@
+"""Latency-bounded throughput (LBT): the highest offered query rate a knob setting sustains within the SLO.
+
+Every compressed variant is profiled under DeepRecSys-style traffic (Gupta et al., ISCA 2020): Poisson arrivals
+of queries of ~lognormal(5.1, 0.2) items, each split into sub-batches. The LBT is the highest offered rate
+sustained while the p95 latency stays under a target (e.g. 25 ms for Wide&Deep), no more than
+``max_error_rate`` of the queries fail, and the server keeps up (achieved >= ``min_achieved_ratio`` x offered).
+
+A load run is an injected :data:`Measure`, so the logic is tested on closed-form latency models and the real
+stage plugs in ``recforge.inference.loadgen``. :func:`latency_bounded_throughput` doubles from ``start_qps``
+until the SLO breaks, then bisects between the last good and the first bad rate until their relative gap is
+below ``tolerance``; every probed rate is kept (p95 against offered load, for plots). :func:`confirm_lbt`
+re-measures the final rate; :class:`LBTEvaluator` is the ``evaluate(knobs) -> LBT`` a knob search climbs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from recforge.core.config import Annotated, Field, config_from_dict, typed_config
+from recforge.core.errors import ConfigError
+from recforge.pipeline.profiling.search.base import knob_key
+
+STEAL_PAUSE_S = 2.0  # pause before re-measuring a rate taken under CPU steal
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one open-loop load run at one offered rate returns (latencies in ms, over all its queries)."""
+
+    rate_qps: float  # offered rate
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    achieved_qps: float  # completed queries per second
+    errors: int  # failed, dropped or timed-out queries
+    queries: int  # queries issued
+    cpu_steal_pct: float = math.nan  # CPU steal during the run (recforge.inference.loadgen.LoadResult.cpu_steal_pct)
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.queries if self.queries > 0 else 1.0
+
+    @classmethod
+    def from_load(cls, result: Any, rate: float, window_s: float) -> Measurement:
+        """The measurement of a ``recforge.inference.loadgen.LoadResult`` of ``window_s`` seconds of arrivals at
+        ``rate``.
+
+        Poisson noise: a short window issues fewer queries than rate x window about half the time, which the
+        saturation rule (achieved >= ratio x offered) would read as falling behind. The achieved rate is scaled by
+        offered / actually-issued, so that only the server's lag (completions stretching past the window) counts."""
+
+        def ms(value: Any) -> float:
+            return float(value) if value is not None and math.isfinite(value) else math.nan
+
+        issued_qps = result.queries / window_s
+        achieved = float(result.achieved_qps) * (rate / issued_qps if issued_qps > 0 else 1.0)
+        return cls(rate_qps=rate, p50_ms=ms(result.p50_ms), p95_ms=ms(result.p95_ms), p99_ms=ms(result.p99_ms),
+                   achieved_qps=achieved, errors=int(result.errors), queries=int(result.queries),
+                   cpu_steal_pct=ms(getattr(result, "cpu_steal_pct", math.nan)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+Measure = Callable[[float, dict], Measurement]
+"""measure(offered_rate_qps, knobs) -> Measurement: one load run at that rate with those serving knobs."""
+
+
+FiniteRate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+@typed_config
+class LBTConfig:
+    """SLO and search bounds of :func:`latency_bounded_throughput` (``profile.lbt:`` section of a run config)."""
+
+    p95_target_ms: FiniteRate = 25.0  # DeepRecSys' tail-latency target of Wide&Deep
+    start_qps: FiniteRate = 10.0  # first offered rate probed
+    max_qps: FiniteRate = 10_000.0  # the ramp stops here: a variant passing at max_qps reports LBT = max_qps (capped)
+    max_error_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0  # fraction of queries allowed to fail
+    min_achieved_ratio: Annotated[float, Field(gt=0, le=1)] = 0.9  # achieved < ratio x offered is saturation
+    tolerance: Annotated[float, Field(gt=0, lt=1)] = 0.05  # bisection stops when (bad - good) / bad < tolerance
+    max_steps: Annotated[int, Field(ge=1)] = 20  # rates probed at most (each probe is `repeats` load runs)
+    repeats: Annotated[int, Field(ge=1)] = 1  # load runs per rate; the verdict uses their median percentiles
+    confirm: Annotated[int, Field(ge=0, le=100)] = 0  # extra load runs at the final LBT rate (see confirm_lbt)
+    # a rate whose runs saw more CPU steal than this (%) is measured again, at most steal_retries times, and the
+    # least-stolen attempt decides: on a shared VM the host's bursts stall every thread, the verdict would be
+    # about the host
+    max_cpu_steal_pct: Annotated[float, Field(gt=0, le=100)] = 8.0
+    steal_retries: Annotated[int, Field(ge=0, le=100)] = 2
+
+    def __post_init__(self) -> None:
+        if not self.start_qps <= self.max_qps:
+            raise ConfigError(f"LBTConfig.max_qps must be >= start_qps ({self.start_qps}), got {self.max_qps}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> LBTConfig:
+        """Build from a plain dict; unknown keys, wrong types and bad values raise ConfigError."""
+        return config_from_dict(cls, dict(d or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class LBTPoint:
+    """One probed offered rate: the (median) measurement, its SLO verdict, and the raw runs behind it."""
+
+    rate_qps: float
+    measurement: Measurement
+    passed: bool
+    reason: str  # why it failed ("" when it passed)
+    runs: tuple[Measurement, ...]
+    discarded: tuple[Measurement, ...] = ()  # failed runs taken under CPU steal above the limit, measured again
+
+
+@dataclass
+class LBTResult:
+    """Outcome of :func:`latency_bounded_throughput` for one knob setting."""
+
+    lbt_qps: float  # highest probed rate meeting the SLO; 0 when even start_qps breaks it
+    knobs: dict
+    config: LBTConfig
+    points: list[LBTPoint]  # in probing order
+    capped: bool = False  # max_qps still met the SLO: the true LBT is at least lbt_qps
+    converged: bool = False  # the bracket [last good, first bad] is within tolerance (or capped, or 0)
+    note: str = ""
+
+    @property
+    def steps(self) -> int:
+        """Rates probed (each one ``config.repeats`` load runs)."""
+        return len(self.points)
+
+    @property
+    def measurements(self) -> list[Measurement]:
+        """The (median) measurement of every probed rate, in probing order."""
+        return [p.measurement for p in self.points]
+
+    @property
+    def at_lbt(self) -> Measurement | None:
+        """The measurement at the LBT rate (None when the LBT is 0)."""
+        return next((p.measurement for p in self.points if p.passed and p.rate_qps == self.lbt_qps), None)
+
+    def curve(self) -> list[dict[str, Any]]:
+        """The probed points sorted by offered rate, as rows of the profile's ``curve`` (a percentile that is not
+        finite, e.g. no query completed, becomes None: JSON has no infinity)."""
+
+        def ms(value: float) -> float | None:
+            return float(value) if math.isfinite(value) else None
+
+        rows = []
+        for p in sorted(self.points, key=lambda p: p.rate_qps):
+            row = {"offered_qps": p.rate_qps, "achieved_qps": p.measurement.achieved_qps,
+                   "p50_ms": ms(p.measurement.p50_ms), "p95_ms": ms(p.measurement.p95_ms),
+                   "p99_ms": ms(p.measurement.p99_ms), "errors": p.measurement.errors,
+                   "queries": p.measurement.queries, "meets_slo": p.passed}
+            if math.isfinite(p.measurement.cpu_steal_pct):
+                row["cpu_steal_pct"] = round(p.measurement.cpu_steal_pct, 2)
+            if p.discarded:
+                row["discarded_runs"] = len(p.discarded)
+            rows.append(row)
+        return rows
+
+
+def slo_verdict(measurement: Measurement, offered_qps: float, config: LBTConfig) -> tuple[bool, str]:
+    """(passed, reason): the p95, error-rate and saturation rules of the SLO at one offered rate."""
+    m = measurement
+    reasons = []
+    if m.queries <= 0:
+        reasons.append("no queries were issued")
+    elif m.error_rate > config.max_error_rate:
+        reasons.append(f"error rate {m.error_rate:.4g} > {config.max_error_rate:g} ({m.errors}/{m.queries})")
+    if not m.p95_ms <= config.p95_target_ms:  # NaN fails
+        reasons.append(f"p95 {m.p95_ms:.4g} ms > target {config.p95_target_ms:g} ms")
+    if not m.achieved_qps >= config.min_achieved_ratio * offered_qps:
+        reasons.append(
+            f"saturated: achieved {m.achieved_qps:.4g} qps < {config.min_achieved_ratio:g} x offered {offered_qps:.4g}"
+        )
+    return not reasons, "; ".join(reasons)
+
+
+def _median_measurement(rate: float, runs: Sequence[Measurement]) -> Measurement:
+    if len(runs) == 1:
+        return runs[0]
+    return Measurement(
+        rate_qps=rate,
+        p50_ms=statistics.median(r.p50_ms for r in runs),
+        p95_ms=statistics.median(r.p95_ms for r in runs),
+        p99_ms=statistics.median(r.p99_ms for r in runs),
+        achieved_qps=statistics.median(r.achieved_qps for r in runs),
+        errors=sum(r.errors for r in runs),
+        queries=sum(r.queries for r in runs),
+        cpu_steal_pct=max((r.cpu_steal_pct for r in runs), default=math.nan),
+    )
+
+
+def _steal(runs: Sequence[Measurement]) -> float:
+    """The largest known CPU steal of the runs (0 when unknown)."""
+    return max((r.cpu_steal_pct for r in runs if math.isfinite(r.cpu_steal_pct)), default=0.0)
+
+
+def _stolen(runs: Sequence[Measurement], config: LBTConfig) -> bool:
+    return _steal(runs) > config.max_cpu_steal_pct
+
+
+def latency_bounded_throughput(
+    measure: Measure,
+    knobs: Mapping[str, Any] | None = None,
+    *,
+    p95_target_ms: float,
+    max_error_rate: float = 0.0,
+    start_qps: float,
+    max_qps: float,
+    tolerance: float = 0.05,
+    max_steps: int = 20,
+    repeats: int = 1,
+    min_achieved_ratio: float = 0.9,
+    confirm: int = 0,
+    max_cpu_steal_pct: float = 8.0,
+    steal_retries: int = 2,
+) -> LBTResult:
+    """The highest offered rate whose p95 <= ``p95_target_ms``, error rate <= ``max_error_rate`` and achieved
+    rate >= ``min_achieved_ratio`` x offered, for the serving ``knobs``.
+
+    Ramps up by doubling from ``start_qps`` (capped at ``max_qps``) until a rate breaks the SLO, then bisects
+    between the last good and the first bad rate until ``(bad - good) / bad < tolerance``; for a latency that
+    grows with load the returned rate is then within ``tolerance`` below the true LBT. At most ``max_steps``
+    rates are probed, each with ``repeats`` load runs whose median percentiles decide. The edge cases come
+    back with a ``note``: start_qps already failing gives LBT 0; max_qps still passing gives LBT = max_qps with
+    ``capped``; a step budget spent before convergence gives the last good rate with ``converged`` False.
+    With ``confirm`` > 0 the final rate is re-measured before it stands (:func:`confirm_lbt`). A rate measured
+    under more than ``max_cpu_steal_pct`` % CPU steal is measured again (``steal_retries`` times) and the
+    least-stolen attempt decides.
+    Bad bounds raise ConfigError.
+    """
+    config = LBTConfig(
+        p95_target_ms=p95_target_ms, start_qps=start_qps, max_qps=max_qps, max_error_rate=max_error_rate,
+        min_achieved_ratio=min_achieved_ratio, tolerance=tolerance, max_steps=max_steps, repeats=repeats,
+        confirm=confirm, max_cpu_steal_pct=max_cpu_steal_pct, steal_retries=steal_retries,
+    )
+    return _LBTSearch(measure, dict(knobs or {}), config).run()
+
+
+def lbt_from_config(measure: Measure, knobs: Mapping[str, Any] | None, config: LBTConfig) -> LBTResult:
+    """:func:`latency_bounded_throughput` with an :class:`LBTConfig`."""
+    return _LBTSearch(measure, dict(knobs or {}), config).run()
+
+
+def _runs(measure: Measure, rate: float, knobs: dict, n: int) -> tuple[Measurement, ...]:
+    runs = tuple(measure(rate, dict(knobs)) for _ in range(n))
+    for run in runs:
+        if not isinstance(run, Measurement):
+            raise TypeError(f"measure({rate}, {knobs}) returned {type(run).__name__}, not a Measurement")
+    return runs
+
+
+def _point(rate: float, runs: tuple[Measurement, ...], config: LBTConfig) -> LBTPoint:
+    median = _median_measurement(rate, runs)
+    passed, reason = slo_verdict(median, rate, config)
+    return LBTPoint(rate, median, passed, reason, runs)
+
+
+def confirm_lbt(measure: Measure, result: LBTResult, runs: int) -> LBTResult:
+    """``result`` with its LBT rate re-measured ``runs`` more times: the rate stands when the median of all its
+    runs meets the SLO. Otherwise it becomes a failed rate, the bisection resumes between the next lower passing
+    rate and it, and the new final rate is confirmed the same way (down to LBT 0).
+
+    One short load run can pass by luck (a quiet second on a shared machine). The search trusts every verdict, so
+    a lucky pass near the top is the likeliest way to overstate an LBT, and the cheapest place to spend extra
+    runs: the rest of the curve keeps one run per rate."""
+    if runs < 1:
+        return result
+    search = _LBTSearch(measure, result.knobs, dataclasses.replace(result.config, confirm=runs), list(result.points))
+    return search.confirm(result)
+
+
+class _LBTSearch:
+    """The state of one LBT search: ramp up by doubling, bisect, confirm the final rate (see
+    :func:`latency_bounded_throughput`); ``points`` holds every probed rate in probing order."""
+
+    def __init__(self, measure: Measure, knobs: dict, config: LBTConfig, points: list[LBTPoint] | None = None):
+        self.measure, self.knobs, self.config = measure, knobs, config
+        self.points: list[LBTPoint] = points if points is not None else []
+
+    def probe(self, rate: float) -> LBTPoint:
+        point = self.runs_at(rate, self.config.repeats)
+        self.points.append(point)
+        return point
+
+    def runs_at(self, rate: float, n: int, earlier: LBTPoint | None = None) -> LBTPoint:
+        """``n`` runs at ``rate`` (with ``earlier``'s runs, when given) judged together. Runs taken under CPU steal
+        above the limit are measured again, at most ``steal_retries`` times after a pause (steal comes in bursts),
+        and the attempt with the least steal is judged, whatever the outcomes: retrying only failures would keep
+        the lucky passes and so bias the LBT upwards. The other attempts are kept on the point as discarded."""
+        base = earlier.runs if earlier is not None else ()
+        attempts = [_runs(self.measure, rate, self.knobs, n)]
+        for _ in range(self.config.steal_retries):
+            if not _stolen(attempts[-1], self.config):
+                break
+            time.sleep(STEAL_PAUSE_S)
+            attempts.append(_runs(self.measure, rate, self.knobs, n))
+        best = min(range(len(attempts)), key=lambda i: (_steal(attempts[i]), i))
+        discarded = (earlier.discarded if earlier is not None else ()) + \
+            tuple(run for i, runs in enumerate(attempts) if i != best for run in runs)
+        point = _point(rate, base + attempts[best], self.config)
+        return dataclasses.replace(point, discarded=discarded) if discarded else point
+
+    def result(self, lbt: float, *, capped: bool = False, converged: bool = True, note: str = "") -> LBTResult:
+        return LBTResult(lbt, self.knobs, self.config, self.points, capped=capped, converged=converged, note=note)
+
+    def run(self) -> LBTResult:
+        result = self.ramp()
+        return self.confirm(result) if self.config.confirm else result
+
+    def ramp(self) -> LBTResult:
+        config = self.config
+        first = self.probe(config.start_qps)
+        if not first.passed:
+            return self.result(0.0, note=f"even start_qps {config.start_qps:g} breaks the SLO ({first.reason}): the "
+                                         "LBT is 0; lower start_qps to look below it")
+        good = config.start_qps
+        while True:  # double until the SLO breaks or max_qps passes
+            if good >= config.max_qps:
+                return self.result(good, capped=True, note=f"max_qps {config.max_qps:g} still meets the SLO: the "
+                                                            "LBT is at least that; raise max_qps to find it")
+            if len(self.points) >= config.max_steps:
+                return self.result(good, converged=False, note=f"step budget ({config.max_steps}) spent while "
+                                                               f"ramping up: the LBT is at least {good:g} qps")
+            rate = min(2 * good, config.max_qps)
+            if not self.probe(rate).passed:
+                return self.bisect(good, rate)
+            good = rate
+
+    def bisect(self, good: float, bad: float, budget: int | None = None) -> LBTResult:
+        """Bisect between a passing and a failing rate until their gap is within tolerance (``budget``: steps
+        allowed in all, default max_steps)."""
+        budget = self.config.max_steps if budget is None else budget
+        while (bad - good) / bad >= self.config.tolerance:
+            if len(self.points) >= budget:
+                return self.result(good, converged=False,
+                                   note=f"step budget ({budget}) spent before convergence: the LBT lies in "
+                                        f"[{good:g}, {bad:g}) qps")
+            mid = (good + bad) / 2
+            if self.probe(mid).passed:
+                good = mid
+            else:
+                bad = mid
+        return self.result(good)
+
+    def confirm(self, result: LBTResult) -> LBTResult:
+        runs, lbt = self.config.confirm, result.lbt_qps
+        budget = len(self.points) + self.config.max_steps  # the resumed bisections get one more step budget
+        dropped: list[float] = []
+        while lbt > 0:
+            index = max(i for i, p in enumerate(self.points) if p.rate_qps == lbt)
+            point = self.runs_at(lbt, runs, earlier=self.points[index])
+            self.points[index] = point
+            if point.passed:
+                break
+            dropped.append(lbt)
+            good = max((p.rate_qps for p in self.points if p.passed and p.rate_qps < lbt), default=0.0)
+            if good <= 0:
+                lbt = 0.0
+                break
+            result = self.bisect(good, lbt, budget)
+            lbt = result.lbt_qps
+        held = f"LBT confirmed by {runs} more run(s) at {lbt:g} qps (median verdict)" if lbt > 0 else \
+            f"no passing rate held up when re-measured ({runs} more run(s) each): the LBT is 0"
+        if dropped:
+            held = f"{', '.join(f'{r:g}' for r in dropped)} qps did not hold up when re-measured; {held}"
+        return LBTResult(lbt, self.knobs, self.config, self.points, capped=result.capped and not dropped,
+                         converged=result.converged, note="; ".join(n for n in (result.note, held) if n))
+
+
+class LBTEvaluator:
+    """``evaluate(knobs) -> LBT (qps)`` for the knob searches: runs :func:`latency_bounded_throughput` with one
+    :class:`LBTConfig` and keeps every knob setting's :class:`LBTResult` (its curve goes into the profile)."""
+
+    def __init__(self, measure: Measure, config: LBTConfig | None = None, **lbt_kwargs: Any):
+        if config is not None and lbt_kwargs:
+            raise ConfigError("LBTEvaluator: pass either config or keyword arguments, not both")
+        self.measure = measure
+        self.config = config if config is not None else LBTConfig(**lbt_kwargs)
+        self.results: dict[str, LBTResult] = {}
+
+    def __call__(self, knobs: Mapping[str, Any]) -> float:
+        key = knob_key(knobs)
+        if key not in self.results:
+            self.results[key] = lbt_from_config(self.measure, knobs, self.config)
+        return self.results[key].lbt_qps
+
+    def result_for(self, knobs: Mapping[str, Any]) -> LBTResult:
+        try:
+            return self.results[knob_key(knobs)]
+        except KeyError:
+            raise ConfigError(f"LBTEvaluator: knobs {dict(knobs)} were never evaluated") from None
+
+

@@ -1,0 +1,189 @@
+"""Profiling one variant: :func:`profile_variant` measures the latency-bounded throughput (LBT) of one ONNX
+variant on one hardware target and returns its profile document; :func:`profile_all` profiles it on every
+target and reports a failing or unavailable one on one line without stopping the others.
+
+Every LBT probe is an open-loop ``run_open_loop`` of ``point_duration_s`` seconds; ``search.HillClimb`` climbs
+the target's knob axes (``search_space``); the single-request latency against batch size is measured with
+onnxruntime (or through the target's own serving stack); the result is validated against
+``recforge/contracts/profile_schema.json``.
+
+CLI::
+
+    python -m recforge.pipeline.profiling.profile_variant --onnx M.onnx --spec spec.json --family F \\
+        --variant V --accuracy '{"auc": 0.78, "delta_auc": -0.001}' --run-id RUNID [--out profile.json] \\
+        [--config JSON] [--targets cpu-onnxruntime,cpu-triton]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from recforge.contracts.profile import validate_profile
+from recforge.contracts.targets import CPU_ONNXRUNTIME, CPU_TRITON, GPU_ONNXRUNTIME, PROFILED_TARGETS
+from recforge.core.cli import json_object, run_step
+from recforge.core.errors import ConfigError, RecForgeError
+from recforge.core.hashing import sha256_file
+from recforge.inference.loadgen import load_spec, run_open_loop
+from recforge.inference.onnx import onnx_latency_ms
+from recforge.models.export import example_inputs
+from recforge.pipeline.profiling.document import build_profile, load_doc
+from recforge.pipeline.profiling.lbt import LBTEvaluator, Measurement, confirm_lbt
+from recforge.pipeline.profiling.profile_config import ProfileConfig
+from recforge.pipeline.profiling.search.hill_climb import HillClimb
+from recforge.pipeline.profiling.search_space import search_space
+from recforge.pipeline.profiling.targets.base import HardwareTarget, close_parts, failure_reason
+from recforge.pipeline.profiling.targets.factory import probe_targets, resolve_targets
+
+log = logging.getLogger(__name__)
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # an MLflow run id, as the profile schema wants
+CLI_TARGETS = (CPU_ONNXRUNTIME, CPU_TRITON, GPU_ONNXRUNTIME)  # the CLI's default (the hybrid on request)
+
+
+def latency_vs_batch(onnx_path: str | Path, spec: Any, batches: Sequence[int], threads: int, repeats: int,
+                     seed: int = 0) -> dict[int, float]:
+    """{batch: median ms of one onnxruntime request of that many items} (no queueing)."""
+    spec = load_spec(spec)
+    return {int(b): onnx_latency_ms(onnx_path, example_inputs(spec, int(b), seed), threads=threads,
+                                    repeats=repeats, warmup=min(3, repeats))
+            for b in sorted(set(batches))}
+
+
+def profile_variant(onnx_path: str | Path, spec: Any, target: HardwareTarget, *, family: str, variant: str,
+                    variant_run_id: str, accuracy: Mapping[str, float], cfg: ProfileConfig | None = None) -> dict:
+    """The validated profile document of ``onnx_path`` on ``target`` (LBT search over the knobs, LBT curve at the
+    best knobs, latency against batch size). Raises when the target cannot serve the model."""
+    cfg = cfg or ProfileConfig()
+    check_run_id(variant_run_id)
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise ConfigError(f"onnx_path {onnx_path} is not a file")
+    sizes = cfg.query_sizes()
+    axes, fixed, start = search_space(target, cfg)
+    load_targets: dict[str, Any] = {}  # one loaded model per knob setting that changes the session
+
+    def load_target(knobs: Mapping[str, Any]) -> Any:
+        key = json.dumps({k: v for k, v in knobs.items() if k not in ("sub_batch", "workers", "gpu_threshold",
+                                                                       "gpu_workers")}, sort_keys=True)
+        if key not in load_targets:
+            load_targets[key] = target.make_load_target(onnx_path, spec, dict(knobs))
+        elif hasattr(load_targets[key], "activate"):  # a server-side setting another one may have displaced
+            load_targets[key].activate()
+        return load_targets[key]
+
+    def measure(rate: float, knobs: dict) -> Measurement:
+        used = load_target(knobs)
+        offload = used.offload(knobs) if "gpu_threshold" in knobs else None  # a hybrid target's GPU part
+        result = run_open_loop(used, rate, duration_s=cfg.point_duration_s, sizes=sizes,
+                               sub_batch=int(knobs["sub_batch"]), workers=int(knobs.get("workers", cfg.workers)),
+                               seed=cfg.seed, offload=offload)
+        return Measurement.from_load(result, rate, cfg.point_duration_s)
+
+    evaluator = LBTEvaluator(measure, cfg.lbt_config())
+    notes = []
+    try:
+        search = HillClimb(axes, start, fixed=fixed, max_evaluations=cfg.max_evaluations).search(evaluator)
+        # the climb compares single short runs; the figure that goes into the registry is re-measured
+        lbt = confirm_lbt(measure, evaluator.result_for(search.best_knobs), cfg.confirm)
+        threads = int(search.best_knobs.get("threads", getattr(target, "threads", 1)))
+        if hasattr(target, "latency_vs_batch"):  # through the target's own serving stack
+            batch_ms = target.latency_vs_batch(load_target(search.best_knobs), cfg.latency_batches,
+                                               cfg.latency_repeats)
+            notes.append("latency_vs_batch measured through the server at the best knobs (HTTP round trip "
+                         "included)")
+        else:
+            batch_ms = latency_vs_batch(onnx_path, spec, cfg.latency_batches, threads, cfg.latency_repeats, cfg.seed)
+        device = target.describe()
+    finally:  # servers and sessions end with the variant's profiling, also when it fails
+        close_parts(*load_targets.values(), target)
+    doc = build_profile(
+        model_family=family, variant=variant, variant_run_id=variant_run_id, onnx_sha256=sha256_file(onnx_path),
+        target={"name": target.name, "kind": target.kind, "device": device, "threads": threads,
+                "workers": int(search.best_knobs.get("workers", cfg.workers))},
+        load=load_doc(sizes, axes["sub_batch"]), search=search, lbt=lbt, accuracy=accuracy,
+        latency_vs_batch=batch_ms,
+        notes=[f"{len(evaluator.results)} knob settings, {cfg.point_duration_s:g} s per load point", *notes],
+    )
+    validate_profile(doc)
+    return doc
+
+
+def check_run_id(variant_run_id: str) -> str:
+    if not isinstance(variant_run_id, str) or not RUN_ID.fullmatch(variant_run_id):
+        raise ConfigError(f"variant_run_id must be an MLflow run id (32 lowercase hex digits), got {variant_run_id!r}")
+    return variant_run_id
+
+
+def profile_all(onnx_path: str | Path, spec: Any, targets: Sequence[HardwareTarget], *, family: str, variant: str,
+                variant_run_id: str, accuracy: Mapping[str, float],
+                cfg: ProfileConfig | None = None) -> tuple[list[dict], dict[str, str]]:
+    """(profiles, {target name: why skipped}): each available target profiled in turn; an unavailable target or
+    one that raises is reported on one line and the others still run."""
+    check_run_id(variant_run_id)  # a bad argument is the caller's error, not every target's
+    if not Path(onnx_path).is_file():
+        raise ConfigError(f"onnx_path {onnx_path} is not a file")
+    available, skipped = probe_targets(targets)
+    profiles = []
+    for target in available:
+        try:
+            profiles.append(profile_variant(onnx_path, spec, target, family=family, variant=variant,
+                                            variant_run_id=variant_run_id, accuracy=accuracy, cfg=cfg))
+        except Exception as err:  # one broken target must not stop the others
+            skipped[target.name] = failure_reason(err)
+            log.warning("target %s failed: %s", target.name, skipped[target.name])
+    return profiles, skipped
+
+
+def _out_path(out: Path, name: str, many: bool) -> Path:
+    return out.with_name(f"{out.stem}.{name}{out.suffix or '.json'}") if many else out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recforge.pipeline.profiling.profile_variant",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--onnx", required=True, help="ONNX model of the variant")
+    parser.add_argument("--spec", required=True, help="feature spec JSON of the model")
+    parser.add_argument("--family", required=True)
+    parser.add_argument("--variant", required=True)
+    parser.add_argument("--accuracy", required=True,
+                        help='JSON {"auc": ..., "delta_auc": ...} of the variant (from compress_and_validate)')
+    parser.add_argument("--run-id", required=True, help="MLflow run id of the variant (32 hex digits)")
+    parser.add_argument("--out", default="profile.json",
+                        help="profile JSON; with several targets one file per target: <stem>.<target>.json")
+    parser.add_argument("--config", default=None, help="ProfileConfig as a JSON object")
+    parser.add_argument("--targets", default=None,
+                        help=f"comma-separated target names (default: {','.join(CLI_TARGETS)})")
+    args = parser.parse_args(argv)
+
+    def step() -> dict:
+        cfg = ProfileConfig.from_dict(json_object(args.config))
+        accuracy = json_object(args.accuracy, "--accuracy")
+        names = [n.strip() for n in args.targets.split(",") if n.strip()] if args.targets else CLI_TARGETS
+        targets, unknown = resolve_targets(names, threads=cfg.threads[0])
+        if unknown:
+            raise ConfigError(f"--targets: unknown target(s) {list(unknown)}; known: {', '.join(PROFILED_TARGETS)}")
+        profiles, skipped = profile_all(args.onnx, args.spec, targets, family=args.family, variant=args.variant,
+                                        variant_run_id=args.run_id, accuracy=accuracy, cfg=cfg)
+        if not profiles:
+            raise RecForgeError("no target produced a profile: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+        out = Path(args.out)
+        written = []
+        for doc in profiles:
+            path = _out_path(out, doc["target"]["name"], len(profiles) > 1)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(doc, indent=2) + "\n")
+            written.append({"target": doc["target"]["name"], "path": str(path),
+                            "lbt_qps": doc["latency_bounded_throughput_qps"], "lbt_capped": doc["lbt_capped"],
+                            "best_knobs": doc["search"]["best_knobs"]})
+        return {"profiles": written, "skipped": skipped}
+
+    return run_step(step)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""``python -m recforge.serving.fleet up|status|down`` (``make fleet-up``, ``fleet-status``, ``fleet-down``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from recforge.core.cli import run_step
+from recforge.core.errors import ConfigError
+from recforge.serving.fleet.config import DEFAULT_FAMILY, DEFAULT_PORT, DEFAULT_TARGET, FleetConfig, fleet_targets
+from recforge.serving.fleet.lifecycle import down, status, up
+from recforge.serving.fleet.sources import default_source, explicit_source, registry_source
+from recforge.serving.fleet.state import fleet_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recforge.serving.fleet",
+                                     description="The local Triton fleet: tritonserver nodes behind HAProxy.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    start = sub.add_parser("up", help="start the fleet (nodes + HAProxy) and print its state")
+    start.add_argument("--nodes", type=int, default=int(os.environ.get("FLEET_NODES", "2")))
+    start.add_argument("--port", type=int, default=int(os.environ.get("FLEET_PORT", str(DEFAULT_PORT))),
+                       help="balancer port on 127.0.0.1")
+    start.add_argument("--target", default=DEFAULT_TARGET,
+                       help=f"hardware target of the nodes (profile, champion): one of {fleet_targets()}")
+    start.add_argument("--family", default=os.environ.get("FLEET_FAMILY", DEFAULT_FAMILY),
+                       help="model family of the default source")
+    start.add_argument("--onnx", help="serve this ONNX file (with --spec)")
+    start.add_argument("--spec", help="the model's spec.json")
+    start.add_argument("--profile", help="its profile JSON (serving knobs, weights)")
+    start.add_argument("--model", default="model", help="Triton model name for --onnx")
+    start.add_argument("--version", type=int, default=1, help="model version for --onnx")
+    start.add_argument("--from-registry", nargs=2, metavar=("MODEL", "TARGET"),
+                       help="serve the champion-TARGET version of registered MODEL")
+    sub.add_parser("status", help="the fleet's state, checked against the running processes")
+    sub.add_parser("down", help="stop every process of the fleet (idempotent)")
+    args = parser.parse_args(argv)
+
+    def step() -> Any:
+        if args.command == "down":
+            return down()
+        if args.command == "status":
+            return status()
+        cfg = FleetConfig(nodes=args.nodes, port=args.port, target=args.target)
+        notes: list[str] = []
+        if args.onnx or args.spec:
+            if not (args.onnx and args.spec):
+                raise ConfigError("--onnx and --spec go together")
+            source = explicit_source(args.onnx, args.spec, profile_path=args.profile, model=args.model,
+                                     version=args.version)
+        elif args.from_registry:
+            source = registry_source(args.from_registry[0], args.from_registry[1], fleet_dir() / "source")
+        else:
+            source, notes = default_source(args.family, args.target)
+        state = up(source, cfg, notes=notes)
+        return {"url": state["url"], "nodes": {n: v["url"] for n, v in state["nodes"].items()},
+                "weights": {n: v["weight"] for n, v in state["nodes"].items()},
+                "model": f"{source.model} v{source.version}", "source": source.origin, "notes": notes,
+                "up_seconds": state["up_seconds"], "state": str(fleet_dir() / "state.json")}
+
+    return run_step(step)
+
+
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""Fleet up, down and status: start the tritonserver nodes and HAProxy in front, stop every process of the fleet,
+and check the state file against the running processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from recforge.core.errors import ConfigError, DataError, RecForgeError
+from recforge.core.ports import free_ports
+from recforge.inference import model_repo as mr
+from recforge.inference import triton as tr
+from recforge.serving import loadbalancer as lb
+from recforge.serving.fleet.config import FleetConfig
+from recforge.serving.fleet.processes import fleet_processes, process_alive, stop_groups
+from recforge.serving.fleet.sources import ModelSource
+from recforge.serving.fleet.state import STATE_VERSION, fleet_dir, read_state, state_lock, utc_now, write_state
+from recforge.serving.pids import cmdline
+
+
+def up(source: ModelSource, cfg: FleetConfig | None = None, *, home: str | Path | None = None,
+       notes: Sequence[str] = ()) -> dict[str, Any]:
+    """Start ``cfg.nodes`` Triton nodes serving ``source`` and HAProxy in front; returns the state (also written
+    to state.json). ConfigError if a fleet is already running; on any failure everything started is stopped."""
+    cfg = cfg or FleetConfig()
+    root = fleet_dir(home)
+    existing = read_state(home)
+    if existing and any(process_alive(p) for p in _state_pids(existing)):
+        raise ConfigError(f"a fleet is already running ({len(existing['nodes'])} nodes behind {existing['url']}); "
+                          "run `make fleet-down` first")
+    down(home=home)  # leftovers of a stale state or of a failed start
+    started = time.monotonic()
+    profile = _read_profile(source.profile_path)
+    serving_config = (mr.serving_config_from_profile(source.profile_path) if source.profile_path
+                      else mr.ServingConfig())
+    lb_port = cfg.port or free_ports(1)[0]
+    state: dict[str, Any] = {"version": STATE_VERSION, "created_at": utc_now(), "status": "starting",
+                             "url": f"http://127.0.0.1:{lb_port}", "target": cfg.target, "source": source.to_dict(),
+                             "notes": list(notes), "nodes": {}, "balancer": None}
+    servers = []
+    try:
+        with state_lock(root):
+            write_state(root, state)
+        for i in range(cfg.nodes):
+            name = f"node{i}"
+            node_root = root / name
+            shutil.rmtree(node_root / "repo", ignore_errors=True)  # a fresh repository: no versions of a past fleet
+            model_dir = mr.write_model_repository(
+                node_root / "repo", model_name=source.model, onnx_path=source.onnx_path, spec=source.spec_path,
+                serving_config=serving_config, version=source.version, expected_sha256=source.expected_sha256,
+                provenance={"fleet_source": source.origin, **({"profile": source.profile_path} if profile else {})})
+            http, grpc, metrics = free_ports(3)
+            server = tr.TritonServer(node_root / "repo", http_port=http, grpc_port=grpc, metrics_port=metrics,
+                                     log_path=node_root / "tritonserver.log", load_models=[source.model],
+                                     startup_timeout_s=cfg.startup_timeout_s,
+                                     # server-side latency quantiles per model version: the rollout's canary gate
+                                     extra_args=["--metrics-config=summary_latencies=true"])
+            server.start()
+            servers.append(server)
+            state["nodes"][name] = {
+                "url": server.url, "http_port": http, "grpc_port": grpc, "metrics_port": metrics,
+                "metrics_url": server.metrics_url, "pid": server.process.pid, "repo": str(node_root / "repo"),
+                "log": str(server.log_path), "target": cfg.target, "weight": None, "lb_state": "ready",
+                "models": {source.model: {"version": source.version,
+                                          "onnx_sha256": mr.read_provenance(model_dir)["onnx_sha256"],
+                                          "origin": source.origin, "staged_at": utc_now()}},
+            }
+            with state_lock(root):
+                write_state(root, state)  # pids on disk before waiting: `down` finds them if this fails
+        for server in servers:  # the nodes start in parallel; wait for each
+            server.wait_ready()
+            if not server.model_ready(source.model, source.version):
+                raise RecForgeError(f"{server.url} is ready but model {source.model} v{source.version} is not; "
+                                    f"see {server.log_path}")
+        nodes = [lb.BackendNode(name, node["http_port"], cfg.target) for name, node in state["nodes"].items()]
+        hadir = root / "haproxy"
+        settings = lb.BalancerSettings(check_inter_ms=cfg.check_inter_ms)
+        lb.write_config(hadir / "haproxy.cfg", nodes, port=lb_port, socket_path=hadir / "admin.sock",
+                        profiles={cfg.target: profile} if profile else None, settings=settings)
+        proxy = lb.HAProxy(hadir / "haproxy.cfg", hadir / "admin.sock", hadir / "haproxy.log", lb_port)
+        state["balancer"] = proxy.state()
+        proxy.start()
+        state["balancer"] = proxy.state()
+        with state_lock(root):
+            write_state(root, state)
+        for name in state["nodes"]:
+            proxy.wait_status(name, "UP", timeout_s=30)
+        servers_now = proxy.servers()
+        for name, node in state["nodes"].items():
+            node["weight"] = servers_now[name]["weight"]
+        state["status"] = "up"
+        state["up_seconds"] = round(time.monotonic() - started, 2)
+        with state_lock(root):
+            write_state(root, state)
+        return state
+    except BaseException:
+        for server in servers:
+            with contextlib.suppress(Exception):
+                server.stop(timeout=5)
+        down(home=home)
+        raise
+
+
+def _read_profile(path: str | None) -> dict[str, Any] | None:
+    if not path:
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"profile {path} cannot be read as JSON: {err}") from None
+
+
+def _state_pids(state: Mapping[str, Any]) -> list[int]:
+    pids = [n.get("pid") for n in (state.get("nodes") or {}).values()]
+    pids.append((state.get("balancer") or {}).get("pid"))
+    return [int(p) for p in pids if p]
+
+
+def down(*, home: str | Path | None = None, timeout_s: float = 20.0) -> dict[str, Any]:
+    """Stop the balancer and every node (SIGTERM, SIGKILL after ``timeout_s``), then any other process of this
+    fleet's folder (leftovers of a stale state). Idempotent; returns what was stopped."""
+    root = fleet_dir(home)
+    stopped: list[str] = []
+    with state_lock(root):
+        try:
+            state = read_state(home)
+        except DataError:
+            state = None  # unreadable: the /proc scan below still finds the processes
+        if state:
+            balancer = state.get("balancer") or {}
+            if stop_groups([balancer.get("pid")], root, timeout_s):  # first: no new requests reach the nodes
+                stopped.append(f"haproxy (pid {balancer['pid']})")
+            nodes = {int(n["pid"]): name for name, n in (state.get("nodes") or {}).items() if n.get("pid")}
+            stopped += [f"{nodes[pid]} (pid {pid})" for pid in stop_groups(list(nodes), root, timeout_s)]
+        for pid in fleet_processes(root):
+            args = cmdline(pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+            stopped.append(f"leftover {Path(args[0]).name if args else 'process'} (pid {pid})")
+        deadline = time.monotonic() + 5
+        while fleet_processes(root) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (root / "state.json").unlink(missing_ok=True)
+        (root / "haproxy" / "admin.sock").unlink(missing_ok=True)
+    left = fleet_processes(root) if root.exists() else []
+    if left:
+        raise RecForgeError(f"processes {left} of the fleet in {root} did not stop; kill them by pid")
+    return {"stopped": stopped, "fleet_dir": str(root)}
+
+
+def status(*, home: str | Path | None = None) -> dict[str, Any]:
+    """The state file, checked against reality: each node's process and readiness, each model's readiness on
+    it, and HAProxy's view (status, weight, sessions)."""
+    state = read_state(home)
+    if state is None:
+        return {"status": "down", "fleet_dir": str(fleet_dir(home))}
+    balancer = state.get("balancer") or {}
+    proxy_view: dict[str, Any] = {}
+    lb_running = bool(balancer.get("pid")) and process_alive(balancer["pid"])
+    if lb_running:
+        try:
+            proxy_view = lb.HAProxy.from_state(balancer).servers()
+        except RecForgeError as err:
+            proxy_view = {"error": str(err)}
+    nodes = {}
+    for name, node in state["nodes"].items():
+        alive = process_alive(node.get("pid"))
+        models = {m: {**info, "ready": alive and tr.model_ready(node["url"], m, info["version"])}
+                  for m, info in node.get("models", {}).items()}
+        nodes[name] = {"url": node["url"], "pid": node.get("pid"), "process": "running" if alive else "gone",
+                       "models": models, "balancer": proxy_view.get(name)}
+    healthy = lb_running and all(n["process"] == "running" for n in nodes.values()) and \
+        all(m["ready"] for n in nodes.values() for m in n["models"].values())
+    return {"status": state.get("status") if healthy else "degraded", "url": state["url"],
+            "balancer": {"pid": balancer.get("pid"), "running": lb_running, "config": balancer.get("config")},
+            "nodes": nodes, "source": state.get("source"), "created_at": state.get("created_at"),
+            "up_seconds": state.get("up_seconds")}
+

@@ -1,0 +1,60 @@
+"""The fleet's processes: which live processes belong to a fleet folder, and stopping them by process group."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from recforge.serving.pids import cmdline, pid_alive
+
+
+def process_alive(pid: int | None) -> bool:
+    """True while process ``pid`` runs (None: no process)."""
+    return pid is not None and pid_alive(int(pid))
+
+
+def belongs_to_fleet(pid: int, root: Path) -> bool:
+    """True when the process's command line names a path inside this fleet's folder."""
+    marker = str(root.resolve()) + "/"
+    return any(marker in arg or arg == marker[:-1] for arg in cmdline(pid))
+
+
+def fleet_processes(root: Path) -> list[int]:
+    """Pids of our user's live processes whose command line names this fleet's folder (servers, stubs, haproxy)."""
+    uid = os.getuid()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+        except OSError:
+            continue
+        pid = int(entry.name)
+        if belongs_to_fleet(pid, root) and pid_alive(pid):
+            found.append(pid)
+    return sorted(found)
+
+
+def stop_groups(pids: Sequence[int], root: Path, timeout_s: float = 20.0) -> list[int]:
+    """SIGTERM the process groups of ``pids`` (servers started in their own sessions) together, SIGKILL what is
+    left after ``timeout_s``. Only pids that are still this fleet's processes are touched; returns those."""
+    mine = [int(p) for p in pids if p and process_alive(int(p)) and belongs_to_fleet(int(p), root)]
+    for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+        for pid in mine:
+            if process_alive(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and any(process_alive(p) for p in mine):
+            time.sleep(0.05)
+    for pid in mine:  # python backend stubs are in their server's group: none outlives it
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    return mine
+

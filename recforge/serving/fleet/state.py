@@ -1,0 +1,59 @@
+"""The fleet's state file ``$RECFORGE_HOME/fleet/state.json`` (what runs: ports, pids, models, weights) and the
+lock of its read-modify-write."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from recforge.core import config
+from recforge.core.errors import DataError
+
+STATE_VERSION = 1
+
+
+def fleet_dir(home: str | Path | None = None) -> Path:
+    return (Path(home if home is not None else config.recforge_home()) / "fleet").resolve()
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def state_lock(root: Path) -> Iterator[None]:
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "state.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def read_state(home: str | Path | None = None) -> dict[str, Any] | None:
+    """The fleet's state.json, or None when there is none."""
+    path = fleet_dir(home) / "state.json"
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path} cannot be read ({err}); run `make fleet-down` to clear the fleet") from None
+    if state.get("version") != STATE_VERSION:
+        raise DataError(f"{path} has state version {state.get('version')!r}, expected {STATE_VERSION}; "
+                        "run `make fleet-down`")
+    return state
+
+
+def write_state(root: Path, state: Mapping[str, Any]) -> None:
+    path = root / "state.json"
+    tmp = path.with_name(f".state.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(state, indent=2, default=str) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,79 @@
+"""The fleet's load balancer: an HAProxy 2.6 configuration generated from the fleet and its profiles
+(``haproxy_config``), the haproxy process and its runtime API (``runtime``: weights and server states changed
+without a reload).
+
+What the generated ``haproxy.cfg`` does (:func:`render_config`):
+
+* one ``frontend`` bound to ``127.0.0.1:<port>`` (HTTP mode) that forwards **only** the inference and health
+  routes of Triton's KServe v2 HTTP API (:data:`ALLOWED_ROUTES`): ``POST /v2/models/<m>[/versions/<v>]/infer``,
+  ``GET /v2/health/ready|live`` and the model metadata/readiness ``GET /v2/models/<m>[/versions/<v>][/ready]``.
+  Every other request (model control ``/v2/repository/...``, ``/v2/models/<m>/config``, ``/stats``, ``/v2/logging``,
+  ``/v2/trace``, shared memory, server metadata ``/v2``) is answered 403 by HAProxy and never reaches a node.
+  Model loading and unloading go to one node's own port (``recforge.serving.fleet``), never through the
+  balancer; Triton's metrics port is never behind it.
+* one ``backend triton``: ``balance roundrobin`` (weighted, changeable at run time; ``leastconn`` is a setting:
+  it follows the weights only under concurrency — among idle nodes it alternates, so at the few concurrent
+  requests of a fast model a 10 % canary weight got ~40 % of the requests in the rollout test, which is why
+  weighted round robin is the default); one ``server`` line per node whose ``weight`` is proportional to
+  the node's measured capacity (:func:`capacity_weights`); active health checks ``GET /v2/health/ready`` expecting
+  200 every ``check_inter_ms`` (``fall``/``rise`` consecutive results flip a node DOWN/UP; a connection error seen
+  on live traffic switches that node's checks to ``fastinter``, ``observe layer4``: it does not mark it DOWN by
+  itself, since one refused connection on the last healthy node would take the whole fleet out); ``retries 2``
+  with ``retry-on conn-failure empty-response 503`` and ``option redispatch 1`` so a request that finds a node
+  dead (refused, or closed without an answer because the node was killed mid-request) is sent again to another
+  node instead of failing.
+  L7 retries need the whole request in HAProxy's buffer before it is sent, hence ``option http-buffer-request``
+  (without it, requests in flight on a killed node were lost: 2-4 of 600 in the test, none with it); requests
+  larger than ``tune.bufsize`` (``buffer_bytes``) are forwarded but cannot be retried.
+* every answer carries ``X-RecForge-Node: <server name>`` (``http-response set-header``): the load generator
+  attributes each request to the node that served it, so the rollout's canary gate compares the canary's queries
+  with the others' under the same load (:func:`recforge.serving.rollout.gate.gate`). The node names are the
+  fleet's own labels (node0, node1, ...), nothing about the host.
+* the admin runtime API on a unix socket in the state folder (``stats socket ... mode 600 level admin``), no TCP
+  stats page. ``show stat`` / ``show servers state`` there are parsed by :meth:`HAProxy.servers` and
+  :meth:`HAProxy.server_state`.
+
+Weights (:func:`capacity_weights`): HAProxy weights are integers 1..256 (0 would take a node out of rotation). A node
+gets ``round(256 * c / c_max)`` clipped to [1, 256], where ``c`` is the latency-bounded throughput (qps) in the
+profile of the node's hardware target and ``c_max`` the largest among the nodes; so the fastest node weighs 256 and
+the ratios are kept to within 1/512 of the fastest node's capacity. A node with an explicit ``weight`` keeps it. If
+no node has a profile, all weigh the same (100). Mixing profiled and unprofiled nodes is refused: there is no
+capacity to compare with. The generated file starts with a comment giving each weight's source.
+
+The process (:class:`HAProxy`) runs ``haproxy -W -db -f haproxy.cfg`` in the foreground as our child (master-worker
+mode, no daemon), after ``haproxy -c`` has validated the file; ``stop()`` ends it. Runtime changes
+(``set server triton/<node> weight N``, ``... state ready|drain|maint``) go through the socket and keep the worker
+(its pid does not change).
+"""
+
+from recforge.serving.loadbalancer.haproxy_config import (
+    ALLOWED_ROUTES,
+    BACKEND,
+    EQUAL_WEIGHT,
+    FRONTEND,
+    MAX_WEIGHT,
+    BackendNode,
+    BalancerSettings,
+    NodeWeight,
+    capacity_weights,
+    check_config,
+    haproxy_binary,
+    profiles_by_target,
+    render_config,
+    write_config,
+)
+from recforge.serving.loadbalancer.runtime import (
+    BalancerError,
+    HAProxy,
+    parse_servers_state,
+    parse_show_stat,
+    runtime_command,
+    server_status,
+)
+
+__all__ = [
+    "ALLOWED_ROUTES", "BACKEND", "EQUAL_WEIGHT", "FRONTEND", "MAX_WEIGHT", "BackendNode", "BalancerError",
+    "BalancerSettings", "HAProxy", "NodeWeight", "capacity_weights", "check_config", "haproxy_binary",
+    "parse_servers_state", "parse_show_stat", "profiles_by_target", "render_config", "runtime_command",
+    "server_status", "write_config",
+]

@@ -1,0 +1,265 @@
+"""The generated ``haproxy.cfg``: the nodes behind the balancer, their capacity weights and the settings, rendered
+and checked with ``haproxy -c`` (what the file does: recforge.serving.loadbalancer)."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from recforge.contracts.headers import NODE_HEADER
+from recforge.core.config import Annotated, Field, typed_config
+from recforge.core.errors import ConfigError
+
+BACKEND = "triton"
+FRONTEND = "inference"
+MAX_WEIGHT = 256  # HAProxy's largest server weight
+EQUAL_WEIGHT = 100  # every node's weight when no node has a profile
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")  # node names: HAProxy server names, file names, JSON keys
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the NUL
+SERVER_STATES = ("ready", "drain", "maint")
+
+# The routes forwarded to the nodes; HAProxy answers 403 to every other request. A model name is what Triton
+# accepts in a model repository folder, without a leading dot (so "." and ".." never reach a node); "stats" is
+# refused as a model name because GET /v2/models/stats is Triton's statistics endpoint.
+MODEL = r"[A-Za-z0-9_-][A-Za-z0-9_.-]*"
+VERSION = r"(/versions/[0-9]+)?"
+ALLOWED_ROUTES: tuple[tuple[str, str], ...] = (
+    ("POST", rf"^/v2/models/{MODEL}{VERSION}/infer$"),
+    ("GET", r"^/v2/health/(ready|live)$"),
+    ("GET", rf"^/v2/models/{MODEL}{VERSION}(/ready)?$"),
+)
+
+
+def haproxy_binary() -> str:
+    """The haproxy executable (``$RECFORGE_HAPROXY``, else ``haproxy`` on PATH or /usr/sbin)."""
+    explicit = os.environ.get("RECFORGE_HAPROXY")
+    found = explicit or shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else "")
+    if not found or not Path(found).exists():
+        raise ConfigError("haproxy is not installed; run `make setup` (infra/local/system-packages.sh installs it)")
+    return found
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What to balance
+
+
+@typed_config
+class BackendNode:
+    """One server behind the balancer: a name (``[A-Za-z0-9][A-Za-z0-9_-]*``), its HTTP port on ``host``, the
+    hardware target whose profile sets its weight, and an optional explicit weight (1..256)."""
+
+    name: Annotated[str, Field(pattern=NAME.pattern)]  # HAProxy server name, file names, JSON keys
+    port: Annotated[int, Field(ge=1, le=65535)]
+    target: str = ""
+    host: Annotated[str, Field(pattern=r"^[A-Za-z0-9.:-]+$")] = "127.0.0.1"  # a host name or address
+    weight: Annotated[int, Field(ge=1, le=MAX_WEIGHT)] | None = None
+
+
+@typed_config
+class BalancerSettings:
+    """Knobs of the generated configuration (times in ms unless named _s)."""
+
+    check_inter_ms: Annotated[int, Field(ge=50, le=60_000)] = 500  # active health check period of an UP node
+    check_down_inter_ms: Annotated[int, Field(ge=50, le=600_000)] = 1000  # period while DOWN
+    check_timeout_ms: Annotated[int, Field(ge=50, le=60_000)] = 1000
+    fall: Annotated[int, Field(ge=1, le=100)] = 2  # consecutive failed checks before DOWN
+    rise: Annotated[int, Field(ge=1, le=100)] = 2  # consecutive passed checks before UP
+    # connection errors on live traffic before health checks speed up (observe layer4)
+    error_limit: Annotated[int, Field(ge=1, le=1000)] = 1
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+    timeout_connect_ms: Annotated[int, Field(ge=10, le=60_000)] = 1000
+    timeout_client_s: Annotated[int, Field(ge=1, le=3600)] = 30
+    timeout_server_s: Annotated[int, Field(ge=1, le=3600)] = 30
+    timeout_queue_s: Annotated[int, Field(ge=1, le=3600)] = 5
+    timeout_http_request_s: Annotated[int, Field(ge=1, le=3600)] = 10
+    maxconn: Annotated[int, Field(ge=1, le=1_000_000)] = 2000
+    # tune.bufsize: the largest request HAProxy can still retry on another node
+    buffer_bytes: Annotated[int, Field(ge=16384, le=16 * 1024 * 1024)] = 131072
+    balance: Literal["roundrobin", "leastconn"] = "roundrobin"  # see recforge.serving.loadbalancer
+
+
+@dataclass(frozen=True)
+class NodeWeight:
+    weight: int
+    source: str  # where the weight came from, for the config's header comment
+
+
+def _profile_capacity(profile: Mapping[str, Any], target: str) -> float:
+    qps = profile.get("latency_bounded_throughput_qps")
+    if not isinstance(qps, int | float) or isinstance(qps, bool) or not math.isfinite(qps) or qps < 0:
+        raise ConfigError(f"profile of target {target!r} has no valid latency_bounded_throughput_qps ({qps!r}); "
+                          "re-run python -m recforge.pipeline.profiling.profile_variant for it")
+    return float(qps)
+
+
+def profiles_by_target(profiles: Mapping[str, Mapping[str, Any]] | Iterable[Mapping[str, Any]] | None,
+                       ) -> dict[str, Mapping[str, Any]]:
+    """Profiles keyed by hardware target name: a mapping as given, or a list keyed by each ``target.name``."""
+    if profiles is None:
+        return {}
+    if isinstance(profiles, Mapping):
+        return dict(profiles)
+    out: dict[str, Mapping[str, Any]] = {}
+    for profile in profiles:
+        try:
+            name = profile["target"]["name"]
+        except (KeyError, TypeError):
+            raise ConfigError("a profile without target.name cannot set a weight; pass profiles keyed by target "
+                              "name or documents of recforge/contracts/profile_schema.json") from None
+        if name in out:
+            raise ConfigError(f"two profiles for target {name!r}; pass the one of the model being served")
+        out[name] = profile
+    return out
+
+
+def capacity_weights(nodes: Sequence[BackendNode],
+                     profiles: Mapping[str, Mapping[str, Any]] | Iterable[Mapping[str, Any]] | None = None,
+                     ) -> dict[str, NodeWeight]:
+    """Each node's HAProxy weight and where it came from (see recforge.serving.loadbalancer for the rounding)."""
+    by_target = profiles_by_target(profiles)
+    capacity: dict[str, float] = {}
+    describe: dict[str, str] = {}
+    for node in nodes:
+        if node.weight is not None:
+            continue
+        profile = by_target.get(node.target) if node.target else None
+        if profile is not None:
+            capacity[node.name] = _profile_capacity(profile, node.target)
+            variant = f"{profile.get('model_family', '?')}/{profile.get('variant', '?')}"
+            measured = str(profile.get("measured_at", "?"))
+            describe[node.name] = (f"profile of target {node.target} ({variant}, measured {measured}): "
+                                   f"latency-bounded throughput {capacity[node.name]:g} qps")
+    unweighted = [n for n in nodes if n.weight is None]
+    unprofiled = [n.name for n in unweighted if n.name not in capacity]
+    if capacity and unprofiled:
+        raise ConfigError(f"nodes {unprofiled} have no profile for their target while others do; profile their "
+                          "targets (python -m recforge.pipeline.profiling.profile_variant) or give them explicit weights")
+    weights: dict[str, NodeWeight] = {}
+    top = max(capacity.values(), default=0.0)
+    for node in nodes:
+        if node.weight is not None:
+            weights[node.name] = NodeWeight(node.weight, "explicit weight")
+        elif not capacity:
+            weights[node.name] = NodeWeight(EQUAL_WEIGHT, "no profile for any node: equal weights")
+        elif top <= 0:
+            weights[node.name] = NodeWeight(1, describe[node.name] + "; no node met the SLO: equal weights")
+        else:
+            weight = min(MAX_WEIGHT, max(1, round(MAX_WEIGHT * capacity[node.name] / top)))
+            weights[node.name] = NodeWeight(weight, describe[node.name] + f" -> round(256 x {capacity[node.name]:g}"
+                                                                          f" / {top:g})")
+    return weights
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The configuration
+
+
+def _check_unix_path(path: Path, what: str) -> None:
+    if len(str(path)) > UNIX_PATH_MAX:
+        raise ConfigError(f"{what} {path} is longer than {UNIX_PATH_MAX} characters (a unix socket limit); "
+                          "use a shorter state folder (RECFORGE_HOME)")
+
+
+def render_config(nodes: Sequence[BackendNode], *, port: int, socket_path: str | Path,
+                  profiles: Mapping[str, Mapping[str, Any]] | Iterable[Mapping[str, Any]] | None = None,
+                  settings: BalancerSettings | None = None) -> str:
+    """The text of haproxy.cfg for ``nodes`` behind ``127.0.0.1:port`` (see recforge.serving.loadbalancer)."""
+    settings = settings or BalancerSettings()
+    if not nodes:
+        raise ConfigError("the load balancer needs at least one node")
+    names = [n.name for n in nodes]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"node names must be unique, got {names}")
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"balancer port must be an integer in [1, 65535], got {port!r}")
+    socket_path = Path(socket_path)
+    _check_unix_path(socket_path, "admin socket")
+    weights = capacity_weights(nodes, profiles)
+    s = settings
+    lines = ["# Generated by recforge/serving/loadbalancer/haproxy_config.py (RecForge): do not edit, regenerate it.",
+             f"# Server weights (1..256, {s.balance} divides the traffic in proportion to them):"]
+    lines += [f"#   {n.name} = {weights[n.name].weight}: {weights[n.name].source}" for n in nodes]
+    lines += [
+        "",
+        "global",
+        f"    stats socket {socket_path} mode 600 level admin",
+        "    stats timeout 30s",
+        f"    maxconn {s.maxconn}",
+        f"    tune.bufsize {s.buffer_bytes}",
+        "    log stderr format raw local0 info",
+        "",
+        "defaults",
+        "    mode http",
+        "    log global",
+        "    option httplog",
+        "    option dontlognull",
+        f"    timeout connect {s.timeout_connect_ms}ms",
+        f"    timeout client {s.timeout_client_s}s",
+        f"    timeout server {s.timeout_server_s}s",
+        f"    timeout queue {s.timeout_queue_s}s",
+        f"    timeout http-request {s.timeout_http_request_s}s",
+        "    timeout http-keep-alive 10s",
+        f"    timeout check {s.check_timeout_ms}ms",
+        "",
+        f"frontend {FRONTEND}",
+        f"    bind 127.0.0.1:{port}",
+        "    # Only inference, health and model metadata reach the nodes; the rest (model control, config,",
+        "    # statistics, logging, trace, shared memory) is refused here.",
+    ]
+    # GET /v2/models/stats is Triton's statistics of every model, not the metadata of a model named "stats".
+    lines.append("    http-request deny deny_status 403 if { path /v2/models/stats }")
+    for i, (method, regex) in enumerate(ALLOWED_ROUTES):
+        lines.append(f"    acl route{i} path_reg {regex}")
+        lines.append(f"    http-request allow if METH_{method} route{i}")
+    lines += [
+        "    http-request deny deny_status 403",
+        f"    default_backend {BACKEND}",
+        "",
+        f"backend {BACKEND}",
+        f"    balance {s.balance}",
+        "    option httpchk GET /v2/health/ready",
+        "    http-check expect status 200",
+        "    option http-buffer-request",
+        "    option redispatch 1",
+        f"    retries {s.retries}",
+        "    retry-on conn-failure empty-response 503",
+        f"    http-response set-header {NODE_HEADER} %[srv_name]",
+        f"    default-server check inter {s.check_inter_ms}ms fastinter {max(50, s.check_inter_ms // 2)}ms "
+        f"downinter {s.check_down_inter_ms}ms fall {s.fall} rise {s.rise} "
+        f"observe layer4 error-limit {s.error_limit} on-error fastinter",
+    ]
+    lines += [f"    server {n.name} {n.host}:{n.port} weight {weights[n.name].weight}" for n in nodes]
+    return "\n".join(lines) + "\n"
+
+
+def write_config(path: str | Path, nodes: Sequence[BackendNode], *, port: int, socket_path: str | Path,
+                 profiles: Mapping[str, Mapping[str, Any]] | Iterable[Mapping[str, Any]] | None = None,
+                 settings: BalancerSettings | None = None, validate: bool = True) -> Path:
+    """Write haproxy.cfg (see :func:`render_config`) and, unless ``validate`` is False, check it with
+    ``haproxy -c``. Returns the path."""
+    path = Path(path)
+    text = render_config(nodes, port=port, socket_path=socket_path, profiles=profiles, settings=settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    if validate:
+        check_config(path)
+    return path
+
+
+def check_config(path: str | Path) -> None:
+    """``haproxy -c -f path``; a ConfigError with HAProxy's first alert if the file is not valid."""
+    out = subprocess.run([haproxy_binary(), "-c", "-q", "-f", str(path)], capture_output=True, text=True,
+                         timeout=30)
+    if out.returncode != 0:
+        text = (out.stderr + out.stdout).strip().splitlines()
+        alert = next((line for line in text if "ALERT" in line), text[0] if text else f"exit {out.returncode}")
+        raise ConfigError(f"haproxy rejects {path}: {alert.strip()}")
+
+

@@ -1,0 +1,100 @@
+"""Latency-bounded throughput (LBT) of a benchmark target: open-loop load runs as the profiling search's
+measurements, searched again from a lower starting rate when the single-query estimate was too optimistic."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from recforge.core.hw import cpu_count
+from recforge.core.timing import median_ms
+from recforge.inference.loadgen import LoadResult, run_open_loop
+from recforge.pipeline.profiling.lbt import LBTResult, Measure, Measurement, lbt_from_config
+from recforge.pipeline.profiling.profile_config import ProfileConfig
+from recforge.pipeline.profiling.profile_variant import profile_variant
+from recforge.tools.bench.config import BenchConfig
+from recforge.tools.bench.load_targets import TorchEagerTarget, torch_threads
+
+MIN_QUERIES_PER_POINT = 20  # a probed rate runs at least this many queries (longer than point_duration_s if need be)
+START_RETRIES = 3  # an LBT of 0 at the estimated starting rate is searched again from a 4x lower one, this often
+
+
+def baseline_thread_count(baseline: TorchEagerTarget, items: int, cfg: BenchConfig) -> tuple[int, float]:
+    """(torch threads of the baseline, its single-query ms). ``cfg.baseline_threads`` when set; else the faster
+    of 1 thread and all cores: torch defaults to all cores, but on a busy machine its OpenMP threads spin against
+    the neighbours (a 167-item DLRM query measured 2 ms on 1 thread and 144 ms on 2 of 2 busy cores), and
+    the baseline should not lose by that artefact."""
+    options = [cfg.baseline_threads] if cfg.baseline_threads else sorted({1, cpu_count()})
+    timed = []
+    for threads in options:
+        with torch_threads(threads):
+            timed.append((single_query_ms(baseline, items, cfg.latency_repeats), threads))
+    query_ms, threads = min(timed)
+    return threads, query_ms
+
+
+def single_query_ms(target: Any, items: int, repeats: int) -> float:
+    """Median ms of one sub-batch of ``items`` items on ``target`` (for the LBT search's starting rate)."""
+    return median_ms(lambda: target.infer(min(items, target.max_batch)), repeats, warmup=2)
+
+
+def load_run(target: Any, rate: float, cfg: BenchConfig, duration_s: float, sub_batch: int, workers: int) -> LoadResult:
+    return run_open_loop(target, rate, duration_s=duration_s, sizes=cfg.query_sizes(), sub_batch=sub_batch,
+                         workers=workers, seed=cfg.seed, drain_timeout_s=max(2.0, 4 * cfg.p95_target_ms / 1000))
+
+
+def measure_fn(target_for: Callable[[dict], Any], cfg: BenchConfig, sub_batch: int | None = None,
+               workers: int | None = None) -> Measure:
+    """A ``recforge.pipeline.profiling.lbt.Measure`` over :func:`load_run` (the achieved rate corrected for Poisson
+    noise in the number of issued queries, as recforge.pipeline.profiling.targets does)."""
+    def measure(rate: float, knobs: dict) -> Measurement:
+        duration = max(cfg.point_duration_s, MIN_QUERIES_PER_POINT / rate)  # low rates: enough queries for a p95
+        result = load_run(target_for(knobs), rate, cfg, duration,
+                          sub_batch or int(knobs["sub_batch"]), workers or int(knobs.get("workers", cfg.workers)))
+        return Measurement.from_load(result, rate, duration)
+
+    return measure
+
+
+def search_lbt(measure: Measure, knobs: Mapping[str, Any], cfg: BenchConfig, start_qps: float,
+               p95_target_ms: float | None = None) -> LBTResult:
+    """LBT search from ``start_qps`` (an estimate from single-query timings, which a busy machine or the load
+    generator's own overhead can make too optimistic): when even the start breaks the SLO, search again from a 4x
+    lower rate, up to START_RETRIES times."""
+    for _ in range(START_RETRIES):
+        lbt = lbt_from_config(measure, knobs, cfg.lbt_config(start_qps, p95_target_ms))
+        if lbt.lbt_qps > 0 or start_qps <= 0.5:
+            return lbt
+        start_qps /= 4
+    return lbt_from_config(measure, knobs, cfg.lbt_config(start_qps, p95_target_ms))
+
+
+def profile_with_retries(variant: Mapping[str, Any], row: Mapping[str, Any], family: str, target: Any,
+                         accuracy: Mapping[str, float], cfg: BenchConfig, start_qps: float) -> dict:
+    """``recforge.pipeline.profiling.targets.profile_variant`` with the bench's short settings; like
+    :func:`search_lbt`, searched again from a 4x lower starting rate when no knob setting meets the SLO at the
+    estimated one."""
+    for attempt in range(START_RETRIES + 1):
+        start = max(0.5, start_qps / 4**attempt)
+        pcfg = ProfileConfig(p95_target_ms=cfg.p95_target_ms, point_duration_s=cfg.point_duration_s,
+                             start_qps=start, max_qps=start * 64, tolerance=cfg.tolerance, max_steps=cfg.max_steps,
+                             sizes=cfg.sizes, min_sub_batch=cfg.min_sub_batch, max_sub_batch=cfg.max_sub_batch,
+                             threads=tuple(cfg.threads), workers=cfg.workers, seed=cfg.seed,
+                             max_evaluations=cfg.max_evaluations, confirm=cfg.confirm,
+                             latency_batches=(1, 64, 256),
+                             latency_repeats=cfg.latency_repeats)
+        doc = profile_variant(variant["onnx_path"], str(Path(variant["base_dir"]) / "spec.json"), target,
+                              family=family, variant=row["variant"], variant_run_id=row["variant_run_id"],
+                              accuracy=accuracy, cfg=pcfg)
+        if doc["latency_bounded_throughput_qps"] > 0 or start <= 0.5:
+            break
+    return doc
+
+
+def lbt_summary(lbt: LBTResult, mean_items: float) -> dict:
+    at = lbt.at_lbt
+    return {"lbt_qps": lbt.lbt_qps, "capped": lbt.capped, "converged": lbt.converged, "note": lbt.note,
+            "items_per_s": at.achieved_qps * mean_items if at else 0.0,
+            "p95_ms_at_lbt": at.p95_ms if at else None, "curve": lbt.curve(), "knobs": dict(lbt.knobs)}
+

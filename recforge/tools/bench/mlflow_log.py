@@ -1,0 +1,74 @@
+"""The benchmark in MLflow: whether a tracking server answers, and the figures and table logged on a run of
+experiment ``recforge-bench``."""
+
+from __future__ import annotations
+
+import json
+
+from recforge.contracts import tags
+from recforge.core import config
+from recforge.core.errors import first_line
+from recforge.tools.bench.report import json_safe
+
+EXPERIMENT = "recforge-bench"
+
+
+def tracking_server_reachable(uri: str | None = None, timeout_s: float = 2.0) -> bool:
+    uri = uri or config.tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return True  # a file/database store is always "reachable"
+    import requests
+
+    try:
+        return requests.get(uri.rstrip("/") + "/health", timeout=timeout_s).ok
+    except requests.RequestException:
+        return False
+
+
+
+def log_to_mlflow(doc: dict) -> str:
+    """Log the figures and the table on a run of experiment ``recforge-bench``; a one-line status either way."""
+    uri = config.tracking_uri()
+    if not tracking_server_reachable(uri):
+        return f"not logged: no MLflow tracking server answers at {uri} (start one with `make mlflow-up`)"
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.set_experiment(EXPERIMENT)
+        with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=f"bench-{doc['nightly_date']}",
+                              tags={tags.KIND: "bench", tags.LOGICAL_DATE: doc["nightly_date"]}) as run:
+            mlflow.log_params({"nightly_date": doc["nightly_date"], "device": doc["machine"]["device"],
+                               **{k: json.dumps(v) if isinstance(v, list | tuple) else v
+                                  for k, v in doc["config"].items()}})
+            mlflow.log_metrics({k: float(v) for k, v in bench_metrics(doc).items() if v is not None})
+            mlflow.log_dict(json_safe({k: v for k, v in doc.items() if k != "markdown"}), "bench.json")
+            mlflow.log_text(doc["markdown"], "bench.md")
+            return f"logged: MLflow run {run.info.run_id} in experiment {EXPERIMENT} at {uri}"
+    except Exception as err:  # noqa: BLE001 - the benchmark's figures are written either way
+        return f"not logged: MLflow at {uri} failed: {first_line(err, 200)}"
+
+
+def bench_metrics(doc: dict) -> dict[str, float | None]:
+    """The headline figures as flat MLflow metric names."""
+    m = doc["machine"]
+    metrics: dict[str, float | None] = {"machine.fp32_gflops": m["fp32_flops"] / 1e9,
+                                        "machine.int8_gops": m["int8_ops"] / 1e9,
+                                        "machine.bandwidth_gbps": m["bandwidth_bytes_per_s"] / 1e9,
+                                        "wall_s": doc["wall_s"]}
+    for f in doc["families"]:
+        k = f["family"]
+        metrics |= {f"{k}.lbt_ratio": f["lbt_ratio"], f"{k}.p95_ratio": f["p95_ratio"],
+                    f"{k}.baseline_lbt_qps": f["baseline"]["lbt_qps"],
+                    f"{k}.recforge_lbt_qps": f["recforge"]["lbt_qps"],
+                    f"{k}.baseline_p95_ms": f["same_load"]["baseline"]["p95_ms"],
+                    f"{k}.recforge_p95_ms": f["same_load"]["recforge"]["p95_ms"],
+                    f"{k}.baseline_auc": f["baseline"]["auc"], f"{k}.recforge_auc": f["recforge"]["auc"],
+                    f"{k}.recforge_fraction_of_limit": f["recforge"]["roofline"]["fraction_of_limit"],
+                    f"{k}.baseline_fraction_of_limit": f["baseline"]["roofline"]["fraction_of_limit"]}
+    for s in doc["synthetic"]:
+        for precision, v in s["variants"].items():
+            metrics[f"{s['model']}.{precision}.lbt_qps"] = v.get("lbt_qps")
+            metrics[f"{s['model']}.{precision}.fraction_of_limit"] = v["roofline"]["fraction_of_limit"]
+    return metrics
+
