@@ -20,9 +20,9 @@ from pathlib import Path
 from recforge.contracts import tags
 from recforge.core.cli import json_object, run_step
 from recforge.core.errors import DataError
+from recforge.models.families import BASELINE_FAMILY
 from recforge.pipeline.profiling.runs import experiment_id, latest_nightly_run_id, tracking_client
 from recforge.pipeline.profiling.stage import run_stage
-from recforge.models.families import BASELINE_FAMILY
 
 
 def report(parent_run_id: str = "") -> str:

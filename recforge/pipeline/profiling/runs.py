@@ -13,8 +13,8 @@ from typing import Any
 from recforge.contracts import tags
 from recforge.core import config
 from recforge.core.errors import ConfigError, DataError, first_line
-from recforge.pipeline.profiling.selection import is_finite
 from recforge.models.families import BASELINE_FAMILY
+from recforge.pipeline.profiling.selection import is_finite
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from recforge.contracts.profile import validate_profile
 from recforge.contracts.registry import mlflow_client
 from recforge.core import config
 from recforge.core.errors import ConfigError, DataError
-from recforge.pipeline.registry.policy import ProfiledVariant
 from recforge.models.families import BASELINE_FAMILY
+from recforge.pipeline.registry.policy import ProfiledVariant
 
 PROFILE_DIR = "profile"
 PROFILE_SUMMARY = f"{PROFILE_DIR}/summary.json"  # logged by profile_variants on a family's training run

@@ -140,7 +140,8 @@ def capacity_weights(nodes: Sequence[BackendNode],
     unprofiled = [n.name for n in unweighted if n.name not in capacity]
     if capacity and unprofiled:
         raise ConfigError(f"nodes {unprofiled} have no profile for their target while others do; profile their "
-                          "targets (python -m recforge.pipeline.profiling.profile_variant) or give them explicit weights")
+                          "targets (python -m recforge.pipeline.profiling.profile_variant) or give them explicit "
+                          "weights")
     weights: dict[str, NodeWeight] = {}
     top = max(capacity.values(), default=0.0)
     for node in nodes:
