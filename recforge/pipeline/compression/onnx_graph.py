@@ -76,7 +76,7 @@ def weight_dtypes(onnx_path: str | Path) -> dict[str, dict[str, int]]:
     return result
 
 
-def _set_nodes(graph: Any, nodes: list) -> None:
+def set_nodes(graph: Any, nodes: list) -> None:
     """Replace ``graph``'s nodes and drop the initializers no node reads any more."""
     del graph.node[:]
     graph.node.extend(nodes)
@@ -114,7 +114,7 @@ def gemm_to_matmul(src: str | Path, dst: str | Path) -> int:
             rewritten += 1
         else:
             nodes.append(node)
-    _set_nodes(graph, nodes)
+    set_nodes(graph, nodes)
     onnx.save(model, str(dst))
     return rewritten
 
@@ -150,7 +150,7 @@ def int8_weight_only(src: str | Path, dst: str | Path, node_names: Sequence[str]
             converted.append(name)
     if converted:
         # DequantizeLinear reads initializers only: putting it first is topological
-        _set_nodes(graph, new_nodes + list(graph.node))
+        set_nodes(graph, new_nodes + list(graph.node))
     onnx.save(model, str(dst))
     return converted
 

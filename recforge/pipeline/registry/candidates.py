@@ -16,23 +16,14 @@ from typing import Any
 from recforge.contracts import tags as T
 from recforge.contracts.profile import validate_profile
 from recforge.contracts.registry import mlflow_client
-from recforge.core import config
 from recforge.core.errors import ConfigError, DataError
 from recforge.models.families import BASELINE_FAMILY
+from recforge.pipeline.profiling.runs import experiment_id
 from recforge.pipeline.registry.policy import ProfiledVariant
 
 PROFILE_DIR = "profile"
 PROFILE_SUMMARY = f"{PROFILE_DIR}/summary.json"  # logged by profile_variants on a family's training run
 NOT_PROFILES = {"skipped.json", "summary.json"}  # other JSON files profile_variants writes under profile/
-
-
-def experiment_id(client) -> str:
-    """The id of the nightly runs' MLflow experiment; DataError when there is none yet."""
-    experiment = client.get_experiment_by_name(config.experiment_name())
-    if experiment is None:
-        raise DataError(f"MLflow experiment {config.experiment_name()!r} not found at {config.tracking_uri()}; "
-                        "run nightly_retrain first")
-    return experiment.experiment_id
 
 
 def find_profiled_candidates(extras: Sequence[Mapping[str, Any] | None] = (), *, parent_run_id: str = "",

@@ -14,6 +14,7 @@ from recforge.contracts.profile import mean_items_per_query
 from recforge.core.errors import ConfigError
 from recforge.core.timing import median_ms
 from recforge.models.synthetic import InputPool, SyntheticDLRM, export_synthetic_onnx, onnx_files, rmc_spec
+from recforge.pipeline.compression.onnx_graph import set_nodes
 from recforge.pipeline.profiling.document import load_doc
 from recforge.tools.bench.config import BenchConfig
 from recforge.tools.bench.family import ratio
@@ -64,12 +65,7 @@ def quantize_mlps_int8(src: Path, dst: Path) -> int:
         nodes.append(helper.make_node("DynamicQuantizeMatMul", inputs, list(node.output), name=name,
                                       domain="com.microsoft"))
         rewritten += 1
-    del graph.node[:]
-    graph.node.extend(nodes)
-    used = {name for node in graph.node for name in node.input}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    set_nodes(graph, nodes)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(dst))
