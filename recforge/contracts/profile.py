@@ -108,3 +108,13 @@ def mean_items_per_query(load: Mapping[str, Any]) -> float:
     except (KeyError, TypeError):
         raise ConfigError(f"load params {params!r} do not fit distribution {distribution!r}") from None
     raise ConfigError(f"load distribution {distribution!r} needs an explicit mean_items_per_query")
+
+
+def read_profile(path: str | Path | None) -> dict[str, Any] | None:
+    """The profile document at ``path`` (None without one); a one-line ConfigError when it is not JSON."""
+    if not path:
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"profile {path} cannot be read as JSON: {err}") from None

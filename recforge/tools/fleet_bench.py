@@ -45,6 +45,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from recforge.contracts.profile import read_profile
 from recforge.core import config
 from recforge.core.cli import json_object, run_step
 from recforge.core.config import Annotated, Field, typed_config
@@ -112,16 +113,6 @@ class FleetBenchConfig:
                   "min_achieved_ratio": self.min_achieved_ratio}
         LBTConfig(**kwargs)
         return kwargs
-
-
-def read_profile(path: str | Path | None) -> dict[str, Any] | None:
-    """The profile document at ``path`` (None without one); a one-line ConfigError when it is not JSON."""
-    if not path:
-        return None
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"profile {path} cannot be read as JSON: {err}") from None
 
 
 # --------------------------------------------------------------------------------------------------------------

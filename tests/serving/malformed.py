@@ -19,9 +19,10 @@ JSON = {"Content-Type": "application/json"}
 def tensor(name: str, batch: int, dims: Mapping[str, int], *, shape: list[int] | None = None,
            datatype: str | None = None, data: list | None = None) -> dict:
     shape = shape if shape is not None else [batch, dims[name]]
-    count = int(np.prod(shape)) if all(0 <= s < 10_000 for s in shape) else 1
-    fill = data if data is not None else ([0.5] * count if DTYPES[name] == "FP32" else [1] * count)
-    return {"name": name, "shape": shape, "datatype": datatype or DTYPES[name], "data": fill}
+    if data is None:  # as many values as the shape says (every case with an odd shape passes its own data)
+        count = int(np.prod(shape))
+        data = [0.5] * count if DTYPES[name] == "FP32" else [1] * count
+    return {"name": name, "shape": shape, "datatype": datatype or DTYPES[name], "data": data}
 
 
 def request(batch: int, dims: Mapping[str, int], **override: dict) -> dict:
@@ -55,8 +56,10 @@ def binary_request(dims: Mapping[str, int], batch: int, *, header_extra: int = 0
              "Inference-Header-Content-Length": str(len(header) + header_extra)}, data)
 
 
-def malformed_requests(dims: Mapping[str, int], max_batch: int) -> list[tuple[str, dict[str, str], bytes]]:
-    """(kind, headers, body) of each malformed request; none of them can be valid for the model."""
+def malformed_requests(dims: Mapping[str, int], max_batch: int,
+                       max_body: int = 1 << 20) -> list[tuple[str, dict[str, str], bytes]]:
+    """(kind, headers, body) of each malformed request; none of them can be valid for the model (``max_body``: the
+    largest valid body, which ``body_over_limit`` passes by 1 KiB)."""
     huge = 10**12
     cases: list[tuple[str, dict[str, str], bytes]] = [
         ("wrong_dtype", JSON, body(request(2, dims, dense=tensor("dense", 2, dims, datatype="INT64",
@@ -94,7 +97,7 @@ def malformed_requests(dims: Mapping[str, int], max_batch: int) -> list[tuple[st
         ("float_dims", JSON, body(request(1, dims, sparse=tensor("sparse", 1, dims, shape=[1.5, dims["sparse"]],
                                                                   data=[1] * dims["sparse"])))),
         ("huge_content_length", {**JSON, "Content-Length": str(10**11)}, body(request(1, dims))),
-        ("body_over_limit", JSON, b'{"inputs": [], "pad": "' + b"x" * (8 << 20) + b'"}'),
+        ("body_over_limit", JSON, b'{"inputs": [], "pad": "' + b"x" * (max_body + 1024) + b'"}'),
         ("binary_header_longer_than_body", *binary_request(dims, 2, header_extra=10**6)),
         ("binary_header_length_negative", {"Content-Type": "application/octet-stream",
                                            "Inference-Header-Content-Length": "-5"},

@@ -215,8 +215,8 @@ def test_a_file_that_does_not_match_the_registry_is_refused_before_it_is_served(
 
 
 def test_malformed_requests_through_the_balancer_get_a_4xx_and_the_fleet_keeps_serving(world):
-    """Wrong shape, wrong dtype, missing input, batch above max_batch_size: Triton answers 4xx through HAProxy
-    (HAProxy's retry-on 503 does not turn a client error into a retry storm), and both nodes keep serving."""
+    """Wrong shape, wrong dtype, missing input, batch above max_batch_size, bodies that are not JSON: 4xx through
+    HAProxy (from its admission rules or from Triton; no retry), and both nodes keep serving."""
     import requests
 
     from recforge.inference.triton import TritonError
@@ -234,9 +234,13 @@ def test_malformed_requests_through_the_balancer_get_a_4xx_and_the_fleet_keeps_s
         with pytest.raises(TritonError) as err:
             tr.infer(url, registry.name, inputs)
         assert 400 <= err.value.status < 500, (what, err.value)
-    # Triton 2.45 answers an unparseable JSON body with 500 ("failed to parse the request JSON buffer"), not a
-    # 4xx; the balancer does not retry it (retry-on covers connection failures and 503 only) and nothing breaks
+    # Triton 2.45 answers an unparseable JSON body with 500 ("failed to parse the request JSON buffer"); the
+    # balancer's admission answers it 400 before it reaches a node (recforge.serving.loadbalancer.admission), and
+    # turns such a 500 of Triton's into 400 where its own checks cannot see the problem
     garbage = requests.post(f"{url}/v2/models/{registry.name}/infer", data=b"{not json", timeout=10)
-    assert garbage.status_code in (400, 500) and "parse" in garbage.text
+    assert garbage.status_code == 400 and "JSON" in garbage.json()["error"], garbage.text
+    broken = b'{"inputs": [{"name": "sparse", "shape": [1, 1], "datatype": "INT64", "data": [1,,]}]}'
+    mid_garbage = requests.post(f"{url}/v2/models/{registry.name}/infer", data=broken, timeout=10)
+    assert mid_garbage.status_code == 400, mid_garbage.text
     for _ in range(4):  # both nodes still answer (round robin over them)
         assert tr.infer(url, registry.name, good)["probability"].shape[0] == 4

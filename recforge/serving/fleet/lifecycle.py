@@ -4,7 +4,6 @@ and check the state file against the running processes."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -13,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from recforge.contracts.profile import read_profile
 from recforge.core.errors import ConfigError, DataError, RecForgeError
 from recforge.core.ports import free_ports
 from recforge.inference import model_repo as mr
@@ -37,7 +37,7 @@ def up(source: ModelSource, cfg: FleetConfig | None = None, *, home: str | Path 
                           "run `make fleet-down` first")
     down(home=home)  # leftovers of a stale state or of a failed start
     started = time.monotonic()
-    profile = _read_profile(source.profile_path)
+    profile = read_profile(source.profile_path)
     serving_config = (mr.serving_config_from_profile(source.profile_path) if source.profile_path
                       else mr.ServingConfig())
     lb_port = cfg.port or free_ports(1)[0]
@@ -82,8 +82,10 @@ def up(source: ModelSource, cfg: FleetConfig | None = None, *, home: str | Path 
         nodes = [lb.BackendNode(name, node["http_port"], cfg.target) for name, node in state["nodes"].items()]
         hadir = root / "haproxy"
         settings = lb.BalancerSettings(check_inter_ms=cfg.check_inter_ms)
+        # admission limits from the config.pbtxt the nodes serve (every node has the same one)
+        admission = lb.read_limits(model_dir / "config.pbtxt")
         lb.write_config(hadir / "haproxy.cfg", nodes, port=lb_port, socket_path=hadir / "admin.sock",
-                        profiles={cfg.target: profile} if profile else None, settings=settings)
+                        profiles={cfg.target: profile} if profile else None, settings=settings, admission=admission)
         proxy = lb.HAProxy(hadir / "haproxy.cfg", hadir / "admin.sock", hadir / "haproxy.log", lb_port)
         state["balancer"] = proxy.state()
         proxy.start()
@@ -106,15 +108,6 @@ def up(source: ModelSource, cfg: FleetConfig | None = None, *, home: str | Path 
                 server.stop(timeout=5)
         down(home=home)
         raise
-
-
-def _read_profile(path: str | None) -> dict[str, Any] | None:
-    if not path:
-        return None
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"profile {path} cannot be read as JSON: {err}") from None
 
 
 def _state_pids(state: Mapping[str, Any]) -> list[int]:

@@ -6,9 +6,12 @@ What the generated ``haproxy.cfg`` does (:func:`render_config`):
 
 * one ``frontend`` bound to ``127.0.0.1:<port>`` (HTTP mode) that forwards **only** the inference and health
   routes of Triton's KServe v2 HTTP API (:data:`ALLOWED_ROUTES`): ``POST /v2/models/<m>[/versions/<v>]/infer``,
-  ``GET /v2/health/ready|live`` and the model metadata/readiness ``GET /v2/models/<m>[/versions/<v>][/ready]``.
-  Every other request (model control ``/v2/repository/...``, ``/v2/models/<m>/config``, ``/stats``, ``/v2/logging``,
+  ``GET /v2/health/ready|live`` and the read-only model metadata, readiness and config
+  ``GET /v2/models/<m>[/versions/<v>][/ready|/config]`` (perf_analyzer, Model Analyzer and the client SDK read the
+  config first). Every other request (model control ``/v2/repository/...``, ``/stats``, ``/v2/logging``,
   ``/v2/trace``, shared memory, server metadata ``/v2``) is answered 403 by HAProxy and never reaches a node.
+  Given the served model's limits (``admission``, from its config.pbtxt), inference requests that cannot be
+  valid for it are answered 400/413 there too (what is checked where: recforge.serving.loadbalancer.admission).
   Model loading and unloading go to one node's own port (``recforge.serving.fleet``), never through the
   balancer; Triton's metrics port is never behind it.
 * one ``backend triton``: ``balance roundrobin`` (weighted, changeable at run time; ``leastconn`` is a setting:
@@ -19,12 +22,13 @@ What the generated ``haproxy.cfg`` does (:func:`render_config`):
   200 every ``check_inter_ms`` (``fall``/``rise`` consecutive results flip a node DOWN/UP; a connection error seen
   on live traffic switches that node's checks to ``fastinter``, ``observe layer4``: it does not mark it DOWN by
   itself, since one refused connection on the last healthy node would take the whole fleet out); ``retries 2``
-  with ``retry-on conn-failure empty-response 503`` and ``option redispatch 1`` so a request that finds a node
-  dead (refused, or closed without an answer because the node was killed mid-request) is sent again to another
-  node instead of failing.
-  L7 retries need the whole request in HAProxy's buffer before it is sent, hence ``option http-buffer-request``
-  (without it, requests in flight on a killed node were lost: 2-4 of 600 in the test, none with it); requests
-  larger than ``tune.bufsize`` (``buffer_bytes``) are forwarded but cannot be retried.
+  with ``retry-on conn-failure`` and ``option redispatch 1``: a request that never reached a node (connection
+  refused or not established: the node is already down) is sent to another node. A request whose attempt ended
+  with the node resetting or closing without an answer, or timing out, is **not** sent again: it may be what
+  killed the node (a poison request: before, one malformed request killed a node, was redispatched and killed the
+  next). The price: the requests in flight on a node that dies are lost (at most one per client connection;
+  they were all re-sent before). On a reused client connection HAProxy then closes without an answer rather
+  than a 502 (HTTP's signal that the client may retry; the choice is the client's).
 * every answer carries ``X-RecForge-Node: <server name>`` (``http-response set-header``): the load generator
   attributes each request to the node that served it, so the rollout's canary gate compares the canary's queries
   with the others' under the same load (:func:`recforge.serving.rollout.gate.gate`). The node names are the
@@ -46,6 +50,12 @@ mode, no daemon), after ``haproxy -c`` has validated the file; ``stop()`` ends i
 (its pid does not change).
 """
 
+from recforge.serving.loadbalancer.admission import (
+    AdmissionLimits,
+    InputLimit,
+    limits_from_model_config,
+    read_limits,
+)
 from recforge.serving.loadbalancer.haproxy_config import (
     ALLOWED_ROUTES,
     BACKEND,
@@ -72,7 +82,8 @@ from recforge.serving.loadbalancer.runtime import (
 )
 
 __all__ = [
-    "ALLOWED_ROUTES", "BACKEND", "EQUAL_WEIGHT", "FRONTEND", "MAX_WEIGHT", "BackendNode", "BalancerError",
+    "ALLOWED_ROUTES", "AdmissionLimits", "InputLimit", "limits_from_model_config", "read_limits",
+    "BACKEND", "EQUAL_WEIGHT", "FRONTEND", "MAX_WEIGHT", "BackendNode", "BalancerError",
     "BalancerSettings", "HAProxy", "NodeWeight", "capacity_weights", "check_config", "haproxy_binary",
     "parse_servers_state", "parse_show_stat", "profiles_by_target", "render_config", "runtime_command",
     "server_status", "write_config",

@@ -1,0 +1,217 @@
+"""Admission at the balancer: the limits of the served model (from its config.pbtxt) and the HAProxy rules that
+answer a KServe v2 inference request which cannot be valid for it, before it reaches a node.
+
+What is checked where (the measurements behind it: docs/serving.md, "Malformed requests"):
+
+* **HAProxy, before the body is read**: ``Content-Length`` over :attr:`AdmissionLimits.max_body_bytes` -> 413
+  (a bare Triton waits for the promised bytes, holding the connection).
+* **HAProxy, on the buffered body** (``http-request wait-for-body``; ``tune.bufsize`` is raised so the largest
+  admitted body fits): a body over the limit (chunked requests too) -> 413; for binary-data requests
+  ``Inference-Header-Content-Length`` must be an integer in [1, body size] -> 400; a JSON request must end with
+  ``}`` (truncated bodies) -> 400; for each of the model's inputs ``inputs[i]`` (HAProxy's ``json_query``, which
+  reads the JSON header of binary requests too): ``name`` one of the model's inputs, ``datatype`` the one of that
+  input, ``shape`` of the model's rank with the batch dimension an integer in [1, max_batch_size] (the same in
+  every input) and every other dimension equal to the model's -> 400; a request with more inputs than the model
+  -> 400. The shape checks are what keep a node alive: a shape such as ``[1, 10**12]`` with a few values makes
+  tritonserver allocate for the declared shape and abort (``std::bad_alloc``).
+* **Triton**: what ``json_query`` cannot see (a syntax error after the fields read above, a ``data`` array whose
+  length does not match the shape, numbers written as strings, duplicate input names). Triton's HTTP frontend
+  answers some of these 500 although they are the client's fault; the balancer turns a 500 of an inference
+  request whose message is one of Triton's request-parsing errors (:data:`TRITON_PARSE_ERRORS`) into 400 with
+  Triton's message unchanged. Every other 500 passes as it is.
+
+``json_query`` stops at the first match: it is a check of the fields it reads, not a JSON validator, which is why
+Triton's own parsing stays the last line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recforge.core.errors import ConfigError
+from recforge.inference.model_repo import parse_config_pbtxt
+
+# Bytes per tensor element in a JSON request: the longest float a client writes ("-1.2345678901234568e-05", 23)
+# or int64 (20) with ", " and room for the brackets of nested rows; binary data needs 8 at most.
+JSON_BYTES_PER_ELEMENT = 32
+BODY_SLACK_BYTES = 65536  # names, datatypes, shapes, parameters, request id, outputs
+# Triton's messages for a request it could not parse (answered 500 by its HTTP frontend, 2.4x).
+TRITON_PARSE_ERRORS = ("Unable to parse", "failed to parse the request JSON")
+KSERVE_DATATYPES = {"TYPE_BOOL": "BOOL", "TYPE_UINT8": "UINT8", "TYPE_INT8": "INT8", "TYPE_INT16": "INT16",
+                    "TYPE_INT32": "INT32", "TYPE_INT64": "INT64", "TYPE_FP16": "FP16", "TYPE_FP32": "FP32",
+                    "TYPE_FP64": "FP64", "TYPE_STRING": "BYTES", "TYPE_BF16": "BF16", "TYPE_UINT16": "UINT16",
+                    "TYPE_UINT32": "UINT32", "TYPE_UINT64": "UINT64"}
+MAX_BATCH_DIGITS = 9  # a batch dimension is at most this many digits before it is compared as an integer
+
+
+@dataclass(frozen=True)
+class InputLimit:
+    """One model input: its name, KServe v2 datatype (``INT64``, ``FP32``, ...) and dims without the batch."""
+
+    name: str
+    datatype: str
+    dims: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    """What a valid inference request for ``model`` looks like, and where that came from (``source``)."""
+
+    model: str
+    max_batch_size: int
+    inputs: tuple[InputLimit, ...]
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ConfigError(f"admission needs a batching model (max_batch_size >= 1), {self.model} has "
+                              f"{self.max_batch_size}")
+        if not self.inputs:
+            raise ConfigError(f"model {self.model} has no inputs to admit requests for")
+        for item in self.inputs:
+            if any(d < 1 for d in item.dims):
+                raise ConfigError(f"input {item.name} of {self.model} has variable dims {list(item.dims)}; the "
+                                  "balancer admits fixed dims only")
+
+    @property
+    def elements_per_row(self) -> int:
+        return sum(_product(i.dims) for i in self.inputs)
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest body a valid request can have: ``max_batch_size`` rows of every input written as JSON."""
+        return self.max_batch_size * self.elements_per_row * JSON_BYTES_PER_ELEMENT + BODY_SLACK_BYTES
+
+    def describe(self) -> str:
+        inputs = ", ".join(f"{i.name} {i.datatype} [B, {', '.join(map(str, i.dims))}]" for i in self.inputs)
+        return f"model {self.model}: max_batch_size {self.max_batch_size}, inputs {inputs}"
+
+
+def _product(dims: Sequence[int]) -> int:
+    out = 1
+    for d in dims:
+        out *= d
+    return out
+
+
+def limits_from_model_config(config: Mapping[str, Any], source: str) -> AdmissionLimits:
+    """The limits of a model from its parsed config.pbtxt (recforge.inference.model_repo.parse_config_pbtxt)."""
+    inputs = []
+    for item in config.get("input", []):
+        datatype = KSERVE_DATATYPES.get(item.get("data_type", ""))
+        if datatype is None:
+            raise ConfigError(f"input {item.get('name')!r} of {source} has data_type {item.get('data_type')!r}, "
+                              "which the balancer does not know")
+        inputs.append(InputLimit(item["name"], datatype, tuple(int(d) for d in item.get("dims", []))))
+    return AdmissionLimits(config.get("name", "?"), int(config.get("max_batch_size", 0)), tuple(inputs), source)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# HAProxy rules
+
+
+def _error(message: str) -> str:
+    """A JSON error body as an HAProxy single-quoted argument (Triton's own error shape: {"error": ...})."""
+    text = json.dumps({"error": message})
+    if "'" in text:
+        raise ConfigError(f"admission message {message!r} cannot contain a single quote")
+    return f"'{text}'"
+
+
+def _reject(status: int, message: str, condition: str) -> str:
+    return (f"    http-request return status {status} content-type application/json string {_error(message)} "
+            f"if {condition}")
+
+
+def required_bufsize(limits: AdmissionLimits) -> int:
+    """A ``tune.bufsize`` that holds the largest admitted body plus headers (HAProxy's ``maxrewrite`` reserve)."""
+    need = limits.max_body_bytes + 65536
+    return -(-need // 4096) * 4096
+
+
+def frontend_rules(limits: AdmissionLimits, infer_regex: str, body_timeout_s: int) -> list[str]:
+    """The frontend lines that admit or answer an inference request (placed before the route allowlist)."""
+    lim = limits
+    names = " ".join(i.name for i in lim.inputs)
+    n = len(lim.inputs)
+    cond = "infer METH_POST"
+    lines = [
+        f"    # Admission ({__name__}): {lim.describe()}",
+        f"    # from {lim.source}.",
+        f"    # Body limit {lim.max_body_bytes} bytes = max_batch_size {lim.max_batch_size} x {lim.elements_per_row}"
+        f" values per row x {JSON_BYTES_PER_ELEMENT} bytes per JSON value + {BODY_SLACK_BYTES}.",
+        "    # What is checked here and what is left to Triton: recforge/serving/loadbalancer/admission.py.",
+        f"    acl infer path_reg {infer_regex}",
+        "    acl binary req.hdr(inference-header-content-length) -m found",
+        f"    http-request set-var(txn.infer) bool(true) if {cond}",
+        _reject(413, f"Content-Length is over {lim.max_body_bytes} bytes, the largest valid request for "
+                     f"{lim.model} (max_batch_size {lim.max_batch_size})",
+                f"{cond} {{ req.hdr_val(content-length) gt {lim.max_body_bytes} }}"),
+        f"    http-request wait-for-body time {body_timeout_s}s if {cond}",
+        _reject(413, f"request body is over {lim.max_body_bytes} bytes, the largest valid request for "
+                     f"{lim.model} (max_batch_size {lim.max_batch_size})",
+                f"{cond} {{ req.body_len gt {lim.max_body_bytes} }}"),
+        "    http-request set-var(txn.header_length) req.hdr_val(inference-header-content-length) "
+        f"if {cond} binary",
+        _reject(400, "Inference-Header-Content-Length must be an integer from 1 to the body size",
+                f"{cond} binary !{{ var(txn.header_length) -m int ge 1 }}"),
+        _reject(400, "Inference-Header-Content-Length is larger than the body",
+                f"{cond} binary {{ req.body_len,sub(txn.header_length) lt 0 }}"),
+        _reject(400, "the request body is not a complete JSON object (it does not end with })",
+                f"{cond} !binary !{{ req.body -m reg [}}][[:space:]]*$ }}"),
+    ]
+    for i in range(n):
+        lines += [
+            f"    http-request set-var(txn.name{i}) req.body,json_query('$.inputs[{i}].name') if {cond}",
+            _reject(400, f"inputs[{i}].name is missing: the body must be a JSON object whose inputs list has the "
+                         f"{n} inputs of {lim.model} ({names})", f"{cond} !{{ var(txn.name{i}) -m found }}"),
+            _reject(400, f"inputs[{i}].name is not an input of {lim.model} (expected one of {names})",
+                    f"{cond} !{{ var(txn.name{i}) -m str {names} }}"),
+            f"    http-request set-var(txn.datatype{i}) req.body,json_query('$.inputs[{i}].datatype') if {cond}",
+            f"    http-request set-var(txn.batch{i}) req.body,json_query('$.inputs[{i}].shape[0]') if {cond}",
+            _reject(400, f"inputs[{i}].shape[0] (the batch dimension) must be an integer from 1 to max_batch_size "
+                         f"{lim.max_batch_size}",
+                    f"{cond} !{{ var(txn.batch{i}) -m reg ^[1-9][0-9]{{0,{MAX_BATCH_DIGITS - 1}}}$ }}"),
+            _reject(400, f"inputs[{i}].shape[0] (the batch dimension) is over max_batch_size {lim.max_batch_size}",
+                    f"{cond} !{{ var(txn.batch{i}) -m int 1:{lim.max_batch_size} }}"),
+        ]
+        if i:
+            lines.append(_reject(400, f"inputs[{i}].shape[0] differs from inputs[0].shape[0]: every input has the "
+                                      "same batch dimension",
+                                 f"{cond} !{{ var(txn.batch{i}),sub(txn.batch0) -m int 0 }}"))
+        for item in lim.inputs:
+            is_item = f"{{ var(txn.name{i}) -m str {item.name} }}"
+            shape = "[B, " + ", ".join(map(str, item.dims)) + "]"
+            lines.append(_reject(400, f"input {item.name} must have datatype {item.datatype}",
+                                 f"{cond} {is_item} !{{ var(txn.datatype{i}) -m str {item.datatype} }}"))
+            for j, dim in enumerate(item.dims, start=1):
+                lines.append(_reject(
+                    400, f"input {item.name} must have shape {shape} (B from 1 to {lim.max_batch_size})",
+                    f"{cond} {is_item} !{{ req.body,json_query('$.inputs[{i}].shape[{j}]') -m str {dim} }}"))
+            lines.append(_reject(
+                400, f"input {item.name} must have shape {shape}: {len(item.dims) + 1} dimensions",
+                f"{cond} {is_item} {{ req.body,json_query('$.inputs[{i}].shape[{len(item.dims) + 1}]') -m found }}"))
+    lines.append(_reject(400, f"the request has more than the {n} inputs of {lim.model} ({names})",
+                         f"{cond} {{ req.body,json_query('$.inputs[{n}].name') -m found }}"))
+    return lines
+
+
+def backend_rules() -> list[str]:
+    """The backend lines that answer 400, with Triton's message, a 500 Triton gave to a request it could not parse."""
+    parse_errors = " ".join(f"'{e}'" for e in TRITON_PARSE_ERRORS)
+    return [
+        "    # Triton answers 500 to some requests it cannot parse; those are the client's errors: 400, Triton's",
+        "    # message kept (recforge/serving/loadbalancer/admission.py).",
+        "    http-response wait-for-body time 1s if { status 500 } { var(txn.infer) -m bool }",
+        f"    http-response set-status 400 if {{ status 500 }} {{ var(txn.infer) -m bool }} "
+        f"{{ res.body -m sub {parse_errors} }}",
+    ]
+
+
+def read_limits(config_pbtxt: str | Path) -> AdmissionLimits:
+    """The limits of the model whose config.pbtxt is at ``config_pbtxt`` (the file the nodes serve)."""
+    return limits_from_model_config(parse_config_pbtxt(Path(config_pbtxt)), str(config_pbtxt))
