@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Sequence
 from typing import Any
 
 from recforge.core.cli import run_step
+from recforge.core.config import config_from_dict
 from recforge.core.errors import ConfigError
 from recforge.serving.fleet.config import DEFAULT_FAMILY, DEFAULT_PORT, DEFAULT_TARGET, FleetConfig, fleet_targets
 from recforge.serving.fleet.lifecycle import down, status, up
 from recforge.serving.fleet.sources import default_source, explicit_source, registry_source
 from recforge.serving.fleet.state import fleet_dir
+from recforge.serving.fleet.supervision import SupervisorConfig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,6 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     start.add_argument("--version", type=int, default=1, help="model version for --onnx")
     start.add_argument("--from-registry", nargs=2, metavar=("MODEL", "TARGET"),
                        help="serve the champion-TARGET version of registered MODEL")
+    start.add_argument("--no-supervise", action="store_true",
+                       default=os.environ.get("FLEET_SUPERVISE", "1") == "0",
+                       help="start no supervisor (crashed nodes stay down); env FLEET_SUPERVISE=0")
+    start.add_argument("--supervisor-config", default=os.environ.get("FLEET_SUPERVISOR_CONF", "{}"),
+                       help="SupervisorConfig as JSON, e.g. '{\"max_restarts\": 5}' (env FLEET_SUPERVISOR_CONF)")
     sub.add_parser("status", help="the fleet's state, checked against the running processes")
     sub.add_parser("down", help="stop every process of the fleet (idempotent)")
     args = parser.parse_args(argv)
@@ -54,10 +62,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             source = registry_source(args.from_registry[0], args.from_registry[1], fleet_dir() / "source")
         else:
             source, notes = default_source(args.family, args.target)
-        state = up(source, cfg, notes=notes)
+        supervisor = None if args.no_supervise else config_from_dict(SupervisorConfig,
+                                                                     json.loads(args.supervisor_config))
+        state = up(source, cfg, notes=notes, supervisor=supervisor)
         return {"url": state["url"], "nodes": {n: v["url"] for n, v in state["nodes"].items()},
                 "weights": {n: v["weight"] for n, v in state["nodes"].items()},
                 "model": f"{source.model} v{source.version}", "source": source.origin, "notes": notes,
+                "supervisor": (state.get("supervisor") or {}).get("log"),
                 "up_seconds": state["up_seconds"], "state": str(fleet_dir() / "state.json")}
 
     return run_step(step)

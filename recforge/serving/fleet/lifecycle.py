@@ -4,9 +4,13 @@ and check the state file against the running processes."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,13 +26,15 @@ from recforge.serving.fleet.config import FleetConfig
 from recforge.serving.fleet.processes import fleet_processes, process_alive, stop_groups
 from recforge.serving.fleet.sources import ModelSource
 from recforge.serving.fleet.state import STATE_VERSION, fleet_dir, read_state, state_lock, utc_now, write_state
+from recforge.serving.fleet.supervision import SupervisorConfig
 from recforge.serving.pids import cmdline
 
 
 def up(source: ModelSource, cfg: FleetConfig | None = None, *, home: str | Path | None = None,
-       notes: Sequence[str] = ()) -> dict[str, Any]:
-    """Start ``cfg.nodes`` Triton nodes serving ``source`` and HAProxy in front; returns the state (also written
-    to state.json). ConfigError if a fleet is already running; on any failure everything started is stopped."""
+       notes: Sequence[str] = (), supervisor: SupervisorConfig | None = None) -> dict[str, Any]:
+    """Start ``cfg.nodes`` Triton nodes serving ``source`` and HAProxy in front, and with ``supervisor`` the
+    supervisor process that restarts crashed or hung nodes; returns the state (also written to state.json).
+    ConfigError if a fleet is already running; on any failure everything started is stopped."""
     cfg = cfg or FleetConfig()
     root = fleet_dir(home)
     existing = read_state(home)
@@ -97,6 +103,8 @@ def up(source: ModelSource, cfg: FleetConfig | None = None, *, home: str | Path 
         servers_now = proxy.servers()
         for name, node in state["nodes"].items():
             node["weight"] = servers_now[name]["weight"]
+        if supervisor is not None:
+            state["supervisor"] = start_supervisor(root, supervisor)
         state["status"] = "up"
         state["up_seconds"] = round(time.monotonic() - started, 2)
         with state_lock(root):
@@ -110,9 +118,22 @@ def up(source: ModelSource, cfg: FleetConfig | None = None, *, home: str | Path 
         raise
 
 
+def start_supervisor(root: Path, cfg: SupervisorConfig) -> dict[str, Any]:
+    """Start the supervisor detached (own session, log ``supervisor.log``); its state entry. It runs while the
+    state names its pid, so the caller writes that entry to state.json."""
+    log_path = root / "supervisor.log"
+    command = [sys.executable, "-m", "recforge.serving.fleet.supervisor", "--fleet-dir", str(root),
+               "--config", json.dumps(dataclasses.asdict(cfg))]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    return {"pid": process.pid, "log": str(log_path), "config": dataclasses.asdict(cfg), "started_at": utc_now()}
+
+
 def _state_pids(state: Mapping[str, Any]) -> list[int]:
     pids = [n.get("pid") for n in (state.get("nodes") or {}).values()]
     pids.append((state.get("balancer") or {}).get("pid"))
+    pids.append((state.get("supervisor") or {}).get("pid"))
     return [int(p) for p in pids if p]
 
 
@@ -127,6 +148,10 @@ def down(*, home: str | Path | None = None, timeout_s: float = 20.0) -> dict[str
         except DataError:
             state = None  # unreadable: the /proc scan below still finds the processes
         if state:
+            supervisor = state.get("supervisor") or {}  # first: it would restart the nodes stopped below
+            if stop_groups([supervisor.get("pid")], root, timeout_s):
+                stopped.append(f"supervisor (pid {supervisor['pid']})")
+            state = read_state(home) or state  # node pids as the supervisor last wrote them
             balancer = state.get("balancer") or {}
             if stop_groups([balancer.get("pid")], root, timeout_s):  # first: no new requests reach the nodes
                 stopped.append(f"haproxy (pid {balancer['pid']})")
@@ -169,10 +194,17 @@ def status(*, home: str | Path | None = None) -> dict[str, Any]:
                   for m, info in node.get("models", {}).items()}
         nodes[name] = {"url": node["url"], "pid": node.get("pid"), "process": "running" if alive else "gone",
                        "models": models, "balancer": proxy_view.get(name)}
+        if "supervision" in node:  # restarts with their recovery seconds, and the crash-loop alarm
+            nodes[name]["supervision"] = node["supervision"]
+    supervisor = state.get("supervisor") or {}
+    supervisor_view = {"pid": supervisor.get("pid"), "running": process_alive(supervisor.get("pid")),
+                       "log": supervisor.get("log")} if supervisor else None
+    alarms = [n["supervision"]["alarm"] for n in nodes.values() if (n.get("supervision") or {}).get("alarm")]
     healthy = lb_running and all(n["process"] == "running" for n in nodes.values()) and \
         all(m["ready"] for n in nodes.values() for m in n["models"].values())
     return {"status": state.get("status") if healthy else "degraded", "url": state["url"],
             "balancer": {"pid": balancer.get("pid"), "running": lb_running, "config": balancer.get("config")},
+            "supervisor": supervisor_view, "alarms": alarms,
             "nodes": nodes, "source": state.get("source"), "created_at": state.get("created_at"),
             "up_seconds": state.get("up_seconds")}
 
