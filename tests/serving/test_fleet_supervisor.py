@@ -99,3 +99,90 @@ def test_a_killed_node_is_restarted_by_the_supervisor_and_down_stops_it(tmp_path
         result = fl.down(home=home)
     assert any(s.startswith("supervisor") for s in result["stopped"]), result
     assert not fl.process_alive(supervisor_pid) and fl.fleet_processes(fl.fleet_dir(home)) == []
+
+
+def wait_for(predicate, timeout_s: float, what: str, log: Path):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not seen within {timeout_s:g} s; supervisor log:\n{log.read_text()[-3000:]}")
+
+
+def test_a_request_on_a_node_that_crashes_twice_is_recorded_then_quarantined_and_a_dead_balancer_restarts(
+        tmp_path):
+    """A request in flight on a node when it dies is a suspect of that crash (crashes.jsonl, `fleet crashes`); in
+    flight at a second crash it is quarantined: the balancer answers it 422 while other requests are served. The
+    test holds the request on a node by stopping the node (SIGSTOP) before sending it, then kills the node."""
+    import hashlib
+    import threading
+
+    import requests
+
+    from recforge.serving.fleet import crashes
+    from tests.serving.malformed import valid_request
+
+    home = tmp_path / "home"
+    onnx_path = export_onnx(build_model("ncf", SPEC).eval(), SPEC, tmp_path / "v1.onnx")
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(SPEC.to_json())
+    source = fl.explicit_source(onnx_path, spec_path, model=MODEL, version=1)
+    # slow health checks: the balancer keeps sending to the stopped node until the test kills it
+    state = fl.up(source, fl.FleetConfig(nodes=2, port=0, check_inter_ms=5000), home=home,
+                  supervisor=fl.SupervisorConfig(interval_s=0.5, quarantine_after=2, unhealthy_after=50))
+    root = fl.fleet_dir(home)
+    log = root / "supervisor.log"
+    dims = {"sparse": SPEC.num_sparse, "genres": SPEC.genre_slots, "history": SPEC.history_length,
+            "dense": SPEC.num_dense}
+    headers, poison = valid_request(dims, batch=3)
+    sha = hashlib.sha256(poison).hexdigest()
+    url = f"{state['url']}/v2/models/{MODEL}/infer"
+    try:
+        fleet = fl.Fleet(home)
+        for crash in (1, 2):
+            victim = fl.read_state(home)["nodes"]["node1"]
+            fleet.set_weight("node0", 0)  # every new request goes to node1
+            os.kill(victim["pid"], signal.SIGSTOP)
+            answers: list = []
+            sender = threading.Thread(target=lambda answers=answers: answers.append(
+                requests.post(url, data=poison, headers=headers, timeout=60).status_code))
+            sender.start()
+            time.sleep(1.0)  # the request is on node1, which answers nothing
+            os.kill(victim["pid"], signal.SIGKILL)
+            sender.join(60)
+            assert answers and answers[0] >= 500  # lost with its node, not sent to node0 (no poison retries)
+            fleet.set_weight("node0", victim["weight"] or 100)
+            records = wait_for(lambda n=crash: len(crashes.read_crashes(root)) >= n and crashes.read_crashes(root),
+                               60, f"crash record {crash}", log)
+            assert records[-1]["node"] == "node1" and records[-1]["failure"] == "crash"
+            assert sha in [s["body_sha256"] for s in records[-1]["suspects"]], records[-1]
+            wait_for(lambda n=crash: (fl.read_state(home)["nodes"]["node1"].get("supervision") or {}).get("status")
+                     == "ok" and len(fl.read_state(home)["nodes"]["node1"]["supervision"]["restarts"]) == n,
+                     RECOVERY_BOUND_S, f"restart {crash} of node1", log)
+            if crash == 1:  # one crash: recorded, not quarantined (a node killed from outside has suspects too)
+                assert crashes.read_quarantine(root) == []
+                assert requests.post(url, data=poison, headers=headers, timeout=30).status_code == 200
+        assert crashes.read_quarantine(root) == [sha]
+        refused = requests.post(url, data=poison, headers=headers, timeout=30)
+        assert refused.status_code == 422 and "quarantined" in refused.json()["error"]
+        _, other = valid_request(dims, batch=2)
+        assert requests.post(url, data=other, headers=headers, timeout=30).status_code == 200
+        view = fl.status(home=home)
+        assert view["crashes"]["count"] == 2 and view["crashes"]["quarantined"] == [sha]
+
+        # a dead balancer is started again on the same port, with the quarantine and the weights
+        balancer = fl.read_state(home)["balancer"]
+        os.kill(balancer["pid"], signal.SIGKILL)
+        wait_for(lambda: (fl.read_state(home)["balancer"].get("supervision") or {}).get("status") == "ok",
+                 60, "the balancer's restart", log)
+        new = fl.read_state(home)["balancer"]
+        assert new["pid"] != balancer["pid"] and new["port"] == balancer["port"]
+        assert parent_pid(new["pid"]) == state["supervisor"]["pid"]
+        assert requests.post(url, data=poison, headers=headers, timeout=30).status_code == 422
+        assert requests.post(url, data=other, headers=headers, timeout=30).status_code == 200
+        assert fl.status(home=home)["status"] == "up"
+    finally:
+        fl.down(home=home)
+    assert fl.fleet_processes(root) == []

@@ -248,7 +248,8 @@ ROUTES = [
     ("PUT", "/v2/models/dlrm/config", 403),
     ("GET", "/v2/models/dlrm/stats", 403),
     ("GET", "/v2/models/stats", 403),
-    ("GET", "/v2", 403),
+    ("GET", "/v2", 200),  # answered by the balancer: the fleet's metadata, no statistics extension
+    ("POST", "/v2", 403),
     ("POST", "/v2/logging", 403),
     ("POST", "/v2/trace/setting", 403),
     ("POST", "/v2/systemsharedmemory/region/x/register", 403),
@@ -271,7 +272,10 @@ def test_only_inference_health_and_metadata_routes_are_forwarded(fleet):
             request.url = proxy.url + path
             response = session.send(request, timeout=5)
             assert response.status_code == expected, (method, path, response.status_code, response.text[:200])
-            if expected == 200:
+            if (method, path) == ("GET", "/v2"):  # the balancer's own answer: the fleet's metadata
+                assert response.json()["name"] == "recforge-fleet"
+                assert "statistics" not in response.json()["extensions"]
+            elif expected == 200:
                 assert response.json()["path"] == path  # reached a node unchanged
     mode = stat.S_IMODE(os.stat(proxy.socket_path).st_mode)
     assert mode == 0o600, oct(mode)

@@ -141,3 +141,9 @@ def test_plan_numbers_are_json_without_nan():
     """A plan goes through XCom (strict JSON) between the DAG's tasks: a missing figure is None, never NaN."""
     assert tag_number({}, tags.LBT_QPS) is None and tag_number({tags.LBT_QPS: "12.5"}, tags.LBT_QPS) == 12.5
     assert json_number(math.nan) is None and json_number(math.inf) is None and json_number(3.0) == 3.0
+
+
+def test_gate_fails_a_canary_whose_node_crashed_whatever_its_latencies():
+    verdict = gate(GOOD | {"canary_crashes": 1.0}, p95_slo_ms=25.0, max_error_rate=1.0)
+    assert not verdict.passed and any("crashed 1 time" in r for r in verdict.reasons), verdict.reasons
+    assert gate(GOOD | {"canary_crashes": 0.0}, 25.0, 0.001).passed

@@ -88,7 +88,8 @@ def world(tmp_path_factory, mlflow_server):
                 "v2": registry.add(files["v2"], "pruned50")}
     source = fl.explicit_source(files["v1"], spec_path, model=registry.name, version=int(versions["v1"]),
                                 expected_sha256=sha(files["v1"]))
-    fl.up(source, fl.FleetConfig(nodes=2, port=0, check_inter_ms=200))
+    fl.up(source, fl.FleetConfig(nodes=2, port=0, check_inter_ms=200),
+          supervisor=fl.SupervisorConfig(interval_s=0.5))  # as `make fleet-up`: crashed nodes come back
     try:
         yield {"registry": registry, "files": files, "versions": versions, "spec": spec_path, "folder": folder}
     finally:
@@ -198,6 +199,51 @@ def test_a_slow_model_breaks_the_slo_under_canary_load_and_is_rolled_back(world)
     assert not any(ready_versions(registry.name, int(slow)).values())
     tags = registry.client.get_model_version(registry.name, slow).tags
     assert tags[T.ROLLOUT_LAST].startswith("rolled_back")
+
+
+def test_a_version_under_which_the_canary_node_crashes_is_rolled_back(world):
+    """The canary node dies during the canary window (killed here: a model that crashes its server does the same):
+    the gate fails on the crash, the supervisor brings the node back, the rollback restores v2 on it, and the
+    balancer admits v2's requests again."""
+    import signal
+
+    from recforge.serving import rollout
+
+    registry = world["registry"]
+    v2 = int(world["versions"]["v2"])
+    crashing = registry.add(world["files"]["v1"], "crashing")
+    cfg = rollout.RolloutConfig.from_dict({**config(canary_duration_s=6.0), "model": registry.name,
+                                           "version": crashing})
+    killed: list[int] = []
+
+    def kill_the_canary_in_its_window() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            node = fl.read_state()["nodes"]["node0"]
+            if node["models"][registry.name]["version"] == int(crashing) and node["lb_state"] == "ready":
+                time.sleep(1.5)  # inside the canary window
+                os.kill(node["pid"], signal.SIGKILL)
+                killed.append(node["pid"])
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_the_canary_in_its_window, daemon=True)
+    with Background(fl.read_state()["url"], registry.name) as client:
+        killer.start()
+        with pytest.raises(rollout.RolloutFailed, match="crashed 1 time"):
+            rollout.run(cfg)
+        killer.join(10)
+    record = rollout.read_history(registry.name)[-1]
+    print(f"\ncanary killed in its window: {record['outcome']}, background {client.sent} sent, "
+          f"{client.failed} failed; gate {record['gate']['reasons']}")
+    assert killed and record["outcome"] == "rolled_back" and record["figures"]["canary_crashes"] == 1
+    assert served_versions(registry.name) == {"node0": v2, "node1": v2}
+    assert all(ready_versions(registry.name, v2).values())
+    state = fl.read_state()
+    assert state["nodes"]["node0"]["pid"] != killed[0] and fl.process_alive(state["nodes"]["node0"]["pid"])
+    assert all(node["lb_state"] == "ready" for node in state["nodes"].values())
+    assert client.failed <= 3, client.errors  # only what was in flight on the canary when it died
+    inputs = {k: v.numpy() for k, v in example_inputs(SPEC, 4, 12).items()}
+    assert tr.infer(state["url"], registry.name, inputs)["probability"].shape[0] == 4
 
 
 def test_a_file_that_does_not_match_the_registry_is_refused_before_it_is_served(world):

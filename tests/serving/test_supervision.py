@@ -73,7 +73,7 @@ def test_restarts_outside_the_window_do_not_count():
         policy.restarted(start + 1)
 
 
-class FakeNodes:
+class FakeUnits:
     """Scripted observations per tick; records what the supervisor did."""
 
     def __init__(self, script: dict[str, list[tuple[bool, bool]]], fail_restarts: int = 0):
@@ -82,7 +82,7 @@ class FakeNodes:
         self.calls: list[tuple[str, str]] = []
         self.records: dict[str, dict[str, Any]] = {}
 
-    def nodes(self) -> list[str]:
+    def units(self) -> list[str]:
         return list(self.script)
 
     def observe(self, node: str) -> tuple[bool, bool]:
@@ -90,6 +90,9 @@ class FakeNodes:
 
     def take_out(self, node: str) -> None:
         self.calls.append(("take_out", node))
+
+    def record_failure(self, node: str, failure: str) -> None:
+        self.calls.append((f"record_{failure}", node))
 
     def restart(self, node: str) -> None:
         self.calls.append(("restart", node))
@@ -110,14 +113,14 @@ class FakeClock:
 
 
 def test_the_loop_acts_only_on_the_failed_node_and_records_recovery_seconds():
-    nodes = FakeNodes({"node0": [(True, True)], "node1": [(True, True), (False, False), (True, True)]})
+    nodes = FakeUnits({"node0": [(True, True)], "node1": [(True, True), (False, False), (True, True)]})
     clock = FakeClock()
     supervisor = Supervisor(nodes, CFG, clock=clock)
     supervisor.tick()
     assert nodes.calls == []
     clock.now = 1.0
     supervisor.tick()
-    assert nodes.calls == [("take_out", "node1"), ("restart", "node1")]
+    assert nodes.calls == [("take_out", "node1"), ("record_crash", "node1"), ("restart", "node1")]
     supervision = nodes.records["node1"]["supervision"]
     assert supervision["status"] == "ok" and supervision["alarm"] is None
     assert supervision["restarts"][0]["failure"] == "crash" and supervision["restarts"][0]["recovery_s"] == 0.0
@@ -125,12 +128,23 @@ def test_the_loop_acts_only_on_the_failed_node_and_records_recovery_seconds():
 
 
 def test_the_loop_retries_a_failed_restart_after_backoff_then_raises_the_alarm():
-    nodes = FakeNodes({"node0": [(False, False)]}, fail_restarts=100)
+    nodes = FakeUnits({"node0": [(False, False)]}, fail_restarts=100)
     clock = FakeClock()
     supervisor = Supervisor(nodes, CFG, clock=clock)
     for t in range(20):
         clock.now = float(t)
         supervisor.tick()
     assert [c for c, _ in nodes.calls].count("restart") == 3 and nodes.calls[0] == ("take_out", "node0")
+    assert [c for c, _ in nodes.calls].count("record_crash") == 1  # one failure, one record, however many tries
     supervision = nodes.records["node0"]["supervision"]
     assert supervision["status"] == "given_up" and supervision["alarm"].startswith("ALARM node0: 3 restarts")
+
+
+def test_a_hang_is_recorded_as_a_hang_once():
+    units = FakeUnits({"node0": [(True, False)]})
+    clock = FakeClock()
+    supervisor = Supervisor(units, CFG, clock=clock)
+    for t in range(CFG.unhealthy_after + 2):
+        clock.now = float(t)
+        supervisor.tick()
+    assert [c for c in units.calls if c[0].startswith("record")] == [("record_hang", "node0")]

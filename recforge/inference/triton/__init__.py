@@ -19,6 +19,7 @@ The modules: ``install`` (the binary, the backend directory, the server's enviro
 (:class:`TritonServer`), ``client`` (HTTP inference and repository API), ``load_target`` (:class:`TritonHttpTarget`),
 ``errors`` (:class:`TritonError`), ``cli`` (``python -m recforge.inference.triton --help``: serve, check, infer).
 This package exports the public names of all of them.
+``perf_analyzer`` (Triton's own load tool: valid input rows, one run, its output parsed) is imported from its module.
 """
 
 from recforge.inference.triton.client import (

@@ -11,10 +11,12 @@ from typing import Any
 from recforge.core.cli import run_step
 from recforge.core.config import config_from_dict
 from recforge.core.errors import ConfigError
+from recforge.serving import loadbalancer as lb
+from recforge.serving.fleet import crashes
 from recforge.serving.fleet.config import DEFAULT_FAMILY, DEFAULT_PORT, DEFAULT_TARGET, FleetConfig, fleet_targets
 from recforge.serving.fleet.lifecycle import down, status, up
 from recforge.serving.fleet.sources import default_source, explicit_source, registry_source
-from recforge.serving.fleet.state import fleet_dir
+from recforge.serving.fleet.state import fleet_dir, read_state
 from recforge.serving.fleet.supervision import SupervisorConfig
 
 
@@ -43,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     start.add_argument("--supervisor-config", default=os.environ.get("FLEET_SUPERVISOR_CONF", "{}"),
                        help="SupervisorConfig as JSON, e.g. '{\"max_restarts\": 5}' (env FLEET_SUPERVISOR_CONF)")
     sub.add_parser("status", help="the fleet's state, checked against the running processes")
+    listing = sub.add_parser("crashes", help="the nodes' failures with the requests on them, and the quarantine")
+    listing.add_argument("--last", type=int, default=10, help="how many of the latest failures (default 10)")
+    release = sub.add_parser("release", help="lift the quarantine of a request body (its SHA-256)")
+    release.add_argument("sha256", help="the body SHA-256 listed by `crashes`")
     sub.add_parser("down", help="stop every process of the fleet (idempotent)")
     args = parser.parse_args(argv)
 
@@ -51,6 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return down()
         if args.command == "status":
             return status()
+        if args.command == "crashes":
+            records = crashes.read_crashes(fleet_dir())
+            return {"crashes": records[-args.last:] if args.last > 0 else [], "count": len(records),
+                    "suspect_counts": dict(crashes.suspect_counts(records).most_common(10)),
+                    "quarantined": crashes.read_quarantine(fleet_dir())}
+        if args.command == "release":
+            return release_quarantine(args.sha256)
         cfg = FleetConfig(nodes=args.nodes, port=args.port, target=args.target)
         notes: list[str] = []
         if args.onnx or args.spec:
@@ -74,6 +87,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_step(step)
 
 
+
+def release_quarantine(sha256: str) -> dict[str, Any]:
+    """Remove a body hash from the quarantine file and from the running balancer."""
+    sha256 = crashes.check_sha256(sha256.lower())
+    root = fleet_dir()
+    listed = crashes.read_quarantine(root)
+    if sha256 not in listed:
+        raise ConfigError(f"{sha256} is not quarantined; quarantined: {listed or 'none'}")
+    path = crashes.write_quarantine(root, [h for h in listed if h != sha256])
+    state = read_state()
+    if state and state.get("balancer"):
+        lb.HAProxy.from_state(state["balancer"]).command(f"del acl {path} {sha256}")
+    return {"released": sha256, "quarantined": crashes.read_quarantine(root)}
 
 
 if __name__ == "__main__":

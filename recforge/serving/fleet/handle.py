@@ -14,7 +14,8 @@ from recforge.core.errors import ConfigError, DataError, RecForgeError
 from recforge.inference import model_repo as mr
 from recforge.inference import triton as tr
 from recforge.serving import loadbalancer as lb
-from recforge.serving.fleet.processes import stop_groups
+from recforge.serving.fleet.balancer import refresh_admission
+from recforge.serving.fleet.processes import process_alive, stop_groups
 from recforge.serving.fleet.state import fleet_dir, read_state, state_lock, utc_now, write_state
 
 # Triton's per-model Prometheus counters that node_metrics reports (names without the nv_inference_ prefix)
@@ -170,6 +171,17 @@ class Fleet:
         self.node(node)
         self.balancer.set_weight(node, weight)
         self._update(node, weight=weight)
+
+    def refresh_admission(self) -> lb.AdmissionLimits | None:
+        """Admit what every node serves now (after a version was staged, promoted or restored): the balancer's
+        config regenerated and reloaded without dropping a connection (recforge.serving.fleet.balancer)."""
+        return refresh_admission(self.home)
+
+    def node_process(self, name: str) -> tuple[int | None, bool]:
+        """The node's pid as state.json has it now (the supervisor rewrites it on a restart) and whether it runs."""
+        state = read_state(self.home) or self.state
+        pid = state["nodes"][name].get("pid")
+        return pid, process_alive(pid)
 
     def node_metrics(self, node: str) -> dict[str, dict[str, dict[str, float]]]:
         """The node's per-model Triton counters from its own metrics port (:func:`parse_triton_metrics`)."""

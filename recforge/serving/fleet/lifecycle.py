@@ -22,6 +22,8 @@ from recforge.core.ports import free_ports
 from recforge.inference import model_repo as mr
 from recforge.inference import triton as tr
 from recforge.serving import loadbalancer as lb
+from recforge.serving.fleet import crashes
+from recforge.serving.fleet.balancer import balancer_entry, write_balancer_config
 from recforge.serving.fleet.config import FleetConfig
 from recforge.serving.fleet.processes import fleet_processes, process_alive, stop_groups
 from recforge.serving.fleet.sources import ModelSource
@@ -85,17 +87,15 @@ def up(source: ModelSource, cfg: FleetConfig | None = None, *, home: str | Path 
             if not server.model_ready(source.model, source.version):
                 raise RecForgeError(f"{server.url} is ready but model {source.model} v{source.version} is not; "
                                     f"see {server.log_path}")
-        nodes = [lb.BackendNode(name, node["http_port"], cfg.target) for name, node in state["nodes"].items()]
         hadir = root / "haproxy"
-        settings = lb.BalancerSettings(check_inter_ms=cfg.check_inter_ms)
-        # admission limits from the config.pbtxt the nodes serve (every node has the same one)
-        admission = lb.read_limits(model_dir / "config.pbtxt")
-        lb.write_config(hadir / "haproxy.cfg", nodes, port=lb_port, socket_path=hadir / "admin.sock",
-                        profiles={cfg.target: profile} if profile else None, settings=settings, admission=admission)
+        crashes.write_quarantine(root, crashes.read_quarantine(root))  # kept across fleets
         proxy = lb.HAProxy(hadir / "haproxy.cfg", hadir / "admin.sock", hadir / "haproxy.log", lb_port)
-        state["balancer"] = proxy.state()
+        # admission limits from the config.pbtxt the nodes serve, weights from the profile (fleet/balancer.py)
+        state["balancer"] = balancer_entry(proxy, lb.BalancerSettings(check_inter_ms=cfg.check_inter_ms),
+                                           source.profile_path if profile else None, cfg.target)
+        write_balancer_config(state, home)
         proxy.start()
-        state["balancer"] = proxy.state()
+        state["balancer"].update(proxy.state())
         with state_lock(root):
             write_state(root, state)
         for name in state["nodes"]:
@@ -200,11 +200,19 @@ def status(*, home: str | Path | None = None) -> dict[str, Any]:
     supervisor_view = {"pid": supervisor.get("pid"), "running": process_alive(supervisor.get("pid")),
                        "log": supervisor.get("log")} if supervisor else None
     alarms = [n["supervision"]["alarm"] for n in nodes.values() if (n.get("supervision") or {}).get("alarm")]
+    if (balancer.get("supervision") or {}).get("alarm"):
+        alarms.append(balancer["supervision"]["alarm"])
+    root = fleet_dir(home)
+    crash_records = crashes.read_crashes(root)
     healthy = lb_running and all(n["process"] == "running" for n in nodes.values()) and \
         all(m["ready"] for n in nodes.values() for m in n["models"].values())
     return {"status": state.get("status") if healthy else "degraded", "url": state["url"],
-            "balancer": {"pid": balancer.get("pid"), "running": lb_running, "config": balancer.get("config")},
+            "balancer": {"pid": balancer.get("pid"), "running": lb_running, "config": balancer.get("config"),
+                         **({"supervision": balancer["supervision"]} if "supervision" in balancer else {})},
             "supervisor": supervisor_view, "alarms": alarms,
+            # failures with the requests that were on the node (python -m recforge.serving.fleet crashes)
+            "crashes": {"count": len(crash_records), "last": crash_records[-1] if crash_records else None,
+                        "quarantined": crashes.read_quarantine(root)},
             "nodes": nodes, "source": state.get("source"), "created_at": state.get("created_at"),
             "up_seconds": state.get("up_seconds")}
 

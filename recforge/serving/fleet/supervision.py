@@ -18,13 +18,17 @@ class SupervisorConfig:
 
     interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0  # one look at every node per interval
     unhealthy_after: Annotated[int, Field(ge=1, le=1000)] = 3  # failed /v2/health/ready in a row = a hung node
-    health_timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0  # one health check's HTTP timeout
+    health_timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0  # one health check's HTTP timeout
     backoff_initial_s: Annotated[float, Field(ge=0, le=3600)] = 1.0  # wait before the 2nd restart in the window
     backoff_factor: Annotated[float, Field(ge=1, le=10)] = 2.0  # each further restart waits this much longer
     backoff_max_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
     max_restarts: Annotated[int, Field(ge=1, le=1000)] = 3  # restarts within restart_window_s before giving up
     restart_window_s: Annotated[float, Field(gt=0, le=86_400)] = 600.0
     ready_timeout_s: Annotated[float, Field(ge=1, le=3600)] = 180.0  # a restarted node must be ready by then
+    # crash records (recforge.serving.fleet.crashes): requests accepted this long before a failure are suspects
+    suspect_window_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # a request body that was a suspect of this many crashes is answered 422 by the balancer from then on (0: never)
+    quarantine_after: Annotated[int, Field(ge=0, le=100)] = 2
 
     def __post_init__(self) -> None:
         if self.backoff_max_s < self.backoff_initial_s:

@@ -1,9 +1,13 @@
-"""The fleet's supervisor process: every ``interval_s`` it looks at each node the fleet started (pid + command line
-in this fleet's folder), and on a crash or a hang takes the node out of rotation, restarts its tritonserver from the
-same repository with the same ports and settings, waits until it is ready and warm, and puts it back at its weight.
-The decisions are :class:`~recforge.serving.fleet.supervision.RestartPolicy`'s; the actions are
-:class:`FleetNodeActions` behind the narrow :class:`NodeActions` interface. Restarts, recovery seconds and the
-crash-loop alarm are recorded in state.json (``nodes.<node>.supervision``) and ``<fleet dir>/supervisor.log``.
+"""The fleet's supervisor process: every ``interval_s`` it looks at each process the fleet started — the nodes
+(pid + command line in this fleet's folder) and the balancer (HAProxy) — and on a crash or a hang takes a node out of
+rotation, records what was on it (recforge.serving.fleet.crashes: the suspects from the balancer's request log, and
+the quarantine of a request body that crashed nodes repeatedly), restarts its tritonserver from the same repository
+with the same ports and settings, waits until it is ready and warm, and puts it back at its weight. A dead balancer
+is started again from its generated config on the same port, with every node's state and weight restored.
+The decisions are :class:`~recforge.serving.fleet.supervision.RestartPolicy`'s, one per unit (node or balancer);
+the actions are :class:`FleetActions` behind the narrow :class:`UnitActions` interface. Restarts, recovery seconds
+and the crash-loop alarm are recorded in state.json (``nodes.<node>.supervision``, ``balancer.supervision``) and
+``<fleet dir>/supervisor.log``.
 
 Started detached by ``fleet up`` (``FleetConfig.supervise``); stopped by ``fleet down``. It exits by itself when the
 state file is gone or names another supervisor. ``python -m recforge.serving.fleet.supervisor --help``.
@@ -29,39 +33,47 @@ from recforge.core.config import config_from_dict
 from recforge.core.errors import RecForgeError, first_line
 from recforge.inference import triton as tr
 from recforge.serving import loadbalancer as lb
+from recforge.serving.fleet import crashes
 from recforge.serving.fleet.processes import belongs_to_fleet, fleet_processes, process_alive
 from recforge.serving.fleet.state import read_state, state_lock, utc_now, write_state
 from recforge.serving.fleet.supervision import RestartPolicy, SupervisorConfig
+from recforge.serving.loadbalancer.requestlog import LogTail, failed_on
 
 LOG = logging.getLogger("recforge.fleet.supervisor")
 TRITON_DTYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_FP64": np.float64, "TYPE_INT64": np.int64,
                  "TYPE_INT32": np.int32, "TYPE_INT8": np.int8, "TYPE_UINT8": np.uint8, "TYPE_BOOL": np.bool_}
 SERVER_ARGS = ["--metrics-config=summary_latencies=true"]  # as `fleet up` starts the nodes
+BALANCER = "balancer"  # the unit name of the fleet's HAProxy (node names are node0, node1, ...)
 
 
-class NodeActions(Protocol):
-    """What the supervisor does to a node; the real one is :class:`FleetNodeActions`."""
+class UnitActions(Protocol):
+    """What the supervisor does to a unit (a node, or the balancer); the real one is :class:`FleetActions`."""
 
-    def nodes(self) -> list[str]: ...
+    def units(self) -> list[str]: ...
 
-    def observe(self, node: str) -> tuple[bool, bool]:
+    def observe(self, unit: str) -> tuple[bool, bool]:
         """(its process is alive and the fleet's, its health check passed)."""
 
-    def take_out(self, node: str) -> None: ...
+    def take_out(self, unit: str) -> None: ...
 
-    def restart(self, node: str) -> None:
+    def record_failure(self, unit: str, failure: str) -> None:
+        """Record what was on it when it failed (the crash record)."""
+
+    def restart(self, unit: str) -> None:
         """Start it again, wait until ready and warm, put it back in rotation; RecForgeError if that fails."""
 
-    def record(self, node: str, **changes: Any) -> None: ...
+    def record(self, unit: str, **changes: Any) -> None: ...
 
 
-class FleetNodeActions:
+class FleetActions:
     """The supervisor's actions on the fleet in ``root`` (its state.json, its HAProxy, its nodes)."""
 
     def __init__(self, root: Path, cfg: SupervisorConfig):
         self.root = root
         self.home = root.parent
         self.cfg = cfg
+        self.request_log: LogTail | None = None
+        self.attributed: set[str] = set()  # unique ids of requests already named in a crash record
 
     def state(self) -> dict[str, Any]:
         state = read_state(self.home)
@@ -69,8 +81,13 @@ class FleetNodeActions:
             raise RecForgeError(f"no fleet state in {self.root}")
         return state
 
-    def nodes(self) -> list[str]:
-        return list(self.state()["nodes"])
+    def units(self) -> list[str]:
+        state = self.state()
+        if self.request_log is None and state.get("balancer"):
+            self.request_log = LogTail(state["balancer"]["log"])
+        if self.request_log is not None:
+            self.request_log.poll()  # keep the failures of the last requests, for the crash records
+        return ([BALANCER] if state.get("balancer") else []) + list(state["nodes"])
 
     def ours(self, pid: int | None) -> bool:
         """The process is alive and is a tritonserver of this fleet (never act on a process we did not start)."""
@@ -79,6 +96,8 @@ class FleetNodeActions:
     def observe(self, node: str) -> tuple[bool, bool]:
         import requests
 
+        if node == BALANCER:
+            return self.observe_balancer()
         info = self.state()["nodes"][node]
         if info.get("lb_state", "ready") != "ready":  # drained by a rollout or an operator: theirs to handle
             return True, True
@@ -90,8 +109,48 @@ class FleetNodeActions:
             ok = False
         return True, ok
 
+    def observe_balancer(self) -> tuple[bool, bool]:
+        balancer = self.state()["balancer"]
+        if not self.ours(balancer.get("pid")):
+            return False, False
+        try:
+            lb.HAProxy.from_state(balancer).command("show info")
+        except RecForgeError:
+            return True, False
+        return True, True
+
     def take_out(self, node: str) -> None:
-        lb.HAProxy.from_state(self.state()["balancer"]).set_state(node, "maint")
+        if node != BALANCER:
+            lb.HAProxy.from_state(self.state()["balancer"]).set_state(node, "maint")
+
+    def record_failure(self, node: str, failure: str) -> None:
+        """Append the crash record of ``node`` (the suspects from the request log) to crashes.jsonl, and quarantine
+        the body hashes that were suspects of ``quarantine_after`` crashes."""
+        if node == BALANCER:
+            return
+        now = time.time()
+        suspects = []
+        if self.request_log is not None:
+            self.request_log.poll()
+            suspects = [r for r in failed_on(self.request_log.failures, node, now - self.cfg.suspect_window_s, now)
+                        if r.unique_id not in self.attributed]
+            self.attributed.update(r.unique_id for r in suspects)
+        crashes.append_crash(self.root, crashes.crash_record(node, failure, now, suspects))
+        LOG.warning("%s: %s with %d request(s) on it: %s", node, failure, len(suspects),
+                    ", ".join(f"{r.method} {r.path} sha256={r.body_sha256}" for r in suspects[:5]) or "none")
+        quarantined = crashes.read_quarantine(self.root)
+        new = crashes.to_quarantine(crashes.read_crashes(self.root), self.cfg.quarantine_after, quarantined)
+        if not new:
+            return
+        path = crashes.write_quarantine(self.root, [*quarantined, *new])
+        proxy = lb.HAProxy.from_state(self.state()["balancer"])
+        for sha in new:
+            LOG.error("QUARANTINE request body sha256=%s: a suspect of %d crashes; the balancer answers it 422",
+                      sha, self.cfg.quarantine_after)
+            try:
+                proxy.command(f"add acl {path} {sha}")
+            except RecForgeError as err:  # the file has it: a restarted balancer reads it
+                LOG.warning("could not add %s to the running balancer's quarantine: %s", sha, first_line(err))
 
     def stop_old(self, pid: int | None) -> None:
         """Kill what is left of the node's old process group (a hung server, python-backend stubs): only processes
@@ -108,7 +167,24 @@ class FleetNodeActions:
         while group() and time.monotonic() < deadline:
             time.sleep(0.05)
 
+    def restart_balancer(self) -> None:
+        """Start HAProxy again from its generated config (same port, socket, log), then restore each node's state
+        and weight as state.json has them."""
+        state = self.state()
+        old = lb.HAProxy.from_state(state["balancer"])
+        self.stop_old(old.pid)
+        proxy = lb.HAProxy(old.config_path, old.socket_path, old.log_path, old.port)
+        proxy.start()
+        self.record(BALANCER, pid=proxy.pid)
+        for name, info in state["nodes"].items():
+            if info.get("lb_state", "ready") != "ready":
+                proxy.set_state(name, info["lb_state"])
+            if info.get("weight") is not None:
+                proxy.set_weight(name, int(info["weight"]))
+
     def restart(self, node: str) -> None:
+        if node == BALANCER:
+            return self.restart_balancer()
         state = self.state()
         info = state["nodes"][node]
         self.stop_old(info.get("pid"))
@@ -137,7 +213,7 @@ class FleetNodeActions:
             state = read_state(self.home)
             if state is None:
                 return
-            state["nodes"][node].update(changes)
+            (state["balancer"] if node == BALANCER else state["nodes"][node]).update(changes)
             write_state(self.root, state)
 
 
@@ -161,9 +237,9 @@ def warm(url: str, model: str, version: int) -> None:
 
 
 class Supervisor:
-    """The control loop: one :class:`RestartPolicy` per node, acting through ``actions``; ``clock`` is injected."""
+    """The control loop: one :class:`RestartPolicy` per unit, acting through ``actions``; ``clock`` is injected."""
 
-    def __init__(self, actions: NodeActions, cfg: SupervisorConfig, clock: Any = time.monotonic):
+    def __init__(self, actions: UnitActions, cfg: SupervisorConfig, clock: Any = time.monotonic):
         self.actions = actions
         self.cfg = cfg
         self.clock = clock
@@ -171,7 +247,7 @@ class Supervisor:
         self.history: dict[str, list[dict[str, Any]]] = {}
 
     def tick(self) -> None:
-        for node in self.actions.nodes():
+        for node in self.actions.units():
             policy = self.policies.setdefault(node, RestartPolicy(self.cfg))
             alive, healthy = self.actions.observe(node)
             decision = policy.observe(self.clock(), alive=alive, healthy=healthy)
@@ -181,6 +257,10 @@ class Supervisor:
                     self.actions.take_out(node)
                 except RecForgeError as err:
                     LOG.warning("%s: could not take it out of rotation: %s", node, first_line(err))
+                try:
+                    self.actions.record_failure(node, policy.failure or "failure")
+                except (OSError, RecForgeError) as err:
+                    LOG.warning("%s: could not record the failure: %s", node, first_line(err))
                 self.actions.record(node, supervision=self.summary(node, "restarting", decision.reason))
             if decision.alarm:
                 alarm = f"ALARM {node}: {decision.reason}; see its log and restart the fleet by hand"
@@ -207,7 +287,7 @@ class Supervisor:
 
 def run(root: Path, cfg: SupervisorConfig) -> int:
     """Supervise the fleet in ``root`` until its state is gone or names another supervisor."""
-    actions = FleetNodeActions(root, cfg)
+    actions = FleetActions(root, cfg)
     supervisor = Supervisor(actions, cfg)
     LOG.info("supervising %s every %g s (pid %d): %s", root, cfg.interval_s, os.getpid(), cfg)
     while True:

@@ -53,6 +53,7 @@ mode, no daemon), after ``haproxy -c`` has validated the file; ``stop()`` ends i
 from recforge.serving.loadbalancer.admission import (
     AdmissionLimits,
     InputLimit,
+    common_limits,
     limits_from_model_config,
     read_limits,
 )
@@ -82,7 +83,7 @@ from recforge.serving.loadbalancer.runtime import (
 )
 
 __all__ = [
-    "ALLOWED_ROUTES", "AdmissionLimits", "InputLimit", "limits_from_model_config", "read_limits",
+    "ALLOWED_ROUTES", "AdmissionLimits", "InputLimit", "common_limits", "limits_from_model_config", "read_limits",
     "BACKEND", "EQUAL_WEIGHT", "FRONTEND", "MAX_WEIGHT", "BackendNode", "BalancerError",
     "BalancerSettings", "HAProxy", "NodeWeight", "capacity_weights", "check_config", "haproxy_binary",
     "parse_servers_state", "parse_show_stat", "profiles_by_target", "render_config", "runtime_command",

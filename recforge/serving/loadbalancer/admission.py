@@ -212,6 +212,21 @@ def backend_rules() -> list[str]:
     ]
 
 
+def common_limits(limits: Sequence[AdmissionLimits]) -> AdmissionLimits:
+    """What every one of ``limits`` admits (nodes serving different versions side by side, during a rollout): the
+    smallest ``max_batch_size``; the inputs must be the same (a client cannot send a request valid for both)."""
+    if not limits:
+        raise ConfigError("no model config to admit requests for")
+    first = limits[0]
+    for other in limits[1:]:
+        if other.inputs != first.inputs:
+            raise ConfigError(f"{other.source} and {first.source} have different inputs ({other.describe()} vs "
+                              f"{first.describe()}): one balancer route cannot admit requests valid for both")
+    sources = list(dict.fromkeys(item.source for item in limits))
+    return AdmissionLimits(first.model, min(item.max_batch_size for item in limits), first.inputs,
+                           " and ".join(sources))
+
+
 def read_limits(config_pbtxt: str | Path) -> AdmissionLimits:
     """The limits of the model whose config.pbtxt is at ``config_pbtxt`` (the file the nodes serve)."""
     return limits_from_model_config(parse_config_pbtxt(Path(config_pbtxt)), str(config_pbtxt))

@@ -3,6 +3,7 @@ and checked with ``haproxy -c`` (what the file does: recforge.serving.loadbalanc
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -17,6 +18,7 @@ from recforge.contracts.headers import NODE_HEADER
 from recforge.core.config import Annotated, Field, typed_config
 from recforge.core.errors import ConfigError
 from recforge.serving.loadbalancer.admission import AdmissionLimits, backend_rules, frontend_rules, required_bufsize
+from recforge.serving.loadbalancer.requestlog import BODY_HASH_VAR, LOG_FORMAT, UNIQUE_ID_FORMAT
 
 BACKEND = "triton"
 FRONTEND = "inference"
@@ -24,6 +26,7 @@ MAX_WEIGHT = 256  # HAProxy's largest server weight
 EQUAL_WEIGHT = 100  # every node's weight when no node has a profile
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")  # node names: HAProxy server names, file names, JSON keys
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the NUL
+SERVER_STATE_FILE = "servers.state"  # next to the admin socket: runtime weights and states across a reload
 SERVER_STATES = ("ready", "drain", "maint")
 MAX_BUFSIZE = 16 * 1024 * 1024
 
@@ -34,6 +37,8 @@ MAX_BUFSIZE = 16 * 1024 * 1024
 MODEL = r"[A-Za-z0-9_-][A-Za-z0-9_.-]*"
 VERSION = r"(/versions/[0-9]+)?"
 INFER_ROUTE = rf"^/v2/models/{MODEL}{VERSION}/infer$"
+FLEET_METADATA = json.dumps({"name": "recforge-fleet", "version": "1",
+                             "extensions": ["model_configuration", "binary_tensor_data"]}, separators=(",", ":"))
 ALLOWED_ROUTES: tuple[tuple[str, str], ...] = (
     ("POST", INFER_ROUTE),
     ("GET", r"^/v2/health/(ready|live)$"),
@@ -166,6 +171,11 @@ def capacity_weights(nodes: Sequence[BackendNode],
 # The configuration
 
 
+def server_state_path(socket_path: str | Path) -> Path:
+    """Where the runtime weights and server states are saved before a reload (next to the admin socket)."""
+    return Path(socket_path).parent / SERVER_STATE_FILE
+
+
 def _check_unix_path(path: Path, what: str) -> None:
     if len(str(path)) > UNIX_PATH_MAX:
         raise ConfigError(f"{what} {path} is longer than {UNIX_PATH_MAX} characters (a unix socket limit); "
@@ -174,10 +184,13 @@ def _check_unix_path(path: Path, what: str) -> None:
 
 def render_config(nodes: Sequence[BackendNode], *, port: int, socket_path: str | Path,
                   profiles: Mapping[str, Mapping[str, Any]] | Iterable[Mapping[str, Any]] | None = None,
-                  settings: BalancerSettings | None = None, admission: AdmissionLimits | None = None) -> str:
+                  settings: BalancerSettings | None = None, admission: AdmissionLimits | None = None,
+                  quarantine_path: str | Path | None = None) -> str:
     """The text of haproxy.cfg for ``nodes`` behind ``127.0.0.1:port`` (see recforge.serving.loadbalancer);
     with ``admission``, inference requests that cannot be valid for that model are answered by HAProxy
-    (recforge.serving.loadbalancer.admission)."""
+    (recforge.serving.loadbalancer.admission); with ``quarantine_path`` (a file of body SHA-256s, one per line,
+    which must exist), an inference request whose body hash is listed there is answered 422 and never reaches a
+    node (the fleet's supervisor adds the hash of a request that crashed nodes: recforge.serving.fleet.crashes)."""
     settings = settings or BalancerSettings()
     if not nodes:
         raise ConfigError("the load balancer needs at least one node")
@@ -201,6 +214,7 @@ def render_config(nodes: Sequence[BackendNode], *, port: int, socket_path: str |
         "",
         "global",
         f"    stats socket {socket_path} mode 600 level admin",
+        f"    server-state-file {server_state_path(socket_path)}  # written by HAProxy.reload: weights, states",
         "    stats timeout 30s",
         f"    maxconn {s.maxconn}",
         f"    tune.bufsize {bufsize}" + ("" if bufsize == s.buffer_bytes else
@@ -210,8 +224,12 @@ def render_config(nodes: Sequence[BackendNode], *, port: int, socket_path: str |
         "defaults",
         "    mode http",
         "    log global",
-        "    option httplog",
+        "    load-server-state-from-file global",
         "    option dontlognull",
+        "    option idle-close-on-response  # a reload closes idle keep-alive clients after an answer, no reset",
+        "    # One line per request: node, termination state, body SHA-256 (loadbalancer/requestlog.py)",
+        f"    unique-id-format {UNIQUE_ID_FORMAT}",
+        f"    log-format \"{LOG_FORMAT}\"",
         f"    timeout connect {s.timeout_connect_ms}ms",
         f"    timeout client {s.timeout_client_s}s",
         f"    timeout server {s.timeout_server_s}s",
@@ -249,23 +267,45 @@ def render_config(nodes: Sequence[BackendNode], *, port: int, socket_path: str |
         "    retry-on conn-failure",
         f"    http-response set-header {NODE_HEADER} %[srv_name]",
         *(backend_rules() if admission is not None else []),
+        *body_hash_rules(s.timeout_http_request_s, quarantine_path),
+        "    # A node marked DOWN (a failed health check: crashed or hung) has its sessions killed: their clients",
+        "    # get an answer now rather than after the server timeout of a hung node.",
         f"    default-server check inter {s.check_inter_ms}ms fastinter {max(50, s.check_inter_ms // 2)}ms "
         f"downinter {s.check_down_inter_ms}ms fall {s.fall} rise {s.rise} "
-        f"observe layer4 error-limit {s.error_limit} on-error fastinter",
+        f"observe layer4 error-limit {s.error_limit} on-error fastinter on-marked-down shutdown-sessions",
     ]
     lines += [f"    server {n.name} {n.host}:{n.port} weight {weights[n.name].weight}" for n in nodes]
     return "\n".join(lines) + "\n"
 
 
+def body_hash_rules(body_timeout_s: int, quarantine_path: str | Path | None) -> list[str]:
+    """The backend lines that hash each inference request's body into the request log and, with a quarantine
+    file, answer 422 to a request whose hash is listed there."""
+    infer = "METH_POST { path_end /infer }"
+    lines = [f"    http-request wait-for-body time {body_timeout_s}s if {infer}",
+             f"    http-request set-var({BODY_HASH_VAR}) req.body,sha2(256),hex,lower if {infer}"]
+    if quarantine_path is not None:
+        path = Path(quarantine_path)
+        if any(c.isspace() or c in "'\"" for c in str(path)):
+            raise ConfigError(f"quarantine file path {path} must not contain spaces or quotes")
+        message = json.dumps({"error": "this request crashed fleet nodes before and is quarantined; see `python -m "
+                                       "recforge.serving.fleet crashes` (its body SHA-256 is in the request log)"})
+        lines += ["    # Requests that crashed nodes (recforge/serving/fleet/crashes.py), listed by body SHA-256.",
+                  f"    acl quarantined var({BODY_HASH_VAR}) -m str -f {path}",
+                  f"    http-request return status 422 content-type application/json string '{message}' "
+                  "if quarantined"]
+    return lines
+
+
 def write_config(path: str | Path, nodes: Sequence[BackendNode], *, port: int, socket_path: str | Path,
                  profiles: Mapping[str, Mapping[str, Any]] | Iterable[Mapping[str, Any]] | None = None,
                  settings: BalancerSettings | None = None, admission: AdmissionLimits | None = None,
-                 validate: bool = True) -> Path:
+                 quarantine_path: str | Path | None = None, validate: bool = True) -> Path:
     """Write haproxy.cfg (see :func:`render_config`) and, unless ``validate`` is False, check it with
     ``haproxy -c``. Returns the path."""
     path = Path(path)
     text = render_config(nodes, port=port, socket_path=socket_path, profiles=profiles, settings=settings,
-                         admission=admission)
+                         admission=admission, quarantine_path=quarantine_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     if validate:
@@ -275,7 +315,7 @@ def write_config(path: str | Path, nodes: Sequence[BackendNode], *, port: int, s
 
 def check_config(path: str | Path) -> None:
     """``haproxy -c -f path``; a ConfigError with HAProxy's first alert if the file is not valid."""
-    out = subprocess.run([haproxy_binary(), "-c", "-q", "-f", str(path)], capture_output=True, text=True,
+    out = subprocess.run([haproxy_binary(), "-c", "-f", str(path)], capture_output=True, text=True,
                          timeout=30)
     if out.returncode != 0:
         text = (out.stderr + out.stdout).strip().splitlines()

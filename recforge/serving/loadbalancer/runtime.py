@@ -23,6 +23,7 @@ from recforge.serving.loadbalancer.haproxy_config import (
     SERVER_STATES,
     check_config,
     haproxy_binary,
+    server_state_path,
 )
 from recforge.serving.pids import cmdline, pid_alive
 
@@ -118,6 +119,7 @@ class HAProxy:
         check_config(self.config_path)
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
+        server_state_path(self.socket_path).unlink(missing_ok=True)  # a fresh start begins from the config
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([haproxy_binary(), "-W", "-db", "-f", str(self.config_path)],
@@ -139,6 +141,29 @@ class HAProxy:
         self.stop()
         raise RecForgeError(f"haproxy did not open its admin socket {self.socket_path} in {timeout_s:g} s; "
                             f"see {self.log_path}")
+
+    def reload(self, timeout_s: float = 15.0) -> int:
+        """Load ``config_path`` again without dropping a connection: the runtime states and weights are saved to
+        the server-state file the config names, the master (``-W``) gets SIGUSR2 and starts a new worker on the same
+        listening sockets while the old one finishes its requests (idle keep-alive clients get ``Connection:
+        close`` with their next answer). Returns the new worker's pid; BalancerError if it does not come."""
+        check_config(self.config_path)
+        if self.pid is None or not self.running():
+            raise BalancerError(f"haproxy of {self.config_path} is not running; nothing to reload")
+        old = self.worker_pid()
+        server_state_path(self.socket_path).write_text(self.command("show servers state"))
+        os.kill(self.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                new = self.worker_pid()
+            except BalancerError:
+                new = old
+            if new != old:
+                return new
+            time.sleep(0.05)
+        raise BalancerError(f"haproxy did not start a new worker within {timeout_s:g} s of a reload; see "
+                            f"{self.log_path}: {_tail(self.log_path)}")
 
     def running(self) -> bool:
         if self.process is not None:

@@ -20,7 +20,7 @@ from recforge.serving.fleet import Fleet
 from recforge.serving.rollout.config import RolloutFailed
 from recforge.serving.rollout.gate import attributed_p95, gate
 from recforge.serving.rollout.history import json_number, save_state
-from recforge.serving.rollout.staging import back_in_rotation
+from recforge.serving.rollout.staging import back_in_rotation, server_ready
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,23 @@ def request_sub_batch(plan: Mapping[str, Any]) -> int:
     return max(1, min([sub, *limits]))
 
 
+def canary_crashed(fleet: Fleet, node: str, pid_before: int | None, timeout_s: float) -> int:
+    """1 when the canary node's process died during the window (gone, or replaced by the supervisor), else 0.
+    After a crash, wait up to ``timeout_s`` for the supervisor to bring the node back, so the rollback that follows
+    restores the previous version on a running node."""
+    pid, alive = fleet.node_process(node)
+    if pid == pid_before and alive:
+        return 0
+    log.error("canary %s crashed during the canary window (pid %s -> %s)", node, pid_before, pid)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pid, alive = fleet.node_process(node)
+        if pid != pid_before and alive and server_ready(fleet.node(node)["url"]):
+            break
+        time.sleep(0.5)
+    return 1
+
+
 def canary(plan: dict[str, Any]) -> dict[str, Any]:
     """Step 4: the canary back in rotation at ``canary_weight_pct`` % of the weight, the load generator through the
     balancer for ``canary_duration_s``, then the gate. RolloutFailed (with the figures saved) when it fails."""
@@ -95,6 +112,7 @@ def canary(plan: dict[str, Any]) -> dict[str, Any]:
         if others else 100
     before = node_counters(fleet, node, model, version)
     others_before = {n: node_counters(fleet, n, model, int(plan["nodes"][n]["version"])) for n in others}
+    pid_before, _ = fleet.node_process(node)
     back_in_rotation(fleet, node, weight)
     try:
         result, requests = run_load(fleet.url, model, plan["new"]["spec"], plan["load_qps"],
@@ -104,7 +122,8 @@ def canary(plan: dict[str, Any]) -> dict[str, Any]:
         plan["error"] = f"canary load through the balancer failed: {first_line(err)}"
         save_state(plan)
         raise RolloutFailed(plan["error"]) from None
-    after = node_counters(fleet, node, model, version)
+    crashed = canary_crashed(fleet, node, pid_before, float(cfg["load_timeout_s"]))
+    after = node_counters(fleet, node, model, version) if not crashed else before
     others_served = sum(node_counters(fleet, n, model, int(plan["nodes"][n]["version"]))["success"]
                         - others_before[n]["success"] for n in others)
     served = after["success"] - before["success"]
@@ -116,7 +135,7 @@ def canary(plan: dict[str, Any]) -> dict[str, Any]:
         "p99_ms": float(result.p99_ms if result.p99_ms is not None else math.nan),
         "error_rate": float(result.errors) / queries if queries else math.nan, "errors": float(result.errors),
         "achieved_qps": float(result.achieved_qps), "offered_qps": float(plan["load_qps"]),
-        "canary_weight": float(weight), "canary_requests": served + failed,
+        "canary_weight": float(weight), "canary_requests": served + failed, "canary_crashes": float(crashed),
         "canary_error_rate": failed / (served + failed) if served + failed else math.nan,
         "canary_p95_ms": after["p95_ms"],
         # leastconn honours weights under concurrency only: the share the canary really got

@@ -34,10 +34,15 @@ def gate(figures: Mapping[str, float], p95_slo_ms: float, max_error_rate: float,
       is a warning, and rolling back would not fix it. So is the canary's server-side ``canary_p95_ms``:
       Triton's summary quantiles cover a sliding window that also holds the model's load-time warm-up and the
       smoke test (a just-loaded version measured 144 ms there while its queries had 25 ms).
+    * A crash of the canary node during the window (``canary_crashes``: its process changed or is gone) fails it.
     * Without attribution (a balancer of an older release), the whole fleet's ``p95_ms`` and the canary's
       server-side ``canary_p95_ms`` are judged against the SLO.
     """
     reasons, warnings = [], []
+    crashes = int(figures.get("canary_crashes", 0) or 0)
+    if crashes:  # whatever the latencies: a version under which a node dies is not promoted
+        reasons.append(f"the canary node crashed {crashes} time(s) during the canary window (restarted by the "
+                       "fleet's supervisor; `python -m recforge.serving.fleet crashes` lists the requests on it)")
 
     def value(key: str) -> float:
         return float(figures.get(key, math.nan))

@@ -44,6 +44,7 @@ def promote(plan: dict[str, Any]) -> dict[str, Any]:
         save_state(plan)
     canary_node = plan["canary_node"]
     fleet.set_weight(canary_node, int(plan["nodes"][canary_node]["weight"] or 100))
+    fleet.refresh_admission()  # every node serves the new version: admit what it accepts
     plan["updated"].insert(0, canary_node)
     plan["status"] = "promoted"
     finish(plan, "promoted", [])

@@ -47,6 +47,7 @@ def stage_canary(plan: dict[str, Any]) -> dict[str, Any]:
     fleet = Fleet()
     t0 = time.monotonic()
     stage_node(fleet, plan, plan["canary_node"])
+    fleet.refresh_admission()  # old and new versions side by side: admit what both accept
     plan["figures"]["canary_stage_s"] = round(time.monotonic() - t0, 2)
     plan["status"] = "canary_staged"
     save_state(plan)
@@ -83,5 +84,9 @@ def restore_nodes(fleet: Fleet, plan: dict[str, Any]) -> list[str]:
                 fleet.set_weight(node, int(before["weight"] or 100))
         except Exception as err:  # keep restoring the others; report every node that could not be restored
             problems.append(f"{node}: {first_line(err)}")
+    try:
+        fleet.refresh_admission()
+    except Exception as err:
+        problems.append(f"balancer admission: {first_line(err)}")
     return problems
 

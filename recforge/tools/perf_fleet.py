@@ -1,0 +1,125 @@
+"""Triton's ``perf_analyzer`` pointed at the running fleet's balancer: one load point (a Poisson request rate by
+default, or a concurrency), perf_analyzer's own output, then a parsed summary with how many requests each node
+served (HAProxy's per-node counters before and after the run).
+
+The fleet is the one ``make fleet-up`` started (``recforge.serving.fleet.Fleet``: its balancer URL, the model its
+nodes serve, and the feature spec of what it serves, so the input rows hold ids below each embedding table's
+cardinality; without the spec every input is zeros, which the summary says). The run itself is
+:func:`recforge.inference.triton.perf_analyzer.run_perf_analyzer`.
+
+CLI::
+
+    python -m recforge.tools.perf_fleet [--rate 20 | --concurrency 4] [--batch 8] [--duration 15]
+                                        [--distribution poisson|constant] [--percentile 95] [--model NAME]
+                                        [--stability 25] [--max-trials 10] [--out DIR]
+
+``--duration`` is the length of the three measurement windows perf_analyzer needs at least (each window is a third
+of it); it measures more windows (up to ``--max-trials``) until three in a row agree within ``--stability`` percent.
+Exit status 1 when perf_analyzer failed, printed an error or completed no request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from recforge.core.cli import run_step
+from recforge.core.errors import ConfigError, RecForgeError
+from recforge.inference.loadgen import load_spec
+from recforge.inference.triton.perf_analyzer import PerfOptions, PerfRun, run_perf_analyzer
+from recforge.serving.fleet import Fleet
+
+WINDOWS = 3  # perf_analyzer needs at least three windows for a stable measurement
+
+
+def served_model(fleet: Fleet, model: str | None) -> str:
+    """``model`` if some node serves it, else the one model the fleet's nodes serve."""
+    served = sorted({name for node in fleet.state["nodes"].values() for name in node.get("models", {})})
+    if model is not None:
+        if model not in served:
+            raise ConfigError(f"--model {model!r} is not served by the fleet; it serves {served}")
+        return model
+    if len(served) != 1:
+        raise ConfigError(f"the fleet serves {served or 'no model'}; name one with --model")
+    return served[0]
+
+
+def fleet_spec(fleet: Fleet, model: str) -> tuple[Any, str]:
+    """(the feature spec of what the fleet serves, where it came from), or (None, why not) when unknown."""
+    source = fleet.state.get("source") or {}
+    path = source.get("spec_path")
+    if source.get("model") != model or not path:
+        return None, f"no feature spec for {model} in the fleet's state: every input is zeros"
+    if not Path(path).is_file():
+        return None, f"the fleet's feature spec {path} is gone: every input is zeros"
+    return load_spec(path), path
+
+
+def node_requests(fleet: Fleet) -> dict[str, int]:
+    """HAProxy's cumulative request count per node."""
+    return {name: int(view.get("total_sessions") or 0) for name, view in fleet.balancer.servers().items()}
+
+
+def perf_fleet(options: PerfOptions, *, home: str | Path | None = None, out: str | Path | None = None,
+               echo: bool = True) -> tuple[PerfRun, dict[str, Any]]:
+    """Run perf_analyzer through the fleet's balancer; (the run, its summary). With ``echo``, perf_analyzer's own
+    output is printed to stderr as soon as it finishes."""
+    fleet = Fleet(home)
+    spec, spec_origin = fleet_spec(fleet, options.model)
+    before = node_requests(fleet)
+    run = run_perf_analyzer(fleet.url, options, spec=spec, workdir=out)
+    after = node_requests(fleet)
+    if echo:
+        print("$ " + " ".join(run.command), file=sys.stderr)
+        print(run.stdout.rstrip(), file=sys.stderr, flush=True)
+    summary = {
+        "url": fleet.url, "model": options.model, **run.result.to_dict(),
+        "requests_per_node": {name: after.get(name, 0) - before.get(name, 0) for name in sorted(after)},
+        "input_data": {"spec": spec_origin, "inputs": run.input_sources},
+    }
+    return run, summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recforge.tools.perf_fleet", description=__doc__.split("\n")[0])
+    load = parser.add_mutually_exclusive_group()
+    load.add_argument("--rate", type=float, help="requests per second (open loop; default 20)")
+    load.add_argument("--concurrency", type=int, help="requests in flight (closed loop) instead of --rate")
+    parser.add_argument("--batch", type=int, default=8, help="rows per request (perf_analyzer -b)")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds of the 3 measurement windows")
+    parser.add_argument("--distribution", choices=("poisson", "constant"), default="poisson")
+    parser.add_argument("--percentile", type=int, help="stabilise on this latency percentile (else the average)")
+    parser.add_argument("--stability", type=float, default=25.0,
+                        help="percent within which 3 windows must agree (perf_analyzer's default, 10, rarely holds "
+                        "for Poisson arrivals at a few dozen requests per window on a shared machine)")
+    parser.add_argument("--max-trials", type=int, default=10, help="windows before giving up on stability")
+    parser.add_argument("--model", help="the served model (default: the one the fleet serves)")
+    parser.add_argument("--out", help="keep perf_analyzer's input data and CSV in this folder")
+    args = parser.parse_args(argv)
+
+    def step() -> Any:
+        if args.duration <= 0:
+            raise ConfigError(f"--duration must be > 0 seconds, got {args.duration:g}")
+        rate = args.rate if args.rate is not None or args.concurrency is not None else 20.0
+        model = served_model(Fleet(), args.model)
+        options = PerfOptions(model=model, request_rate=rate, concurrency=args.concurrency,
+                              distribution=args.distribution, batch_size=args.batch,
+                              measurement_interval_ms=max(100, round(args.duration * 1000 / WINDOWS)),
+                              stability_percentage=args.stability, max_trials=args.max_trials,
+                              percentile=args.percentile)
+        run, summary = perf_fleet(options, out=args.out)
+        if not run.result.ok:
+            print(json.dumps(summary, indent=2))
+            raise RecForgeError(f"perf_analyzer through {summary['url']} failed (exit {run.result.returncode}): "
+                                f"{'; '.join(run.result.errors) or 'no request completed'}")
+        return summary
+
+    return run_step(step)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
