@@ -247,6 +247,11 @@ def render_config(nodes: Sequence[BackendNode], *, port: int, socket_path: str |
         lines += frontend_rules(admission, INFER_ROUTE, s.timeout_http_request_s)
     # GET /v2/models/stats is Triton's statistics of every model, not the metadata of a model named "stats".
     lines.append("    http-request deny deny_status 403 if { path /v2/models/stats }")
+    # GET /v2 (server metadata) is the first thing perf_analyzer and the client SDK read. The nodes' own answer
+    # lists the statistics extension, which would send perf_analyzer to the blocked statistics API: the balancer
+    # answers with the fleet's metadata and the extensions it really offers.
+    lines.append(f"    http-request return status 200 content-type application/json string '{FLEET_METADATA}' "
+                 "if METH_GET { path /v2 }")
     for i, (method, regex) in enumerate(ALLOWED_ROUTES):
         lines.append(f"    acl route{i} path_reg {regex}")
         lines.append(f"    http-request allow if METH_{method} route{i}")
