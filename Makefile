@@ -18,7 +18,7 @@ CONF ?= {}
 # Runs one DAG through Airflow, keeps its log in $(RECFORGE_HOME)/<dag>-<date>.log, prints the gist (--help)
 RUN_DAG := infra/local/run-dag.sh
 
-.PHONY: help setup run nightly compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests bench test-triton fleet-up fleet-down fleet-status rollout rollout-history bench-fleet
+.PHONY: help setup run nightly compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests bench test-triton fleet-up fleet-down fleet-status rollout rollout-history bench-fleet fleet-perf bench-faults
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -31,6 +31,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 setup: $(VENV)/.installed ## Create .venv (pinned), install HAProxy (Debian), fetch + verify MovieLens-100K, init the Airflow DB
 	infra/local/system-packages.sh
+	infra/local/perf-analyzer.sh
 	$(PY) -m recforge.pipeline.data.ingest --fetch-only
 	infra/local/airflow.sh init
 
@@ -62,6 +63,11 @@ bench: setup ## Benchmark: RecForge's best variant vs PyTorch eager per family, 
 FLEET_BENCH_CONF ?= {}
 bench-fleet: setup mlflow-up ## LBT of a 2-node Triton fleet: profile-generated config vs Triton's default (FLEET_FAMILY=, FLEET_BENCH_CONF=)
 	$(PY) -m recforge.tools.fleet_bench --family $(FLEET_FAMILY) --target $(FLEET_TARGET) --config '$(FLEET_BENCH_CONF)'
+
+# `make bench-faults` overrides, e.g. FAULTS_CONF='{"faults": ["kill9", "sigstop"], "repeats": 5}' (recforge.tools.fault_bench)
+FAULTS_CONF ?= {}
+bench-faults: setup mlflow-up ## Fault figures of a supervised 2-node fleet under load: kill -9, SIGSTOP, queue fill, HAProxy kill/reload (FAULTS_CONF=)
+	$(PY) -m recforge.tools.fault_bench --family $(FLEET_FAMILY) --target $(FLEET_TARGET) --config '$(FAULTS_CONF)'
 
 register: setup mlflow-up ## Register the best profiled variant per (family, target) in MLflow and propose rollouts (CONF='{json}')
 	@status=0; $(RUN_DAG) register_models "$(DATE)" -c '$(CONF)' || status=$$?; \
@@ -130,6 +136,14 @@ fleet-down: ## Stop every process of the local fleet (idempotent, also leftovers
 
 fleet-status: ## The fleet's nodes, models, versions and HAProxy view
 	@$(PY) -m recforge.serving.fleet status
+
+# make fleet-perf RATE=40 BATCH=16 [DURATION=30]: Triton's perf_analyzer through the balancer (recforge.tools.perf_fleet)
+RATE ?= 20
+BATCH ?= 8
+DURATION ?= 15
+fleet-perf: $(VENV)/.installed ## Triton's perf_analyzer through the fleet's balancer: Poisson RATE= requests/s of BATCH= rows
+	@infra/local/perf-analyzer.sh
+	@$(PY) -m recforge.tools.perf_fleet --rate $(RATE) --batch $(BATCH) --duration $(DURATION)
 
 clean: mlflow-down ## Stop services (fleet, Airflow UI, MLflow) and delete local state (.recforge: data, MLflow, Airflow DB)
 	-infra/local/airflow.sh stop

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import re
 import shutil
@@ -67,6 +68,9 @@ class ServingConfig:
     max_batch_size: BatchSize = 256
     preferred_batch_size: tuple[BatchSize, ...] = ()  # empty: no preference, dispatch what has arrived
     max_queue_delay_microseconds: Annotated[int, Field(ge=0, le=10**7)] = 100
+    # requests waiting in the node's queue beyond which Triton rejects a new one at once (HTTP 503, which the
+    # balancer retries on another node: it never ran); 0: no bound (Triton's default)
+    max_queue_size: Annotated[int, Field(ge=0, le=10**6)] = 0
     instance_count: PerInstance = 1
     # False: no dynamic_batching block at all (Triton's default: each request runs on its own, as it arrives);
     # preferred_batch_size must then be empty and max_queue_delay_microseconds is not written
@@ -119,6 +123,9 @@ def serving_config_from_profile(profile: Mapping[str, Any] | str | Path, *, sour
     * ``preferred_batch_size`` / ``max_queue_delay_microseconds`` / ``instance_count``: the Triton knobs of
       ``search.best_knobs`` (a cpu-triton profile); otherwise the workers of the profiled target become the
       instance count, with no preferred size and the default queue delay;
+    * ``max_queue_size``: the requests that can still be served within the profile's p95 target behind the queue
+      (target / latency of the largest measured request <= max_batch_size, times the instances; at least 2 per
+      instance); 0 (no bound) without ``latency_vs_batch``;
     * ``threads_per_instance``: ``target.threads``;
     * ``warmup_batch_sizes``: 1 and max_batch_size.
     Each value's ``sources`` entry names the profile (file or run id), its LBT figure and the evaluation."""
@@ -181,12 +188,21 @@ def serving_config_from_profile(profile: Mapping[str, Any] | str | Path, *, sour
     measured = ", ".join(f"{b}: {batch_ms[b]:.3g} ms" for b in warmup if b in batch_ms)
     sources["warmup_batch_sizes"] = "1 and max_batch_size" + (f" (single-request latency_vs_batch {measured})"
                                                                if measured else "")
+    queue_size = 0
+    full = [(b, ms) for b, ms in sorted(batch_ms.items()) if b <= max_batch_size and ms > 0]
+    if full:  # a request that waits behind more than this misses the SLO anyway: reject it at once (503)
+        batch, ms = full[-1]
+        queue_size = max(2 * instances, math.floor(profile["p95_target_ms"] / ms * instances))
+        sources["max_queue_size"] = (f"p95 target {profile['p95_target_ms']:g} ms / {ms:.3g} ms per request of "
+                                     f"{batch} rows (latency_vs_batch) x {instances} instance(s), at least 2 per "
+                                     f"instance: the requests that can still be served within the target, of {where}")
     # a GPU profile's instances run on the GPU; a hybrid profile's Triton side is its CPU part (the offloaded
     # queries need a second, GPU deployment, which the hybrid profile's gpu_threshold routes to)
     kind = "KIND_GPU" if target["kind"].startswith("gpu-") else "KIND_CPU"
     sources["instance_kind"] = f"target.kind={target['kind']} of {where}"
     return ServingConfig(max_batch_size=max_batch_size, preferred_batch_size=preferred,
-                         max_queue_delay_microseconds=queue_delay, instance_count=instances, instance_kind=kind,
+                         max_queue_delay_microseconds=queue_delay, max_queue_size=queue_size,
+                         instance_count=instances, instance_kind=kind,
                          threads_per_instance=threads, warmup_batch_sizes=warmup, sources=sources)
 
 
@@ -254,6 +270,9 @@ def render_config_pbtxt(*, model_name: str, spec: Any, serving_config: ServingCo
                          f"{_comment(cfg.source('preferred_batch_size'))}")
         lines.append(f"  max_queue_delay_microseconds: {cfg.max_queue_delay_microseconds}  "
                      f"# {_comment(cfg.source('max_queue_delay_microseconds'))}")
+        if cfg.max_queue_size:
+            lines.append(f"  default_queue_policy {{ max_queue_size: {cfg.max_queue_size} }}  "
+                         f"# {_comment(cfg.source('max_queue_size'))}")
         lines.append("}")
     else:
         lines.append(f"# no dynamic_batching: each request runs on its own as it arrives (Triton's default): "

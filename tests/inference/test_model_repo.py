@@ -67,6 +67,13 @@ def test_serving_config_from_a_cpu_triton_profile_names_its_sources(tmp_path):
         assert str(path) in cfg.sources[key] and RUN_ID in cfg.sources[key] and f"LBT {lbt:g} qps" in cfg.sources[key]
     assert "search.best_knobs.queue_delay_us=500" in cfg.sources["max_queue_delay_microseconds"]
     assert "256: 4 ms" in cfg.sources["warmup_batch_sizes"]
+    # the requests that can still meet the p95 target behind the queue: target / 4.0 ms per 256-row request x 2
+    expected_queue = max(4, int(doc["p95_target_ms"] / 4.0 * 2))
+    assert cfg.max_queue_size == expected_queue and "4 ms per request of 256 rows" in cfg.sources["max_queue_size"]
+    model_dir = mr.write_model_repository(tmp_path / "repo", model_name="m", onnx_path=tmp_path / "profile.json",
+                                          spec=SPEC, serving_config=cfg)
+    assert mr.parse_config_pbtxt(model_dir / "config.pbtxt")["dynamic_batching"]["default_queue_policy"] == \
+        {"max_queue_size": expected_queue}
 
 
 def test_serving_config_from_a_cpu_onnxruntime_profile_maps_workers_and_sub_batch():
@@ -103,7 +110,8 @@ def test_both_flavours_carry_the_contract_and_the_measured_values(tmp_path, onnx
     (output,) = config["output"]
     assert (output["name"], output["data_type"], output["dims"], output["reshape"]) == \
         ("probability", "TYPE_FP32", [1], {})  # reshape to [] (the model's [B] output)
-    assert config["dynamic_batching"] == {"preferred_batch_size": [32, 64], "max_queue_delay_microseconds": 500}
+    assert config["dynamic_batching"] == {"preferred_batch_size": [32, 64], "max_queue_delay_microseconds": 500,
+                                         "default_queue_policy": {"max_queue_size": 12}}  # 25 ms / 4 ms x 2
     assert config["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}]
     params = mr.config_parameters(config)
     assert params == {"onnx_sha256": sha, "intra_op_thread_count": "1", "inter_op_thread_count": "1"}

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from recforge.contracts.features import OUTPUT_NAME
+
 DTYPES = {"sparse": "INT64", "genres": "INT64", "history": "INT64", "dense": "FP32"}
 JSON = {"Content-Type": "application/json"}
 
@@ -112,4 +114,14 @@ def malformed_requests(dims: Mapping[str, int], max_batch: int,
     cases[-1] = ("binary_data_size_absurd", {"Content-Type": "application/octet-stream",
                                              "Inference-Header-Content-Length": str(len(header))},
                  header + struct.pack("<f", 0.5) * dims["dense"])
+    # Found by the fuzz campaign (tests/serving/test_fuzz.py), through the balancer before the fix:
+    cases += [
+        # Triton's HTTP parser closes the connection on a header line (or URI) of 8 KiB or more: HAProxy said 502
+        ("header_line_too_long", {**JSON, "X-Padding": "a" * 9000}, body(request(2, dims))),
+        # a list as the request's parameters: Triton answered 500 "failed to get request params."
+        ("parameters_not_an_object", JSON, body({**request(2, dims), "parameters": [1, 2]})),
+        # a negative classification count: Triton answered 500 "Unable to set 'classification'"
+        ("classification_negative", JSON, body({**request(2, dims), "outputs": [
+            {"name": OUTPUT_NAME, "parameters": {"classification": -1}}]})),
+    ]
     return cases

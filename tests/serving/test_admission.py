@@ -80,7 +80,7 @@ def test_generated_config_admits_with_provenance_and_never_retries_a_request_tha
     # the admission rules come before the route allowlist's first allow (an allow ends the rule list)
     first_allow = next(i for i, line in enumerate(lines) if line.startswith("http-request allow"))
     assert max(i for i, line in enumerate(lines) if "http-request return" in line) < first_allow
-    assert "retry-on conn-failure" in lines and not any("empty-response" in line for line in lines)
+    assert "retry-on conn-failure 503" in lines and not any("empty-response" in line for line in lines)
     text = lb.render_config([lb.BackendNode("node0", 8001)], port=18090, socket_path=tmp_path / "admin.sock")
     assert "json_query" not in text and "tune.bufsize 131072" in text  # no model: no admission
     assert "req.body,sha2(256),hex,lower" in text  # the request log's body hash is there with or without it

@@ -197,13 +197,14 @@ def test_config_has_weights_health_checks_retries_and_route_allowlist(tmp_path):
     assert not any(line.startswith("stats uri") or line.startswith("listen") for line in lines)  # no TCP stats page
     backend = lines[lines.index("backend triton"):]
     for expected in ("balance roundrobin", "option httpchk GET /v2/health/ready", "http-check expect status 200",
-                     "option redispatch 1", "retries 2", "retry-on conn-failure",
+                     "option redispatch 1", "retries 2", "retry-on conn-failure 503",
                      "http-response set-header X-RecForge-Node %[srv_name]",
                      "server node0 127.0.0.1:8001 weight 256", "server node1 127.0.0.1:8002 weight 85"):
         assert expected in backend
     assert any(line.startswith("default-server check inter 500ms") and "fall 2 rise 2" in line for line in backend)
-    # a request that reached a node is never sent again (it may be what killed the node)
-    assert not any(word in line for line in backend for word in ("empty-response", "response-timeout", "503"))
+    # a request that reached a node is never sent again (it may be what killed the node); a 503 is Triton's refusal
+    # before running it (queue full, model unavailable): retried on another node
+    assert not any(word in line for line in backend for word in ("empty-response", "response-timeout", "all-retryable"))
     assert "http-request deny deny_status 403" in lines  # the last rule of the frontend: everything not allowed
 
 

@@ -22,13 +22,19 @@ What the generated ``haproxy.cfg`` does (:func:`render_config`):
   200 every ``check_inter_ms`` (``fall``/``rise`` consecutive results flip a node DOWN/UP; a connection error seen
   on live traffic switches that node's checks to ``fastinter``, ``observe layer4``: it does not mark it DOWN by
   itself, since one refused connection on the last healthy node would take the whole fleet out); ``retries 2``
-  with ``retry-on conn-failure`` and ``option redispatch 1``: a request that never reached a node (connection
-  refused or not established: the node is already down) is sent to another node. A request whose attempt ended
+  with ``retry-on conn-failure 503`` and ``option redispatch 1``: a request that never ran on a node (connection
+  refused or not established: the node is already down; or answered 503: Triton refused it before running it,
+  its queue full at ``max_queue_size`` or the model unavailable) is sent to another node. A request whose attempt ended
   with the node resetting or closing without an answer, or timing out, is **not** sent again: it may be what
   killed the node (a poison request: before, one malformed request killed a node, was redispatched and killed the
   next). The price: the requests in flight on a node that dies are lost (at most one per client connection;
   they were all re-sent before). On a reused client connection HAProxy then closes without an answer rather
   than a 502 (HTTP's signal that the client may retry; the choice is the client's).
+* every request is logged on one line with its node, termination state and body SHA-256 (``requestlog``); the
+  fleet's supervisor reads it to record what was on a node that failed and to quarantine a body that crashed nodes
+  (``acl ... -f quarantine.lst``: 422). A node marked DOWN has its sessions killed (``on-marked-down
+  shutdown-sessions``). ``HAProxy.reload()`` reloads the config without dropping a connection (server states and
+  weights kept through ``server-state-file``; ``option idle-close-on-response``).
 * every answer carries ``X-RecForge-Node: <server name>`` (``http-response set-header``): the load generator
   attributes each request to the node that served it, so the rollout's canary gate compares the canary's queries
   with the others' under the same load (:func:`recforge.serving.rollout.gate.gate`). The node names are the

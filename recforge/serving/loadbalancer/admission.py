@@ -4,7 +4,9 @@ answer a KServe v2 inference request which cannot be valid for it, before it rea
 What is checked where (the measurements behind it: docs/serving.md, "Malformed requests"):
 
 * **HAProxy, before the body is read**: ``Content-Length`` over :attr:`AdmissionLimits.max_body_bytes` -> 413
-  (a bare Triton waits for the promised bytes, holding the connection).
+  (a bare Triton waits for the promised bytes, holding the connection); on every route, a URI over
+  :data:`MAX_HEADER_LINE_BYTES` -> 414 and a header line over it -> 431 (Triton's HTTP parser closes the
+  connection on 8 KiB or more, which HAProxy would answer 502).
 * **HAProxy, on the buffered body** (``http-request wait-for-body``; ``tune.bufsize`` is raised so the largest
   admitted body fits): a body over the limit (chunked requests too) -> 413; for binary-data requests
   ``Inference-Header-Content-Length`` must be an integer in [1, body size] -> 400; a JSON request must end with
@@ -40,12 +42,14 @@ from recforge.inference.model_repo import parse_config_pbtxt
 JSON_BYTES_PER_ELEMENT = 32
 BODY_SLACK_BYTES = 65536  # names, datatypes, shapes, parameters, request id, outputs
 # Triton's messages for a request it could not parse (answered 500 by its HTTP frontend, 2.4x).
-TRITON_PARSE_ERRORS = ("Unable to parse", "failed to parse the request JSON")
+TRITON_PARSE_ERRORS = ("Unable to parse", "failed to parse the request JSON", "Unable to set",
+                       "failed to get request params")
 KSERVE_DATATYPES = {"TYPE_BOOL": "BOOL", "TYPE_UINT8": "UINT8", "TYPE_INT8": "INT8", "TYPE_INT16": "INT16",
                     "TYPE_INT32": "INT32", "TYPE_INT64": "INT64", "TYPE_FP16": "FP16", "TYPE_FP32": "FP32",
                     "TYPE_FP64": "FP64", "TYPE_STRING": "BYTES", "TYPE_BF16": "BF16", "TYPE_UINT16": "UINT16",
                     "TYPE_UINT32": "UINT32", "TYPE_UINT64": "UINT64"}
 MAX_BATCH_DIGITS = 9  # a batch dimension is at most this many digits before it is compared as an integer
+MAX_HEADER_LINE_BYTES = 8000  # Triton 2.4x's HTTP parser drops a URI, header name or value of 8190+ bytes
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,16 @@ def required_bufsize(limits: AdmissionLimits) -> int:
     """A ``tune.bufsize`` that holds the largest admitted body plus headers (HAProxy's ``maxrewrite`` reserve)."""
     need = limits.max_body_bytes + 65536
     return -(-need // 4096) * 4096
+
+
+def header_limit_rules() -> list[str]:
+    """The frontend lines, on every route and with or without a model's limits, that answer a URI or a header line
+    Triton's HTTP parser would drop (414/431 instead of the 502 HAProxy would give for the closed connection)."""
+    return [
+        _reject(414, f"the URI is over {MAX_HEADER_LINE_BYTES} bytes", f"{{ url,length gt {MAX_HEADER_LINE_BYTES} }}"),
+        _reject(431, f"a header line is over {MAX_HEADER_LINE_BYTES} bytes",
+                f"{{ req.hdrs -m reg [^\\r\\n]{{{MAX_HEADER_LINE_BYTES},}} }}"),
+    ]
 
 
 def frontend_rules(limits: AdmissionLimits, infer_regex: str, body_timeout_s: int) -> list[str]:

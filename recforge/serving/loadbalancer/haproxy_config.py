@@ -17,7 +17,13 @@ from typing import Any, Literal
 from recforge.contracts.headers import NODE_HEADER
 from recforge.core.config import Annotated, Field, typed_config
 from recforge.core.errors import ConfigError
-from recforge.serving.loadbalancer.admission import AdmissionLimits, backend_rules, frontend_rules, required_bufsize
+from recforge.serving.loadbalancer.admission import (
+    AdmissionLimits,
+    backend_rules,
+    frontend_rules,
+    header_limit_rules,
+    required_bufsize,
+)
 from recforge.serving.loadbalancer.requestlog import BODY_HASH_VAR, LOG_FORMAT, UNIQUE_ID_FORMAT
 
 BACKEND = "triton"
@@ -243,6 +249,7 @@ def render_config(nodes: Sequence[BackendNode], *, port: int, socket_path: str |
         "    # Only inference, health, and the model's metadata and config (GET) reach the nodes; the rest (model",
         "    # control, statistics, logging, trace, shared memory) is refused here.",
     ]
+    lines += header_limit_rules()
     if admission is not None:
         lines += frontend_rules(admission, INFER_ROUTE, s.timeout_http_request_s)
     # GET /v2/models/stats is Triton's statistics of every model, not the metadata of a model named "stats".
@@ -264,12 +271,13 @@ def render_config(nodes: Sequence[BackendNode], *, port: int, socket_path: str |
         "    option httpchk GET /v2/health/ready",
         "    http-check expect status 200",
         "    option http-buffer-request",
-        "    # Retries only when the request never reached a node (connection refused or not established: a node",
-        "    # already down). A request whose attempt ended in a reset, an empty answer or a timeout is not sent",
-        "    # again: it may be what killed the node, and would kill the next one (a poison request).",
+        "    # Retries only when the request never ran on a node: the connection was refused or not established (a",
+        "    # node already down), or the node answered 503 (Triton refused it before running it: its queue is full,",
+        "    # max_queue_size, or the model is unavailable). A request whose attempt ended in a reset, an empty answer",
+        "    # or a timeout is not sent again: it may be what killed the node, and would kill the next (poison).",
         "    option redispatch 1",
         f"    retries {s.retries}",
-        "    retry-on conn-failure",
+        "    retry-on conn-failure 503",
         f"    http-response set-header {NODE_HEADER} %[srv_name]",
         *(backend_rules() if admission is not None else []),
         *body_hash_rules(s.timeout_http_request_s, quarantine_path),
