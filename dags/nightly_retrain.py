@@ -3,8 +3,10 @@
 Runs daily at 02:00 UTC for the previous day's partition (the data interval [D 02:00, D+1 02:00)
 has logical date D). Thin wiring only: every task is a shim over a function in ``recforge.pipeline``, imported
 inside the task so parsing this file never imports torch, mlflow, onnxruntime or great_expectations.
-A failing data check stops the run before training; the parent MLflow run is then marked FAILED
-with the check's Data Docs attached, and nothing registered or deployed changes.
+A hard data-check failure stops the run before training; the parent MLflow run is then marked FAILED
+with the check's Data Docs attached, and nothing registered or deployed changes. A data-check warning lets
+the run go on; it is recorded on the parent run (tag recforge.data_checks=warning, metric
+data_check_warnings, data_docs/warnings.txt) and printed by `nightly report`.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def _params() -> dict:
         "train_config": Param({}, type="object", title="Training overrides",
                               description="TrainConfig fields, e.g. {\"max_epochs\": 3, \"max_train_rows\": 5000}."),
         "check_config": Param({}, type="object", title="Data-check overrides",
-                              description="CheckConfig fields, e.g. {\"min_volume_ratio\": 0.1}."),
+                              description="CheckConfig fields, e.g. {\"volume_z_warning\": 4.0}."),
     },
 )
 def nightly_retrain():

@@ -1,26 +1,22 @@
 """Data-quality checks of one daily ratings partition, run with great-expectations (GX) 1.x.
 
 :func:`check_partition` validates a partition (``user_id``, ``item_id``, ``rating``, ``timestamp``; one
-UTC day) before anything is trained on it, and returns a :class:`CheckReport`; the caller stops the run
-with :meth:`CheckReport.raise_for_failure`.
+UTC day) before anything is trained on it, against the partitions before it, and returns a
+:class:`CheckReport` with a status: ``failed`` (a hard, GX ``critical`` expectation failed: the caller stops
+the run with :meth:`CheckReport.raise_for_failure`), ``warning`` (only ``warning`` expectations failed: the
+run goes on, the warnings are recorded) or ``passed``.
 
-How it is laid out in GX (a file-backed project rooted at ``gx_root``, Data Docs written under it):
+What is checked: :func:`plan_day` gathers the day's bands (:mod:`recforge.pipeline.datagate.bands`) of the
+row count, the label rate and the day's statistics (:mod:`recforge.pipeline.datagate.daystats`: drift,
+concentration, novelty, repeats, a baseline model's AUC); :mod:`recforge.pipeline.datagate.expectations`
+turns them into three GX suites (partition, labels, statistics) run as one GX run. The suites' definitions
+do not change from day to day: the day's values (time window, known ids, every bound) are expectation
+parameters, so a re-run of a day just adds a new run. Each checkpoint updates Data Docs. The GX plumbing
+(project, lock, checkpoints, runs, failure lines) is :mod:`recforge.pipeline.datagate.suites`.
 
-* pandas data source ``recforge_ratings`` with two dataframe assets, each with one whole-dataframe batch
-  definition: ``ratings_partition`` (the partition as stored) and ``ratings_partition_labels`` (the derived
-  column ``label = rating >= label_threshold``). The derived column lives in its own frame so that the
-  schema expectation can ask for the partition's *exact* column set.
-* one expectation suite, validation definition and checkpoint per asset, all of the same name. The suites
-  do not change from day to day: the day's values (the day's time window, the known ids, the volume and
-  label-rate bounds) are passed as expectation parameters (``{"$PARAMETER": ...}``) when the checkpoint
-  runs, so every definition is add-or-updated idempotently and a re-run of a day just adds a new run.
-* each checkpoint updates Data Docs (``UpdateDataDocsAction``) with its validation result.
-
-The GX plumbing (project, lock, checkpoints, runs, failure lines) is :mod:`recforge.pipeline.datagate.suites`;
-this module holds the suites, their parameters and the report.
-
-:func:`check_day` is the nightly DAG's ``check`` task around it: it loads the partition and its context from
-the data root, logs the Data Docs on the MLflow parent run, and raises on failure.
+:func:`check_day` is the nightly DAG's ``check`` task around it: it loads the partition, the earlier
+partitions and the dimension tables from the data root, logs the Data Docs and the outcome on the MLflow
+parent run, and raises on a hard failure.
 
 Importing this module does not import GX (an import of several seconds); :func:`check_partition` does.
 
@@ -33,8 +29,6 @@ import argparse
 import datetime as dt
 import json
 import logging
-import math
-import statistics
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -48,44 +42,54 @@ from recforge.contracts import tags
 from recforge.core import config as project
 from recforge.core.cli import json_object, run_step
 from recforge.core.config import Annotated, Field, config_from_dict, typed_config
-from recforge.core.errors import ConfigError, DataCheckError
+from recforge.core.errors import ConfigError, DataCheckError, DataError, first_line
 from recforge.pipeline.data import ingest as data
-from recforge.pipeline.datagate.suites import SuiteRun, json_safe, param, run_checkpoints
+from recforge.pipeline.datagate.bands import CRITICAL, Band, label_rate_bands, statistic_bands, volume_bands
+from recforge.pipeline.datagate.daystats import day_statistics
+from recforge.pipeline.datagate.expectations import (
+    LABEL_COLUMN,
+    LABELS,
+    PARTITION,
+    RATING_MAX,
+    RATING_MIN,
+    RAW_COLUMNS,
+    STATISTICS_SUITE,
+    band_expectations,
+    band_params,
+    band_suite,
+    partition_expectations,
+    statistics_frame,
+)
+from recforge.pipeline.datagate.suites import SuiteRun, json_safe, run_checkpoints
 
 log = logging.getLogger(__name__)
 
-RAW_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
-LABEL_COLUMN = "label"
-RATING_MIN, RATING_MAX = 1, 5
-# Accepted dtypes of the id/rating/timestamp columns: numpy integers and pandas' nullable integers. GX 1.x
-# resolves a type name with np.dtype(name) or getattr(pandas, name), so the nullable ones are spelled by
-# their class name ("Int64Dtype"); "Int64" would match nothing.
-INTEGER_DTYPES = [
-    *(f"{sign}int{bits}" for sign in ("", "u") for bits in (8, 16, 32, 64)),
-    *(f"{sign}Int{bits}Dtype" for sign in ("", "U") for bits in (8, 16, 32, 64)),
-]
-
 DATASOURCE = "recforge_ratings"
-PARTITION = "ratings_partition"  # asset, suite, validation definition and checkpoint of the partition
-LABELS = "ratings_partition_labels"  # the same for the derived label frame
+WARNINGS_METRIC = "data_check_warnings"  # on the nightly parent run: how many warnings the gate raised
 
 
 @typed_config
 class CheckConfig:
-    """Thresholds of the partition checks (the nightly DAG's ``check_config`` param)."""
+    """Thresholds of the partition checks (the nightly DAG's ``check_config`` param). The bounds of the
+    statistics are calibrated constants (:mod:`recforge.pipeline.datagate.bands`)."""
 
-    volume_window_days: Annotated[int, Field(ge=1)] = 14  # trailing partitions the median row count is taken over
-    min_volume_ratio: Annotated[float, Field(ge=0)] = 0.15  # rows >= ratio * median(trailing row counts)
-    max_volume_ratio: Annotated[float, Field(ge=0)] = 20.0  # rows <= ratio * median(trailing row counts)
+    volume_window_days: Annotated[int, Field(ge=1)] = 28  # trailing partitions the volume bands come from
+    volume_z_warning: Annotated[float, Field(gt=0)] = 3.5  # |robust z of log rows| above this: warning
+    volume_z_hard_low: Annotated[float, Field(gt=0)] = 9.0  # z below -this: hard failure (real min -8.4)
+    volume_z_hard_high: Annotated[float, Field(gt=0)] = 6.0  # z above this: hard failure (real max 2.9)
+    volume_scale_floor: Annotated[float, Field(gt=0)] = 0.25  # least robust scale of log rows
+    window_days: Annotated[int, Field(ge=3)] = 28  # trailing partitions the drift statistics compare with
+    statistics_suite: bool = True  # check the day's statistics (off only for data unlike MovieLens's)
     label_threshold: Annotated[int, Field(ge=RATING_MIN, le=RATING_MAX)] = 4  # label = rating >= label_threshold
-    label_rate_min: Annotated[float, Field(ge=0, le=1)] = 0.2  # bounds of the mean label of the partition
+    label_rate_min: Annotated[float, Field(ge=0, le=1)] = 0.2  # warning band of the mean label of the partition
     label_rate_max: Annotated[float, Field(ge=0, le=1)] = 0.9
+    label_rate_z_hard: Annotated[float, Field(gt=0)] = 5.0  # hard band: window rate +- z standard errors
 
     def __post_init__(self) -> None:
-        if self.min_volume_ratio > self.max_volume_ratio:
+        if self.volume_z_warning > min(self.volume_z_hard_low, self.volume_z_hard_high):
             raise ConfigError(
-                f"CheckConfig.min_volume_ratio ({self.min_volume_ratio}) must be <= max_volume_ratio"
-                f" ({self.max_volume_ratio})"
+                f"CheckConfig.volume_z_warning ({self.volume_z_warning}) must be <= volume_z_hard_low"
+                f" ({self.volume_z_hard_low}) and volume_z_hard_high ({self.volume_z_hard_high})"
             )
         if self.label_rate_min > self.label_rate_max:
             raise ConfigError(
@@ -104,24 +108,34 @@ class CheckReport:
     """Outcome of :func:`check_partition`."""
 
     day: dt.date
-    success: bool
-    failed: list[str]  # one line per failed expectation, in suite order
+    success: bool  # no expectation failed, hard or warning
+    failed: list[str]  # one line per failed expectation, in suite order; a warning's line starts "warning: "
     statistics: dict[str, Any]
     data_docs_index: Path  # index.html of the local Data Docs site
     data_docs_dir: Path
     notes: list[str] = field(default_factory=list)
     row_count: int = 0
     data_docs_pages: list[Path] = field(default_factory=list)  # this run's validation result pages
+    hard_failures: list[str] = field(default_factory=list)  # the failed lines that stop the run
+    warnings: list[str] = field(default_factory=list)  # the failed lines that only warn
+    day_statistics: dict[str, float] = field(default_factory=dict)  # statistic -> the day's value
+
+    @property
+    def status(self) -> str:
+        """``failed`` (a hard failure: stop), ``warning`` (warnings only: go on, record them) or ``passed``."""
+        return "failed" if self.hard_failures else "warning" if self.warnings else "passed"
 
     def raise_for_failure(self) -> None:
-        """Raise DataCheckError (listing every failed expectation and the Data Docs page) unless success."""
-        if self.success:
+        """Raise DataCheckError (listing every hard failure, then the warnings, and the Data Docs page) when a
+        hard (critical) expectation failed; warnings alone do not raise."""
+        if not self.hard_failures:
             return
         evaluated = self.statistics.get("evaluated_expectations", 0)
         lines = [
             f"data checks failed for partition {self.day.isoformat()}: "
-            f"{len(self.failed)} of {evaluated} expectations failed:",
-            *(f"  - {line}" for line in self.failed),
+            f"{len(self.hard_failures)} of {evaluated} expectations failed:",
+            *(f"  - {line}" for line in self.hard_failures),
+            *(f"  - {line}" for line in self.warnings),
             f"Data Docs: {self.data_docs_index}",
         ]
         raise DataCheckError("\n".join(lines), failed=list(self.failed), data_docs=str(self.data_docs_index))
@@ -130,8 +144,12 @@ class CheckReport:
         return {
             "day": self.day.isoformat(),
             "success": self.success,
+            "status": self.status,
             "failed": list(self.failed),
+            "hard_failures": list(self.hard_failures),
+            "warnings": list(self.warnings),
             "statistics": json_safe(self.statistics),
+            "day_statistics": json_safe(self.day_statistics),
             "data_docs_index": str(self.data_docs_index),
             "data_docs_dir": str(self.data_docs_dir),
             "notes": list(self.notes),
@@ -146,13 +164,65 @@ def day_window(day: dt.date) -> tuple[int, int]:
     return start, start + 86_400
 
 
-def volume_bounds(trailing_row_counts: Sequence[int], config: CheckConfig) -> tuple[int, int, float] | None:
-    """(min rows, max rows, median) from the last ``volume_window_days`` counts; None under 3 partitions."""
-    window = [int(n) for n in trailing_row_counts][-config.volume_window_days :]
-    if len(window) < 3:
-        return None
-    median = float(statistics.median(window))
-    return math.ceil(config.min_volume_ratio * median), math.floor(config.max_volume_ratio * median), median
+@dataclass
+class DayPlan:
+    """The day's bands (what :func:`check_partition` checks), the statistics' values and why any was skipped."""
+
+    bands: list[Band]
+    values: dict[str, float]
+    notes: list[str]
+    skipped: int  # band groups skipped for want of history
+    seconds: float  # computing the statistics
+
+
+def plan_day(
+    ratings: pd.DataFrame,
+    *,
+    trailing_row_counts: Sequence[int],
+    history: pd.DataFrame | None,
+    users: pd.DataFrame | None,
+    items: pd.DataFrame | None,
+    config: CheckConfig,
+) -> DayPlan:
+    """The bands of the day's partition: volume (from ``trailing_row_counts``), label rate, and, given
+    ``history`` (every earlier rating) and a partition with the four raw columns, the statistics of
+    :mod:`recforge.pipeline.datagate.daystats`. Also :mod:`recforge.pipeline.datagate.calibrate` replays it."""
+    started = time.perf_counter()
+    notes: list[str] = []
+    bands: list[Band] = []
+    skipped = 0
+    counts = [int(n) for n in trailing_row_counts][-config.volume_window_days:]
+    if len(counts) < 3:
+        notes.append(f"volume check skipped: only {len(counts)} trailing partition(s), need at least 3")
+        skipped += 1
+    else:
+        bands += volume_bands(counts, z_warning=config.volume_z_warning, z_hard_low=config.volume_z_hard_low,
+                              z_hard_high=config.volume_z_hard_high, floor=config.volume_scale_floor)
+        notes.append(f"volume bands {bands[0].min_value}..{bands[0].max_value} rows (hard), "
+                     f"{bands[1].min_value}..{bands[1].max_value} (warning), from the last {len(counts)} partitions")
+    values: dict[str, float] = {}
+    window_rate = None
+    usable = set(RAW_COLUMNS) <= set(ratings.columns) and all(
+        pd.api.types.is_integer_dtype(ratings[c]) and not ratings[c].isna().any() for c in RAW_COLUMNS)
+    if not config.statistics_suite:
+        notes.append("statistics skipped: CheckConfig.statistics_suite is off")
+        skipped += 1
+    elif history is None or history.empty:
+        notes.append("statistics skipped: no earlier partitions to compare with")
+        skipped += 1
+    elif not usable:
+        notes.append("statistics skipped: the partition's columns are not the four integer columns")
+        skipped += 1
+    else:
+        stats = day_statistics(ratings, history, users=users, items=items, window_days=config.window_days,
+                               label_threshold=config.label_threshold)
+        values, notes = dict(stats.values), notes + stats.notes
+        window_rate = stats.reference.get("window_label_rate")
+        bands += statistic_bands(stats)
+    day_users = int(ratings["user_id"].nunique()) if "user_id" in ratings.columns else 0
+    bands += label_rate_bands(window_rate, day_users, z_hard=config.label_rate_z_hard,
+                              fixed_min=config.label_rate_min, fixed_max=config.label_rate_max)
+    return DayPlan(bands, values, notes, skipped, time.perf_counter() - started)
 
 
 def check_partition(
@@ -164,73 +234,67 @@ def check_partition(
     trailing_row_counts: Sequence[int],
     gx_root: Path,
     config: CheckConfig | None = None,
+    history: pd.DataFrame | None = None,
+    users: pd.DataFrame | None = None,
+    items: pd.DataFrame | None = None,
 ) -> CheckReport:
     """Validate the ratings partition of ``day`` with GX, update Data Docs under ``gx_root``, and report.
 
     ``trailing_row_counts`` are the row counts of the partitions before ``day``, oldest first; the last
-    ``config.volume_window_days`` of them set the volume bounds, and with fewer than 3 the volume
-    expectation is skipped (noted in the report). Failing or unevaluable expectations (a missing column,
-    say) are reported, not raised: call :meth:`CheckReport.raise_for_failure` to stop on them.
+    ``config.volume_window_days`` of them set the volume bands, and with fewer than 3 the volume
+    expectations are skipped (noted in the report). ``history`` (every rating before ``day``) and the
+    ``users``/``items`` tables enable the statistics suite (drift, concentration, novelty, repeats, baseline
+    AUC) and the hard label-rate band; without ``history`` they are skipped with a note. Failing or
+    unevaluable expectations are reported, not raised: call :meth:`CheckReport.raise_for_failure` to stop on
+    the hard ones.
     """
     started = time.perf_counter()
     config = config or CheckConfig()
     if isinstance(day, dt.datetime):
         day = day.date()
-    notes: list[str] = []
     day_start, day_end = day_window(day)
-    users = sorted({int(u) for u in known_user_ids})
-    items = sorted({int(i) for i in known_item_ids})
-    volume = volume_bounds(trailing_row_counts, config)
+    plan = plan_day(ratings, trailing_row_counts=trailing_row_counts, history=history, users=users,
+                    items=items, config=config)
     params: dict[str, Any] = {
         "day_start": day_start,
         "day_end": day_end,
-        "known_user_ids": users,
-        "known_item_ids": items,
-        "label_rate_min": float(config.label_rate_min),
-        "label_rate_max": float(config.label_rate_max),
+        "known_user_ids": sorted({int(u) for u in known_user_ids}),
+        "known_item_ids": sorted({int(i) for i in known_item_ids}),
+        **band_params(plan.bands),
     }
-    if volume is None:
-        notes.append(
-            f"volume check skipped: only {len(trailing_row_counts)} trailing partition(s), need at least 3"
-        )
-    else:
-        params["min_rows"], params["max_rows"], median = volume
-        notes.append(
-            f"volume bounds {params['min_rows']}..{params['max_rows']} rows "
-            f"(median {median:g} of the last {min(len(trailing_row_counts), config.volume_window_days)} "
-            "partitions)"
-        )
+    notes = list(plan.notes)
     labels = derive_labels(ratings, config.label_threshold)
     if LABEL_COLUMN not in labels.columns:
         notes.append("label not derived: column 'rating' is missing")
     else:
         notes.append(f"label = rating >= {config.label_threshold}")
-
-    outcome = run_checkpoints(
-        gx_root,
-        DATASOURCE,
-        [
-            SuiteRun(PARTITION, lambda: _partition_expectations(volume is not None), ratings),
-            SuiteRun(LABELS, _label_expectations, labels),
-        ],
-        run_name=day.isoformat(),
-        params=params,
-        derived_from={LABEL_COLUMN: "rating"},
-        unix_time_columns=("timestamp",),
-    )
-    failed = [f.line for f in outcome.failures]
+    by_suite = {suite: [b for b in plan.bands if band_suite(b) == suite]
+                for suite in (PARTITION, LABELS, STATISTICS_SUITE)}
+    runs = [
+        SuiteRun(PARTITION, lambda: partition_expectations(by_suite[PARTITION]), ratings),
+        SuiteRun(LABELS, lambda: band_expectations(by_suite[LABELS]), labels),
+    ]
+    if by_suite[STATISTICS_SUITE]:
+        runs.append(SuiteRun(STATISTICS_SUITE, lambda: band_expectations(by_suite[STATISTICS_SUITE]),
+                             statistics_frame(plan.values)))
+    outcome = run_checkpoints(gx_root, DATASOURCE, runs, run_name=day.isoformat(), params=params,
+                              derived_from={LABEL_COLUMN: "rating"}, unix_time_columns=("timestamp",))
+    hard = [f.line for f in outcome.failures if f.severity == CRITICAL]
+    warned = [f"warning: {f.line}" for f in outcome.failures if f.severity != CRITICAL]
+    failed = [f.line if f.severity == CRITICAL else f"warning: {f.line}" for f in outcome.failures]
     stats: dict[str, Any] = dict(outcome.statistics)
     evaluated = stats["evaluated_expectations"]
     stats["success_percent"] = 100.0 * stats["successful_expectations"] / evaluated if evaluated else 100.0
-    stats["skipped_expectations"] = 0 if volume is not None else 1
+    stats["skipped_expectations"] = plan.skipped
     stats["seconds"] = round(time.perf_counter() - started, 3)
-    success = outcome.success
-    log.info("data checks of %s: %s (%d of %d failed, %.1fs)", day, "passed" if success else "FAILED",
-             len(failed), evaluated, stats["seconds"])
+    stats["statistics_seconds"] = round(plan.seconds, 3)
+    log.info("data checks of %s: %s (%d hard failure(s), %d warning(s) of %d, %.1fs)", day,
+             "FAILED" if hard else "passed", len(hard), len(warned), evaluated, stats["seconds"])
     index = outcome.data_docs_index
-    return CheckReport(day=day, success=success, failed=failed, statistics=stats, data_docs_index=index,
-                       data_docs_dir=index.parent, notes=notes, row_count=len(ratings),
-                       data_docs_pages=outcome.data_docs_pages)
+    return CheckReport(day=day, success=outcome.success, failed=failed, statistics=stats,
+                       data_docs_index=index, data_docs_dir=index.parent, notes=notes, row_count=len(ratings),
+                       data_docs_pages=outcome.data_docs_pages, hard_failures=hard, warnings=warned,
+                       day_statistics=dict(plan.values))
 
 
 def check_day(
@@ -240,26 +304,32 @@ def check_day(
     parent_run_id: str | None = None,
     gx_root: Path | None = None,
 ) -> dict[str, Any]:
-    """The nightly DAG's ``check`` task: check the partition of ``day`` under ``data_root``, log the Data Docs
-    on the MLflow parent run (when given; pass or fail), and raise DataCheckError on failure.
+    """The nightly DAG's ``check`` task: check the partition of ``day`` under ``data_root`` against the
+    partitions before it, log the Data Docs and the outcome on the MLflow parent run (when given; pass,
+    warning or fail), and raise DataCheckError on a hard failure.
 
     Known ids come from ``users.parquet`` / ``items.parquet``; the trailing row counts from the Parquet
-    footers of the partitions before ``day``. Returns :meth:`CheckReport.to_dict`.
+    footers of the partitions before ``day``; the history from those partitions. A partition that cannot be
+    read stops the run with a DataError naming the file. Returns :meth:`CheckReport.to_dict`.
     """
 
     cfg = CheckConfig.from_dict(check_config)
     day = data.parse_date(day) if isinstance(day, str) else day
-    ratings = data.load_partition(data_root, day)
+    ratings = read_partition(data_root, day)
     users, items = data.load_dimensions(data_root)
-    earlier = [d for d in data.list_partitions(data_root) if d < day][-cfg.volume_window_days :]
+    earlier = [d for d in data.list_partitions(data_root) if d < day]
+    history = pd.concat([read_partition(data_root, d) for d in earlier], ignore_index=True) if earlier else None
     report = check_partition(
         ratings,
         day=day,
         known_user_ids=users["user_id"],
         known_item_ids=items["item_id"],
-        trailing_row_counts=data.partition_row_counts(data_root, earlier),
+        trailing_row_counts=data.partition_row_counts(data_root, earlier[-cfg.volume_window_days:]),
         gx_root=gx_root or project.gx_root(),
         config=cfg,
+        history=history,
+        users=users,
+        items=items,
     )
     if parent_run_id:
         log_data_docs(report, parent_run_id)
@@ -267,8 +337,22 @@ def check_day(
     return report.to_dict()
 
 
+def read_partition(data_root: str, day: dt.date) -> pd.DataFrame:
+    """The partition of ``day``; one that is not readable Parquet is a one-line DataError naming the file."""
+    try:
+        return data.load_partition(data_root, day)
+    except DataError:
+        raise
+    except Exception as err:  # pyarrow raises several types for a truncated or non-Parquet file
+        raise DataError(f"partition {day} is not readable Parquet: {data.partition_path(data_root, day)}: "
+                        f"{first_line(err)}") from None
+
+
 def log_data_docs(report: CheckReport, run_id: str, artifact_path: str = "data_docs") -> None:
-    """Log this check's Data Docs (index, suites, the run's validation pages, report.json) on an MLflow run.
+    """Log this check's Data Docs (index, suites, the run's validation pages, report.json) on an MLflow run,
+    tag it with the outcome (passed | warning | failed) and log the warnings as the metric
+    ``data_check_warnings`` (their count; a metric, so a re-run may log it again) and the artifact
+    ``data_docs/warnings.txt``.
 
     Only this run's pages travel (the site keeps every run's); links on the logged index to older runs'
     pages therefore lead nowhere inside MLflow.
@@ -288,8 +372,11 @@ def log_data_docs(report: CheckReport, run_id: str, artifact_path: str = "data_d
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(page, target)
         (Path(tmp) / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
+        if report.warnings:
+            (Path(tmp) / "warnings.txt").write_text("\n".join(report.warnings) + "\n")
         client.log_artifacts(run_id, tmp, artifact_path)
-    client.set_tag(run_id, tags.DATA_CHECKS, "passed" if report.success else "failed")
+    client.set_tag(run_id, tags.DATA_CHECKS, report.status)
+    client.log_metric(run_id, WARNINGS_METRIC, len(report.warnings))
 
 
 def derive_labels(ratings: pd.DataFrame, threshold: int) -> pd.DataFrame:
@@ -302,41 +389,6 @@ def derive_labels(ratings: pd.DataFrame, threshold: int) -> pd.DataFrame:
         rating = rating.astype("float64")
     label = (rating >= threshold).astype("float64").where(rating.notna())
     return pd.DataFrame({LABEL_COLUMN: label}, index=ratings.index)
-
-
-# --- suites ------------------------------------------------------------------------------------------
-
-
-def _partition_expectations(with_volume: bool) -> list:
-    import great_expectations.expectations as gxe
-
-    exps: list = [gxe.ExpectTableColumnsToMatchSet(column_set=list(RAW_COLUMNS), exact_match=True)]
-    exps += [gxe.ExpectColumnValuesToBeInTypeList(column=c, type_list=INTEGER_DTYPES) for c in RAW_COLUMNS]
-    exps += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in RAW_COLUMNS]
-    exps += [
-        gxe.ExpectColumnValuesToBeBetween(column="rating", min_value=RATING_MIN, max_value=RATING_MAX),
-        gxe.ExpectColumnValuesToBeInSet(column="user_id", value_set=param("known_user_ids")),
-        gxe.ExpectColumnValuesToBeInSet(column="item_id", value_set=param("known_item_ids")),
-        gxe.ExpectColumnValuesToBeBetween(
-            column="timestamp", min_value=param("day_start"), max_value=param("day_end"), strict_max=True
-        ),
-        gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id", "timestamp"]),
-    ]
-    if with_volume:
-        exps.append(
-            gxe.ExpectTableRowCountToBeBetween(min_value=param("min_rows"), max_value=param("max_rows"))
-        )
-    return exps
-
-
-def _label_expectations() -> list:
-    import great_expectations.expectations as gxe
-
-    return [
-        gxe.ExpectColumnMeanToBeBetween(
-            column=LABEL_COLUMN, min_value=param("label_rate_min"), max_value=param("label_rate_max")
-        )
-    ]
 
 
 def main(argv: list[str] | None = None) -> int:

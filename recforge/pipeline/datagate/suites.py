@@ -60,11 +60,13 @@ class SuiteRun:
 
 @dataclass(frozen=True)
 class Failure:
-    """One failed (or unevaluable) expectation: its report line, GX type and ``column`` kwarg (if any)."""
+    """One failed (or unevaluable) expectation: its report line, GX type, ``column`` kwarg (if any) and GX
+    severity (``critical``, ``warning`` or ``info``)."""
 
     line: str
     type: str
     column: str | None = None
+    severity: str = "critical"
 
 
 @dataclass
@@ -131,7 +133,8 @@ def run_checkpoints(
                 config = result.expectation_config
                 line = failure_line(result, frame, params, derived_from=derived_from,
                                     unix_time_columns=unix_time_columns)
-                failures.append(Failure(line, config.type, config.kwargs.get("column")))
+                severity = getattr(config.severity, "value", config.severity) or "critical"
+                failures.append(Failure(line, config.type, config.kwargs.get("column"), str(severity)))
     success = not failures and all(v.success for _s, v, _f in results)
     return SuiteOutcome(success=success, failures=failures, statistics=stats, data_docs_index=index,
                         data_docs_pages=pages)
@@ -322,6 +325,10 @@ def _describe(kind: str, kw: dict[str, Any], unix_time_columns: Collection[str])
     if column in unix_time_columns and kind == "expect_column_values_to_be_between":
         lo, hi = kw.get("min_value"), kw.get("max_value")
         return f"{column}, [{_fmt(lo)}, {_fmt(hi)}) = [{_utc(lo)}, {_utc(hi)})"
+    if kw.get("min_value") is None and kw.get("max_value") is not None:
+        return f"{column} <= {_fmt(kw['max_value'])}"
+    if kw.get("max_value") is None and kw.get("min_value") is not None:
+        return f"{column} >= {_fmt(kw['min_value'])}"
     if "min_value" in kw or "max_value" in kw:
         return f"{column}, {_fmt(kw.get('min_value'))}..{_fmt(kw.get('max_value'))}"
     return str(column or "")

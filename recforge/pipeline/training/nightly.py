@@ -4,7 +4,8 @@
     python -m recforge.pipeline.training.nightly report --date 1998-04-22
 
 ``check`` turns a bad date or a bad param into one line (instead of a task traceback deep in an Airflow
-log); ``report`` prints the MLflow parent run of that date with each family's test AUC against the baseline.
+log); ``report`` prints the MLflow parent run of that date: the data gate's outcome (with its warnings, when
+it only warned) and each family's test AUC against the baseline.
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ def report(day: str) -> str:
     run = runs[0]
     lines = [f"nightly-{day}: {run.info.status}  (MLflow run {run.info.run_id}, "
              f"{config.tracking_uri()}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id})"]
+    if checks := run.data.tags.get(tags.DATA_CHECKS):  # passed | warning | failed (the data gate)
+        lines.append(f"data checks: {checks}")
+        if checks == "warning":  # the run went on: say what the gate warned about
+            with open(client.download_artifacts(run.info.run_id, "data_docs/warnings.txt")) as fh:
+                lines += [f"  - {line}" for line in fh.read().splitlines()]
     if run.info.status == "FINISHED":
         with open(client.download_artifacts(run.info.run_id, "summary.md")) as fh:
             lines.append(fh.read())

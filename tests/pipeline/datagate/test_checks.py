@@ -62,10 +62,14 @@ def test_clean_partition_passes(clean_report, clean):
     assert report.success, report.failed
     assert report.failed == []
     assert report.row_count == len(clean)
-    assert report.statistics["evaluated_expectations"] == 16  # 15 on the partition, 1 on the label
-    assert report.statistics["successful_expectations"] == 16
-    assert report.statistics["skipped_expectations"] == 0
-    assert any("volume bounds 60..7990 rows" in note for note in report.notes), report.notes
+    # 14 on the partition + its hard and warning row-count bands, the label's warning band; no history: the
+    # statistics suite (and the hard label band) are skipped
+    assert report.statistics["evaluated_expectations"] == 17
+    assert report.statistics["successful_expectations"] == 17
+    assert report.statistics["skipped_expectations"] == 1
+    assert report.status == "passed" and report.hard_failures == [] and report.warnings == []
+    assert any("volume bands 43..1790 rows (hard), 167..958 (warning)" in note for note in report.notes), report.notes
+    assert any(note.startswith("statistics skipped: no earlier partitions") for note in report.notes)
     report.raise_for_failure()  # no-op
 
 
@@ -84,7 +88,8 @@ def test_to_dict_is_json(clean_report):
     data = json.loads(json.dumps(clean_report.to_dict()))
     assert data["day"] == "1998-02-14" and data["success"] is True
     assert data["data_docs_index"].endswith("index.html")
-    assert data["statistics"]["evaluated_expectations"] == 16
+    assert data["statistics"]["evaluated_expectations"] == 17
+    assert data["status"] == "passed" and data["warnings"] == []
 
 
 def _set(column: str, rows: slice, values) -> Callable[[pd.DataFrame], pd.DataFrame]:
@@ -126,9 +131,10 @@ CORRUPTIONS = {
         lambda f: pd.concat([f, f.iloc[:12]], ignore_index=True),
         ["expect_compound_columns_to_be_unique(user_id, item_id, timestamp)"],
         "24 of 412 rows unexpected, e.g. [("),
-    "a tenth of the usual rows": (
+    "a tenth of the usual rows": (  # robust z of log rows below -9 (hard) and -3.5 (warning)
         lambda f: f.iloc[:40].reset_index(drop=True),
-        ["expect_table_row_count_to_be_between(60..7990 rows)"], "observed 40 rows"),
+        ["expect_table_row_count_to_be_between(43..1790 rows)",
+         "warning: expect_table_row_count_to_be_between(167..958 rows)"], "observed 40 rows"),
     "timestamp outside the day": (
         _shift_time,
         ["expect_column_values_to_be_between(timestamp, [887414400, 887500800)"],
@@ -142,10 +148,10 @@ CORRUPTIONS = {
          "expect_column_values_to_not_be_null(item_id)"], "observed dtype float64"),
     "label rate too high": (
         _set("rating", slice(None), 5),
-        ["expect_column_mean_to_be_between(label, 0.2..0.9)"], "observed 1.000"),
+        ["warning: expect_column_mean_to_be_between(label, 0.2..0.9)"], "observed 1.000"),
     "label rate too low": (
         _set("rating", slice(None), 2),
-        ["expect_column_mean_to_be_between(label, 0.2..0.9)"], "observed 0.000"),
+        ["warning: expect_column_mean_to_be_between(label, 0.2..0.9)"], "observed 0.000"),
     "extra column": (
         lambda f: f.assign(label=1),
         ["expect_table_columns_to_match_set(user_id, item_id, rating, timestamp, exact)"],
@@ -182,7 +188,7 @@ def test_missing_column_reported_not_raised(clean, gx_root, capfd):
             "expect_compound_columns_to_be_unique(user_id, item_id, timestamp)",
         )
     ]
-    assert report.statistics["evaluated_expectations"] == 16
+    assert report.statistics["evaluated_expectations"] == 17
     out, err = capfd.readouterr()
     assert "Calculating Metrics" not in out + err  # progress bars are off
     assert "Traceback" not in out + err
@@ -190,7 +196,7 @@ def test_missing_column_reported_not_raised(clean, gx_root, capfd):
 
 def test_missing_rating_fails_the_label_too(clean, gx_root):
     report = run(clean.drop(columns=["rating"]), gx_root)
-    assert report.failed[-1] == ("expect_column_mean_to_be_between(label, 0.2..0.9): "
+    assert report.failed[-1] == ("warning: expect_column_mean_to_be_between(label, 0.2..0.9): "
                                  "not evaluated, column 'label' (derived from rating) missing")
     assert any("label not derived" in note for note in report.notes)
 
@@ -202,7 +208,7 @@ def test_raise_for_failure_message(clean, gx_root):
     error = caught.value
     message = str(error)
     assert message.startswith(
-        "data checks failed for partition 1998-02-14: 1 of 16 expectations failed:\n"
+        "data checks failed for partition 1998-02-14: 1 of 17 expectations failed:\n"
         "  - expect_column_values_to_be_between(rating, 1..5): 5 of 400 rows unexpected")
     assert message.endswith(f"\nData Docs: {report.data_docs_index}")
     assert error.failed == report.failed
@@ -214,7 +220,7 @@ def test_few_trailing_partitions_skip_volume_only(clean, tmp_path):
     tiny = clean.iloc[:40].reset_index(drop=True)  # would fail the volume check with a full window
     report = run(tiny, tmp_path, trailing=[400, 410])
     assert report.success, report.failed
-    assert report.statistics["skipped_expectations"] == 1
+    assert report.statistics["skipped_expectations"] == 2  # the volume bands and the statistics suite
     assert report.statistics["evaluated_expectations"] == 15
     assert any(note.startswith("volume check skipped: only 2 trailing partition(s)") for note in report.notes)
 
@@ -230,11 +236,13 @@ def test_rerun_same_day_is_idempotent(clean, tmp_path):
 
 
 def test_config_from_dict():
-    config = CheckConfig.from_dict({"min_volume_ratio": 0.2, "volume_window_days": 7, "max_volume_ratio": 5})
-    assert config == CheckConfig(min_volume_ratio=0.2, volume_window_days=7, max_volume_ratio=5.0)
+    config = CheckConfig.from_dict({"volume_z_warning": 3, "volume_window_days": 7, "volume_z_hard_high": 5})
+    assert config == CheckConfig(volume_z_warning=3.0, volume_window_days=7, volume_z_hard_high=5.0)
     assert CheckConfig.from_dict({}) == CheckConfig()
-    with pytest.raises(ConfigError, match="min_volume_ration"):
-        CheckConfig.from_dict({"min_volume_ration": 0.2})
+    with pytest.raises(ConfigError, match="volume_z_warnin"):
+        CheckConfig.from_dict({"volume_z_warnin": 0.2})
+    with pytest.raises(ConfigError, match="min_volume_ratio"):  # the ratio band is gone: refused, not ignored
+        CheckConfig.from_dict({"min_volume_ratio": 0.2})
     with pytest.raises(ConfigError, match="volume_window_days"):
         CheckConfig.from_dict({"volume_window_days": "14"})
     with pytest.raises(ConfigError, match="label_threshold"):
@@ -246,7 +254,9 @@ def test_config_from_dict():
 def test_config_thresholds_are_applied(clean, gx_root):
     rate = (clean["rating"] >= 4).mean()
     report = run(clean, gx_root, label_rate_max=0.5)
-    assert report.failed == [f"expect_column_mean_to_be_between(label, 0.2..0.5): observed {rate:#.4g}"]
+    assert report.failed == [f"warning: expect_column_mean_to_be_between(label, 0.2..0.5): observed {rate:#.4g}"]
+    assert report.status == "warning"
+    report.raise_for_failure()  # a warning does not stop the run
     assert run(clean, gx_root, label_threshold=5, label_rate_min=0.1, label_rate_max=0.3).success
 
 
@@ -272,7 +282,9 @@ def test_check_day_logs_data_docs_on_the_parent_run_and_stops(synthetic_root, tm
         check_day(synthetic_root, bad_day.isoformat(), {"volume_window_days": 7}, parent,
                   gx_root=tmp_path / "gx")
     message = str(caught.value)
-    assert message.startswith(f"data checks failed for partition {bad_day}: 2 of 16 expectations failed:")
+    # 16 on the partition and labels, 20 on the day's statistics against the 30 synthetic days before it
+    assert message.startswith(f"data checks failed for partition {bad_day}: 3 of 36 expectations failed:")
+    assert "expect_column_mean_to_be_between(repeated_pairs <= 0): observed 85.00" in message
     assert f"expect_column_values_to_be_between(rating, 1..5): 3 of {len(bad)} rows unexpected" in message
     assert "expect_compound_columns_to_be_unique(user_id, item_id, timestamp)" in message
     logged = {a.path for a in client.list_artifacts(parent, "data_docs")}
@@ -289,7 +301,7 @@ def test_cli_checks_a_day_and_prints_the_report(synthetic_root, tmp_path, capsys
 
     last = data.list_partitions(synthetic_root)[-1]
     assert main(["--date", last.isoformat(), "--data-root", synthetic_root, "--gx-root", str(tmp_path / "gx"),
-                 "--config", '{"volume_window_days": 7}']) == 0
+                 "--config", '{"volume_window_days": 7, "statistics_suite": false}']) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["success"] and report["day"] == last.isoformat()
 
@@ -308,5 +320,5 @@ def test_config_constraints_name_the_field():
         CheckConfig(volume_window_days=0)
     with pytest.raises(ConfigError, match=r"CheckConfig\.label_threshold: .*less than or equal to 5"):
         CheckConfig(label_threshold=6)
-    with pytest.raises(ConfigError, match=r"CheckConfig\.min_volume_ratio .*max_volume_ratio"):
-        CheckConfig(min_volume_ratio=2.0, max_volume_ratio=1.0)
+    with pytest.raises(ConfigError, match=r"CheckConfig\.volume_z_warning .*volume_z_hard_low"):
+        CheckConfig(volume_z_warning=7.0, volume_z_hard_high=6.0)

@@ -15,7 +15,7 @@ from recforge.pipeline.training import nightly
         ("1998-04-22", '{"families": ["xgb"]}', "unknown model families ['xgb']"),
         ("1998-04-22", "{", "CONF is not valid JSON"),
         ("1998-04-22", '{"train_config": {"max_epochs": "3"}}', "TrainConfig.max_epochs must be int"),
-        ("1998-04-22", '{"check_config": {"min_volume_ratio": "x"}}', "min_volume_ratio"),
+        ("1998-04-22", '{"check_config": {"volume_z_warning": "x"}}', "volume_z_warning"),
     ],
 )
 def test_bad_input_is_one_line(movielens_raw, capsys, day, conf, message):
