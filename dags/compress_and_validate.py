@@ -18,9 +18,15 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 from recforge_assets import CANDIDATE_ASSETS, VALIDATED_VARIANTS
 
+from recforge.models.families import DEEP_FAMILIES  # torch-free: only the names
+
+# what an optional Param left empty in the trigger form (None) means to the stage functions
+NOT_GIVEN = {"parent_run_id": "", "families": []}
+
 
 def _params() -> dict:
-    return dict(get_current_context()["params"])
+    params = dict(get_current_context()["params"])
+    return params | {name: value for name, value in NOT_GIVEN.items() if params.get(name) is None}
 
 
 @dag(
@@ -28,14 +34,16 @@ def _params() -> dict:
     schedule=functools.reduce(operator.or_, CANDIDATE_ASSETS.values()),  # any candidate
     start_date=pendulum.datetime(1990, 1, 1, tz="UTC"),
     catchup=False,
+    description="Compressed variants (pruned, distilled, INT8/FP16) of each new candidate, gated on accuracy parity",
     max_active_runs=1,
     tags=["recforge", "compression", "validation"],
     default_args={"owner": "recforge", "retries": 1, "retry_delay": timedelta(minutes=2)},
     doc_md=__doc__,
     params={
-        "parent_run_id": Param("", type="string", title="Nightly parent run (MLflow run id)",
+        "parent_run_id": Param(None, type=["null", "string"], title="Nightly parent run (MLflow run id)",
                                description="Empty: the triggering candidates, else the latest nightly run."),
-        "families": Param([], type="array", title="Families", description="Empty: every candidate."),
+        "families": Param(None, type=["null", "array"], items={"type": "string"}, examples=list(DEEP_FAMILIES),
+                          title="Families", description="Empty: every candidate."),
         "compress_config": Param({}, type="object", title="Compression overrides",
                                  description="CompressConfig fields, e.g. {\"prune_ratios\": [0.5]}."),
         "parity_config": Param({}, type="object", title="Parity thresholds",
@@ -60,7 +68,9 @@ def compress_and_validate():
         cfg = CompressConfig.from_dict(_params()["compress_config"])
         return [{"candidate": c, "base": base} for c in found for base in plan_bases(cfg, c["family"])]
 
-    @task(max_active_tis_per_dagrun=1)  # training/fine-tuning uses every core
+    # training/fine-tuning uses every core; each mapped task is named <family>/<base> in the UI
+    @task(max_active_tis_per_dagrun=1,
+          map_index_template="{{ task.op_kwargs['candidate']['family'] }}/{{ task.op_kwargs['base'] }}")
     def variants(candidate: dict, base: str) -> list[dict]:
         from recforge.pipeline.parity.stage import Candidate, compress_and_validate
 

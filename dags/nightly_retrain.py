@@ -37,12 +37,14 @@ def _params() -> dict:
     # `airflow dags test` "succeed" without running any task.
     start_date=pendulum.datetime(1990, 1, 1, tz="UTC"),
     catchup=False,
+    description="Nightly: ingest, check and featurize the day's ratings, train every model family, publish candidates",
     max_active_runs=1,
     tags=["recforge", "nightly", "training"],
     default_args={"owner": "recforge", "retries": 2, "retry_delay": timedelta(minutes=5)},
     doc_md=__doc__,
     params={
-        "families": Param(list(FAMILY_NAMES), type="array", title="Model families",
+        "families": Param(list(FAMILY_NAMES), type="array", items={"type": "string"}, examples=list(FAMILY_NAMES),
+                          title="Model families",
                           description="Families to train; logreg is the reference baseline."),
         "train_config": Param({}, type="object", title="Training overrides",
                               description="TrainConfig fields, e.g. {\"max_epochs\": 3, \"max_train_rows\": 5000}."),
@@ -94,7 +96,8 @@ def nightly_retrain():
 
         return list(TrainConfig.from_dict({"families": _params()["families"]}).families)
 
-    @task(max_active_tis_per_dagrun=1)  # each training uses every core
+    # each training uses every core; each mapped task is named by its family in the UI (not 0..4)
+    @task(max_active_tis_per_dagrun=1, map_index_template="{{ task.op_kwargs['family'] }}")
     def train(family: str, feature_set: dict, parent_run_id: str) -> dict:
         from pathlib import Path
 

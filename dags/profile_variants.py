@@ -17,9 +17,16 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 from recforge_assets import PROFILES, VALIDATED_VARIANTS
 
+from recforge.contracts.targets import PROFILED_TARGETS, TARGETS  # torch-free: only the names
+from recforge.models.families import DEEP_FAMILIES  # torch-free: only the names
+
+# what an optional Param left empty in the trigger form (None) means to the stage functions
+NOT_GIVEN = {"families": [], "targets": [], "parent_run_id": "", "candidate_run_id": ""}
+
 
 def _params() -> dict:
-    return dict(get_current_context()["params"])
+    params = dict(get_current_context()["params"])
+    return params | {name: value for name, value in NOT_GIVEN.items() if params.get(name) is None}
 
 
 def _stage_config() -> dict:
@@ -38,26 +45,28 @@ def _stage_config() -> dict:
     schedule=VALIDATED_VARIANTS,
     start_date=pendulum.datetime(1990, 1, 1, tz="UTC"),
     catchup=False,
+    description="Serving profiles (latency-bounded throughput) of the validated variants on each hardware target",
     max_active_runs=1,
     tags=["recforge", "profiling"],
     default_args={"owner": "recforge", "retries": 1, "retry_delay": timedelta(minutes=2)},
     doc_md=__doc__,
     params={
-        "families": Param([], type="array", items={"type": "string"}, title="Families",
-                          description="Empty: every family with validated variants."),
-        "targets": Param([], type="array", items={"type": "string"}, title="Hardware targets",
-                         description="Target names (recforge.contracts.targets), e.g. [\"cpu-onnxruntime\", "
-                                     "\"cpu-triton\", \"gpu-onnxruntime\"]. Empty: all of them; unknown or "
-                                     "unavailable ones are reported and skipped."),
+        "families": Param(None, type=["null", "array"], items={"type": "string"}, examples=list(DEEP_FAMILIES),
+                          title="Families", description="Empty: every family with validated variants."),
+        "targets": Param(None, type=["null", "array"], items={"type": "string"}, examples=list(PROFILED_TARGETS),
+                         values_display={name: f"{name}: {TARGETS[name].summary}" for name in PROFILED_TARGETS},
+                         title="Hardware targets",
+                         description="Targets to profile on (recforge.contracts.targets). Empty: all of them; "
+                                     "unavailable ones (e.g. a GPU target without a GPU) are reported and skipped."),
         "profile_config": Param({}, type="object", title="Profiling overrides",
                                 description="ProfileConfig fields, e.g. {\"point_duration_s\": 2, \"p95_target_ms\": "
                                             "25}."),
         "stage_config": Param({}, type="object", title="Selection overrides",
                               description="ProfileStageConfig fields, e.g. {\"max_variants_per_family\": 2}."),
-        "parent_run_id": Param("", type="string", title="Nightly parent run (MLflow run id)",
+        "parent_run_id": Param(None, type=["null", "string"], title="Nightly parent run (MLflow run id)",
                                description="Manual trigger: profile the validated variants of this nightly run. "
                                            "Empty: the triggering asset events, else the latest nightly run."),
-        "candidate_run_id": Param("", type="string", title="Candidate run (MLflow run id)",
+        "candidate_run_id": Param(None, type=["null", "string"], title="Candidate run (MLflow run id)",
                                   description="Manual trigger: only this family's training run."),
     },
 )
@@ -73,7 +82,9 @@ def profile_variants():
         return plan_profiles(extras, parent_run_id=p["parent_run_id"], candidate_run_id=p["candidate_run_id"],
                              families=p["families"], cfg=ProfileStageConfig.from_dict(_stage_config()))
 
-    @task(max_active_tis_per_dagrun=1, execution_timeout=timedelta(minutes=30))  # load tests need quiet cores
+    # load tests need quiet cores; each mapped task is named <family>/<variant> in the UI
+    @task(max_active_tis_per_dagrun=1, execution_timeout=timedelta(minutes=30),
+          map_index_template="{{ task.op_kwargs['job']['family'] }}/{{ task.op_kwargs['job']['variant'] }}")
     def profile(job: dict) -> dict:
         from recforge.pipeline.profiling.stage import profile_one
 

@@ -20,9 +20,15 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 from recforge_assets import PROFILES
 
+from recforge.models.families import DEEP_FAMILIES  # torch-free: only the names
+
+# what an optional Param left empty in the trigger form (None) means to the stage functions
+NOT_GIVEN = {"parent_run_id": "", "families": []}
+
 
 def _params() -> dict:
-    return dict(get_current_context()["params"])
+    params = dict(get_current_context()["params"])
+    return params | {name: value for name, value in NOT_GIVEN.items() if params.get(name) is None}
 
 
 def _config() -> dict:
@@ -36,6 +42,7 @@ def _config() -> dict:
     schedule=PROFILES,
     start_date=pendulum.datetime(1990, 1, 1, tz="UTC"),
     catchup=False,
+    description="Best profiled variant per (family, hardware target) into the MLflow registry; proposes rollouts",
     max_active_runs=1,  # alias moves of one run finish before the next run judges against them
     tags=["recforge", "registry"],
     default_args={"owner": "recforge", "retries": 2, "retry_delay": timedelta(minutes=1)},
@@ -47,10 +54,11 @@ def _config() -> dict:
         "max_auc_drop": Param(0.001, type="number", minimum=0, maximum=1, title="Allowed AUC drop",
                               description="The new version's test AUC may be at most this much below the "
                                           "champion's."),
-        "families": Param([], type="array", title="Families", description="Empty: every profiled family."),
+        "families": Param(None, type=["null", "array"], items={"type": "string"}, examples=list(DEEP_FAMILIES),
+                          title="Families", description="Empty: every profiled family."),
         "model_prefix": Param("recforge-", type="string", title="Registered model prefix",
                               description="Registered model name = prefix + family."),
-        "parent_run_id": Param("", type="string", title="Nightly parent run (MLflow run id)",
+        "parent_run_id": Param(None, type=["null", "string"], title="Nightly parent run (MLflow run id)",
                                description="Manual trigger only: empty = the latest finished nightly run."),
     },
 )
@@ -64,7 +72,7 @@ def register_models():
         return find_profiled_candidates(extras, parent_run_id=_params()["parent_run_id"],
                                         families=_params()["families"])
 
-    @task
+    @task(map_index_template="{{ task.op_kwargs['candidate']['family'] }}")  # named by family in the UI
     def register(candidate: dict) -> dict:
         """One family; its bad data comes back as {family, error} (retrying cannot help), so the others go on."""
         from recforge.pipeline.registry.stage import register_candidate

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The embedded Airflow: SQLite metadata DB and config under $RECFORGE_HOME/airflow, DAGs from ./dags.
 #   infra/local/airflow.sh init                 create/migrate the metadata DB (idempotent)
-#   infra/local/airflow.sh test DAG_ID DATE [-c CONF_JSON]   run one DAG run in-process (`airflow dags test`;
+#   infra/local/airflow.sh test DAG_ID DATE [-c CONF_JSON]   run one DAG run in-process (`airflow dags test`
+#                                               through infra/local/dag_test_runner.py: the run starts now, and each
+#                                               task's log is also written where the UI reads it;
 #                                               infra/local/run-dag.sh adds the log file, a summary, the status)
-#   infra/local/airflow.sh ui|stop              start/stop api-server + scheduler + dag-processor on 127.0.0.1
+#   infra/local/airflow.sh ui|stop              start/stop api-server + scheduler + dag-processor + triggerer on
+#                                               127.0.0.1
 #   infra/local/airflow.sh CMD...               any other airflow command with this environment
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
@@ -19,6 +22,8 @@ export AIRFLOW__LOGGING__LOGGING_LEVEL=${AIRFLOW__LOGGING__LOGGING_LEVEL:-INFO}
 export GX_ANALYTICS_ENABLED=False MLFLOW_DISABLE_TELEMETRY=true
 export PATH="$venv/bin:$PATH"
 mkdir -p "$AIRFLOW_HOME"
+# the triggerer runs deferred tasks and sensors; the UI reports it unhealthy when it is not running
+services="api-server scheduler dag-processor triggerer"
 
 case "${1:-}" in
   init)
@@ -26,13 +31,16 @@ case "${1:-}" in
     echo "Airflow metadata DB ready: $AIRFLOW_HOME/airflow.db"
     ;;
   test)
-    shift; exec airflow dags test "$@"
+    shift; exec python "$here/infra/local/dag_test_runner.py" "$@"
     ;;
   ui)
-    for svc in api-server scheduler dag-processor; do
+    for svc in $services; do
       pidfile="$AIRFLOW_HOME/$svc.pid"
       if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then continue; fi
-      nohup airflow "$svc" >"$AIRFLOW_HOME/$svc.log" 2>&1 &
+      # task logs are files under base_log_folder that the api-server reads itself: no log server (Airflow's
+      # serve-logs would listen on every interface)
+      case $svc in scheduler|triggerer) args=(--skip-serve-logs) ;; *) args=() ;; esac
+      nohup airflow "$svc" "${args[@]}" >"$AIRFLOW_HOME/$svc.log" 2>&1 &
       echo $! >"$pidfile"
     done
     url="http://$AIRFLOW__API__HOST:$AIRFLOW__API__PORT"
@@ -41,7 +49,7 @@ case "${1:-}" in
          "$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated)"
     ;;
   stop)
-    for svc in api-server scheduler dag-processor; do
+    for svc in $services; do
       pidfile="$AIRFLOW_HOME/$svc.pid"
       if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
         pkill -TERM -P "$(cat "$pidfile")" 2>/dev/null || true; kill "$(cat "$pidfile")" || true

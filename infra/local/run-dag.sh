@@ -8,7 +8,8 @@ Runs one DAG run of DAG_ID in-process (`airflow dags test`, through infra/local/
 date DATE (YYYY-MM-DD or an ISO timestamp; empty or omitted: the last day of the data), with the params
 CONF_JSON (default {}).
 
-The whole Airflow log goes to $RECFORGE_HOME/<DAG_ID>-<DATE>.log. While it runs, a short summary is printed:
+The run is recorded in the Airflow metadata DB like any other: `make ui` shows it, each task's log in its Logs
+tab. The whole Airflow log goes to $RECFORGE_HOME/<DAG_ID>-<DATE>.log. While it runs, a short summary is printed:
 each task that ends ("done: <task> [map index]"), the DAG's key lines (failed data checks, parity verdicts,
 profiled variants, registrations, rollout steps) and error lines. Exits with the DAG run's exit status.
 
@@ -42,7 +43,7 @@ case "$dag" in
   compress_and_validate) key=': (PASS|REJECT)|passed:|DataError' ;;
   profile_variants) key='\] (plan [a-z_]+:|profiled |skipped )' ;;
   register_models) key='\bregistered |\balias |stays a candidate|proposed rollout:|not proposed:|not promoted:|failed:' ;;
-  rollout) key='\] rollout |\] canary |RolloutFailed' ;;
+  rollout) key='\] rollout |\] canary |RolloutFailed|rollout (promoted|noop): ' ;;
   *) key='$^' ;;
 esac
 task_end='\[DAG TEST\] end task'

@@ -4,6 +4,7 @@ Run as a script (a fresh interpreter, so nothing imported by the tests leaks in)
 import errors, heavy modules imported while parsing, DB connection attempts, and each DAG's policy facts.
 """
 
+import copy
 import json
 import os
 import sys
@@ -44,6 +45,15 @@ def asset_uris(condition) -> list[str]:
     return [condition.uri] if hasattr(condition, "uri") else []  # e.g. the null asset of a cron schedule
 
 
+def params_problem(dag) -> str | None:
+    """Why the DAG's params, all at their defaults, would not pass validation (None: they do)."""
+    try:
+        copy.deepcopy(dag.params).validate()
+    except Exception as err:  # ParamValidationError
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    return None
+
+
 dags = {}
 for dag_id, dag in bag.dags.items():
     dags[dag_id] = {
@@ -51,13 +61,17 @@ for dag_id, dag in bag.dags.items():
         "catchup": dag.catchup,
         "schedule": getattr(dag.timetable, "summary", str(dag.timetable)),
         "timetable": type(dag.timetable).__name__,
+        "description": dag.description,
         "tasks": {
             t.task_id: {"retries": t.retries, "trigger_rule": getattr(t.trigger_rule, "value", str(t.trigger_rule)),
-                        "upstream": sorted(t.upstream_task_ids)}
+                        "upstream": sorted(t.upstream_task_ids), "downstream": sorted(t.downstream_task_ids),
+                        "map_index_template": getattr(t, "map_index_template", None)}
             for t in dag.tasks
         },
-        "params": {k: {"title": (v.schema or {}).get("title"), "default": v.value if v.has_value else None}
+        "params": {k: {"title": (v.schema or {}).get("title"), "default": v.value if v.has_value else None,
+                       "has_default": v.has_value, "schema": v.schema}
                    for k, v in dag.params.items()},
+        "params_problem": params_problem(dag),
         "scheduled_on": asset_uris(getattr(dag.timetable, "asset_condition", None)),
         "max_active_runs": dag.max_active_runs,
         "start_date": dag.start_date.isoformat() if dag.start_date else None,

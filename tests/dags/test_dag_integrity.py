@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from recforge.contracts.targets import CPU_TRITON, TARGETS
 from recforge.models.families import DEEP_FAMILIES, FAMILY_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,6 +54,34 @@ def test_every_dag_follows_the_policy(parsed):
                 assert task["retries"] >= 1, f"{dag_id}.{task_id}"
         for name, param in dag["params"].items():
             assert param["title"], f"{dag_id} param {name} has no title"
+        assert dag["description"], f"{dag_id} has no description (the DAG list shows it)"
+
+
+def test_every_trigger_form_submits_with_its_defaults(parsed):
+    """An optional Param left empty is None (its type allows null), never "" or []: the UI form treats an empty
+    field of a non-null type as missing and refuses to submit. Only the rollout's model must be chosen."""
+    for dag_id, dag in parsed["dags"].items():
+        def allows_null(param) -> bool:
+            return "null" in param["schema"].get("type", [])
+
+        required = {name for name, param in dag["params"].items()
+                    if not param["has_default"] and not allows_null(param)}
+        assert required == ({"model"} if dag_id == "rollout" else set()), dag_id
+        if not required:
+            assert dag["params_problem"] is None, f"{dag_id}: {dag['params_problem']}"
+        for name, param in dag["params"].items():
+            if param["default"] in ("", []) or not param["has_default"] and name not in required:
+                assert param["default"] is None and allows_null(param), f"{dag_id} param {name}: empty default"
+
+
+def test_mapped_tasks_are_named_in_the_ui(parsed):
+    """Mapped task instances show a name (map_index_template), not 0..n."""
+    templates = {dag_id: {task_id: task["map_index_template"] for task_id, task in dag["tasks"].items()
+                          if task["map_index_template"]} for dag_id, dag in parsed["dags"].items()}
+    assert templates["nightly_retrain"] == {"train": "{{ task.op_kwargs['family'] }}"}
+    assert set(templates["compress_and_validate"]) == {"variants"}
+    assert set(templates["profile_variants"]) == {"profile"}
+    assert set(templates["register_models"]) == {"register"}
 
 
 def test_nightly_retrain_schedule_and_shape(parsed):
@@ -83,3 +112,19 @@ def test_rollout_is_manual_and_rolls_back_on_any_failure(parsed):
     assert all(task["retries"] == 0 for task in dag["tasks"].values())
     assert dag["tasks"]["rollback"]["trigger_rule"] == "one_failed"
     assert set(dag["tasks"]["rollback"]["upstream"]) == {"resolve", "stage_canary", "smoke_test", "canary", "promote"}
+    # the run's state comes from its leaves: a failed step leaves `report` upstream-failed, so the run fails even
+    # when `rollback` is skipped because nothing was touched
+    leaves = {task_id for task_id, task in dag["tasks"].items() if not task["downstream"]}
+    assert leaves == {"report", "rollback"}
+    assert dag["tasks"]["report"]["upstream"] == ["promote"]
+    assert dag["tasks"]["report"]["trigger_rule"] == "all_success"
+
+
+def test_rollout_form_offers_the_targets_and_the_registered_models(parsed):
+    params = parsed["dags"]["rollout"]["params"]
+    target = params["target"]
+    assert target["default"] == CPU_TRITON and target["schema"]["enum"] == list(TARGETS)
+    assert set(target["schema"]["values_display"]) == set(TARGETS)
+    # proposals, not a closed list: a registry can hold other names (register_models' model_prefix)
+    assert params["model"]["schema"]["examples"] == [f"recforge-{family}" for family in DEEP_FAMILIES]
+    assert params["version"]["default"] is None  # empty: champion-<target>

@@ -27,6 +27,11 @@ from recforge.serving.rollout.staging import back_in_rotation, restore_nodes, st
 log = logging.getLogger(__name__)
 
 
+class NothingToRollBack(RolloutFailed):
+    """The rollout failed before it resolved a plan: no node was touched, so there is nothing to restore (the
+    ``rollout`` DAG's ``rollback`` task is then skipped, not failed)."""
+
+
 def promote(plan: dict[str, Any]) -> dict[str, Any]:
     """Step 5: every other node in turn drained, updated, smoke-tested and put back at its weight; then the canary
     gets its own weight back. Records the outcome."""
@@ -53,10 +58,11 @@ def promote(plan: dict[str, Any]) -> dict[str, Any]:
 
 def rollback_and_fail(*, dag_run_id: str, reason: str = "") -> None:
     """After a failed step: restore the previous version and weights on every node the rollout touched (read from
-    the state file), record the outcome with its figures, and raise RolloutFailed (the DAG run fails)."""
+    the state file), record the outcome with its figures, and raise RolloutFailed (the DAG run fails);
+    NothingToRollBack when the rollout failed before it had a plan."""
     plan = load_state(dag_run_id)
     if plan is None:
-        raise RolloutFailed(f"rollout {dag_run_id} failed before it resolved a plan; the fleet was not touched")
+        raise NothingToRollBack(f"rollout {dag_run_id} failed before it resolved a plan; the fleet was not touched")
     why = reason or (("; ".join(plan.get("gate", {}).get("reasons", [])) or plan.get("error", ""))
                      or f"a step failed after status {plan['status']!r}")
     problems: list[str] = []
