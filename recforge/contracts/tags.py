@@ -24,6 +24,7 @@ MODELS = "recforge.models"  # families trained by a nightly run
 TEST_AUC = "recforge.test_auc"
 ONNX_MODEL_URI = "recforge.onnx_model_uri"
 PARITY = "recforge.parity"  # passed | rejected (variant runs)
+REJECTED_BECAUSE = "recforge.rejected_because"  # a rejected variant's reasons, one line each (variant runs)
 PROFILED_TARGETS = "recforge.profiled_targets"  # targets the latest profiling renewed (training run)
 PROFILE_SKIPPED = "recforge.profile_skipped"
 
@@ -54,12 +55,23 @@ SIZE_BYTES = "recforge.size_bytes"
 BLESSING_PREFIX = "recforge.blessing."  # recforge.blessing.<field> of registry.policy.Blessing
 
 # Registered models: promotion and rollout history
-ALIAS_HISTORY = "recforge.alias_history"
+ALIAS_HISTORY = "recforge.alias_history"  # JSON for programs; people read the table in the model's description
 ROLLED_BACK = "recforge.rolled_back"
 ROLLOUT_PROPOSAL = "recforge.rollout_proposal"  # the proposed `make rollout ...` command
 ROLLOUT_PROPOSAL_FLEET = "recforge.rollout_proposal_fleet"  # the fleet command to run before it
 ROLLOUT_LAST = "recforge.rollout.last"
 ROLLOUT_PREFIX = "recforge.rollout."  # recforge.rollout.<outcome> on a version a rollout judged
+
+# MLflow's own tags that RecForge sets (names as mlflow.utils.mlflow_tags and the MLflow 3 UI read them)
+EXPERIMENT_KIND = "mlflow.experimentKind"  # model training vs GenAI (MLflow 3.17's UI also needs the link's
+# ?workflowType=machine_learning to open on the runs: recforge.pipeline.training.tracking.experiment_url)
+MODEL_TRAINING_EXPERIMENT = "custom_model_development"
+PRIMARY_METRIC = "mlflow.experiment.primaryMetric.name"
+PRIMARY_METRIC_GREATER_IS_BETTER = "mlflow.experiment.primaryMetric.greaterIsBetter"
+RUN_NOTE = "mlflow.note.content"  # the run's (or experiment's) description, markdown
+SOURCE_NAME = "mlflow.source.name"
+SOURCE_TYPE = "mlflow.source.type"
+GIT_COMMIT = "mlflow.source.git.commit"
 
 
 def partition_tags(partition: dict[str, str]) -> dict[str, str]:

@@ -15,7 +15,8 @@ least ``test_fraction`` of the rows, validation the same before it, training eve
 
 Output folder: ``train.parquet``, ``val.parquet``, ``test.parquet``, ``spec.json`` (the model
 input contract, see recforge.contracts.features) and ``meta.json`` (split days, counts, normalisation,
-data fingerprint).
+data fingerprint). :func:`features_with` builds the same features for other rows with a saved
+:class:`Normalisation` (the data gate scores a day with the last nightly's model this way).
 
 CLI: ``python -m recforge.pipeline.data.features --date 1998-04-22 --out DIR``.
 """
@@ -167,27 +168,37 @@ def split_days(days: pd.Series, test_fraction: float, val_fraction: float) -> di
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
 
-def build_features(data_root: str, day: dt.date, out_dir: Path,
-                   cfg: FeatureConfig | None = None) -> FeatureResult:
-    cfg = cfg or FeatureConfig()
-    ratings = data.load_ratings(data_root, day)
-    users, items = data.load_dimensions(data_root)
-    ratings = ratings.sort_values(["timestamp", "user_id", "item_id"], kind="stable").reset_index(drop=True)
-    label = (ratings["rating"].to_numpy() >= cfg.label_threshold).astype(np.int64)
-    event_days = data.day_of(ratings["timestamp"])
-    split_of_day = split_days(event_days, cfg.test_fraction, cfg.val_fraction)
-    if sum(event_days.isin(split_of_day["train"])) < cfg.min_train_rows:
-        raise DataError(
-            f"only {sum(event_days.isin(split_of_day['train']))} training rows up to {day}; "
-            f"need at least {cfg.min_train_rows} (min_train_rows): choose a later date"
-        )
+@dataclass(frozen=True)
+class Normalisation:
+    """What a run's features were built with, beyond the raw data (saved in ``meta.json``): the vocabularies,
+    the training split's priors of the past statistics and release-year fill, and the dense mean/std."""
 
-    vocab = sparse_vocabularies(users, items)
-    users = users.set_index("user_id")
-    items = items.set_index("item_id")
+    vocabularies: dict[str, dict]
+    prior_mean: float
+    prior_rate: float
+    release_year_fill: float
+    dense_mean: dict[str, float]
+    dense_std: dict[str, float]
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> Normalisation:
+        """From a features folder's ``meta.json``; a DataError when it predates the saved priors."""
+        missing = [k for k in ("prior_mean", "prior_rate", "release_year_fill", "dense_mean") if k not in meta]
+        if missing:
+            raise DataError(f"features meta.json of {meta.get('day')} lacks {missing}: built before the "
+                            "normalisation was saved; rebuild the features of that day")
+        return cls(meta["vocabularies"], float(meta["prior_mean"]), float(meta["prior_rate"]),
+                   float(meta["release_year_fill"]), meta["dense_mean"], meta["dense_std"])
+
+
+def feature_columns(ratings: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, cfg: FeatureConfig,
+                    vocab: dict[str, dict], prior_mean: float, prior_rate: float,
+                    release_year_fill: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(table, dense) of ``ratings`` (sorted by time): the table's sparse ids, genres, history, label and
+    timestamp, and the dense features before standardisation. ``users``/``items`` are indexed by id."""
+    label = (ratings["rating"].to_numpy() >= cfg.label_threshold).astype(np.int64)
     user_rows = users.reindex(ratings["user_id"])
     item_rows = items.reindex(ratings["item_id"])
-
     columns: dict[str, np.ndarray] = {
         "user_id": ratings["user_id"].to_numpy(),
         "item_id": ratings["item_id"].to_numpy(),
@@ -207,16 +218,11 @@ def build_features(data_root: str, day: dt.date, out_dir: Path,
         genre_ids[row, : len(gs)] = gs
     history = liked_history(ratings, label, cfg.history_length)
 
-    train_mask = event_days.isin(split_of_day["train"]).to_numpy()
-    prior_mean = float(ratings["rating"][train_mask].mean())
-    prior_rate = float(label[train_mask].mean())
     user_stats = past_statistics(ratings, "user_id", label, prior_mean, prior_rate, cfg.prior_strength)
     item_stats = past_statistics(ratings, "item_id", label, prior_mean, prior_rate, cfg.prior_strength)
-    release_year = item_rows["release_year"].astype("float64")
-    release_year = release_year.fillna(release_year[train_mask].median()).to_numpy()
     dense = pd.DataFrame({
         "age": user_rows["age"].astype(float).fillna(float(users["age"].median())).to_numpy(),
-        "release_year": release_year,
+        "release_year": item_rows["release_year"].astype("float64").fillna(release_year_fill).to_numpy(),
         "user_log_count": user_stats["log_count"].to_numpy(),
         "user_mean_rating": user_stats["mean_rating"].to_numpy(),
         "user_pos_rate": user_stats["pos_rate"].to_numpy(),
@@ -224,19 +230,66 @@ def build_features(data_root: str, day: dt.date, out_dir: Path,
         "item_mean_rating": item_stats["mean_rating"].to_numpy(),
         "item_pos_rate": item_stats["pos_rate"].to_numpy(),
     })
-    mean = dense[train_mask].mean()
-    std = dense[train_mask].std(ddof=0).replace(0.0, 1.0)
-    dense = ((dense - mean) / std).astype("float32")
 
     table = pd.DataFrame({name: columns[name].astype(np.int64) for name in SPARSE_FEATURES})
     for k in range(cfg.genre_slots):
         table[f"genre_{k}"] = genre_ids[:, k]
     for k in range(cfg.history_length):
         table[f"hist_{k}"] = history[:, k]
-    for name in DENSE_FEATURES:
-        table[name] = dense[name].to_numpy()
     table["label"] = label
     table["timestamp"] = ratings["timestamp"].to_numpy()
+    return table, dense
+
+
+def with_dense(table: pd.DataFrame, dense: pd.DataFrame, mean: pd.Series, std: pd.Series) -> pd.DataFrame:
+    """``table`` with the dense features standardised by ``mean``/``std``, in DENSE_FEATURES order before the
+    label (the features files' column order)."""
+    scaled = ((dense - mean) / std).astype("float32")
+    head = table.drop(columns=["label", "timestamp"])
+    return pd.concat([head, scaled[list(DENSE_FEATURES)], table[["label", "timestamp"]]], axis=1)
+
+
+def features_with(ratings: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, cfg: FeatureConfig,
+                  normalisation: Normalisation) -> pd.DataFrame:
+    """The features of every row of ``ratings`` (the four raw columns: every rating up to the rows wanted, the
+    history their features come from), built exactly as a run whose ``normalisation`` and ``cfg`` were saved
+    built them; rows sorted by time as ``build_features`` sorts them."""
+    ratings = ratings.sort_values(["timestamp", "user_id", "item_id"], kind="stable").reset_index(drop=True)
+    table, dense = feature_columns(ratings, users.set_index("user_id"), items.set_index("item_id"), cfg,
+                                   normalisation.vocabularies, normalisation.prior_mean, normalisation.prior_rate,
+                                   normalisation.release_year_fill)
+    mean = pd.Series(normalisation.dense_mean)[list(DENSE_FEATURES)]
+    std = pd.Series(normalisation.dense_std)[list(DENSE_FEATURES)]
+    return with_dense(table, dense, mean, std)
+
+
+def build_features(data_root: str, day: dt.date, out_dir: Path,
+                   cfg: FeatureConfig | None = None) -> FeatureResult:
+    cfg = cfg or FeatureConfig()
+    ratings = data.load_ratings(data_root, day)
+    users, items = data.load_dimensions(data_root)
+    ratings = ratings.sort_values(["timestamp", "user_id", "item_id"], kind="stable").reset_index(drop=True)
+    label = (ratings["rating"].to_numpy() >= cfg.label_threshold).astype(np.int64)
+    event_days = data.day_of(ratings["timestamp"])
+    split_of_day = split_days(event_days, cfg.test_fraction, cfg.val_fraction)
+    if sum(event_days.isin(split_of_day["train"])) < cfg.min_train_rows:
+        raise DataError(
+            f"only {sum(event_days.isin(split_of_day['train']))} training rows up to {day}; "
+            f"need at least {cfg.min_train_rows} (min_train_rows): choose a later date"
+        )
+
+    vocab = sparse_vocabularies(users, items)
+    users = users.set_index("user_id")
+    items = items.set_index("item_id")
+    train_mask = event_days.isin(split_of_day["train"]).to_numpy()
+    prior_mean = float(ratings["rating"][train_mask].mean())
+    prior_rate = float(label[train_mask].mean())
+    release_year = items.reindex(ratings["item_id"])["release_year"].astype("float64")
+    release_year_fill = float(release_year[train_mask].median())
+    table, dense = feature_columns(ratings, users, items, cfg, vocab, prior_mean, prior_rate, release_year_fill)
+    mean = dense[train_mask].mean()
+    std = dense[train_mask].std(ddof=0).replace(0.0, 1.0)
+    table = with_dense(table, dense, mean, std)
 
     spec = FeatureSpec(
         sparse_features=SPARSE_FEATURES,
@@ -276,6 +329,9 @@ def build_features(data_root: str, day: dt.date, out_dir: Path,
         "dense_mean": mean.to_dict(),
         "dense_std": std.to_dict(),
         "vocabularies": vocab,
+        "prior_mean": prior_mean,
+        "prior_rate": prior_rate,
+        "release_year_fill": release_year_fill,
     }
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     return result
@@ -303,8 +359,11 @@ def load_split(features_dir: Path, split: str) -> Split:
     path = Path(features_dir) / f"{split}.parquet"
     if not path.exists():
         raise DataError(f"{path} is missing; run the features step for this date first")
-    spec = load_spec(features_dir)
-    frame = pd.read_parquet(path)
+    return split_of(pd.read_parquet(path), load_spec(features_dir))
+
+
+def split_of(frame: pd.DataFrame, spec: FeatureSpec) -> Split:
+    """A features frame (the columns ``build_features`` writes) as the model's input arrays."""
     return Split(
         sparse=frame[list(spec.sparse_features)].to_numpy(np.int64),
         genres=frame[[f"genre_{k}" for k in range(spec.genre_slots)]].to_numpy(np.int64),

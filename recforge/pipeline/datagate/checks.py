@@ -8,14 +8,16 @@ run goes on, the warnings are recorded) or ``passed``.
 
 What is checked: :func:`plan_day` gathers the day's bands (:mod:`recforge.pipeline.datagate.bands`) of the
 row count, the label rate and the day's statistics (:mod:`recforge.pipeline.datagate.daystats`: drift,
-concentration, novelty, repeats, a baseline model's AUC); :mod:`recforge.pipeline.datagate.expectations`
+concentration, novelty, repeats, a baseline model's AUC) and the scores of the last nightly's model
+(:mod:`recforge.pipeline.datagate.modelcheck`); :mod:`recforge.pipeline.datagate.expectations`
 turns them into three GX suites (partition, labels, statistics) run as one GX run. The suites' definitions
 do not change from day to day: the day's values (time window, known ids, every bound) are expectation
 parameters, so a re-run of a day just adds a new run. Each checkpoint updates Data Docs. The GX plumbing
 (project, lock, checkpoints, runs, failure lines) is :mod:`recforge.pipeline.datagate.suites`.
 
 :func:`check_day` is the nightly DAG's ``check`` task around it: it loads the partition, the earlier
-partitions and the dimension tables from the data root, logs the Data Docs and the outcome on the MLflow
+partitions and the dimension tables from the data root, finds the newest nightly model before the day in the
+work folder, logs the Data Docs and the outcome on the MLflow
 parent run, and raises on a hard failure.
 
 Importing this module does not import GX (an import of several seconds); :func:`check_partition` does.
@@ -34,18 +36,21 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
 from recforge.contracts import tags
+from recforge.contracts.layout import Catalog
 from recforge.core import config as project
 from recforge.core.cli import json_object, run_step
 from recforge.core.config import Annotated, Field, config_from_dict, typed_config
 from recforge.core.errors import ConfigError, DataCheckError, DataError, first_line
+from recforge.models.families import FAMILY_NAMES
 from recforge.pipeline.data import ingest as data
 from recforge.pipeline.datagate.bands import CRITICAL, Band, label_rate_bands, statistic_bands, volume_bands
 from recforge.pipeline.datagate.daystats import day_statistics
+from recforge.pipeline.datagate.docs_bundle import bundle_docs
 from recforge.pipeline.datagate.expectations import (
     LABEL_COLUMN,
     LABELS,
@@ -60,6 +65,7 @@ from recforge.pipeline.datagate.expectations import (
     partition_expectations,
     statistics_frame,
 )
+from recforge.pipeline.datagate.modelcheck import REFERENCE_ROWS, NightlyModel, model_statistics, newest_model_before
 from recforge.pipeline.datagate.suites import SuiteRun, json_safe, run_checkpoints
 
 log = logging.getLogger(__name__)
@@ -84,6 +90,9 @@ class CheckConfig:
     label_rate_min: Annotated[float, Field(ge=0, le=1)] = 0.2  # warning band of the mean label of the partition
     label_rate_max: Annotated[float, Field(ge=0, le=1)] = 0.9
     label_rate_z_hard: Annotated[float, Field(gt=0)] = 5.0  # hard band: window rate +- z standard errors
+    model_check: bool = True  # score the day with the newest nightly model before it (skipped without one)
+    model_family: Literal[FAMILY_NAMES] = "dlrm"  # whose nightly model scores the day
+    model_reference_rows: Annotated[int, Field(ge=100)] = REFERENCE_ROWS  # trailing rows it scores, at most
 
     def __post_init__(self) -> None:
         if self.volume_z_warning > min(self.volume_z_hard_low, self.volume_z_hard_high):
@@ -173,6 +182,7 @@ class DayPlan:
     notes: list[str]
     skipped: int  # band groups skipped for want of history
     seconds: float  # computing the statistics
+    model_seconds: float = 0.0  # of which scoring with the nightly model
 
 
 def plan_day(
@@ -183,10 +193,13 @@ def plan_day(
     users: pd.DataFrame | None,
     items: pd.DataFrame | None,
     config: CheckConfig,
+    model: NightlyModel | None = None,
 ) -> DayPlan:
     """The bands of the day's partition: volume (from ``trailing_row_counts``), label rate, and, given
     ``history`` (every earlier rating) and a partition with the four raw columns, the statistics of
-    :mod:`recforge.pipeline.datagate.daystats`. Also :mod:`recforge.pipeline.datagate.calibrate` replays it."""
+    :mod:`recforge.pipeline.datagate.daystats` and, given ``model`` (the newest nightly model before the day),
+    those of :mod:`recforge.pipeline.datagate.modelcheck`. Also :mod:`recforge.pipeline.datagate.calibrate`
+    replays it."""
     started = time.perf_counter()
     notes: list[str] = []
     bands: list[Band] = []
@@ -202,6 +215,7 @@ def plan_day(
                      f"{bands[1].min_value}..{bands[1].max_value} (warning), from the last {len(counts)} partitions")
     values: dict[str, float] = {}
     window_rate = None
+    model_seconds = 0.0
     usable = set(RAW_COLUMNS) <= set(ratings.columns) and all(
         pd.api.types.is_integer_dtype(ratings[c]) and not ratings[c].isna().any() for c in RAW_COLUMNS)
     if not config.statistics_suite:
@@ -216,13 +230,25 @@ def plan_day(
     else:
         stats = day_statistics(ratings, history, users=users, items=items, window_days=config.window_days,
                                label_threshold=config.label_threshold)
-        values, notes = dict(stats.values), notes + stats.notes
+        notes += stats.notes
         window_rate = stats.reference.get("window_label_rate")
+        if not config.model_check:
+            notes.append("model check skipped: CheckConfig.model_check is off")
+        elif model is not None and users is not None and items is not None:
+            scores = model_statistics(model, ratings, history, users, items, window_days=config.window_days,
+                                      reference_rows=config.model_reference_rows)
+            stats.values.update(scores.values)
+            notes += scores.notes
+            model_seconds = scores.seconds
+            if scores.values:
+                notes.append(f"model check: {config.model_family} model of {model.day}, "
+                             f"{int(scores.reference['model_reference_rows'])} trailing rows it did not train on")
+        values = dict(stats.values)
         bands += statistic_bands(stats)
     day_users = int(ratings["user_id"].nunique()) if "user_id" in ratings.columns else 0
     bands += label_rate_bands(window_rate, day_users, z_hard=config.label_rate_z_hard,
                               fixed_min=config.label_rate_min, fixed_max=config.label_rate_max)
-    return DayPlan(bands, values, notes, skipped, time.perf_counter() - started)
+    return DayPlan(bands, values, notes, skipped, time.perf_counter() - started, model_seconds)
 
 
 def check_partition(
@@ -237,6 +263,7 @@ def check_partition(
     history: pd.DataFrame | None = None,
     users: pd.DataFrame | None = None,
     items: pd.DataFrame | None = None,
+    model: NightlyModel | None = None,
 ) -> CheckReport:
     """Validate the ratings partition of ``day`` with GX, update Data Docs under ``gx_root``, and report.
 
@@ -244,7 +271,9 @@ def check_partition(
     ``config.volume_window_days`` of them set the volume bands, and with fewer than 3 the volume
     expectations are skipped (noted in the report). ``history`` (every rating before ``day``) and the
     ``users``/``items`` tables enable the statistics suite (drift, concentration, novelty, repeats, baseline
-    AUC) and the hard label-rate band; without ``history`` they are skipped with a note. Failing or
+    AUC) and the hard label-rate band; without ``history`` they are skipped with a note. ``model`` (the newest
+    nightly model before ``day``, :func:`recforge.pipeline.datagate.modelcheck.newest_model_before`) adds the
+    model-based statistics to that suite. Failing or
     unevaluable expectations are reported, not raised: call :meth:`CheckReport.raise_for_failure` to stop on
     the hard ones.
     """
@@ -254,7 +283,7 @@ def check_partition(
         day = day.date()
     day_start, day_end = day_window(day)
     plan = plan_day(ratings, trailing_row_counts=trailing_row_counts, history=history, users=users,
-                    items=items, config=config)
+                    items=items, config=config, model=model)
     params: dict[str, Any] = {
         "day_start": day_start,
         "day_end": day_end,
@@ -288,6 +317,7 @@ def check_partition(
     stats["skipped_expectations"] = plan.skipped
     stats["seconds"] = round(time.perf_counter() - started, 3)
     stats["statistics_seconds"] = round(plan.seconds, 3)
+    stats["model_check_seconds"] = round(plan.model_seconds, 3)
     log.info("data checks of %s: %s (%d hard failure(s), %d warning(s) of %d, %.1fs)", day,
              "FAILED" if hard else "passed", len(hard), len(warned), evaluated, stats["seconds"])
     index = outcome.data_docs_index
@@ -303,13 +333,16 @@ def check_day(
     check_config: dict[str, Any] | None = None,
     parent_run_id: str | None = None,
     gx_root: Path | None = None,
+    catalog: Catalog | None = None,
 ) -> dict[str, Any]:
     """The nightly DAG's ``check`` task: check the partition of ``day`` under ``data_root`` against the
     partitions before it, log the Data Docs and the outcome on the MLflow parent run (when given; pass,
     warning or fail), and raise DataCheckError on a hard failure.
 
     Known ids come from ``users.parquet`` / ``items.parquet``; the trailing row counts from the Parquet
-    footers of the partitions before ``day``; the history from those partitions. A partition that cannot be
+    footers of the partitions before ``day``; the history from those partitions; the model that scores the day
+    is the newest ``model_family`` model of a nightly run before ``day`` in ``catalog`` (default: the work
+    folder), none needed (the check is then skipped with a note). A partition that cannot be
     read stops the run with a DataError naming the file. Returns :meth:`CheckReport.to_dict`.
     """
 
@@ -319,6 +352,8 @@ def check_day(
     users, items = data.load_dimensions(data_root)
     earlier = [d for d in data.list_partitions(data_root) if d < day]
     history = pd.concat([read_partition(data_root, d) for d in earlier], ignore_index=True) if earlier else None
+    model, model_notes = (newest_model_before(catalog or Catalog.default(), cfg.model_family, day)
+                          if cfg.model_check and cfg.statistics_suite else (None, []))
     report = check_partition(
         ratings,
         day=day,
@@ -330,7 +365,9 @@ def check_day(
         history=history,
         users=users,
         items=items,
+        model=model,
     )
+    report.notes[:0] = model_notes
     if parent_run_id:
         log_data_docs(report, parent_run_id)
     report.raise_for_failure()
@@ -374,6 +411,7 @@ def log_data_docs(report: CheckReport, run_id: str, artifact_path: str = "data_d
         (Path(tmp) / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
         if report.warnings:
             (Path(tmp) / "warnings.txt").write_text("\n".join(report.warnings) + "\n")
+        bundle_docs(Path(tmp))  # self-contained pages: they render offline and inside MLflow
         client.log_artifacts(run_id, tmp, artifact_path)
     client.set_tag(run_id, tags.DATA_CHECKS, report.status)
     client.log_metric(run_id, WARNINGS_METRIC, len(report.warnings))
@@ -399,9 +437,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=None, help="CheckConfig fields as a JSON object")
     parser.add_argument("--gx-root", type=Path, default=None, help="great-expectations project (default: "
                         "$RECFORGE_HOME/gx)")
+    parser.add_argument("--work-dir", type=Path, default=None, help="nightly work folder the model comes from "
+                        "(default: $RECFORGE_WORK_DIR)")
     args = parser.parse_args(argv)
     return run_step(lambda: check_day(args.data_root or project.data_root(), args.date,
-                                      json_object(args.config), gx_root=args.gx_root))
+                                      json_object(args.config), gx_root=args.gx_root,
+                                      catalog=Catalog(args.work_dir) if args.work_dir else None))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ Three suites, each an asset of the pandas data source ``recforge_ratings`` (see
   known ids, timestamps inside the day, unique (user, item, timestamp), and the row-count bands;
 * ``ratings_partition_labels`` (the derived ``label`` column): the label-rate bands;
 * ``ratings_partition_statistics`` (one row: the day's statistics of
-  :mod:`recforge.pipeline.datagate.daystats`, a column each): one ``expect_column_mean_to_be_between``
+  :mod:`recforge.pipeline.datagate.daystats` and :mod:`recforge.pipeline.datagate.modelcheck`, a column
+  each): one ``expect_column_mean_to_be_between``
   per band (the mean of one row is the day's value, so the validation page shows it as the observed value).
 
 Each band's expectation carries its GX ``severity`` (``critical`` stops the run, ``warning`` does not) and, as
@@ -25,6 +26,7 @@ import pandas as pd
 
 from recforge.pipeline.datagate.bands import Band
 from recforge.pipeline.datagate.daystats import STATISTICS
+from recforge.pipeline.datagate.modelcheck import MODEL_STATISTICS
 from recforge.pipeline.datagate.suites import param
 
 RAW_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
@@ -45,6 +47,7 @@ DEFINITIONS = {
     "rows": "rows of the partition",
     "label": f"mean {LABEL_COLUMN} (rating >= the label threshold)",
     **STATISTICS,
+    **MODEL_STATISTICS,
 }
 
 

@@ -4,9 +4,11 @@ For one candidate (a model family trained by ``nightly_retrain``) and one *base*
 build the base and its precisions (``recforge.pipeline.compression``), score every variant on the test split,
 gate it against the fp32 model (``recforge.pipeline.parity.gate``), and record it as an MLflow child run of the
 candidate's training run: params (technique, ratio, bits), metrics (AUC, ΔAUC, logloss, size, parameters, MACs per
-item, CPU latency), the ONNX artifact and the verdict. A rejected variant keeps its reasons and goes no
-further. ``summarize_family`` then measures every variant's latency side by side with the fp32 PyTorch
-eager model, and logs the comparison table and an AUC-vs-size plot on the candidate's run.
+item), the ONNX artifact and the verdict. A rejected variant keeps its reasons (tag ``recforge.rejected_because``,
+one line each, and ``verdict.json``) and goes no further. ``summarize_family`` then measures every variant's
+latency side by side with the fp32 PyTorch eager model, writes that one measurement to each variant run
+(``latency_ms_b256``), and logs the comparison table and an AUC-vs-size plot on the candidate's run: the run
+metric, the table and the plots show the same number.
 
 CLI::
 
@@ -37,6 +39,8 @@ from recforge.pipeline.compression.model_folder import MODEL_FILES, load_trained
 from recforge.pipeline.compression.variants import build_base_variants, plan_bases
 from recforge.pipeline.data.features import load_split
 from recforge.pipeline.parity.gate import ParityConfig, validate_variant
+from recforge.pipeline.parity.plot import plot_auc_vs_size, pyplot
+from recforge.pipeline.training.tracking import LATENCY_B256, TEST_AUC, TEST_LOGLOSS, one_line
 from recforge.pipeline.training.train import evaluate
 
 log = logging.getLogger(__name__)
@@ -202,7 +206,9 @@ def _log_variant(experiment_id: str, candidate: Candidate, row: dict, metrics: d
                                         f"tags.`{tags.VARIANT}` = '{row['name']}'"), max_results=1)
     run_id = existing[0].info.run_id if existing else None
     run_tags = {tags.STAGE: "compress", tags.FAMILY: candidate.family, tags.VARIANT: row["name"],
-                tags.PARITY: "passed" if row["passed"] else "rejected"}
+                tags.PARITY: "passed" if row["passed"] else "rejected", tags.RUN_NOTE: variant_note(candidate, row)}
+    if not row["passed"]:
+        run_tags[tags.REJECTED_BECAUSE] = rejection_tag(row["reasons"])
     with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=f"{candidate.family}/{row['name']}",
                           parent_run_id=None if run_id else candidate.run_id, tags=run_tags):
         if not run_id:
@@ -211,17 +217,33 @@ def _log_variant(experiment_id: str, candidate: Candidate, row: dict, metrics: d
             params |= {f"p.{k}": v for k, v in (row.get("params") or {}).items()
                        if isinstance(v, int | float | str | bool) and k != "history"}
             mlflow.log_params(params)
+        # latency_ms_b256 is written by summarize_family: the side-by-side timing its table and plots show
         numbers = {"size_bytes": row.get("size_bytes"), "file_bytes": row.get("file_bytes"),
                    "parameters": row.get("parameters"), "macs_per_item": row.get("macs_per_item"),
-                   "latency_ms_b256": row.get("latency_ms"), "onnx_max_abs_diff": row.get("onnx_max_abs_diff"),
-                   "passed": float(row["passed"])}
-        mlflow.log_metrics({k: float(v) for k, v in (numbers | metrics).items()
-                            if v is not None and v == v})  # v == v drops NaN
+                   "onnx_max_abs_diff": row.get("onnx_max_abs_diff"), "passed": float(row["passed"])}
+        # test_auc/test_logloss: the keys of the family runs; "auc" kept (tests/e2e and older readers use it)
+        renamed = {TEST_AUC: metrics.get("auc"), TEST_LOGLOSS: metrics.get("logloss")}
+        mlflow.log_metrics({k: float(v) for k, v in (numbers | metrics | renamed).items()
+                            if k != "logloss" and v is not None and v == v})  # v == v drops NaN
         mlflow.log_dict({"passed": row["passed"], "reasons": row["reasons"], "variant": row,
                          "thresholds": dataclasses.asdict(pcfg)}, "verdict.json")
         if row.get("onnx_path"):
             mlflow.log_artifact(row["onnx_path"], "onnx")
         return mlflow.active_run().info.run_id
+
+
+def rejection_tag(reasons: list[str]) -> str:
+    """The ``recforge.rejected_because`` tag: one line per reason, each shortened at a word boundary."""
+    return "\n".join(one_line(r, 240) for r in reasons) or "rejected"
+
+
+def variant_note(candidate: Candidate, row: dict) -> str:
+    """The description of a variant run (markdown)."""
+    verdict = ("passes accuracy parity with fp32: it goes on to profiling" if row["passed"] else
+               "**rejected**: " + "; ".join(one_line(r, 240) for r in row["reasons"]))
+    auc = f"test AUC {row['auc']:.4f} (fp32 {row['reference_auc']:.4f}); " if row.get("auc") is not None else ""
+    return (f"Variant **{row['name']}** of {candidate.family} ({row['technique']}, {row['precision']}): {auc}"
+            f"{verdict}. `{LATENCY_B256}` is the side-by-side timing of `compression/summary.md` on the parent run.")
 
 
 def summarize_family(candidate: Candidate, rows: list[dict], compress_config: dict | None = None) -> dict:
@@ -249,9 +271,17 @@ def summarize_family(candidate: Candidate, rows: list[dict], compress_config: di
                "eager_fp32_latency_ms_b256": eager_ms, "batch": ccfg.latency_batch, "threads": ccfg.threads,
                "variants": table, "passed": [t["variant"] for t in table if t["passed"]]}
     client = mlflow.MlflowClient(config.tracking_uri())
+    for t in table:  # the one latency measurement: on each variant run, in the table and in the plots
+        if t["variant_run_id"] and t["latency_ms_b256"] is not None:
+            client.log_metric(t["variant_run_id"], LATENCY_B256, t["latency_ms_b256"])
     client.log_dict(candidate.run_id, summary, "compression/summary.json")
     client.log_text(candidate.run_id, format_table(summary), "compression/summary.md")
-    client.log_figure(candidate.run_id, _plot(summary), "compression/auc_vs_size.png")
+    client.log_table(candidate.run_id, {key: [t[key] for t in table] for key in (
+        "variant", "passed", "size_bytes", "auc", "delta_auc", "latency_ms_b256", "variant_run_id")},
+        "tables/compression_variants.json")  # outside compression/: that folder's files are a fixed set
+    figure = plot_auc_vs_size(summary)
+    client.log_figure(candidate.run_id, figure, "compression/auc_vs_size.png")
+    pyplot().close(figure)
     client.log_metric(candidate.run_id, "variants_passed", len(summary["passed"]))
     client.log_metric(candidate.run_id, "eager_latency_ms_b256", eager_ms)
     return summary
@@ -266,36 +296,11 @@ def format_table(summary: dict) -> str:
              "| variant | size | × smaller | test AUC | ΔAUC | ORT ms | vs eager | parity |",
              "|---|---|---|---|---|---|---|---|"]
     for t in summary["variants"]:
-        verdict = "pass" if t["passed"] else "reject: " + "; ".join(t["reasons"])[:160]
+        verdict = "pass" if t["passed"] else "reject: " + one_line("; ".join(t["reasons"]), 240)
         lines.append(f"| {t['variant']} | {fmt(t['size_bytes'], ',')} | {fmt(t['size_reduction'], '.1f')} | "
                      f"{fmt(t['auc'], '.4f')} | {fmt(t['delta_auc'], '+.4f')} | {fmt(t['latency_ms_b256'], '.3f')} | "
                      f"{fmt(t['latency_vs_eager'], '.2f')} | {verdict} |")
     return "\n".join(lines) + "\n"
-
-
-def _plot(summary: dict):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for t in summary["variants"]:
-        if t["size_bytes"] is None or t["auc"] is None:
-            continue
-        ax.scatter(t["size_bytes"] / 1024, t["auc"], color="tab:green" if t["passed"] else "tab:red")
-        ax.annotate(t["variant"], (t["size_bytes"] / 1024, t["auc"]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
-    fp32 = next((t for t in summary["variants"] if t["variant"] == FP32), None)
-    if fp32 and fp32["auc"] is not None:
-        ax.axhline(fp32["auc"], color="grey", lw=0.8, ls="--", label="fp32 AUC")
-    ax.set_xscale("log")
-    ax.set_xlabel("weights (KiB, log scale)")
-    ax.set_ylabel("test AUC")
-    ax.set_title(f"{summary['family']}: accuracy vs size (green = passes parity)")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    return fig
 
 
 def main(argv: list[str] | None = None) -> int:

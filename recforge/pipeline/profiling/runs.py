@@ -15,6 +15,7 @@ from recforge.core import config
 from recforge.core.errors import ConfigError, DataError, first_line
 from recforge.models.families import BASELINE_FAMILY
 from recforge.pipeline.profiling.selection import is_finite
+from recforge.pipeline.training.tracking import TEST_AUC
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ def validated_from_mlflow(parent_run_id: str = "", candidate_run_id: str = "") -
                 continue
             seen.add(name)
             passed.append({"name": name, "onnx_path": "", "variant_run_id": run.info.run_id,
-                           "auc": run.data.metrics.get("auc"), "size_bytes": run.data.metrics.get("size_bytes")})
+                           "auc": run.data.metrics.get(TEST_AUC, run.data.metrics.get("auc")),
+                           "size_bytes": run.data.metrics.get("size_bytes")})
         if passed:
             out[cand.data.tags[tags.FAMILY]] = {"candidate_run_id": cand.info.run_id, "passed": passed}
     if not out:
@@ -104,6 +106,7 @@ def variant_rows(client, entry: Mapping[str, Any]) -> list[dict]:
                 row[key] = known[key]
         if not all(is_finite(row.get(k)) for k in ("auc", "delta_auc", "latency_ms_b256")):
             metrics = client.get_run(p["variant_run_id"]).data.metrics
+            metrics = {"auc": metrics.get(TEST_AUC, metrics.get("auc")), **metrics}
             for key in ("auc", "delta_auc", "latency_ms_b256", "size_bytes"):
                 if not is_finite(row.get(key)) and is_finite(metrics.get(key)):
                     row[key] = metrics[key]

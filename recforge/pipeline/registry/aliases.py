@@ -7,7 +7,8 @@ version when it was registered: nothing is re-measured, so two profiles from dif
 :func:`rollback_alias` walks ``champion-<target>`` back one champion at a time.
 
 Every alias move is appended to the alias history: the registered-model tag ``recforge.alias_history`` (JSON list,
-the newest entries) and the local file ``$RECFORGE_HOME/registry/alias_history.jsonl``.
+the newest entries, for programs), the registered model's description (a markdown table, for people) and the local
+file ``$RECFORGE_HOME/registry/alias_history.jsonl``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from recforge.contracts import tags as T
 from recforge.contracts.registry import CHAMPION, PREVIOUS, alias, mlflow_client, model_aliases
 from recforge.core import config
 from recforge.core.errors import ConfigError
+from recforge.pipeline.registry.description import model_description
 from recforge.pipeline.registry.policy import Blessing, RegisterConfig, judge
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,9 @@ def move_alias(client, model: str, name: str, to_version: str | None, *, reason:
     entries = json.loads(client.get_registered_model(model).tags.get(T.ALIAS_HISTORY) or "[]")
     entries.append(entry)
     client.set_registered_model_tag(model, T.ALIAS_HISTORY, json.dumps(entries[-HISTORY_TAG_ENTRIES:]))
+    family = client.get_registered_model(model).tags.get(T.FAMILY, model)
+    client.update_registered_model(model, description=model_description(family, model_aliases(client, model),
+                                                                        entries))
     path = history_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:

@@ -117,12 +117,12 @@ def data_partition(candidate_run_id: str) -> dict[str, str]:
     run = client.get_run(candidate_run_id)
     partition = {"candidate_run_id": candidate_run_id, "data_day": run.data.params.get("data_day", ""),
                  "data_fingerprint": run.data.params.get("data_fingerprint", ""),
-                 "git_commit": run.data.tags.get("mlflow.source.git.commit", "")}
+                 "git_commit": run.data.tags.get(T.GIT_COMMIT, "")}
     parent_id = run.data.tags.get("mlflow.parentRunId")
     if parent_id:
         parent = client.get_run(parent_id).data.tags
         partition |= {"nightly_run_id": parent_id, "logical_date": parent.get(T.LOGICAL_DATE, ""),
                       "nightly_airflow_run_id": parent.get(T.AIRFLOW_RUN_ID, "")}
         partition["data_fingerprint"] = partition["data_fingerprint"] or parent.get(T.DATA_FINGERPRINT, "")
-        partition["git_commit"] = partition["git_commit"] or parent.get("mlflow.source.git.commit", "")
+        partition["git_commit"] = partition["git_commit"] or parent.get(T.GIT_COMMIT, "")
     return partition

@@ -10,6 +10,7 @@ from typing import Any
 from recforge.contracts import tags as T
 from recforge.contracts.registry import CHAMPION, PREVIOUS, mlflow_client, tag_number
 from recforge.pipeline.registry.policy import RegisterConfig
+from recforge.pipeline.registry.versions import lbt_text
 
 
 def show(*, families: Sequence[str] = (), target: str = "", history: int = 10,
@@ -32,6 +33,7 @@ def show(*, families: Sequence[str] = (), target: str = "", history: int = 10,
             tags = client.get_model_version(m.name, version).tags
             targets.setdefault(tgt, {})[kind] = {"version": version, "variant": tags.get(T.VARIANT),
                                                  "lbt_qps": tag_number(tags, T.LBT_QPS),
+                                                 "lbt_capped": tags.get(T.LBT_CAPPED) == "True",
                                                  "auc": tag_number(tags, T.AUC), "data_day": tags.get(T.DATA_DAY)}
         entries = json.loads(m.tags.get(T.ALIAS_HISTORY) or "[]")
         if target:
@@ -51,7 +53,7 @@ def format_show(state: Mapping[str, Any]) -> str:
             for kind in (CHAMPION, PREVIOUS):
                 if kind in t:
                     v = t[kind]
-                    lbt = "-" if v["lbt_qps"] is None else f"{v['lbt_qps']:.0f} qps"
+                    lbt = "-" if v["lbt_qps"] is None else lbt_text(v["lbt_qps"], v.get("lbt_capped", False))
                     auc = "-" if v["auc"] is None else f"{v['auc']:.4f}"
                     lines.append(f"  {kind}-{tgt}: v{v['version']} {v['variant']} (LBT {lbt}, AUC {auc}, "
                                  f"data {v['data_day']})")

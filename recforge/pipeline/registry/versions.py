@@ -3,7 +3,9 @@
 
 The version's source is the ONNX file the profile measured (``runs:/<variant run>/onnx/<file>.onnx``): its SHA-256
 must equal the profile's ``onnx_sha256``, else the registration is refused. The version is tagged with the target,
-variant, parity metrics, a profile summary, the SHA-256, the source runs and the data partition. A version is
+variant, the figures a person compares (AUC, ΔAUC, size, LBT and whether it was capped, the SLO, the knobs), the
+SHA-256, the source run and the data partition; the rest of the profile's provenance (device, measured at, code
+version, search strategy, items/s, logloss) is a markdown table in the version's description. A version is
 identified by (variant run id, target) (tag ``recforge.identity``): a rerun finds it instead of creating a
 duplicate.
 """
@@ -14,11 +16,13 @@ import logging
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from recforge.contracts import tags as T
 from recforge.contracts.registry import CHAMPION, alias, is_error, mlflow_client
 from recforge.core.errors import DataError
 from recforge.core.hashing import sha256_file
+from recforge.pipeline.registry.description import model_description
 from recforge.pipeline.registry.policy import ProfiledVariant, RegisterConfig, model_name, tag_value
 
 log = logging.getLogger(__name__)
@@ -38,26 +42,49 @@ def find_version(client, name: str, run_id: str, target: str):
 
 def version_tags(choice: ProfiledVariant, onnx_artifact: str, partition: Mapping[str, str],
                  dag_run_id: str) -> dict[str, str]:
-    """The tags of a new version: what, for which target, how good, from what."""
+    """The tags of a new version: what, for which target, how good (what a person compares), from what."""
     doc = choice.profile
     accuracy, target = doc["accuracy"], doc["target"]
     tags = {
         T.IDENTITY: identity(choice.run_id, choice.target),
         T.FAMILY: choice.family, T.VARIANT: choice.variant,
-        T.TARGET: choice.target, T.TARGET_KIND: target["kind"], T.TARGET_DEVICE: target["device"],
+        T.TARGET: choice.target, T.TARGET_KIND: target["kind"],
         T.PARITY: choice.parity, T.AUC: accuracy["auc"], T.DELTA_AUC: accuracy["delta_auc"],
-        T.LOGLOSS: accuracy.get("logloss"), T.SIZE_BYTES: choice.size_bytes,
+        T.SIZE_BYTES: choice.size_bytes,
         T.LBT_QPS: choice.lbt_qps, T.LBT_CAPPED: bool(doc.get("lbt_capped", False)),
-        T.ITEMS_PER_S: doc["items_per_s"], T.P95_TARGET_MS: doc["p95_target_ms"],
-        T.BEST_KNOBS: doc["search"]["best_knobs"], T.SEARCH_STRATEGY: doc["search"]["strategy"],
-        T.PROFILE_HOST: doc["host"], T.PROFILE_MEASURED_AT: doc["measured_at"],
-        T.PROFILE_CODE_VERSION: doc["code_version"],
-        T.PROFILE_URI: f"runs:/{choice.run_id}/{choice.artifact}",
-        T.ONNX_SHA256: doc["onnx_sha256"], T.ONNX_ARTIFACT: onnx_artifact,
-        T.SOURCE_RUN_ID: choice.run_id, T.REGISTERED_BY_DAG_RUN: dag_run_id,
-        **T.partition_tags(partition),
+        T.P95_TARGET_MS: doc["p95_target_ms"], T.BEST_KNOBS: doc["search"]["best_knobs"],
+        T.PROFILE_HOST: doc["host"], T.PROFILE_URI: f"runs:/{choice.run_id}/{choice.artifact}",
+        T.ONNX_SHA256: doc["onnx_sha256"], T.SOURCE_RUN_ID: choice.run_id, T.REGISTERED_BY_DAG_RUN: dag_run_id,
+        **T.partition_tags({k: v for k, v in partition.items() if k in PARTITION_TAGS}),
     }
     return {k: tag_value(v) for k, v in tags.items() if v is not None}
+
+
+PARTITION_TAGS = ("data_day", "data_fingerprint", "git_commit", "candidate_run_id")  # the rest: description
+
+
+def lbt_text(lbt_qps: float, capped: bool) -> str:
+    """"2,000 qps", or "≥ 2,000 qps (capped)" when the profile's probe limit was reached with the SLO still met."""
+    return f"≥ {lbt_qps:,.0f} qps (capped)" if capped else f"{lbt_qps:,.0f} qps"
+
+
+def version_description(choice: ProfiledVariant, onnx_artifact: str, partition: Mapping[str, str]) -> str:
+    """The version's description (markdown): its headline figures, then the provenance not kept as tags."""
+    doc = choice.profile
+    accuracy, target = doc["accuracy"], doc["target"]
+    lbt = lbt_text(choice.lbt_qps, bool(doc.get("lbt_capped", False)))
+    provenance = {
+        "target kind / device": f"{target['kind']} / {target['device']}",
+        "items/s at the LBT": f"{doc['items_per_s']:,.0f}",
+        "test logloss": "—" if accuracy.get("logloss") is None else f"{accuracy['logloss']:.4f}",
+        "search": doc["search"]["strategy"], "profile measured at": doc["measured_at"],
+        "profile code version": doc["code_version"], "ONNX artifact": f"`{onnx_artifact}`",
+        **{key.replace("_", " "): f"`{value}`" for key, value in partition.items() if key not in PARTITION_TAGS},
+    }
+    rows = "\n".join(f"| {key} | {value} |" for key, value in provenance.items())
+    return (f"**{choice.family}/{choice.variant}** for target `{choice.target}`: LBT {lbt} at p95 ≤ "
+            f"{doc['p95_target_ms']:g} ms, test AUC {choice.auc:.4f} (ΔAUC {accuracy['delta_auc']:+.4f} vs fp32)."
+            f"\n\n| provenance | |\n|---|---|\n{rows}\n")
 
 
 def measured_onnx_artifact(client, choice: ProfiledVariant, dest: str) -> tuple[str, str]:
@@ -83,14 +110,39 @@ def measured_onnx_artifact(client, choice: ProfiledVariant, dest: str) -> tuple[
 def ensure_registered_model(client, name: str, family: str) -> None:
     """Create the registered model ``name`` of ``family`` unless it exists."""
     try:
-        client.create_registered_model(
-            name, tags={T.FAMILY: family, T.KIND: "serving-model"},
-            description=f"RecForge {family}: per hardware target, the parity-passing compressed variant with the "
-                        "highest latency-bounded throughput. Aliases champion-<target> (served) and "
-                        f"previous-<target> (rollback); alias history in the tag {T.ALIAS_HISTORY}.")
+        client.create_registered_model(name, tags={T.FAMILY: family, T.KIND: "serving-model"},
+                                       description=model_description(family, {}, []))
     except Exception as err:  # noqa: BLE001 - MlflowException; imported lazily
         if not is_error(err, "RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
+
+
+def onnx_signature(onnx_path: Path):
+    """The MLflow ModelSignature of an ONNX file: its graph's named input and output tensors (dtype, shape; -1 for
+    a symbolic dimension such as the batch)."""
+    import numpy as np
+    import onnx
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    def spec(value) -> TensorSpec:
+        tensor = value.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
+        return TensorSpec(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)), shape, value.name)
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    return ModelSignature(Schema([spec(v) for v in graph.input if v.name not in initializers]),
+                          Schema([spec(v) for v in graph.output]))
+
+
+def signature_markdown(signature) -> str:
+    """The signature as a markdown table for the version's description. The version's source is the measured ONNX
+    file itself (not an MLflow Model folder with an MLmodel), so MLflow's own schema panel has nothing to read."""
+    rows = [f"| {side} | `{spec.name}` | {spec.type} | {list(spec.shape)} |"
+            for side, schema in (("input", signature.inputs), ("output", signature.outputs))
+            for spec in schema.inputs]
+    return "\n| signature | tensor | dtype | shape (-1: any) |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
 
 
 @dataclass(frozen=True)
@@ -121,13 +173,13 @@ def register_version(choice: ProfiledVariant, partition: Mapping[str, str], *, c
         return RegisteredVersion(name, existing.version, choice.target, choice.variant, created=False)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_artifact, _sha = measured_onnx_artifact(client, choice, tmp)
+        # where download_artifacts put it (the folder layout under tmp differs between artifact stores)
+        signature = onnx_signature(next(Path(tmp).rglob(Path(onnx_artifact).name)))
     tags = version_tags(choice, onnx_artifact, partition, dag_run_id)
     version = client.create_model_version(
         name, source=f"runs:/{choice.run_id}/{onnx_artifact}", run_id=choice.run_id, tags=tags,
         await_creation_for=0,  # a run artifact is READY at once; MLflow's default poll only sleeps
-        description=f"{choice.family}/{choice.variant} for target {choice.target}: "
-                    f"LBT {choice.lbt_qps:.0f} qps at p95 <= {choice.profile['p95_target_ms']} ms, "
-                    f"AUC {choice.auc:.4f}")
-    log.info("registered %s v%s: %s for %s (LBT %.0f qps, AUC %.4f)", name, version.version, choice.variant,
-             choice.target, choice.lbt_qps, choice.auc)
+        description=version_description(choice, onnx_artifact, partition) + signature_markdown(signature))
+    log.info("registered %s v%s: %s for %s (LBT %s, AUC %.4f)", name, version.version, choice.variant,
+             choice.target, lbt_text(choice.lbt_qps, bool(choice.profile.get("lbt_capped"))), choice.auc)
     return RegisteredVersion(name, version.version, choice.target, choice.variant, created=True)

@@ -23,6 +23,7 @@ from recforge.core.errors import ConfigError, DataError
 from recforge.models.families import FAMILY_NAMES
 from recforge.pipeline.data import ingest as data
 from recforge.pipeline.datagate.checks import CheckConfig
+from recforge.pipeline.training.tracking import experiment_url, run_url
 from recforge.pipeline.training.train import TrainConfig
 
 
@@ -64,16 +65,18 @@ def report(day: str) -> str:
         raise DataError(f"no nightly run for {day} in MLflow at {config.tracking_uri()}")
     run = runs[0]
     lines = [f"nightly-{day}: {run.info.status}  (MLflow run {run.info.run_id}, "
-             f"{config.tracking_uri()}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id})"]
+             f"{run_url(config.tracking_uri(), experiment.experiment_id, run.info.run_id)}; every run: "
+             f"{experiment_url(config.tracking_uri(), experiment.experiment_id)})"]
+    if run.info.status == "FINISHED":  # summary.md opens with the data gate's outcome and warnings
+        with open(client.download_artifacts(run.info.run_id, "summary.md")) as fh:
+            lines.append(fh.read())
+        return "\n".join(lines)
     if checks := run.data.tags.get(tags.DATA_CHECKS):  # passed | warning | failed (the data gate)
         lines.append(f"data checks: {checks}")
         if checks == "warning":  # the run went on: say what the gate warned about
             with open(client.download_artifacts(run.info.run_id, "data_docs/warnings.txt")) as fh:
                 lines += [f"  - {line}" for line in fh.read().splitlines()]
-    if run.info.status == "FINISHED":
-        with open(client.download_artifacts(run.info.run_id, "summary.md")) as fh:
-            lines.append(fh.read())
-    elif failure := run.data.tags.get(tags.FAILURE):
+    if failure := run.data.tags.get(tags.FAILURE):
         lines.append(f"failure: {failure}")
     return "\n".join(lines)
 

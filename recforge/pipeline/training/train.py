@@ -28,11 +28,17 @@ from recforge.contracts.layout import Catalog
 from recforge.core import config
 from recforge.core.cli import json_object, run_step
 from recforge.core.config import Annotated, Field, typed_config
-from recforge.core.errors import ConfigError, DataError
+from recforge.core.errors import ConfigError, DataError, first_line
 from recforge.models import build_model, default_hyperparams
 from recforge.models.export import export_onnx, onnx_parity
 from recforge.models.families import BASELINE_FAMILY, DEEP_FAMILIES, FAMILIES, FAMILY_NAMES
 from recforge.pipeline.data.features import load_spec, load_split
+from recforge.pipeline.training.tracking import (
+    NIGHTLY_EXPERIMENT_NOTE,
+    TEST_AUC,
+    TEST_LOGLOSS,
+    model_training_experiment,
+)
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +213,7 @@ def train_family(family: str, features_dir: Path, out_dir: Path, cfg: TrainConfi
         sample = {k: torch.from_numpy(v[:256]) for k, v in test.inputs().items()}
         max_diff = onnx_parity(model, onnx_path, sample)
 
-        mlflow.log_metrics({"test_auc": test_metrics["auc"], "test_logloss": test_metrics["logloss"],
+        mlflow.log_metrics({TEST_AUC: test_metrics["auc"], TEST_LOGLOSS: test_metrics["logloss"],
                             "best_epoch": best_epoch, "epochs_run": len(history), "parameters": parameters,
                             "onnx_max_abs_diff": max_diff, "best_val_auc": history[best_epoch - 1]["val_auc"]})
         signature = mlflow.models.infer_signature(
@@ -224,7 +230,9 @@ def train_family(family: str, features_dir: Path, out_dir: Path, cfg: TrainConfi
                                           pip_requirements=["onnxruntime", "numpy<2"],
                                           save_as_external_data=False)
         mlflow.log_artifacts(str(out_dir), artifact_path="model_files")
-        mlflow.set_tags({tags.TEST_AUC: f"{test_metrics['auc']:.4f}", tags.ONNX_MODEL_URI: onnx_info.model_uri})
+        mlflow.set_tags({tags.TEST_AUC: f"{test_metrics['auc']:.4f}", tags.ONNX_MODEL_URI: onnx_info.model_uri,
+                         tags.RUN_NOTE: training_note(family, meta["day"], test_metrics, best_epoch, len(history),
+                                                      parameters)})
     return TrainResult(
         family=family, run_id=run.info.run_id, test_auc=test_metrics["auc"],
         test_logloss=test_metrics["logloss"], best_epoch=best_epoch, epochs_run=len(history),
@@ -233,12 +241,18 @@ def train_family(family: str, features_dir: Path, out_dir: Path, cfg: TrainConfi
     )
 
 
-def _experiment_id() -> str:
-    import mlflow
+def training_note(family: str, day: str, test_metrics: dict[str, float], best_epoch: int, epochs: int,
+                  parameters: int) -> str:
+    """The description of a family's training run (markdown, shown on the run's page)."""
+    role = "the reference baseline the deep families must beat" if family == BASELINE_FAMILY else "a candidate"
+    return (f"**{family}** ({role}) trained on the MovieLens features of data day {day}: test AUC "
+            f"{test_metrics['auc']:.4f}, logloss {test_metrics['logloss']:.4f}; best validation epoch {best_epoch} of "
+            f"{epochs}; {parameters:,} parameters. Artifacts: `onnx/` (what is served), `pytorch/`, `model_files/`; "
+            "compressed variants are its child runs, their comparison is `compression/summary.md`.")
 
-    mlflow.set_tracking_uri(config.tracking_uri())
-    experiment = mlflow.set_experiment(config.experiment_name())
-    return experiment.experiment_id
+
+def _experiment_id() -> str:
+    return model_training_experiment(description=NIGHTLY_EXPERIMENT_NOTE)
 
 
 def _log_datasets(features_dir: Path, meta: dict) -> None:
@@ -264,7 +278,11 @@ def open_parent_run(day: str, fingerprint: str, airflow_run_id: str, extra_tags:
     if existing:
         return existing[0].info.run_id
     run_tags = {tags.KIND: "nightly", tags.LOGICAL_DATE: day, tags.DATA_FINGERPRINT: fingerprint,
-                tags.AIRFLOW_RUN_ID: airflow_run_id, "mlflow.source.git.commit": config.git_commit(),
+                tags.AIRFLOW_RUN_ID: airflow_run_id, tags.GIT_COMMIT: config.git_commit(),
+                # created by the client, not a script: MLflow leaves the source empty unless told
+                tags.SOURCE_NAME: "dags/nightly_retrain.py", tags.SOURCE_TYPE: "JOB",
+                tags.RUN_NOTE: f"Nightly retrain of data day {day} (Airflow run `{airflow_run_id}`): the data gate, "
+                               "then one child run per model family. Running; the comparison follows.",
                 **(extra_tags or {})}
     run = client.create_run(experiment, run_name=f"nightly-{day}", tags=run_tags)
     client.log_param(run.info.run_id, "logical_date", day)
@@ -284,15 +302,47 @@ def close_parent_run(parent_run_id: str, results: list[dict], status: str = "FIN
                              "beats_baseline": None if baseline is None or r["family"] == BASELINE_FAMILY
                              else r["test_auc"] > baseline} for r in rows],
                "baseline_test_auc": baseline}
-    for r in rows:
-        client.log_metric(parent_run_id, f"test_auc.{r['family']}", r["test_auc"])
+    for r in rows:  # test_auc.<family>: the families' test_auc side by side on the parent run
+        client.log_metric(parent_run_id, f"{TEST_AUC}.{r['family']}", r["test_auc"])
     client.log_dict(parent_run_id, summary, "summary.json")
-    table = ["| family | test AUC | test logloss | beats baseline |", "|---|---|---|---|"]
-    table += [f"| {r['family']} | {r['test_auc']:.4f} | {r['test_logloss']:.4f} | {r['beats_baseline']} |"
-              for r in summary["families"]]
-    client.log_text(parent_run_id, "\n".join(table) + "\n", "summary.md")
+    columns = ("family", "test_auc", "test_logloss", "run_id")
+    client.log_table(parent_run_id, {key: [f[key] for f in summary["families"]] for key in columns},
+                     "tables/families.json")
+    text = summary_markdown(summary, data_gate_lines(client, parent_run_id))
+    client.log_text(parent_run_id, text, "summary.md")
+    client.set_tag(parent_run_id, tags.RUN_NOTE, text)
     client.set_terminated(parent_run_id, status=status)
     return summary
+
+
+def beats_baseline_cell(row: dict) -> str:
+    """The "beats baseline" cell of a family: yes/no, or what the row is when there is nothing to compare."""
+    if row["beats_baseline"] is None:
+        return "— (the baseline)" if row["family"] == BASELINE_FAMILY else "— (no baseline trained)"
+    return "yes" if row["beats_baseline"] else "no"
+
+
+def data_gate_lines(client, parent_run_id: str) -> list[str]:
+    """The data gate's outcome on the parent run: "data checks: passed", or its warnings (data_docs/warnings.txt)."""
+    checks = client.get_run(parent_run_id).data.tags.get(tags.DATA_CHECKS)
+    if not checks:
+        return []
+    lines = [f"Data checks: **{checks}**" + (" (the run went on; see `data_docs/`)" if checks == "warning" else "")]
+    if checks == "warning":
+        try:
+            with open(client.download_artifacts(parent_run_id, "data_docs/warnings.txt")) as fh:
+                lines += [f"- {line}" for line in fh.read().splitlines() if line.strip()]
+        except Exception as err:  # noqa: BLE001 - the summary is still worth writing
+            lines.append(f"- (data_docs/warnings.txt not readable: {first_line(err)})")
+    return lines
+
+
+def summary_markdown(summary: dict, gate_lines: list[str]) -> str:
+    """summary.md of the nightly parent run: the data gate's outcome, then the families against the baseline."""
+    table = ["| family | test AUC | test logloss | beats baseline |", "|---|---|---|---|"]
+    table += [f"| {r['family']} | {r['test_auc']:.4f} | {r['test_logloss']:.4f} | {beats_baseline_cell(r)} |"
+              for r in summary["families"]]
+    return "\n".join([*gate_lines, *([""] if gate_lines else []), *table]) + "\n"
 
 
 def fail_parent_run(parent_run_id: str, reason: str = "a task of the DAG run failed; see its logs") -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+CHAMPION_ALIAS = "champion-cpu-onnxruntime"  # the alias of the target the bench measures on
 
 
 def write_outputs(doc: dict, out_dir: Path) -> list[str]:
@@ -88,6 +91,28 @@ def format_markdown(doc: dict) -> str:
                   f"{doc['config']['workers']} workers, {doc['config']['synthetic_threads']} thread(s); INT8 = dynamic "
                   "quantization of the MLPs (DynamicQuantizeMatMul), tables fp32. Bytes per item = fp32 embedding rows "
                   "gathered + MLP weights once per sub-batch."]
+    if doc["families"]:
+        lines += ["", *champion_lines(doc["families"], doc.get("champions") or {})]
     lines += ["", f"Wall time {doc['wall_s']:.0f} s."]
     return "\n".join(lines) + "\n"
 
+
+def champion_lines(families: Sequence[dict], champions: dict[str, dict]) -> list[str]:
+    """Markdown lines: per family, the bench's variant against the registry's champion, and why they can differ."""
+    if not champions:
+        return ["Registry champions: not compared (no MLflow tracking server answered)."]
+    lines = [f"Bench variant vs registry `{CHAMPION_ALIAS}`: the bench re-profiles the compress summary's "
+             "fastest parity-passing variants here, now, on one process's onnxruntime; `register_models` promotes "
+             "from profile_variants' profiles (Pareto-front selection, a champion replaced only when its LBT gain "
+             "exceeds the policy's margin without losing AUC), measured another night or host. They can differ:", ""]
+    for f in families:
+        c = champions.get(f["family"], {})
+        chosen = f["recforge"]["variant"]
+        if "missing" in c:
+            lines.append(f"- {f['family']}: bench {chosen}; no champion ({c['missing']})")
+        elif c:
+            same = "same variant" if c["variant"] == chosen else "differs"
+            lbt = "—" if c["lbt_qps"] is None else f"{c['lbt_qps']:.0f}"
+            lines.append(f"- {f['family']}: bench {chosen}; champion v{c['version']} {c['variant']} "
+                         f"(registered LBT {lbt} qps) — {same}")
+    return lines

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from recforge.core import config
+from recforge.tools.bench.champions import registry_champions
 from recforge.tools.bench.config import BenchConfig
 from recforge.tools.bench.family import bench_family
 from recforge.tools.bench.mlflow_log import log_to_mlflow
@@ -43,6 +44,7 @@ def run_bench(cfg: BenchConfig, out_dir: Path | None = None,
     doc = {"nightly_date": day, "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
            "code_version": config.git_commit(), "config": dataclasses.asdict(cfg), "machine": limits.to_dict(),
            "families": families, "synthetic": synthetic}
+    doc["champions"] = registry_champions([f["family"] for f in families]) if cfg.mlflow else {}
     doc["wall_s"] = time.perf_counter() - started
     doc["markdown"] = format_markdown(doc)
     out_dir = Path(out_dir or config.recforge_home() / "bench")
