@@ -27,7 +27,9 @@ SYNC_MARK = b"\x1erecforge-dag-test-sync\x1e"  # written into a stream to know w
 
 class StreamTee:
     """One of this process's output file descriptors, copied to where it went before and to the current task's
-    log file (when one is open). The copy runs in a thread that reads a pipe put in the descriptor's place."""
+    log file (when one is open). The copy runs in a thread that reads a pipe put in the descriptor's place. The log
+    file gets whole lines only (a partial line waits for its end or the next sync), so the lines of stdout and
+    stderr never cut into each other there."""
 
     def __init__(self, fd: int, tasks: TaskLogFiles) -> None:
         self.fd, self.tasks = fd, tasks
@@ -37,6 +39,8 @@ class StreamTee:
         os.close(write_end)
         self.read_end = read_end
         self.synced = threading.Event()
+        self.partial = b""  # the end of the last chunk after its last newline, not yet in the log file
+        self.lock = threading.Lock()
         threading.Thread(target=self._copy, name=f"tee-fd{fd}", daemon=True).start()
 
     def _copy(self) -> None:
@@ -55,13 +59,20 @@ class StreamTee:
         view = memoryview(data)
         while view:
             view = view[os.write(self.original, view):]
-        self.tasks.write(data)
+        with self.lock:
+            data = self.partial + data
+            end = data.rfind(b"\n") + 1
+            self.partial = data[end:]
+        self.tasks.write(data[:end])
 
     def sync(self) -> None:
-        """Return once everything written to the descriptor so far has been copied."""
+        """Return once everything written to the descriptor so far has been copied (a partial last line too)."""
         self.synced.clear()
         os.write(self.fd, SYNC_MARK)
         self.synced.wait(timeout=10)
+        with self.lock:
+            rest, self.partial = self.partial, b""
+        self.tasks.write(rest)
 
 
 class TaskLogFiles:

@@ -79,18 +79,21 @@ def test_variant_latency_metric_is_the_summary_and_plot_value(nightly, browser, 
 
     url, content = nightly
     summary = content.compression_summary
-    fastest = min((v for v in summary["variants"] if v["latency_ms_b256"] is not None),
+    client = mlflow.MlflowClient(url)
+    profile_summary = json.load(open(client.download_artifacts(content.candidate_run_id, "profile/summary.json")))
+    plotted = {v["name"]: v["latency_ms_b256"] for v in profile_summary["variants"]}
+    # the fastest variant the Pareto plot shows (the UI content profiles only some variants)
+    fastest = min((v for v in summary["variants"] if v["latency_ms_b256"] is not None and v["variant"] in plotted),
                   key=lambda v: v["latency_ms_b256"])
     run_id = content.variant_runs[fastest["variant"]]
-    client = mlflow.MlflowClient(url)
     # the run, summary.md and the Pareto plot's numbers (profile/summary.json's variants) are one measurement
     assert client.get_run(run_id).data.metrics[LATENCY_B256] == fastest["latency_ms_b256"]
     table = open(client.download_artifacts(content.candidate_run_id, "compression/summary.md")).read()
     row = next(line for line in table.splitlines() if line.startswith(f"| {fastest['variant']} |"))
     assert f"| {fastest['latency_ms_b256']:.3f} |" in row
-    profile_summary = json.load(open(client.download_artifacts(content.candidate_run_id, "profile/summary.json")))
-    plotted = {v["name"]: v["latency_ms_b256"] for v in profile_summary["variants"]}
-    assert plotted[fastest["variant"]] == fastest["latency_ms_b256"]
+    for variant in summary["variants"]:  # every plotted variant: the plot's value is the summary's
+        if variant["variant"] in plotted:
+            assert plotted[variant["variant"]] == variant["latency_ms_b256"], variant["variant"]
 
     browser.get(run_url(url, content.experiment_id, run_id))
     text = wait_for_text(browser, f"dlrm/{fastest['variant']}", LATENCY_B256, "Description")
