@@ -1,4 +1,4 @@
-"""What this host is: usable CPUs and the CPU model (recorded with every measurement)."""
+"""What this host is: usable CPUs, the CPU model and its load (recorded with every measurement)."""
 
 from __future__ import annotations
 
@@ -23,3 +23,11 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def load_average() -> list[float]:
+    """The 1-, 5- and 15-minute load averages, rounded (empty where the OS does not say)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []

@@ -1,7 +1,9 @@
-"""Timing a call the way every stage reports it: the median of repeated runs after a warm-up."""
+"""Timing a call the way every stage reports it (the median of repeated runs after a warm-up), and the UTC
+timestamp every record carries."""
 
 from __future__ import annotations
 
+import datetime as dt
 import statistics
 import time
 from collections.abc import Callable
@@ -18,3 +20,8 @@ def median_ms(call: Callable[[], Any], repeats: int, warmup: int) -> float:
         call()
         times.append(time.perf_counter_ns() - start)
     return statistics.median(times) / 1e6
+
+
+def utc_now() -> str:
+    """Now in UTC, ISO 8601 to the second (the timestamp of state files, histories and measurements)."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

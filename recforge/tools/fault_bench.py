@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime as dt
 import json
 import os
 import sys
@@ -41,7 +40,8 @@ from recforge.core import config
 from recforge.core.cli import json_object, run_step
 from recforge.core.config import Annotated, Field, config_from_dict, typed_config
 from recforge.core.errors import ConfigError, RecForgeError
-from recforge.core.hw import cpu_count, cpu_model
+from recforge.core.hw import cpu_count, cpu_model, load_average
+from recforge.core.timing import utc_now
 from recforge.serving import fleet as fl
 from recforge.serving.fleet.config import DEFAULT_FAMILY
 from recforge.tools.fault_bench_figures import (
@@ -112,14 +112,6 @@ def bench_root(home: str | Path | None = None) -> Path:
     return Path(home if home is not None else config.recforge_home()) / "fault-bench"
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def _loadavg() -> list[float]:
-    with contextlib.suppress(OSError):
-        return [round(x, 2) for x in os.getloadavg()]
-    return []
 
 
 def wait_until_full(fleet_home: Path, timeout_s: float) -> bool:
@@ -212,9 +204,9 @@ def run_faults(source: fl.ModelSource, cfg: FaultBenchConfig | None = None, *, t
     supervisor_cfg = cfg.supervisor_config()
     say = progress or (lambda _line: None)
     doc: dict[str, Any] = {
-        "measured_at": _now(), "source": source.origin, "model": source.model, "version": source.version,
+        "measured_at": utc_now(), "source": source.origin, "model": source.model, "version": source.version,
         "target": target, "nodes": cfg.nodes, "notes": list(notes),
-        "machine": {"cpus": cpu_count(), "cpu_model": cpu_model(), "loadavg_before": _loadavg()},
+        "machine": {"cpus": cpu_count(), "cpu_model": cpu_model(), "loadavg_before": load_average()},
         "settings": dataclasses.asdict(cfg), "supervisor": dataclasses.asdict(supervisor_cfg), "runs": [],
     }
     started = time.monotonic()
@@ -257,7 +249,7 @@ def run_faults(source: fl.ModelSource, cfg: FaultBenchConfig | None = None, *, t
         with contextlib.suppress(Exception):
             fl.down(home=fleet_home)
     doc["summary"] = {fault: summarize([r for r in doc["runs"] if r["fault"] == fault]) for fault in cfg.faults}
-    doc["machine"]["loadavg_after"] = _loadavg()
+    doc["machine"]["loadavg_after"] = load_average()
     doc["duration_s"] = round(time.monotonic() - started, 1)
     return doc
 
@@ -319,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dest = bench_root() / "source"
             source, notes = fl.default_source(args.family, args.target, dest=dest)
         print(f"fault figures of {source.origin}: {', '.join(cfg.faults)} x {cfg.repeats} (1-min load average "
-              f"{_loadavg()[:1]})", file=sys.stderr, flush=True)
+              f"{load_average()[:1]})", file=sys.stderr, flush=True)
         doc = run_faults(source, cfg, target=args.target, notes=notes,
                          progress=lambda line: print(line, file=sys.stderr, flush=True))
         out = write_json(doc, args.out or Path(config.recforge_home()) / "bench" / "fault_figures.json")

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import math
 import os
@@ -50,6 +49,8 @@ from recforge.core import config
 from recforge.core.cli import json_object, run_step
 from recforge.core.config import Annotated, Field, typed_config
 from recforge.core.errors import ConfigError, RecForgeError
+from recforge.core.hw import load_average
+from recforge.core.timing import utc_now
 from recforge.inference import model_repo as mr
 from recforge.inference import triton as tr
 from recforge.inference.loadgen import QuerySizes, run_open_loop
@@ -224,14 +225,6 @@ def search_lbt(url: str, model: str, spec: str, cfg: FleetBenchConfig, *, sub_ba
 # The comparison
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def _loadavg() -> list[float]:
-    with contextlib.suppress(OSError):
-        return [round(x, 2) for x in os.getloadavg()]
-    return []
 
 
 def bench_root(home: str | Path | None = None) -> Path:
@@ -260,7 +253,7 @@ def compare(source: fl.ModelSource, cfg: FleetBenchConfig | None = None, *, targ
     homes = {label: root / label for label in CONFIGS}
     doc: dict[str, Any] = {
         "model": source.model, "version": source.version, "source": source.origin, "target": target,
-        "nodes": cfg.nodes, "notes": list(notes), "measured_at": _now(), "loadavg_before": _loadavg(),
+        "nodes": cfg.nodes, "notes": list(notes), "measured_at": utc_now(), "loadavg_before": load_average(),
         "load": {"sizes": cfg.sizes, "sub_batch": sub_batch, "workers": workers, "seed": cfg.seed,
                  "point_duration_s": cfg.point_duration_s, "warmup_s": cfg.warmup_s, "p95_target_ms": p95_target,
                  "start_qps": start_qps, "max_qps": cfg.max_qps, "tolerance": cfg.tolerance,
@@ -300,10 +293,10 @@ def compare(source: fl.ModelSource, cfg: FleetBenchConfig | None = None, *, targ
                          "config_pbtxt_knobs": config_knobs(mr.parse_config_pbtxt(pbtxt)), "served_knobs": served,
                          "fleet_url": state["url"], "up_seconds": state.get("up_seconds"),
                          "weights": {n: v["weight"] for n, v in handle.state["nodes"].items()},
-                         "loadavg_before": _loadavg()}
+                         "loadavg_before": load_average()}
                 entry.update(search_lbt(state["url"], source.model, source.spec_path, cfg, sub_batch=sub_batch,
                                         workers=workers, start_qps=start_qps, p95_target_ms=p95_target))
-                entry["loadavg_after"] = _loadavg()
+                entry["loadavg_after"] = load_average()
                 runs[label].append(entry)
             finally:
                 fl.down(home=fleet_home)
@@ -320,7 +313,7 @@ def compare(source: fl.ModelSource, cfg: FleetBenchConfig | None = None, *, targ
                                  "lbt_qps_round_shown": nearest["lbt_qps"],
                                  "other_rounds": [e for e in runs[label] if e is not nearest]}
     doc["ratio_generated_over_default"] = lbt["generated"] / lbt["default"] if lbt["default"] > 0 else None
-    doc["loadavg_after"] = _loadavg()
+    doc["loadavg_after"] = load_average()
     doc["duration_s"] = round(time.monotonic() - started, 1)
     return doc
 
@@ -416,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dest = bench_root() / (cfg.name or f"{fl.MODEL_PREFIX}{args.family}-{args.target}") / "source"
             source, notes = fl.default_source(args.family, args.target, dest=dest)
         print(f"fleet benchmark of {source.origin} on {cfg.nodes} x {args.target} (1-min load average "
-              f"{_loadavg()[:1]})", file=sys.stderr, flush=True)
+              f"{load_average()[:1]})", file=sys.stderr, flush=True)
         doc = compare(source, cfg, target=args.target, notes=notes)
         json_path, md_path = write_results(doc)
         print(render_table(doc))

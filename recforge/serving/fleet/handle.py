@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from recforge.core.errors import ConfigError, DataError, RecForgeError
+from recforge.core.timing import utc_now
 from recforge.inference import model_repo as mr
 from recforge.inference import triton as tr
 from recforge.serving import loadbalancer as lb
 from recforge.serving.fleet.balancer import refresh_admission
 from recforge.serving.fleet.processes import process_alive, stop_groups
-from recforge.serving.fleet.state import fleet_dir, read_state, state_lock, utc_now, write_state
+from recforge.serving.fleet.state import fleet_dir, read_state, state_lock, write_state
 
 # Triton's per-model Prometheus counters that node_metrics reports (names without the nv_inference_ prefix)
 TRITON_METRICS = ("request_success", "request_failure", "count", "exec_count", "request_duration_us",

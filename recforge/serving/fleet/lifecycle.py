@@ -19,6 +19,7 @@ from typing import Any
 from recforge.contracts.profile import read_profile
 from recforge.core.errors import ConfigError, DataError, RecForgeError
 from recforge.core.ports import free_ports
+from recforge.core.timing import utc_now
 from recforge.inference import model_repo as mr
 from recforge.inference import triton as tr
 from recforge.serving import loadbalancer as lb
@@ -27,7 +28,7 @@ from recforge.serving.fleet.balancer import balancer_entry, write_balancer_confi
 from recforge.serving.fleet.config import FleetConfig
 from recforge.serving.fleet.processes import fleet_processes, process_alive, stop_groups
 from recforge.serving.fleet.sources import ModelSource
-from recforge.serving.fleet.state import STATE_VERSION, fleet_dir, read_state, state_lock, utc_now, write_state
+from recforge.serving.fleet.state import STATE_VERSION, fleet_dir, read_state, state_lock, write_state
 from recforge.serving.fleet.supervision import SupervisorConfig
 from recforge.serving.pids import cmdline
 

@@ -4,7 +4,6 @@ lock of its read-modify-write."""
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import fcntl
 import json
 import os
@@ -20,10 +19,6 @@ STATE_VERSION = 1
 
 def fleet_dir(home: str | Path | None = None) -> Path:
     return (Path(home if home is not None else config.recforge_home()) / "fleet").resolve()
-
-
-def utc_now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 @contextlib.contextmanager

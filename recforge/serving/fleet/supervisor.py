@@ -31,11 +31,12 @@ import numpy as np
 
 from recforge.core.config import config_from_dict
 from recforge.core.errors import RecForgeError, first_line
+from recforge.core.timing import utc_now
 from recforge.inference import triton as tr
 from recforge.serving import loadbalancer as lb
 from recforge.serving.fleet import crashes
 from recforge.serving.fleet.processes import belongs_to_fleet, fleet_processes, process_alive
-from recforge.serving.fleet.state import read_state, state_lock, utc_now, write_state
+from recforge.serving.fleet.state import read_state, state_lock, write_state
 from recforge.serving.fleet.supervision import RestartPolicy, SupervisorConfig
 from recforge.serving.loadbalancer.requestlog import LogTail, failed_on
 

@@ -6,7 +6,6 @@ per finished rollout.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 import os
@@ -68,6 +67,3 @@ def json_number(value: float) -> float | None:
     takes NaN."""
     return value if math.isfinite(value) else None
 
-
-def utc_now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

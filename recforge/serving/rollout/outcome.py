@@ -16,10 +16,11 @@ from typing import Any
 from recforge.contracts import tags
 from recforge.contracts.registry import mlflow_client
 from recforge.core.errors import first_line
+from recforge.core.timing import utc_now
 from recforge.serving.fleet import Fleet
 from recforge.serving.rollout.canary import canary
 from recforge.serving.rollout.config import RolloutConfig, RolloutFailed
-from recforge.serving.rollout.history import append_history, load_state, save_state, utc_now
+from recforge.serving.rollout.history import append_history, load_state, save_state
 from recforge.serving.rollout.plan import resolve_plan
 from recforge.serving.rollout.smoke import smoke_test
 from recforge.serving.rollout.staging import back_in_rotation, restore_nodes, stage_canary, stage_node

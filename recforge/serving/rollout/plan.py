@@ -22,10 +22,11 @@ from recforge.contracts.registry import mlflow_client
 from recforge.core import config
 from recforge.core.errors import ConfigError, DataError, first_line
 from recforge.core.hashing import sha256_file
+from recforge.core.timing import utc_now
 from recforge.inference import model_repo as mr
 from recforge.serving.fleet import Fleet
 from recforge.serving.rollout.config import RolloutConfig
-from recforge.serving.rollout.history import json_number, rollouts_dir, save_state, state_path, utc_now
+from recforge.serving.rollout.history import json_number, rollouts_dir, save_state, state_path
 
 log = logging.getLogger(__name__)
 
