@@ -78,7 +78,7 @@ def nightly_source(family: str = DEFAULT_FAMILY, date: str | None = None) -> Mod
     days = [day.name for day in catalog.trained_days(family) if date is None or day.name == date]
     if not days:
         raise ConfigError(f"no trained {family} model under {catalog.root}{' for ' + date if date else ''}; run "
-                          "`make run` first (or give --onnx/--spec, or --from-registry)")
+                          "`make nightly` (or `make run`) first, or serve an explicit model (--onnx/--spec)")
     model_dir = catalog.model_dir(days[0], family)
     meta = {}
     with contextlib.suppress(OSError, ValueError):
