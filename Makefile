@@ -18,7 +18,7 @@ CONF ?= {}
 # Runs one DAG through Airflow, keeps its log in $(RECFORGE_HOME)/<dag>-<date>.log, prints the gist (--help)
 RUN_DAG := infra/local/run-dag.sh
 
-.PHONY: help setup run nightly compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests bench test-triton fleet-up fleet-down fleet-status rollout rollout-history bench-fleet fleet-perf bench-faults
+.PHONY: help setup run nightly compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests bench test-triton fleet-up fleet-down fleet-status rollout rollout-history bench-fleet fleet-perf bench-faults bench-apparatus
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -68,6 +68,11 @@ bench-fleet: setup mlflow-up ## LBT of a 2-node Triton fleet: profile-generated 
 FAULTS_CONF ?= {}
 bench-faults: setup mlflow-up ## Fault figures of a supervised 2-node fleet under load: kill -9, SIGSTOP, queue fill, HAProxy kill/reload (FAULTS_CONF=)
 	$(PY) -m recforge.tools.fault_bench --family $(FLEET_FAMILY) --target $(FLEET_TARGET) --config '$(FAULTS_CONF)'
+
+# `make bench-apparatus` overrides, e.g. APPARATUS_CONF='{"queries": 5000, "sub_batch": 64}' (recforge.tools.apparatus)
+APPARATUS_CONF ?= {}
+bench-apparatus: $(VENV)/.installed ## The load generator's own ceiling against a null target on separate CPU sets, vs the rates it is used for (APPARATUS_CONF=)
+	$(PY) -m recforge.tools.apparatus --config '$(APPARATUS_CONF)'
 
 register: setup mlflow-up ## Register the best profiled variant per (family, target) in MLflow and propose rollouts (CONF='{json}')
 	@status=0; $(RUN_DAG) register_models "$(DATE)" -c '$(CONF)' || status=$$?; \

@@ -65,7 +65,7 @@ def test_config_and_sources_refuse_bad_input_on_one_line(tmp_path, monkeypatch):
     for target in fl.fleet_targets():
         assert fl.FleetConfig.from_dict({"target": target}).target == target
     monkeypatch.setenv("RECFORGE_WORK_DIR", str(tmp_path / "work"))
-    with pytest.raises(ConfigError, match=r"no trained dlrm model under .*; run `make run` first"):
+    with pytest.raises(ConfigError, match=r"no trained dlrm model under .*; run `make nightly` \(or `make run`\)"):
         fl.nightly_source("dlrm")
     day = tmp_path / "work" / "1998-04-22" / "models" / "dlrm"
     day.mkdir(parents=True)

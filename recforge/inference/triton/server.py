@@ -1,5 +1,5 @@
-"""One ``tritonserver`` process: started in its own process group on 127.0.0.1 ports, health-checked, stopped,
-with its log's errors at hand when it fails."""
+"""One ``tritonserver`` process: started in its own process group on 127.0.0.1 ports (optionally inside a CPU set and
+quota), health-checked, stopped, with its log's errors at hand when it fails."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from recforge.core.cpusets import CpuGroup
 from recforge.core.errors import ConfigError
 from recforge.inference.triton.client import control_session, load_model, model_ready, unload_model
 from recforge.inference.triton.errors import TritonError
@@ -25,13 +26,15 @@ class TritonServer:
 
     ``model_control="explicit"`` starts with only ``load_models`` loaded (others via :meth:`load_model`);
     ``"none"`` loads every model in the repository. The server log goes to ``log_path``. Use as a context
-    manager, or call :meth:`start`, :meth:`wait_ready` and :meth:`stop`.
+    manager, or call :meth:`start`, :meth:`wait_ready` and :meth:`stop`. With ``placement`` (a
+    :class:`recforge.core.cpusets.CpuGroup`, created at start if it is not yet) the server and its python-backend
+    stubs run inside that CPU set and quota from their first instruction; the caller owns (and removes) the group.
     """
 
     def __init__(self, model_repository: str | Path, *, http_port: int, grpc_port: int, metrics_port: int,
                  log_path: str | Path, model_control: str = "explicit", load_models: Sequence[str] = (),
                  host: str = "127.0.0.1", extra_args: Sequence[str] = (), backend_directory: str | Path | None = None,
-                 startup_timeout_s: float = 120.0):
+                 startup_timeout_s: float = 120.0, placement: CpuGroup | None = None):
         if model_control not in ("explicit", "none"):
             raise ConfigError(f"model_control must be 'explicit' or 'none', got {model_control!r}")
         for name, port in (("http_port", http_port), ("grpc_port", grpc_port), ("metrics_port", metrics_port)):
@@ -50,6 +53,9 @@ class TritonServer:
         self.extra_args = list(extra_args)
         self.backend_directory = Path(backend_directory) if backend_directory else None
         self.startup_timeout_s = startup_timeout_s
+        if placement is not None and not isinstance(placement, CpuGroup):
+            raise ConfigError(f"placement must be a recforge.core.cpusets.CpuGroup, got {placement!r}")
+        self.placement = placement
         self.process: subprocess.Popen | None = None
         self._log_file: Any = None
         self._http: Any = None
@@ -89,6 +95,8 @@ class TritonServer:
         if not self.model_repository.is_dir():
             raise ConfigError(f"model repository {self.model_repository} is not a folder")
         command = self.command()
+        if self.placement is not None:
+            command = self.placement.create().launch_prefix() + command
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.started_at = time.monotonic()

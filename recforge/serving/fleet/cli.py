@@ -44,6 +44,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="start no supervisor (crashed nodes stay down); env FLEET_SUPERVISE=0")
     start.add_argument("--supervisor-config", default=os.environ.get("FLEET_SUPERVISOR_CONF", "{}"),
                        help="SupervisorConfig as JSON, e.g. '{\"max_restarts\": 5}' (env FLEET_SUPERVISOR_CONF)")
+    start.add_argument("--node-cpus", type=int, default=int(os.environ.get("FLEET_NODE_CPUS", "0")),
+                       help="CPUs of each node's own CPU set, the balancer on its own, one CPU kept for the load "
+                            "generator (0: no placement; env FLEET_NODE_CPUS)")
+    start.add_argument("--cpu-quota", type=float, default=float(os.environ.get("FLEET_CPU_QUOTA", "0")),
+                       help="CPU quota of each node in cores, a Kubernetes CPU limit (0: none; env FLEET_CPU_QUOTA)")
+    start.add_argument("--share-cpus", action="store_true", default=os.environ.get("FLEET_SHARE_CPUS") == "1",
+                       help="let the balancer and nodes share CPUs when the host has too few for disjoint sets")
     sub.add_parser("status", help="the fleet's state, checked against the running processes")
     listing = sub.add_parser("crashes", help="the nodes' failures with the requests on them, and the quarantine")
     listing.add_argument("--last", type=int, default=10, help="how many of the latest failures (default 10)")
@@ -64,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "quarantined": crashes.read_quarantine(fleet_dir())}
         if args.command == "release":
             return release_quarantine(args.sha256)
-        cfg = FleetConfig(nodes=args.nodes, port=args.port, target=args.target)
+        cfg = FleetConfig(nodes=args.nodes, port=args.port, target=args.target, node_cpus=args.node_cpus,
+                          cpu_quota=args.cpu_quota, share_cpus=args.share_cpus)
         notes: list[str] = []
         if args.onnx or args.spec:
             if not (args.onnx and args.spec):
@@ -82,7 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "weights": {n: v["weight"] for n, v in state["nodes"].items()},
                 "model": f"{source.model} v{source.version}", "source": source.origin, "notes": notes,
                 "supervisor": (state.get("supervisor") or {}).get("log"),
-                "up_seconds": state["up_seconds"], "state": str(fleet_dir() / "state.json")}
+                "up_seconds": state["up_seconds"], "state": str(fleet_dir() / "state.json"),
+                "cpu_plan": (state.get("placement") or {}).get("plan")}
 
     return run_step(step)
 

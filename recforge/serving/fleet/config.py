@@ -1,13 +1,15 @@
 """How the local fleet is set up: the number of nodes, the balancer's port, the hardware target its nodes stand
-for (a CPU target of recforge.contracts.targets), and the defaults of ``make fleet-up``."""
+for (a CPU target of recforge.contracts.targets), the CPU placement of its processes (opt-in), and the defaults of
+``make fleet-up``."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from recforge.contracts.targets import DEFAULT_FLEET_TARGET, TARGETS, check_target
 from recforge.core.config import Annotated, Field, config_from_dict, typed_config
+from recforge.core.cpusets import CpuPlan, CpuPlanConfig, plan_cpus
 from recforge.core.errors import ConfigError
 
 DEFAULT_PORT = 8100
@@ -31,8 +33,17 @@ class FleetConfig:
     target: str = DEFAULT_TARGET  # hardware target of every node: its profile sets the weights
     startup_timeout_s: Annotated[float, Field(ge=1, le=3600)] = 180.0
     check_inter_ms: Annotated[int, Field(ge=50, le=60_000)] = 500  # HAProxy health-check period
+    # CPU placement (recforge.core.cpusets), off by default: each node its own set of node_cpus CPUs
+    node_cpus: Annotated[int, Field(ge=0, le=256)] = 0  # 0: no placement, every process on every CPU
+    cpu_quota: Annotated[float, Field(ge=0, le=256)] = 0.0  # CFS quota of each node in cores (0: none)
+    apparatus_cpus: Annotated[int, Field(ge=0, le=256)] = 1  # with node_cpus: kept free for the load generator
+    share_cpus: bool = False  # with node_cpus: balancer and nodes may share CPUs when too few for disjoint sets
 
     def __post_init__(self) -> None:
+        if self.cpu_quota and not self.node_cpus:
+            raise ConfigError("FleetConfig.cpu_quota needs node_cpus > 0 (a quota is set on a node's CPU set)")
+        if self.cpu_quota > self.node_cpus:
+            raise ConfigError(f"FleetConfig.cpu_quota: {self.cpu_quota:g} cores exceed node_cpus={self.node_cpus}")
         check_target(self.target, "FleetConfig.target")
         if self.target not in fleet_targets():
             raise ConfigError(f"FleetConfig.target {self.target!r} runs on {TARGETS[self.target].device}; the local "
@@ -41,3 +52,12 @@ class FleetConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> FleetConfig:
         return config_from_dict(cls, dict(values or {}))
+
+    def cpu_plan(self, host: Sequence[int]) -> CpuPlan | None:
+        """Where the apparatus, the balancer and each node run on ``host``'s CPUs (None: placement off);
+        ConfigError when the sets cannot be disjoint and ``share_cpus`` is off."""
+        if not self.node_cpus:
+            return None
+        return plan_cpus(host, CpuPlanConfig(nodes=self.nodes, node_cpus=self.node_cpus,
+                                             apparatus_cpus=self.apparatus_cpus,
+                                             node_quota_cores=self.cpu_quota or None, share=self.share_cpus))

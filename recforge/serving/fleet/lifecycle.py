@@ -1,5 +1,5 @@
-"""Fleet up, down and status: start the tritonserver nodes and HAProxy in front, stop every process of the fleet,
-and check the state file against the running processes."""
+"""Fleet up, down and status: start the tritonserver nodes and HAProxy in front (each in its CPU set when the config
+asks for placement), stop every process of the fleet, and check the state file against the running processes."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from recforge.contracts.profile import read_profile
+from recforge.core import cpusets
 from recforge.core.errors import ConfigError, DataError, RecForgeError
+from recforge.core.hashing import sha256_bytes
 from recforge.core.ports import free_ports
 from recforge.core.timing import utc_now
 from recforge.inference import model_repo as mr
@@ -50,9 +52,16 @@ def up(source: ModelSource, cfg: FleetConfig | None = None, *, home: str | Path 
     serving_config = (mr.serving_config_from_profile(source.profile_path) if source.profile_path
                       else mr.ServingConfig())
     lb_port = cfg.port or free_ports(1)[0]
+    plan = cfg.cpu_plan(cpusets.host_cpus())  # None: placement off, every process on every CPU
+    groups = {role: cpusets.CpuGroup(cpu_group_prefix(root) + role, placement)
+              for role, placement in (plan.placements.items() if plan else ()) if role != cpusets.APPARATUS}
     state: dict[str, Any] = {"version": STATE_VERSION, "created_at": utc_now(), "status": "starting",
                              "url": f"http://127.0.0.1:{lb_port}", "target": cfg.target, "source": source.to_dict(),
                              "notes": list(notes), "nodes": {}, "balancer": None}
+    if plan is not None:  # the load generator's CPUs are recorded for the tools that drive this fleet
+        apparatus = plan.placements.get(cpusets.APPARATUS)
+        state["placement"] = {"plan": plan.describe(), "shared": list(plan.shared),
+                              "apparatus_cpus": apparatus.cpu_list if apparatus else None}
     servers = []
     try:
         with state_lock(root):
@@ -70,7 +79,8 @@ def up(source: ModelSource, cfg: FleetConfig | None = None, *, home: str | Path 
                                      log_path=node_root / "tritonserver.log", load_models=[source.model],
                                      startup_timeout_s=cfg.startup_timeout_s,
                                      # server-side latency quantiles per model version: the rollout's canary gate
-                                     extra_args=["--metrics-config=summary_latencies=true"])
+                                     extra_args=["--metrics-config=summary_latencies=true"],
+                                     placement=groups.get(name))
             server.start()
             servers.append(server)
             state["nodes"][name] = {
@@ -81,6 +91,8 @@ def up(source: ModelSource, cfg: FleetConfig | None = None, *, home: str | Path 
                                           "onnx_sha256": mr.read_provenance(model_dir)["onnx_sha256"],
                                           "origin": source.origin, "staged_at": utc_now()}},
             }
+            if name in groups:
+                state["nodes"][name]["placement"] = groups[name].to_state()
             with state_lock(root):
                 write_state(root, state)  # pids on disk before waiting: `down` finds them if this fails
         for server in servers:  # the nodes start in parallel; wait for each
@@ -90,13 +102,16 @@ def up(source: ModelSource, cfg: FleetConfig | None = None, *, home: str | Path 
                                     f"see {server.log_path}")
         hadir = root / "haproxy"
         crashes.write_quarantine(root, crashes.read_quarantine(root))  # kept across fleets
-        proxy = lb.HAProxy(hadir / "haproxy.cfg", hadir / "admin.sock", hadir / "haproxy.log", lb_port)
+        proxy = lb.HAProxy(hadir / "haproxy.cfg", hadir / "admin.sock", hadir / "haproxy.log", lb_port,
+                           placement=groups.get(cpusets.BALANCER))
         # admission limits from the config.pbtxt the nodes serve, weights from the profile (fleet/balancer.py)
         state["balancer"] = balancer_entry(proxy, lb.BalancerSettings(check_inter_ms=cfg.check_inter_ms),
                                            source.profile_path if profile else None, cfg.target)
         write_balancer_config(state, home)
         proxy.start()
         state["balancer"].update(proxy.state())
+        if cpusets.BALANCER in groups:
+            state["balancer"]["placement"] = groups[cpusets.BALANCER].to_state()
         with state_lock(root):
             write_state(root, state)
         for name in state["nodes"]:
@@ -129,6 +144,11 @@ def start_supervisor(root: Path, cfg: SupervisorConfig) -> dict[str, Any]:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
     return {"pid": process.pid, "log": str(log_path), "config": dataclasses.asdict(cfg), "started_at": utc_now()}
+
+
+def cpu_group_prefix(root: Path) -> str:
+    """The start of the names of this fleet folder's CPU groups (recforge.core.cpusets): ``fleet-<hash>-``."""
+    return f"fleet-{sha256_bytes(str(Path(root).resolve()).encode())[:10]}-"
 
 
 def _state_pids(state: Mapping[str, Any]) -> list[int]:
@@ -167,6 +187,7 @@ def down(*, home: str | Path | None = None, timeout_s: float = 20.0) -> dict[str
         while fleet_processes(root) and time.monotonic() < deadline:
             time.sleep(0.05)
         (root / "state.json").unlink(missing_ok=True)
+        cpusets.remove_groups(cpu_group_prefix(root))  # the fleet's CPU groups, now empty
         (root / "haproxy" / "admin.sock").unlink(missing_ok=True)
     left = fleet_processes(root) if root.exists() else []
     if left:
@@ -194,7 +215,8 @@ def status(*, home: str | Path | None = None) -> dict[str, Any]:
         models = {m: {**info, "ready": alive and tr.model_ready(node["url"], m, info["version"])}
                   for m, info in node.get("models", {}).items()}
         nodes[name] = {"url": node["url"], "pid": node.get("pid"), "process": "running" if alive else "gone",
-                       "models": models, "balancer": proxy_view.get(name)}
+                       "models": models, "balancer": proxy_view.get(name),
+                       "placement": placement_view(node.get("placement"), node.get("pid") if alive else None)}
         if "supervision" in node:  # restarts with their recovery seconds, and the crash-loop alarm
             nodes[name]["supervision"] = node["supervision"]
     supervisor = state.get("supervisor") or {}
@@ -209,11 +231,22 @@ def status(*, home: str | Path | None = None) -> dict[str, Any]:
         all(m["ready"] for n in nodes.values() for m in n["models"].values())
     return {"status": state.get("status") if healthy else "degraded", "url": state["url"],
             "balancer": {"pid": balancer.get("pid"), "running": lb_running, "config": balancer.get("config"),
+                         "placement": placement_view(balancer.get("placement"), balancer.get("pid") if lb_running
+                                                     else None),
                          **({"supervision": balancer["supervision"]} if "supervision" in balancer else {})},
             "supervisor": supervisor_view, "alarms": alarms,
             # failures with the requests that were on the node (python -m recforge.serving.fleet crashes)
             "crashes": {"count": len(crash_records), "last": crash_records[-1] if crash_records else None,
                         "quarantined": crashes.read_quarantine(root)},
-            "nodes": nodes, "source": state.get("source"), "created_at": state.get("created_at"),
+            "nodes": nodes, "cpu_plan": (state.get("placement") or {}).get("plan"),
+            "source": state.get("source"), "created_at": state.get("created_at"),
             "up_seconds": state.get("up_seconds")}
 
+
+def placement_view(planned: Mapping[str, Any] | None, pid: int | None) -> dict[str, Any]:
+    """A process's placement for ``fleet status``: the planned CPU group (None: placement off), where the process
+    really runs (/proc: allowed CPUs, cgroups) and the group's CPU seconds so far."""
+    view: dict[str, Any] = {"planned": dict(planned) if planned else None, **(cpusets.process_placement(pid) or {})}
+    if planned:
+        view["cpu_seconds"] = cpusets.CpuGroup.from_state(planned).usage_s()
+    return view

@@ -6,10 +6,18 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+from recforge.core import cpusets
 from recforge.serving.pids import cmdline, pid_alive
+
+
+def placement_of(entry: Mapping[str, Any]) -> cpusets.CpuGroup | None:
+    """The CPU group a node or the balancer was placed in at `fleet up` (state.json; None: placement off), so a
+    restarted process goes back into its CPU set and quota."""
+    return cpusets.CpuGroup.from_state(entry["placement"]) if entry.get("placement") else None
 
 
 def process_alive(pid: int | None) -> bool:

@@ -35,7 +35,7 @@ from recforge.core.timing import utc_now
 from recforge.inference import triton as tr
 from recforge.serving import loadbalancer as lb
 from recforge.serving.fleet import crashes
-from recforge.serving.fleet.processes import belongs_to_fleet, fleet_processes, process_alive
+from recforge.serving.fleet.processes import belongs_to_fleet, fleet_processes, placement_of, process_alive
 from recforge.serving.fleet.state import read_state, state_lock, write_state
 from recforge.serving.fleet.supervision import RestartPolicy, SupervisorConfig
 from recforge.serving.loadbalancer.requestlog import LogTail, failed_on
@@ -174,7 +174,8 @@ class FleetActions:
         state = self.state()
         old = lb.HAProxy.from_state(state["balancer"])
         self.stop_old(old.pid)
-        proxy = lb.HAProxy(old.config_path, old.socket_path, old.log_path, old.port)
+        proxy = lb.HAProxy(old.config_path, old.socket_path, old.log_path, old.port,
+                           placement=placement_of(state["balancer"]))
         proxy.start()
         self.record(BALANCER, pid=proxy.pid)
         for name, info in state["nodes"].items():
@@ -192,7 +193,8 @@ class FleetActions:
         models = info.get("models") or {}
         server = tr.TritonServer(info["repo"], http_port=info["http_port"], grpc_port=info["grpc_port"],
                                  metrics_port=info["metrics_port"], log_path=info["log"], load_models=list(models),
-                                 startup_timeout_s=self.cfg.ready_timeout_s, extra_args=SERVER_ARGS)
+                                 startup_timeout_s=self.cfg.ready_timeout_s, extra_args=SERVER_ARGS,
+                                 placement=placement_of(info))  # back in its CPU set and quota
         server.start()
         self.record(node, pid=server.process.pid)
         server.wait_ready()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recforge.core.cpusets import CpuGroup
 from recforge.core.errors import ConfigError, RecForgeError
 from recforge.serving.loadbalancer.haproxy_config import (
     BACKEND,
@@ -91,7 +92,8 @@ class HAProxy:
     """An haproxy process serving ``config_path`` (from :func:`write_config`), supervised by us.
 
     ``start()`` validates the file, starts ``haproxy -W -db`` in its own process group with output to
-    ``log_path`` and waits until the admin socket answers and (unless ``wait_up`` is 0) a server is UP.
+    ``log_path`` and waits until the admin socket answers and (unless ``wait_up`` is 0) a server is UP. With
+    ``placement`` (a :class:`recforge.core.cpusets.CpuGroup`) master and worker run inside that CPU set.
     """
 
     config_path: Path
@@ -100,6 +102,7 @@ class HAProxy:
     port: int
     process: subprocess.Popen | None = field(default=None, repr=False)
     pid: int | None = None
+    placement: CpuGroup | None = field(default=None, repr=False)
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> HAProxy:
@@ -122,7 +125,8 @@ class HAProxy:
         server_state_path(self.socket_path).unlink(missing_ok=True)  # a fresh start begins from the config
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([haproxy_binary(), "-W", "-db", "-f", str(self.config_path)],
+            prefix = self.placement.create().launch_prefix() if self.placement is not None else []
+            self.process = subprocess.Popen([*prefix, haproxy_binary(), "-W", "-db", "-f", str(self.config_path)],
                                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
         self.pid = self.process.pid
