@@ -5,18 +5,23 @@ supervisor."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 from recforge.inference import triton as tr
 from recforge.models import build_model
 from recforge.models.export import export_onnx
 from recforge.serving import fleet as fl
+from recforge.serving.fleet import crashes
+from tests.serving.malformed import valid_request
 from tests.serving.test_fleet import MODEL, SPEC, feed, reference
 
 RECOVERY_BOUND_S = 90.0  # a CPU tritonserver with the python backend starts in ~5-20 s on a loaded 2-core machine
@@ -30,12 +35,17 @@ def parent_pid(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[1])
 
 
+def tiny_model_source(folder: Path) -> tuple[fl.ModelSource, Path, Path]:
+    """The tiny NCF model of these tests exported to ``folder``: (its fleet source, the ONNX file, the spec)."""
+    onnx_path = export_onnx(build_model("ncf", SPEC).eval(), SPEC, folder / "v1.onnx")
+    spec_path = folder / "spec.json"
+    spec_path.write_text(SPEC.to_json())
+    return fl.explicit_source(onnx_path, spec_path, model=MODEL, version=1), onnx_path, spec_path
+
+
 def test_a_killed_node_is_restarted_by_the_supervisor_and_down_stops_it(tmp_path):
     home = tmp_path / "home"
-    onnx_path = export_onnx(build_model("ncf", SPEC).eval(), SPEC, tmp_path / "v1.onnx")
-    spec_path = tmp_path / "spec.json"
-    spec_path.write_text(SPEC.to_json())
-    source = fl.explicit_source(onnx_path, spec_path, model=MODEL, version=1)
+    source, onnx_path, spec_path = tiny_model_source(tmp_path)
     state = fl.up(source, fl.FleetConfig(nodes=2, port=0, check_inter_ms=200), home=home,
                   supervisor=fl.SupervisorConfig(interval_s=0.5, health_timeout_s=1.0))
     try:
@@ -116,19 +126,8 @@ def test_a_request_on_a_node_that_crashes_twice_is_recorded_then_quarantined_and
     """A request in flight on a node when it dies is a suspect of that crash (crashes.jsonl, `fleet crashes`); in
     flight at a second crash it is quarantined: the balancer answers it 422 while other requests are served. The
     test holds the request on a node by stopping the node (SIGSTOP) before sending it, then kills the node."""
-    import hashlib
-    import threading
-
-    import requests
-
-    from recforge.serving.fleet import crashes
-    from tests.serving.malformed import valid_request
-
     home = tmp_path / "home"
-    onnx_path = export_onnx(build_model("ncf", SPEC).eval(), SPEC, tmp_path / "v1.onnx")
-    spec_path = tmp_path / "spec.json"
-    spec_path.write_text(SPEC.to_json())
-    source = fl.explicit_source(onnx_path, spec_path, model=MODEL, version=1)
+    source, _, _ = tiny_model_source(tmp_path)
     # slow health checks: the balancer keeps sending to the stopped node until the test kills it
     state = fl.up(source, fl.FleetConfig(nodes=2, port=0, check_inter_ms=5000), home=home,
                   supervisor=fl.SupervisorConfig(interval_s=0.5, quarantine_after=2, unhealthy_after=50))

@@ -16,9 +16,8 @@ from recforge.inference import model_repo as mr
 from recforge.inference import triton as tr
 from recforge.serving import loadbalancer as lb
 from recforge.serving.fleet.balancer import refresh_admission
-from recforge.serving.fleet.processes import process_alive, stop_groups
+from recforge.serving.fleet.processes import process_alive, start_node_again, stop_groups
 from recforge.serving.fleet.state import fleet_dir, read_state, state_lock, write_state
-from recforge.serving.fleet.supervisor import placement_of
 
 # Triton's per-model Prometheus counters that node_metrics reports (names without the nv_inference_ prefix)
 TRITON_METRICS = ("request_success", "request_failure", "count", "exec_count", "request_duration_us",
@@ -137,11 +136,7 @@ class Fleet:
             if stale.is_dir() and stale.name.isdigit() and stale.name != str(version):
                 shutil.rmtree(stale)
         stop_groups([info["pid"]], self.root)
-        server = tr.TritonServer(info["repo"], http_port=info["http_port"], grpc_port=info["grpc_port"],
-                                 metrics_port=info["metrics_port"], log_path=info["log"], load_models=[model],
-                                 startup_timeout_s=timeout_s, extra_args=["--metrics-config=summary_latencies=true"],
-                                 placement=placement_of(info))  # back in its CPU set and quota
-        server.start()
+        server = start_node_again(info, [model], timeout_s)
         self._update(node, pid=server.process.pid)
         server.wait_ready()
         if not server.model_ready(model, version):

@@ -28,7 +28,7 @@ from recforge.serving import loadbalancer as lb
 from recforge.serving.fleet import crashes
 from recforge.serving.fleet.balancer import balancer_entry, write_balancer_config
 from recforge.serving.fleet.config import FleetConfig
-from recforge.serving.fleet.processes import fleet_processes, process_alive, stop_groups
+from recforge.serving.fleet.processes import NODE_SERVER_ARGS, fleet_processes, process_alive, stop_groups
 from recforge.serving.fleet.sources import ModelSource
 from recforge.serving.fleet.state import STATE_VERSION, fleet_dir, read_state, state_lock, write_state
 from recforge.serving.fleet.supervision import SupervisorConfig
@@ -78,8 +78,7 @@ def up(source: ModelSource, cfg: FleetConfig | None = None, *, home: str | Path 
             server = tr.TritonServer(node_root / "repo", http_port=http, grpc_port=grpc, metrics_port=metrics,
                                      log_path=node_root / "tritonserver.log", load_models=[source.model],
                                      startup_timeout_s=cfg.startup_timeout_s,
-                                     # server-side latency quantiles per model version: the rollout's canary gate
-                                     extra_args=["--metrics-config=summary_latencies=true"],
+                                     extra_args=list(NODE_SERVER_ARGS),
                                      placement=groups.get(name))
             server.start()
             servers.append(server)

@@ -11,7 +11,23 @@ from pathlib import Path
 from typing import Any
 
 from recforge.core import cpusets
+from recforge.inference import triton as tr
 from recforge.serving.pids import cmdline, pid_alive
+
+# every node's tritonserver runs with these: server-side latency quantiles per model version (the canary gate)
+NODE_SERVER_ARGS = ("--metrics-config=summary_latencies=true",)
+
+
+def start_node_again(info: Mapping[str, Any], load_models: Sequence[str], timeout_s: float) -> tr.TritonServer:
+    """Start a node's tritonserver again from its state.json entry: same repository, ports, log, arguments and
+    CPU placement as `fleet up` gave it (the supervisor's restarts and :meth:`Fleet.restart_node`). Started, not
+    yet waited for."""
+    server = tr.TritonServer(info["repo"], http_port=info["http_port"], grpc_port=info["grpc_port"],
+                             metrics_port=info["metrics_port"], log_path=info["log"], load_models=list(load_models),
+                             startup_timeout_s=timeout_s, extra_args=list(NODE_SERVER_ARGS),
+                             placement=placement_of(info))
+    server.start()
+    return server
 
 
 def placement_of(entry: Mapping[str, Any]) -> cpusets.CpuGroup | None:

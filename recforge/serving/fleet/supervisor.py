@@ -35,7 +35,13 @@ from recforge.core.timing import utc_now
 from recforge.inference import triton as tr
 from recforge.serving import loadbalancer as lb
 from recforge.serving.fleet import crashes
-from recforge.serving.fleet.processes import belongs_to_fleet, fleet_processes, placement_of, process_alive
+from recforge.serving.fleet.processes import (
+    belongs_to_fleet,
+    fleet_processes,
+    placement_of,
+    process_alive,
+    start_node_again,
+)
 from recforge.serving.fleet.state import read_state, state_lock, write_state
 from recforge.serving.fleet.supervision import RestartPolicy, SupervisorConfig
 from recforge.serving.loadbalancer.requestlog import LogTail, failed_on
@@ -43,7 +49,6 @@ from recforge.serving.loadbalancer.requestlog import LogTail, failed_on
 LOG = logging.getLogger("recforge.fleet.supervisor")
 TRITON_DTYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_FP64": np.float64, "TYPE_INT64": np.int64,
                  "TYPE_INT32": np.int32, "TYPE_INT8": np.int8, "TYPE_UINT8": np.uint8, "TYPE_BOOL": np.bool_}
-SERVER_ARGS = ["--metrics-config=summary_latencies=true"]  # as `fleet up` starts the nodes
 BALANCER = "balancer"  # the unit name of the fleet's HAProxy (node names are node0, node1, ...)
 
 
@@ -191,11 +196,7 @@ class FleetActions:
         info = state["nodes"][node]
         self.stop_old(info.get("pid"))
         models = info.get("models") or {}
-        server = tr.TritonServer(info["repo"], http_port=info["http_port"], grpc_port=info["grpc_port"],
-                                 metrics_port=info["metrics_port"], log_path=info["log"], load_models=list(models),
-                                 startup_timeout_s=self.cfg.ready_timeout_s, extra_args=SERVER_ARGS,
-                                 placement=placement_of(info))  # back in its CPU set and quota
-        server.start()
+        server = start_node_again(info, list(models), self.cfg.ready_timeout_s)  # its CPU set and quota too
         self.record(node, pid=server.process.pid)
         server.wait_ready()
         for model, entry in models.items():
