@@ -18,7 +18,7 @@ class SupervisorConfig:
 
     interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0  # one look at every node per interval
     unhealthy_after: Annotated[int, Field(ge=1, le=1000)] = 3  # failed /v2/health/ready in a row = a hung node
-    health_timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0  # one health check's HTTP timeout
+    health_timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0  # one health check's HTTP timeout (a busy node passes)
     backoff_initial_s: Annotated[float, Field(ge=0, le=3600)] = 1.0  # wait before the 2nd restart in the window
     backoff_factor: Annotated[float, Field(ge=1, le=10)] = 2.0  # each further restart waits this much longer
     backoff_max_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
