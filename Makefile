@@ -56,12 +56,12 @@ profile: setup mlflow-up ## Profile the latest validated variants per hardware t
 
 # `make bench` overrides, e.g. BENCH_CONF='{"families":["dlrm"],"synthetic":[],"point_duration_s":0.5}' (recforge.tools.bench)
 BENCH_CONF ?= {}
-bench: setup ## Benchmark: RecForge's best variant vs PyTorch eager per family, the roofline, synthetic RMC1-3 (BENCH_CONF='{json}')
+bench: setup ## Benchmark: RecForge's best variant vs PyTorch eager per family in interleaved rounds (median [interval]), roofline, synthetic RMC1-3 (BENCH_CONF='{json}')
 	$(PY) -m recforge.tools.bench --config '$(BENCH_CONF)'
 
 # `make bench-fleet` overrides, e.g. FLEET_BENCH_CONF='{"point_duration_s": 3, "max_steps": 8}' (recforge.tools.fleet_bench)
 FLEET_BENCH_CONF ?= {}
-bench-fleet: setup mlflow-up ## LBT of a 2-node Triton fleet: profile-generated config vs Triton's default (FLEET_FAMILY=, FLEET_BENCH_CONF=)
+bench-fleet: setup mlflow-up ## Served path, 2-node Triton fleet: champion + generated config vs fp32 + Triton's default, interleaved rounds (FLEET_FAMILY=, FLEET_BENCH_CONF=)
 	$(PY) -m recforge.tools.fleet_bench --family $(FLEET_FAMILY) --target $(FLEET_TARGET) --config '$(FLEET_BENCH_CONF)'
 
 # `make bench-faults` overrides, e.g. FAULTS_CONF='{"faults": ["kill9", "sigstop"], "repeats": 5}' (recforge.tools.fault_bench)
@@ -144,11 +144,12 @@ fleet-status: ## The fleet's nodes, models, versions and HAProxy view
 
 # make fleet-perf RATE=40 BATCH=16 [DURATION=30]: Triton's perf_analyzer through the balancer (recforge.tools.perf_fleet)
 RATE ?= 20
+REPEATS ?= 1
 BATCH ?= 8
 DURATION ?= 15
 fleet-perf: $(VENV)/.installed ## Triton's perf_analyzer through the fleet's balancer: Poisson RATE= requests/s of BATCH= rows
 	@infra/local/perf-analyzer.sh
-	@$(PY) -m recforge.tools.perf_fleet --rate $(RATE) --batch $(BATCH) --duration $(DURATION)
+	@$(PY) -m recforge.tools.perf_fleet --rate $(RATE) --batch $(BATCH) --duration $(DURATION) --repeats $(REPEATS)
 
 clean: mlflow-down ## Stop services (fleet, Airflow UI, MLflow) and delete local state (.recforge: data, MLflow, Airflow DB)
 	-infra/local/airflow.sh stop

@@ -19,7 +19,7 @@ import os
 import re
 import shlex
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,6 +294,24 @@ def restore_cgroups(pid: int, cgroups: Mapping[str, str], root: str | Path | Non
         if controller in CONTROLLERS:
             with contextlib.suppress(OSError):
                 _write(base / controller / path.lstrip("/") / "cgroup.procs", str(pid))
+
+
+@contextlib.contextmanager
+def this_process_in(group: CpuGroup) -> Iterator[CpuGroup]:
+    """Run the block with this process (every thread, and the children it starts meanwhile) in ``group`` (created
+    if need be); afterwards the process is back in the cgroups and on the CPUs it had before. The apparatus of a
+    measurement uses it to keep its load generator off the CPUs of the system it measures."""
+    pid = os.getpid()
+    home = (process_placement(pid) or {}).get("cgroups") or {}
+    affinity = os.sched_getaffinity(0)
+    group.create().add(pid)
+    try:
+        yield group
+    finally:
+        restore_cgroups(pid, home, group.root)
+        for tid in _threads(pid):  # the affinity fallback set every thread's mask; cgroup moves reset it
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, affinity)
 
 
 def _threads(pid: int) -> list[int]:

@@ -21,7 +21,6 @@ Printed: both ceilings, the CPU each side used, and the table of used rates with
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import math
@@ -188,8 +187,6 @@ def calibrate(cfg: ApparatusConfig, *, profile_path: str | Path | None = None,
               "null_target": cs.CpuGroup(f"{tag}-target", target).create()}
     max_batch = max(sub_batch, cfg.fixed_items)
     body, _ = encode_request({k: v.numpy() for k, v in example_inputs(spec, max_batch, 0).items()}, ["probability"])
-    affinity = os.sched_getaffinity(0)
-    home_cgroups = (cs.process_placement(os.getpid()) or {}).get("cgroups") or {}
     with tempfile.TemporaryDirectory(prefix="recforge-apparatus-") as folder:
         port = free_ports(1)[0]
         proxy = lb.HAProxy(null_target_config(Path(folder) / "null.cfg", port, Path(folder) / "admin.sock",
@@ -197,25 +194,22 @@ def calibrate(cfg: ApparatusConfig, *, profile_path: str | Path | None = None,
                            port, placement=groups["null_target"])
         try:
             proxy.start()
-            groups["apparatus"].add(os.getpid())
-            client = TritonHttpTarget(f"http://127.0.0.1:{port}", NULL_MODEL, spec, max_batch=max_batch,
-                                      pool=max(workers, 8))
-            try:
-                run = {"sub_batch": sub_batch, "workers": workers, "seed": cfg.seed, "groups": groups}
-                saturate(client, QuerySizes.parse(cfg.sizes), queries=WARMUP_QUERIES, **run)
-                mix = saturate(client, QuerySizes.parse(cfg.sizes), queries=cfg.queries, **run)
-                run.update(sub_batch=cfg.fixed_items)
-                fixed = saturate(client, QuerySizes.fixed(cfg.fixed_items), queries=cfg.queries, **run)
-            finally:
-                client.close()
+            with cs.this_process_in(groups["apparatus"]):
+                client = TritonHttpTarget(f"http://127.0.0.1:{port}", NULL_MODEL, spec, max_batch=max_batch,
+                                          pool=max(workers, 8))
+                try:
+                    run = {"sub_batch": sub_batch, "workers": workers, "seed": cfg.seed, "groups": groups}
+                    saturate(client, QuerySizes.parse(cfg.sizes), queries=WARMUP_QUERIES, **run)
+                    mix = saturate(client, QuerySizes.parse(cfg.sizes), queries=cfg.queries, **run)
+                    run.update(sub_batch=cfg.fixed_items)
+                    fixed = saturate(client, QuerySizes.fixed(cfg.fixed_items), queries=cfg.queries, **run)
+                finally:
+                    client.close()
             frontend = next(r for r in proxy.stats() if r.get("svname") == "FRONTEND")
         finally:
             proxy.stop()
-            cs.restore_cgroups(os.getpid(), home_cgroups)  # back where this process was
             for group in groups.values():
                 group.remove()
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(0, affinity)
     rates = used_rates(profile, FaultBenchConfig(), FleetBenchConfig())
     table = rate_table(rates, {"mix": mix["queries_per_s"], "fixed": fixed["requests_per_s"]}, cfg.min_ratio)
     return {"measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "host": cpu_model(),

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from recforge.core import config
+from recforge.core import cpusets as cs
 from recforge.core.cli import json_object, run_step
 from recforge.core.config import Annotated, Field, config_from_dict, typed_config
 from recforge.core.errors import ConfigError, RecForgeError
@@ -91,6 +92,10 @@ class FaultBenchConfig:
     burst_concurrency: Annotated[int, Field(ge=1, le=1024)] = 64
     burst_items: Annotated[int, Field(ge=1, le=65536)] | None = None  # None: the model's max_batch_size
     check_inter_ms: Annotated[int, Field(ge=50, le=60_000)] = 500  # HAProxy health checks (FleetConfig's)
+    # CPU placement (FleetConfig's fields; 0: off): the bench's load generator runs on the plan's apparatus CPUs
+    node_cpus: Annotated[int, Field(ge=0, le=256)] = 0
+    cpu_quota: Annotated[float, Field(ge=0, le=256)] = 0.0
+    share_cpus: bool = False
     # SupervisorConfig fields over BENCH_SUPERVISOR (the fleet's defaults otherwise)
     supervisor: dict[str, Any] = dataclasses.field(default_factory=dict)
     seed: Annotated[int, Field(ge=0)] = 0  # of the valid traffic's arrivals (the n-th run: seed + n)
@@ -200,7 +205,11 @@ def run_faults(source: fl.ModelSource, cfg: FaultBenchConfig | None = None, *, t
     document (runs, summary per fault). The fleet is down afterwards."""
     cfg = cfg or FaultBenchConfig()
     fleet_home = bench_root(home)
-    fleet_cfg = fl.FleetConfig(nodes=cfg.nodes, port=0, target=target, check_inter_ms=cfg.check_inter_ms)
+    fleet_cfg = fl.FleetConfig(nodes=cfg.nodes, port=0, target=target, check_inter_ms=cfg.check_inter_ms,
+                               node_cpus=cfg.node_cpus, cpu_quota=cfg.cpu_quota, share_cpus=cfg.share_cpus)
+    plan = fleet_cfg.cpu_plan(cs.host_cpus())
+    apparatus = plan.placements.get(cs.APPARATUS) if plan else None
+    group = cs.CpuGroup(f"fault-bench-{os.getpid()}-apparatus", apparatus) if apparatus else None
     supervisor_cfg = cfg.supervisor_config()
     say = progress or (lambda _line: None)
     doc: dict[str, Any] = {
@@ -208,6 +217,7 @@ def run_faults(source: fl.ModelSource, cfg: FaultBenchConfig | None = None, *, t
         "target": target, "nodes": cfg.nodes, "notes": list(notes),
         "machine": {"cpus": cpu_count(), "cpu_model": cpu_model(), "loadavg_before": load_average()},
         "settings": dataclasses.asdict(cfg), "supervisor": dataclasses.asdict(supervisor_cfg), "runs": [],
+        "placement": plan.describe() if plan else "off: load generator, balancer and nodes on every CPU",
     }
     started = time.monotonic()
     order = [(repeat, fault) for repeat in range(cfg.repeats) for fault in cfg.faults]
@@ -234,7 +244,8 @@ def run_faults(source: fl.ModelSource, cfg: FaultBenchConfig | None = None, *, t
                 if wait > 0:
                     time.sleep(wait)
             say(f"repeat {repeat + 1}/{cfg.repeats}: {fault}{f' on {victim}' if victim else ''}")
-            run = run_fault(fault, fleet_home, source, cfg, victim=victim, seed=cfg.seed + index)
+            with cs.this_process_in(group) if group else contextlib.nullcontext():
+                run = run_fault(fault, fleet_home, source, cfg, victim=victim, seed=cfg.seed + index)
             run["repeat"] = repeat
             if victim:
                 last_hit[victim] = time.monotonic()
@@ -248,6 +259,8 @@ def run_faults(source: fl.ModelSource, cfg: FaultBenchConfig | None = None, *, t
     finally:
         with contextlib.suppress(Exception):
             fl.down(home=fleet_home)
+        if group is not None:
+            group.remove()
     doc["summary"] = {fault: summarize([r for r in doc["runs"] if r["fault"] == fault]) for fault in cfg.faults}
     doc["machine"]["loadavg_after"] = load_average()
     doc["duration_s"] = round(time.monotonic() - started, 1)
@@ -263,7 +276,8 @@ def render(doc: Mapping[str, Any]) -> str:
             f"client timeout {s['request_timeout_s']:g} s; fault after {s['before_s']:g} s; recovered = full fleet and "
             f"no loss for {s['settle_s']:g} s (timeout {s['recovery_timeout_s']:g} s); {s['repeats']} repeat(s), "
             f"median (min–max); {m['cpus']} CPUs, 1-min load average before/after "
-            f"{(m.get('loadavg_before') or ['?'])[0]} / {(m.get('loadavg_after') or ['?'])[0]}\n\n")
+            f"{(m.get('loadavg_before') or ['?'])[0]} / {(m.get('loadavg_after') or ['?'])[0]}\n\n"
+            f"CPU placement: {doc.get('placement') or 'not recorded'}\n\n")
     return head + render_table(doc["summary"])
 
 

@@ -11,7 +11,11 @@ CLI::
 
     python -m recforge.tools.perf_fleet [--rate 20 | --concurrency 4] [--batch 8] [--duration 15]
                                         [--distribution poisson|constant] [--percentile 95] [--model NAME]
-                                        [--stability 25] [--max-trials 10] [--out DIR]
+                                        [--stability 25] [--max-trials 10] [--repeats 1] [--out DIR]
+
+When the fleet was started with CPU placement (``FleetConfig.node_cpus``), perf_analyzer runs on the plan's
+apparatus CPUs, off the balancer's and the nodes' (the summary's ``apparatus_cpus``). ``--repeats N`` runs the load
+point N times and adds the median and min-max of throughput and p95 over the runs (``repeats``).
 
 ``--duration`` is the length of the three measurement windows perf_analyzer needs at least (each window is a third
 of it); it measures more windows (up to ``--max-trials``) until three in a row agree within ``--stability`` percent.
@@ -21,12 +25,16 @@ Exit status 1 when perf_analyzer failed, printed an error or completed no reques
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from recforge.core import cpusets as cs
 from recforge.core.cli import run_step
 from recforge.core.errors import ConfigError, RecForgeError
 from recforge.inference.loadgen import load_spec
@@ -64,14 +72,28 @@ def node_requests(fleet: Fleet) -> dict[str, int]:
     return {name: int(view.get("total_sessions") or 0) for name, view in fleet.balancer.servers().items()}
 
 
+def apparatus_group(fleet: Fleet) -> cs.CpuGroup | None:
+    """The CPU group perf_analyzer runs in: the fleet plan's apparatus CPUs (None: the fleet has no placement)."""
+    cpus = (fleet.state.get("placement") or {}).get("apparatus_cpus")
+    if not cpus:
+        return None
+    return cs.CpuGroup(f"perf-fleet-{os.getpid()}", cs.CpuPlacement(cpus=cs.parse_cpu_list(cpus)))
+
+
 def perf_fleet(options: PerfOptions, *, home: str | Path | None = None, out: str | Path | None = None,
                echo: bool = True) -> tuple[PerfRun, dict[str, Any]]:
-    """Run perf_analyzer through the fleet's balancer; (the run, its summary). With ``echo``, perf_analyzer's own
-    output is printed to stderr as soon as it finishes."""
+    """Run perf_analyzer through the fleet's balancer, on the fleet's apparatus CPUs when it has a CPU plan; (the
+    run, its summary). With ``echo``, perf_analyzer's own output is printed to stderr as soon as it finishes."""
     fleet = Fleet(home)
     spec, spec_origin = fleet_spec(fleet, options.model)
+    group = apparatus_group(fleet)
     before = node_requests(fleet)
-    run = run_perf_analyzer(fleet.url, options, spec=spec, workdir=out)
+    try:
+        with cs.this_process_in(group) if group else contextlib.nullcontext():
+            run = run_perf_analyzer(fleet.url, options, spec=spec, workdir=out)
+    finally:
+        if group is not None:
+            group.remove()
     after = node_requests(fleet)
     if echo:
         print("$ " + " ".join(run.command), file=sys.stderr)
@@ -80,8 +102,21 @@ def perf_fleet(options: PerfOptions, *, home: str | Path | None = None, out: str
         "url": fleet.url, "model": options.model, **run.result.to_dict(),
         "requests_per_node": {name: after.get(name, 0) - before.get(name, 0) for name in sorted(after)},
         "input_data": {"spec": spec_origin, "inputs": run.input_sources},
+        "apparatus_cpus": group.placement.cpu_list if group else None,
     }
     return run, summary
+
+
+def repeat_summary(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Median and min-max of throughput and p95 latency over repeated runs of one load point."""
+    out: dict[str, Any] = {"runs": len(summaries)}
+    figures = {"throughput_infer_per_s": [s.get("throughput_infer_per_s") for s in summaries],
+               "p95_us": [(s.get("latency_us") or {}).get("p95") for s in summaries]}
+    for name, values in figures.items():
+        known = [v for v in values if v is not None]
+        out[name] = ({"median": statistics.median(known), "min": min(known), "max": max(known), "each": values}
+                     if known else None)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,12 +133,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "for Poisson arrivals at a few dozen requests per window on a shared machine)")
     parser.add_argument("--max-trials", type=int, default=10, help="windows before giving up on stability")
     parser.add_argument("--model", help="the served model (default: the one the fleet serves)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of the load point (median and min-max)")
     parser.add_argument("--out", help="keep perf_analyzer's input data and CSV in this folder")
     args = parser.parse_args(argv)
 
     def step() -> Any:
         if args.duration <= 0:
             raise ConfigError(f"--duration must be > 0 seconds, got {args.duration:g}")
+        if args.repeats < 1:
+            raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
         rate = args.rate if args.rate is not None or args.concurrency is not None else 20.0
         model = served_model(Fleet(), args.model)
         options = PerfOptions(model=model, request_rate=rate, concurrency=args.concurrency,
@@ -111,12 +149,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                               measurement_interval_ms=max(100, round(args.duration * 1000 / WINDOWS)),
                               stability_percentage=args.stability, max_trials=args.max_trials,
                               percentile=args.percentile)
-        run, summary = perf_fleet(options, out=args.out)
-        if not run.result.ok:
-            print(json.dumps(summary, indent=2))
-            raise RecForgeError(f"perf_analyzer through {summary['url']} failed (exit {run.result.returncode}): "
-                                f"{'; '.join(run.result.errors) or 'no request completed'}")
-        return summary
+        summaries = []
+        for _ in range(args.repeats):
+            run, summary = perf_fleet(options, out=args.out)
+            if not run.result.ok:
+                print(json.dumps(summary, indent=2))
+                raise RecForgeError(f"perf_analyzer through {summary['url']} failed (exit {run.result.returncode}): "
+                                    f"{'; '.join(run.result.errors) or 'no request completed'}")
+            summaries.append(summary)
+        if args.repeats == 1:
+            return summaries[0]
+        return {**summaries[-1], "repeats": repeat_summary(summaries)}
 
     return run_step(step)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,26 @@ def test_restore_cgroups_writes_the_pid_back_where_it_was(fake_root):
     assert (fake_root / "cpuset" / "cgroup.procs").read_text() == "31"
     assert (fake_root / "cpu" / "mine" / "cgroup.procs").read_text() == "31"
     assert not (fake_root / "memory").exists()  # only the controllers a group moves
+
+
+def test_this_process_in_moves_every_thread_and_puts_them_back(tmp_path):
+    before = os.sched_getaffinity(0)
+    first = min(before)
+    group = cs.CpuGroup("apparatus", cs.CpuPlacement(cpus=(first,)), root=tmp_path / "none", mechanism="affinity")
+    with cs.this_process_in(group) as inside:
+        assert inside.mechanism == "affinity"
+        assert os.sched_getaffinity(0) == {first}
+        seen = []
+        worker = threading.Thread(target=lambda: seen.append(os.sched_getaffinity(0)))  # a thread started inside
+        worker.start()
+        worker.join()
+        assert seen == [{first}]
+    assert os.sched_getaffinity(0) == before
+
+
+def test_this_process_in_restores_even_when_the_block_fails(tmp_path):
+    before = os.sched_getaffinity(0)
+    group = cs.CpuGroup("apparatus", cs.CpuPlacement(cpus=(min(before),)), root=tmp_path / "none")
+    with pytest.raises(RuntimeError, match="boom"), cs.this_process_in(group):
+        raise RuntimeError("boom")
+    assert os.sched_getaffinity(0) == before

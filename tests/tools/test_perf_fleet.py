@@ -72,6 +72,29 @@ def test_the_served_model_and_its_spec_come_from_the_fleet_state(tmp_path):
         pf.served_model(fl.Fleet(tmp_path / "two"), None)
 
 
+def test_perf_analyzer_runs_on_the_apparatus_cpus_of_a_placed_fleet(tmp_path):
+    write_fleet_state(tmp_path / "off", {"node0": {"models": {MODEL: {}}}})
+    assert pf.apparatus_group(fl.Fleet(tmp_path / "off")) is None  # no CPU plan: wherever it is started
+    write_fleet_state(tmp_path / "on", {"node0": {"models": {MODEL: {}}}})
+    state_path = fl.fleet_dir(tmp_path / "on") / "state.json"
+    state = json.loads(state_path.read_text())
+    state["placement"] = {"plan": "apparatus CPUs 0; ...", "apparatus_cpus": "0"}
+    state_path.write_text(json.dumps(state))
+    group = pf.apparatus_group(fl.Fleet(tmp_path / "on"))
+    assert group is not None and group.placement.cpus == (0,)
+
+
+def test_repeated_runs_report_median_and_range():
+    runs = [{"throughput_infer_per_s": t, "latency_us": {"p95": p}} for t, p in ((100.0, 900), (120.0, 700),
+                                                                                 (90.0, 1500))]
+    summary = pf.repeat_summary(runs)
+    assert summary["runs"] == 3
+    assert summary["throughput_infer_per_s"] == {"median": 100.0, "min": 90.0, "max": 120.0,
+                                                 "each": [100.0, 120.0, 90.0]}
+    assert summary["p95_us"]["median"] == 900 and summary["p95_us"]["max"] == 1500
+    assert pf.repeat_summary([{"latency_us": {}}])["p95_us"] is None  # nothing measured: no invented figure
+
+
 def test_the_cli_without_a_fleet_says_so_on_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RECFORGE_HOME", str(tmp_path))
     assert pf.main(["--rate", "5"]) == 1
