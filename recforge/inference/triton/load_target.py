@@ -5,15 +5,17 @@ from __future__ import annotations
 import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from recforge.contracts.features import OUTPUT_NAME
-from recforge.contracts.headers import served_by
+from recforge.contracts.headers import NODE_HEADER
 from recforge.core.errors import ConfigError, first_line
 from recforge.inference.loadgen import MAX_ITEMS, check_int, load_spec
-from recforge.inference.triton.client import encode_request, error_text, http_session
+from recforge.inference.triton.client import encode_request
 from recforge.inference.triton.errors import TritonError
+from recforge.inference.triton.keepalive import KeepAliveClient
 from recforge.models.export import example_inputs
 
 BODY_CACHE_SIZES = 64  # request bodies kept per load target (sub-batch sizes repeat; memory stays bounded)
@@ -23,10 +25,11 @@ class TritonHttpTarget:
     """``recforge.inference.loadgen`` target: a sub-batch of n items is one HTTP inference request to ``model``.
 
     The inputs of ``max_batch`` rows are built once (``recforge.models.export.example_inputs``), and the request
-    bodies of the first 64 sub-batch sizes seen are built once and reused. The connection pool holds ``pool``
-    connections (at least the load generator's workers). A non-200 answer raises, which the load generator counts as a
-    failed query. The constructor sends one request of ``max_batch`` and one of 1 item (a check that the
-    model serves inputs of this spec). ``infer`` returns the fleet node that answered (HAProxy's
+    bodies of the first 64 sub-batch sizes seen are built once and reused. Each sending thread keeps its own
+    connection (:class:`recforge.inference.triton.keepalive.KeepAliveClient`: the apparatus' CPU per request
+    stays small); ``pool`` is kept for callers and bounds nothing. A non-200 answer raises, which the load
+    generator counts as a failed query. The constructor sends one request of ``max_batch`` and one of 1 item (a
+    check that the model serves inputs of this spec). ``infer`` returns the fleet node that answered (HAProxy's
     ``X-RecForge-Node`` header; None straight from a server), which the load generator records per query; with
     ``record``, ``requests`` also collects (node, ms) of every answered request."""
 
@@ -42,8 +45,8 @@ class TritonHttpTarget:
         self._inputs = {k: np.ascontiguousarray(v.numpy()) for k, v in built.items()}
         self._bodies: dict[int, tuple[bytes, int]] = {}
         self._lock = threading.Lock()
-        self._session = http_session(pool)
-        self._path = f"{self.url}/v2/models/{model}/infer"
+        self._client = KeepAliveClient(self.url, timeout=timeout, keep_headers=(NODE_HEADER,))
+        self._path = f"{urlsplit(self.url).path}/v2/models/{model}/infer"
         self.requests: list[tuple[str | None, float]] | None = None  # (node, ms) of each answered request
         try:
             for n in (self.max_batch, 1):
@@ -69,18 +72,17 @@ class TritonHttpTarget:
             raise ValueError(f"sub-batch of {n_items} items outside [1, {self.max_batch}] (max_batch)")
         body, header_length = self._body(n_items)
         start = time.perf_counter()
-        response = self._session.post(self._path, data=body, timeout=self.timeout,
-                                      headers={"Inference-Header-Content-Length": str(header_length),
-                                               "Content-Type": "application/octet-stream"})
-        if response.status_code != 200:
-            raise TritonError(f"HTTP {response.status_code}: {error_text(response)}", response.status_code)
-        node = served_by(response.headers)  # the fleet node, when the answer came through the balancer
+        reply = self._client.post(self._path, body, {"Inference-Header-Content-Length": str(header_length),
+                                                     "Content-Type": "application/octet-stream"})
+        if reply.status != 200:
+            raise TritonError(f"HTTP {reply.status}: {reply.error_text()}", reply.status)
+        node = reply.headers.get(NODE_HEADER.lower())  # the fleet node, when the answer came through the balancer
         if self.requests is not None:
             self.requests.append((node, (time.perf_counter() - start) * 1000.0))  # list.append is atomic
         return node
 
     def close(self) -> None:
-        self._session.close()
+        self._client.close()
 
     def __repr__(self) -> str:
         return f"TritonHttpTarget({self.url}, model={self.model!r}, max_batch={self.max_batch})"
