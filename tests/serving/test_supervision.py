@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from recforge.core.errors import ConfigError, RecForgeError
-from recforge.serving.fleet.supervision import Decision, RestartPolicy, SupervisorConfig
+from recforge.serving.fleet.supervision import BusyWatch, Decision, RestartPolicy, SupervisorConfig
 from recforge.serving.fleet.supervisor import Supervisor
 
 CFG = SupervisorConfig(unhealthy_after=3, backoff_initial_s=1.0, backoff_factor=2.0, backoff_max_s=3.0,
@@ -148,3 +148,48 @@ def test_a_hang_is_recorded_as_a_hang_once():
         clock.now = float(t)
         supervisor.tick()
     assert [c for c in units.calls if c[0].startswith("record")] == [("record_hang", "node0")]
+
+
+# -- busy or hung: BusyWatch -----------------------------------------------------------------------------------------
+
+
+def watch(**cfg) -> BusyWatch:
+    return BusyWatch(SupervisorConfig(**{"busy_grace_s": 10.0, "busy_cpu_fraction": 0.05, **cfg}))
+
+
+def test_a_node_using_cpu_while_failing_its_check_is_busy_not_hung():
+    w = watch()
+    assert not w.busy("node0", 0.0, 5.0, stopped=False, healthy=True)
+    assert w.busy("node0", 1.0, 5.9, stopped=False, healthy=False)  # 0.9 CPU-s in 1 s: working
+    assert w.busy("node0", 2.0, 6.8, stopped=False, healthy=False)
+
+
+def test_a_node_using_no_cpu_or_stopped_is_hung():
+    w = watch()
+    w.busy("node0", 0.0, 5.0, stopped=False, healthy=True)
+    assert not w.busy("node0", 1.0, 5.01, stopped=False, healthy=False)  # 0.01 CPU-s per s: waiting on nothing
+    w.busy("node1", 0.0, 5.0, stopped=False, healthy=True)
+    assert not w.busy("node1", 1.0, 9.0, stopped=True, healthy=False)  # SIGSTOP: never busy
+
+
+def test_busy_counts_for_busy_grace_s_at_most_then_failed_checks_count_again():
+    w = watch(busy_grace_s=3.0)
+    cpu = 0.0
+    w.busy("node0", 0.0, cpu, stopped=False, healthy=True)
+    verdicts = []
+    for t in range(1, 7):
+        cpu += 1.0  # spinning at one core, never answering
+        verdicts.append(w.busy("node0", float(t), cpu, stopped=False, healthy=False))
+    assert verdicts == [True, True, True, False, False, False]  # busy from t=1; after 3 s the checks count
+    w.busy("node0", 7.0, cpu + 1, stopped=False, healthy=True)  # answered: a new stretch may begin later
+    assert w.busy("node0", 8.0, cpu + 2, stopped=False, healthy=False)
+
+
+def test_without_a_previous_look_or_cpu_figures_or_with_grace_off_a_failed_check_counts():
+    assert not watch().busy("node0", 1.0, 9.0, stopped=False, healthy=False)  # nothing to compare with
+    w = watch()
+    w.busy("node0", 0.0, 1.0, stopped=False, healthy=True)
+    assert not w.busy("node0", 1.0, None, stopped=False, healthy=False)  # the process is gone
+    off = watch(busy_grace_s=0.0)
+    off.busy("node0", 0.0, 1.0, stopped=False, healthy=True)
+    assert not off.busy("node0", 1.0, 2.0, stopped=False, healthy=False)

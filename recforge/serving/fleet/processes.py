@@ -16,6 +16,7 @@ from recforge.serving.pids import cmdline, pid_alive
 
 # every node's tritonserver runs with these: server-side latency quantiles per model version (the canary gate)
 NODE_SERVER_ARGS = ("--metrics-config=summary_latencies=true",)
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def start_node_again(info: Mapping[str, Any], load_models: Sequence[str], timeout_s: float) -> tr.TritonServer:
@@ -63,6 +64,28 @@ def fleet_processes(root: Path) -> list[int]:
         if belongs_to_fleet(pid, root) and pid_alive(pid):
             found.append(pid)
     return sorted(found)
+
+
+def group_cpu(pid: int, root: Path) -> tuple[float | None, bool]:
+    """(CPU seconds used so far by the process group of ``pid`` among this fleet's processes — a node's
+    tritonserver and its python-backend stubs —, whether ``pid`` itself is stopped); (None, False) when gone."""
+    try:
+        group = os.getpgid(pid)
+    except OSError:
+        return None, False
+    ticks, stopped, found = 0, False, False
+    for member in fleet_processes(root):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            if member != pid and os.getpgid(member) != group:
+                continue
+        except (OSError, IndexError):
+            continue
+        found = True
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of proc(5))
+        if member == pid:
+            stopped = fields[0] in ("T", "t")
+    return (ticks / CLOCK_TICKS if found else None), stopped
 
 
 def stop_groups(pids: Sequence[int], root: Path, timeout_s: float = 20.0) -> list[int]:

@@ -25,6 +25,10 @@ class SupervisorConfig:
     max_restarts: Annotated[int, Field(ge=1, le=1000)] = 3  # restarts within restart_window_s before giving up
     restart_window_s: Annotated[float, Field(gt=0, le=86_400)] = 600.0
     ready_timeout_s: Annotated[float, Field(ge=1, le=3600)] = 180.0  # a restarted node must be ready by then
+    # a node failing its health checks while its processes keep using CPU is busy, not hung: counted healthy this
+    # long at most (0: every failed check counts); "using CPU" = at least busy_cpu_fraction CPU-s per wall second
+    busy_grace_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    busy_cpu_fraction: Annotated[float, Field(gt=0, le=256)] = 0.05
     # crash records (recforge.serving.fleet.crashes): requests accepted this long before a failure are suspects
     suspect_window_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     # a request body that was a suspect of this many crashes is answered 422 by the balancer from then on (0: never)
@@ -125,3 +129,32 @@ class RestartPolicy:
     def restart_failed(self, now: float) -> None:
         """The restart did not bring the node back: try again after the backoff."""
         self.next_attempt_at = now + self.backoff_s(self.recent_restarts(now))
+
+
+class BusyWatch:
+    """Tells a busy node from a hung one. A node under a load it cannot keep up with answers its health check late
+    and would look hung; a hung one (stopped, deadlocked, waiting forever) uses no CPU. So a failed check counts as
+    busy, not failed, while the node's processes used at least ``busy_cpu_fraction`` CPU-seconds per wall second
+    since the last look and are not stopped (SIGSTOP, a debugger), for at most ``busy_grace_s`` in a row (a node
+    spinning without answering is restarted after that). Pure: times and CPU seconds are given by the caller."""
+
+    def __init__(self, cfg: SupervisorConfig):
+        self.cfg = cfg
+        self.last: dict[str, tuple[float, float]] = {}  # unit -> (when, CPU seconds) of the last look
+        self.since: dict[str, float] = {}  # unit -> when its current busy stretch began
+
+    def busy(self, unit: str, now: float, cpu_s: float | None, *, stopped: bool, healthy: bool) -> bool:
+        """True when this failed health check should count as passed: the node is busy, not hung."""
+        last = self.last.get(unit)
+        if cpu_s is None:
+            self.last.pop(unit, None)
+        else:
+            self.last[unit] = (now, cpu_s)
+        if healthy or stopped or cpu_s is None or last is None or not self.cfg.busy_grace_s:
+            self.since.pop(unit, None)
+            return False
+        wall = now - last[0]
+        if wall <= 0 or cpu_s - last[1] < self.cfg.busy_cpu_fraction * wall:
+            self.since.pop(unit, None)
+            return False
+        return now - self.since.setdefault(unit, now) < self.cfg.busy_grace_s

@@ -38,12 +38,13 @@ from recforge.serving.fleet import crashes
 from recforge.serving.fleet.processes import (
     belongs_to_fleet,
     fleet_processes,
+    group_cpu,
     placement_of,
     process_alive,
     start_node_again,
 )
 from recforge.serving.fleet.state import read_state, state_lock, write_state
-from recforge.serving.fleet.supervision import RestartPolicy, SupervisorConfig
+from recforge.serving.fleet.supervision import BusyWatch, RestartPolicy, SupervisorConfig
 from recforge.serving.loadbalancer.requestlog import LogTail, failed_on
 
 LOG = logging.getLogger("recforge.fleet.supervisor")
@@ -80,6 +81,7 @@ class FleetActions:
         self.cfg = cfg
         self.request_log: LogTail | None = None
         self.attributed: set[str] = set()  # unique ids of requests already named in a crash record
+        self.busy = BusyWatch(cfg)
 
     def state(self) -> dict[str, Any]:
         state = read_state(self.home)
@@ -113,6 +115,10 @@ class FleetActions:
             ok = requests.get(f"{info['url']}/v2/health/ready", timeout=self.cfg.health_timeout_s).status_code == 200
         except requests.RequestException:
             ok = False
+        cpu_s, stopped = group_cpu(int(info["pid"]), self.root)
+        if self.busy.busy(node, time.monotonic(), cpu_s, stopped=stopped, healthy=ok):
+            LOG.info("%s: health check failed while it works (CPU in use): busy, not hung", node)
+            return True, True
         return True, ok
 
     def observe_balancer(self) -> tuple[bool, bool]:
