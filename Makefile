@@ -87,7 +87,8 @@ mlflow-down: ## Stop the embedded MLflow server
 
 ui: setup mlflow-up ## Start the Airflow UI and MLflow UI on 127.0.0.1 and print their addresses
 	infra/local/airflow.sh ui
-	@echo "MLflow UI:   $$MLFLOW_TRACKING_URI"
+	@echo "MLflow UI:   $$MLFLOW_TRACKING_URI (model-training view: the links below)"
+	@$(PY) -m recforge.pipeline.training.tracking | sed 's/^/  /'
 
 ui-stop: ## Stop the Airflow UI services (MLflow: make mlflow-down)
 	infra/local/airflow.sh stop

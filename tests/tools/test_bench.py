@@ -163,20 +163,40 @@ def test_bench_end_to_end_on_a_tiny_nightly(tiny_nightly, mlflow_server, monkeyp
         "families": ["dlrm"], "synthetic": ["rmc1"], "table_rows_scale": 1e-6, "synthetic_batches": [1, 8],
         "synthetic_sub_batch": 8, "synthetic_p95_target_ms": 200.0,
         "point_duration_s": 0.2, "compare_duration_s": 0.3, "max_steps": 2, "max_evaluations": 2,
-        "threads": [1], "latency_repeats": 2, "p95_target_ms": 200.0, "gemm_size": 128, "array_mib": 8})
+        "threads": [1], "latency_repeats": 2, "p95_target_ms": 200.0, "gemm_size": 128, "array_mib": 8,
+        "rounds": 2, "round_point_duration_s": 0.2, "unloaded_queries": 5})
     doc = bench.run_bench(cfg)
 
     (family,) = doc["families"]
     base, ours, same = family["baseline"], family["recforge"], family["same_load"]
     assert family["family"] == "dlrm" and ours["variant"] == "fp32" and ours["precision"] == "fp32"
     assert base["auc"] == ours["auc"] == 0.7123  # from the compress summary
-    # the LBT is the highest probed rate that met the SLO, and the ratios come from the measurements
+    # the first LBT is the highest probed rate that met the SLO, and the ratios come from the measurements: within
+    # each interleaved round, then the median over the rounds
     passing = [p["offered_qps"] for p in base["curve"] if p["meets_slo"]]
-    assert base["lbt_qps"] == (max(passing) if passing else 0.0)
-    assert family["lbt_ratio"] == (ours["lbt_qps"] / base["lbt_qps"] if base["lbt_qps"] else None)
-    assert same["offered_qps"] == pytest.approx(cfg.load_fraction * base["lbt_qps"]) or base["lbt_qps"] == 0
+    assert base["first_lbt_qps"] == (max(passing) if passing else 0.0)
+    rounds, results = family["rounds"], family["round_results"]
+    assert rounds["rounds"] == len(results) == 2
+    assert base["lbt_qps"] == pytest.approx(np.median([r["baseline"]["lbt_qps"] for r in results]))
+    assert ours["lbt_qps"] == pytest.approx(np.median([r["recforge"]["lbt_qps"] for r in results]))
+    per_round_lbt = [r["recforge"]["lbt_qps"] / r["baseline"]["lbt_qps"] for r in results if r["baseline"]["lbt_qps"]]
+    if per_round_lbt:
+        assert family["lbt_ratio"] == pytest.approx(np.median(per_round_lbt))
+    else:
+        assert family["lbt_ratio"] is None
+    for r in results:  # both sides at the same offered rates: fractions of the round's baseline LBT
+        assert r["rates"][cfg.load_fraction] == pytest.approx(cfg.load_fraction * r["baseline"]["lbt_qps"]) or \
+            r["baseline"]["lbt_qps"] == 0
+        assert set(r["baseline"]["loads"]) == set(r["recforge"]["loads"]) == set(cfg.load_fractions)
     assert same["baseline"]["queries"] > 0 and same["recforge"]["queries"] > 0
-    assert family["p95_ratio"] == pytest.approx(same["recforge"]["p95_ms"] / same["baseline"]["p95_ms"])
+    per_round_p95 = [r["recforge"]["loads"][cfg.load_fraction]["p95_ms"] / r["baseline"]["loads"][cfg.load_fraction][
+        "p95_ms"] for r in results]
+    assert family["p95_ratio"] == pytest.approx(np.median(per_round_p95))
+    assert rounds["latency_ratio"]["low"] <= family["p95_ratio"] <= rounds["latency_ratio"]["high"]
+    share = results[0]["baseline"]["loads"][cfg.load_fraction]["apparatus_share_median"]
+    assert 0.0 <= share <= 1.0
+    assert doc["bench_lines"] == [family["bench_line"]] and family["bench_line"].startswith(
+        "bench: family=dlrm path=inprocess latency_ratio=")
     for side in (base, ours):
         roof = side["roofline"]
         assert roof["items_per_s"] == min(roof["compute_bound_items_per_s"], roof["memory_bound_items_per_s"])

@@ -31,7 +31,8 @@ BEST = {"sub_batch": 16, "preferred_batch": [16], "queue_delay_us": 200, "instan
         "max_batch_size": 64}
 # short and lenient: both configs meet the SLO up to max_qps (a structure test on a busy 2-core machine)
 SETTINGS = {"start_qps": 20, "max_qps": 40, "point_duration_s": 0.5, "warmup_s": 0.3, "max_steps": 3,
-            "tolerance": 0.5, "sizes": "fixed:16", "p95_target_ms": 5000, "check_inter_ms": 200, "name": "tiny"}
+            "tolerance": 0.5, "sizes": "fixed:16", "p95_target_ms": 5000, "check_inter_ms": 200, "name": "tiny",
+            "rounds": 1, "compare_duration_s": 0.5}
 
 triton_ok, triton_why = tr.check_installation()
 
@@ -66,6 +67,44 @@ def test_settings_are_checked_on_one_line():
                                                          instance_count=3, threads_per_instance=2))
     assert (default.dynamic_batching, default.instance_count, default.max_batch_size) == (False, 1, 512)
     assert default.preferred_batch_size == () and default.threads_per_instance == 1
+
+
+def test_no_cap_but_the_apparatus_ceiling(tmp_path):
+    cfg = fb.FleetBenchConfig()
+    assert cfg.max_qps is None and cfg.rounds == 5
+    kwargs = cfg.lbt_kwargs(50, 25)
+    assert kwargs["max_qps"] is None and kwargs["apparatus_ceiling_qps"] is None
+    bounded = cfg.lbt_kwargs(50, 25, ceiling_qps=3000, ramp_factor=1.25)
+    assert bounded["apparatus_ceiling_qps"] == 3000 and bounded["ramp_factor"] == 1.25
+    assert cfg.lbt_kwargs(5000, 25, ceiling_qps=3000)["start_qps"] == 3000  # never above what the apparatus offers
+    assert fb.calibrated_ceiling_qps(tmp_path) is None
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "apparatus.json").write_text(json.dumps({"mix": {"queries_per_s": 2468.0}}))
+    assert fb.calibrated_ceiling_qps(tmp_path) == 2468.0
+    (tmp_path / "bench" / "apparatus.json").write_text("{not json")
+    assert fb.calibrated_ceiling_qps(tmp_path) is None
+
+
+def round_entry(lbt: float, p95: float, share: float = 0.01) -> dict:
+    return {"lbt_qps": lbt, "same_load": {"offered_qps": 80.0, "p95_ms": p95, "apparatus_share_median": share}}
+
+
+def test_round_ratios_medians_intervals_and_the_served_bench_line():
+    runs = {"default": [round_entry(100, 20.0), round_entry(120, 25.0), round_entry(90, 10.0)],
+            "generated": [round_entry(300, 4.0), round_entry(480, 5.0), round_entry(180, 4.0)]}
+    summary = fb.round_summary(runs, 0.95)
+    assert summary["throughput_ratio_rounds"] == [3.0, 4.0, 2.0]
+    assert summary["latency_ratio_rounds"] == pytest.approx([0.2, 0.2, 0.4])
+    assert summary["throughput_ratio"]["median"] == 3.0 and summary["throughput_ratio"]["low"] == 2.0
+    assert summary["order"] == [[0, "default"], [0, "generated"], [1, "default"], [1, "generated"], [2, "default"],
+                                [2, "generated"]]
+    doc = {"family": "dlrm", "rounds": summary, "auc_ratio": fb.auc_ratio(
+        {"accuracy": {"auc": 0.7992, "delta_auc": -0.0008}}, same_model=False)}
+    assert doc["auc_ratio"] == pytest.approx(0.7992 / 0.8)
+    line = fb.served_bench_line(doc)
+    assert line.startswith("bench: family=dlrm path=served latency_ratio=0.2 throughput_ratio=3 auc_ratio=0.999 ")
+    assert "throughput_ratio_low=2 throughput_ratio_high=4" in line and line.endswith("rounds=3")
+    assert fb.auc_ratio(None, same_model=False) is None and fb.auc_ratio(None, same_model=True) == 1.0
 
 
 @pytest.fixture
@@ -125,6 +164,15 @@ def test_both_configs_are_measured_through_a_real_fleet_and_compared(tmp_path, s
         [([generated["lbt_qps"]], 0, []), ([default["lbt_qps"]], 0, [])]
     assert doc["ratio_generated_over_default"] == pytest.approx(generated["lbt_qps"] / default["lbt_qps"])
     assert summary["ratio_generated_over_default"] == doc["ratio_generated_over_default"]
+    # the same offered load for both (a fraction of the baseline's LBT), and the machine-readable line
+    assert generated["same_load"]["offered_qps"] == default["same_load"]["offered_qps"] == pytest.approx(
+        0.8 * default["lbt_qps"])
+    assert doc["rounds"]["order"] == [[0, "default"], [0, "generated"]]
+    assert doc["rounds"]["latency_ratio"]["median"] == pytest.approx(
+        generated["same_load"]["p95_ms"] / default["same_load"]["p95_ms"])
+    assert summary["bench_line"] in out.out and summary["bench_line"].startswith(
+        "bench: family=ncf path=served latency_ratio=")
+    assert doc["auc_ratio"] == 1.0 and doc["baseline_is_the_same_model"]  # --onnx without --baseline-onnx
     table = (home / "bench" / "fleet_configs.md").read_text()
     assert "| generated |" in table and "| default |" in table and "no dynamic_batching" in table
     assert "LBT generated / default:" in out.out

@@ -37,7 +37,6 @@ def load_doc(sizes: QuerySizes, sub_batch_axis: Sequence[int]) -> dict[str, Any]
     return doc
 
 
-
 def build_profile(
     *,
     model_family: str,
@@ -58,6 +57,10 @@ def build_profile(
     """The profile document of one (model, variant, target), validated against
     ``recforge/contracts/profile_schema.json``.
 
+    ``lbt_limit`` says what ended the LBT search's way up (``lbt.LBT_LIMITS``): ``slo`` when a failing rate bounds
+    it, else the LBT is a lower bound (``lbt_capped``), e.g. ``apparatus`` when the load generator's ceiling
+    (``apparatus_ceiling_qps``) still met the SLO.
+
     ``lbt`` is the LBT search at ``search.best_knobs`` (``LBTEvaluator.result_for(best_knobs)``): its curve and
     SLO go into the document. ``target`` is {name, kind, device, threads}; ``load`` is {distribution, params,
     sub_batch_policy[, mean_items_per_query]} (arrival defaults to "poisson"). ``items_per_s`` is the achieved
@@ -76,6 +79,10 @@ def build_profile(
     if isinstance(measured_at, dt.datetime):
         measured_at = measured_at.isoformat()
     all_notes = [n for n in (*notes, search.note, lbt.note) if n]
+    ceiling = lbt.config.apparatus_ceiling_qps
+    if ceiling is not None and lbt.lbt_qps > 0:
+        all_notes.append(f"apparatus ceiling {ceiling:,.0f} qps = {ceiling / lbt.lbt_qps:.1f}x the LBT "
+                         "(the load generator against a null target)")
     doc = {
         "schema_version": PROFILE_SCHEMA_VERSION,
         "model_family": model_family,
@@ -88,14 +95,14 @@ def build_profile(
         "slo": {"max_error_rate": lbt.config.max_error_rate, "min_achieved_ratio": lbt.config.min_achieved_ratio},
         "search": {
             "strategy": search.strategy,
-            "lbt_search": {k: v for k, v in lbt.config.to_dict().items()
-                           if k not in ("p95_target_ms", "max_error_rate", "min_achieved_ratio")},
+            "lbt_search": lbt_search_doc(lbt),
             "evaluations": [{"knobs": json_ready(e["knobs"]), "lbt_qps": e["value"]} for e in search.evaluations],
             "trajectory": [{"knobs": json_ready(e["knobs"]), "lbt_qps": e["value"]} for e in search.trajectory],
             "best_knobs": json_ready(search.best_knobs),
         },
         "latency_bounded_throughput_qps": lbt.lbt_qps,
-        "lbt_capped": lbt.capped,
+        "lbt_capped": lbt.capped,  # a lower bound: what ended the ramp was not the SLO (lbt_limit)
+        "lbt_limit": lbt.limit,
         "items_per_s": items_per_s,
         "curve": lbt.curve(),
         "latency_vs_batch": batch_rows,
@@ -105,5 +112,15 @@ def build_profile(
         "code_version": code_version or git_commit(),
         "notes": all_notes,
     }
+    if ceiling is not None:
+        doc["apparatus_ceiling_qps"] = ceiling
     validate_profile(doc)
     return doc
+
+
+def lbt_search_doc(lbt: LBTResult) -> dict[str, Any]:
+    """The profile's ``search.lbt_search``: the LBT search's bounds (the SLO and the apparatus ceiling have their
+    own fields; a bound that is not set is left out)."""
+    return {k: v for k, v in lbt.config.to_dict().items()
+            if k not in ("p95_target_ms", "max_error_rate", "min_achieved_ratio", "apparatus_ceiling_qps")
+            and v is not None}

@@ -6,10 +6,16 @@ sustained while the p95 latency stays under a target (e.g. 25 ms for Wide&Deep),
 ``max_error_rate`` of the queries fail, and the server keeps up (achieved >= ``min_achieved_ratio`` x offered).
 
 A load run is an injected :data:`Measure`, so the logic is tested on closed-form latency models and the real
-stage plugs in ``recforge.inference.loadgen``. :func:`latency_bounded_throughput` doubles from ``start_qps``
-until the SLO breaks, then bisects between the last good and the first bad rate until their relative gap is
-below ``tolerance``; every probed rate is kept (p95 against offered load, for plots). :func:`confirm_lbt`
-re-measures the final rate; :class:`LBTEvaluator` is the ``evaluate(knobs) -> LBT`` a knob search climbs.
+stage plugs in ``recforge.inference.loadgen``. :func:`latency_bounded_throughput` ramps up from ``start_qps``
+(x ``ramp_factor`` per step) until the SLO breaks, then bisects between the last good and the first bad rate until
+their relative gap is below ``tolerance``; every probed rate is kept (p95 against offered load, for plots).
+:func:`confirm_lbt` re-measures the final rate; :class:`LBTEvaluator` is the ``evaluate(knobs) -> LBT`` a knob
+search climbs.
+
+The measured axis has no cap of its own: the ramp goes on until the SLO fails, bounded only by the apparatus' own
+ceiling (``apparatus_ceiling_qps``: the load generator against a null target, ``apparatus_ceiling``), an explicit
+``max_qps`` when a caller sets one, or the step budget. What stopped it is the result's ``limit``
+(:data:`LBT_LIMITS`); every limit but ``slo`` makes the LBT a lower bound (``capped``), never a silent one.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ from recforge.core.errors import ConfigError
 from recforge.pipeline.profiling.search.base import knob_key
 
 STEAL_PAUSE_S = 2.0  # pause before re-measuring a rate taken under CPU steal
+# what ended an LBT search's way up: a failing rate (the LBT is bracketed), the apparatus' ceiling, an explicit
+# max_qps, or the step budget spent while ramping; all but "slo" leave the LBT a lower bound
+LIMIT_SLO, LIMIT_APPARATUS, LIMIT_MAX_QPS, LIMIT_STEPS = "slo", "apparatus", "max_qps", "step_budget"
+LBT_LIMITS = (LIMIT_SLO, LIMIT_APPARATUS, LIMIT_MAX_QPS, LIMIT_STEPS)
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,12 @@ class LBTConfig:
 
     p95_target_ms: FiniteRate = 25.0  # DeepRecSys' tail-latency target of Wide&Deep
     start_qps: FiniteRate = 10.0  # first offered rate probed
-    max_qps: FiniteRate = 10_000.0  # the ramp stops here: a variant passing at max_qps reports LBT = max_qps (capped)
+    # an explicit bound on the ramp (None: none, the default): an LBT reaching it is reported as limited by max_qps
+    max_qps: FiniteRate | None = None
+    # the apparatus' own ceiling (qps its load generator sustains against a null target; None: unknown): the ramp
+    # stops there and an LBT reaching it is reported as limited by the apparatus, a lower bound
+    apparatus_ceiling_qps: FiniteRate | None = None
+    ramp_factor: Annotated[float, Field(gt=1, le=16)] = 2.0  # the ramp multiplies the rate by this per step
     max_error_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0  # fraction of queries allowed to fail
     min_achieved_ratio: Annotated[float, Field(gt=0, le=1)] = 0.9  # achieved < ratio x offered is saturation
     tolerance: Annotated[float, Field(gt=0, lt=1)] = 0.05  # bisection stops when (bad - good) / bad < tolerance
@@ -95,8 +110,24 @@ class LBTConfig:
     steal_retries: Annotated[int, Field(ge=0, le=100)] = 2
 
     def __post_init__(self) -> None:
-        if not self.start_qps <= self.max_qps:
+        if self.max_qps is not None and not self.start_qps <= self.max_qps:
             raise ConfigError(f"LBTConfig.max_qps must be >= start_qps ({self.start_qps}), got {self.max_qps}")
+        if self.apparatus_ceiling_qps is not None and not self.start_qps <= self.apparatus_ceiling_qps:
+            raise ConfigError(f"LBTConfig.start_qps {self.start_qps} is above the apparatus ceiling "
+                              f"apparatus_ceiling_qps={self.apparatus_ceiling_qps}: the load generator cannot offer it")
+
+    @property
+    def top_qps(self) -> float | None:
+        """The highest rate the ramp may probe: the lower of ``max_qps`` and the apparatus ceiling (None: no bound)."""
+        bounds = [b for b in (self.max_qps, self.apparatus_ceiling_qps) if b is not None]
+        return min(bounds) if bounds else None
+
+    def top_limit(self) -> str:
+        """The limit reaching :attr:`top_qps` means: the apparatus when its ceiling is the lower bound."""
+        if self.apparatus_ceiling_qps is not None and (self.max_qps is None or
+                                                        self.apparatus_ceiling_qps <= self.max_qps):
+            return LIMIT_APPARATUS
+        return LIMIT_MAX_QPS
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> LBTConfig:
@@ -127,9 +158,15 @@ class LBTResult:
     knobs: dict
     config: LBTConfig
     points: list[LBTPoint]  # in probing order
-    capped: bool = False  # max_qps still met the SLO: the true LBT is at least lbt_qps
+    limit: str = LIMIT_SLO  # what ended the way up (LBT_LIMITS); all but "slo" make lbt_qps a lower bound
     converged: bool = False  # the bracket [last good, first bad] is within tolerance (or capped, or 0)
     note: str = ""
+
+    @property
+    def capped(self) -> bool:
+        """Whether the LBT is a lower bound: no failing rate above it was found (apparatus ceiling, max_qps or the
+        step budget ended the ramp)."""
+        return self.limit != LIMIT_SLO
 
     @property
     def steps(self) -> int:
@@ -215,7 +252,9 @@ def latency_bounded_throughput(
     p95_target_ms: float,
     max_error_rate: float = 0.0,
     start_qps: float,
-    max_qps: float,
+    max_qps: float | None = None,
+    apparatus_ceiling_qps: float | None = None,
+    ramp_factor: float = 2.0,
     tolerance: float = 0.05,
     max_steps: int = 20,
     repeats: int = 1,
@@ -227,23 +266,42 @@ def latency_bounded_throughput(
     """The highest offered rate whose p95 <= ``p95_target_ms``, error rate <= ``max_error_rate`` and achieved
     rate >= ``min_achieved_ratio`` x offered, for the serving ``knobs``.
 
-    Ramps up by doubling from ``start_qps`` (capped at ``max_qps``) until a rate breaks the SLO, then bisects
-    between the last good and the first bad rate until ``(bad - good) / bad < tolerance``; for a latency that
-    grows with load the returned rate is then within ``tolerance`` below the true LBT. At most ``max_steps``
-    rates are probed, each with ``repeats`` load runs whose median percentiles decide. The edge cases come
-    back with a ``note``: start_qps already failing gives LBT 0; max_qps still passing gives LBT = max_qps with
-    ``capped``; a step budget spent before convergence gives the last good rate with ``converged`` False.
+    Ramps up from ``start_qps`` (x ``ramp_factor`` per step) until a rate breaks the SLO, then bisects between the
+    last good and the first bad rate until ``(bad - good) / bad < tolerance``; for a latency that grows with load
+    the returned rate is then within ``tolerance`` below the true LBT. The ramp stops short of a failure only at
+    the apparatus ceiling (``apparatus_ceiling_qps``), an explicit ``max_qps`` or the step budget: the result's
+    ``limit`` says which, and the LBT is then a lower bound (``capped``). At most ``max_steps`` rates are probed,
+    each with ``repeats`` load runs whose median percentiles decide. The edge cases come back with a ``note``:
+    start_qps already failing gives LBT 0; a step budget spent before convergence gives the last good rate with
+    ``converged`` False.
     With ``confirm`` > 0 the final rate is re-measured before it stands (:func:`confirm_lbt`). A rate measured
     under more than ``max_cpu_steal_pct`` % CPU steal is measured again (``steal_retries`` times) and the
     least-stolen attempt decides.
     Bad bounds raise ConfigError.
     """
     config = LBTConfig(
-        p95_target_ms=p95_target_ms, start_qps=start_qps, max_qps=max_qps, max_error_rate=max_error_rate,
+        p95_target_ms=p95_target_ms, start_qps=start_qps, max_qps=max_qps, apparatus_ceiling_qps=apparatus_ceiling_qps,
+        ramp_factor=ramp_factor, max_error_rate=max_error_rate,
         min_achieved_ratio=min_achieved_ratio, tolerance=tolerance, max_steps=max_steps, repeats=repeats,
         confirm=confirm, max_cpu_steal_pct=max_cpu_steal_pct, steal_retries=steal_retries,
     )
     return _LBTSearch(measure, dict(knobs or {}), config).run()
+
+
+def next_ramp_rate(good: float, config: LBTConfig) -> float:
+    """The ramp's next rate after the passing rate ``good``: ``ramp_factor`` x good, but no higher than the
+    apparatus ceiling or max_qps (so that the top itself is probed once)."""
+    rate = good * config.ramp_factor
+    top = config.top_qps
+    return min(rate, top) if top is not None else rate
+
+
+def ceiling_note(config: LBTConfig, lbt: float) -> str:
+    """The note of an LBT that reached the top of the ramp: which bound it was, and that the LBT is at least that."""
+    if config.top_limit() == LIMIT_APPARATUS:
+        return (f"the apparatus ceiling ({config.apparatus_ceiling_qps:g} qps: the load generator against a null "
+                f"target) still meets the SLO: the LBT is at least {lbt:g} qps, a lower bound set by the apparatus")
+    return f"max_qps {config.max_qps:g} still meets the SLO: the LBT is at least that; raise max_qps to find it"
 
 
 def lbt_from_config(measure: Measure, knobs: Mapping[str, Any] | None, config: LBTConfig) -> LBTResult:
@@ -310,8 +368,8 @@ class _LBTSearch:
         point = _point(rate, base + attempts[best], self.config)
         return dataclasses.replace(point, discarded=discarded) if discarded else point
 
-    def result(self, lbt: float, *, capped: bool = False, converged: bool = True, note: str = "") -> LBTResult:
-        return LBTResult(lbt, self.knobs, self.config, self.points, capped=capped, converged=converged, note=note)
+    def result(self, lbt: float, *, limit: str = LIMIT_SLO, converged: bool = True, note: str = "") -> LBTResult:
+        return LBTResult(lbt, self.knobs, self.config, self.points, limit=limit, converged=converged, note=note)
 
     def run(self) -> LBTResult:
         result = self.ramp()
@@ -323,15 +381,15 @@ class _LBTSearch:
         if not first.passed:
             return self.result(0.0, note=f"even start_qps {config.start_qps:g} breaks the SLO ({first.reason}): the "
                                          "LBT is 0; lower start_qps to look below it")
-        good = config.start_qps
-        while True:  # double until the SLO breaks or max_qps passes
-            if good >= config.max_qps:
-                return self.result(good, capped=True, note=f"max_qps {config.max_qps:g} still meets the SLO: the "
-                                                            "LBT is at least that; raise max_qps to find it")
+        good, top = config.start_qps, config.top_qps
+        while True:  # up until the SLO breaks; only the apparatus ceiling, max_qps or the step budget stop it short
+            if top is not None and good >= top:
+                return self.result(good, limit=config.top_limit(), note=ceiling_note(config, good))
             if len(self.points) >= config.max_steps:
-                return self.result(good, converged=False, note=f"step budget ({config.max_steps}) spent while "
-                                                               f"ramping up: the LBT is at least {good:g} qps")
-            rate = min(2 * good, config.max_qps)
+                return self.result(good, limit=LIMIT_STEPS, converged=False,
+                                   note=f"step budget ({config.max_steps}) spent while ramping up: the LBT is at "
+                                        f"least {good:g} qps (a lower bound); raise max_steps or start_qps")
+            rate = next_ramp_rate(good, config)
             if not self.probe(rate).passed:
                 return self.bisect(good, rate)
             good = rate
@@ -373,8 +431,9 @@ class _LBTSearch:
             f"no passing rate held up when re-measured ({runs} more run(s) each): the LBT is 0"
         if dropped:
             held = f"{', '.join(f'{r:g}' for r in dropped)} qps did not hold up when re-measured; {held}"
-        return LBTResult(lbt, self.knobs, self.config, self.points, capped=result.capped and not dropped,
-                         converged=result.converged, note="; ".join(n for n in (result.note, held) if n))
+        limit = result.limit if not dropped else LIMIT_SLO  # a rate that did not hold up bounds the LBT from above
+        return LBTResult(lbt, self.knobs, self.config, self.points, limit=limit, converged=result.converged,
+                         note="; ".join(n for n in (result.note, held) if n))
 
 
 class LBTEvaluator:

@@ -1,6 +1,8 @@
 """Plots of profiles (matplotlib, Agg): p95 against offered load, latency against batch size, and the family's
 accuracy / serving-cost Pareto front. Points are numbered and keyed in a table beside the axes (names never
-overlap); every colour and marker is in a legend; a capped LBT is drawn as a lower bound (an arrow)."""
+overlap); every colour and marker is in a legend; an LBT that is a lower bound (``lbt_capped``: the ramp ended at
+the apparatus ceiling, max_qps or the step budget, never a failing rate) is drawn as an arrow and labelled with
+what limited it (``lbt_limit``)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,13 @@ from recforge.pipeline.parity.plot import key_beside, log_ticks_plain, number_po
 from recforge.pipeline.profiling.selection import is_finite
 from recforge.pipeline.profiling.summary import knobs_text
 
-CAPPED_MARKER = ">"  # a capped LBT: at least this much (the probe limit was reached with the SLO still met)
+CAPPED_MARKER = ">"  # a lower-bound LBT: at least this much (the ramp's limit was reached with the SLO still met)
+LIMIT_TEXT = {"apparatus": "the apparatus ceiling", "max_qps": "max_qps", "step_budget": "the step budget"}
+
+
+def limit_text(doc: Mapping[str, Any]) -> str:
+    """What limited a lower-bound LBT, in words (profiles without ``lbt_limit`` say: the probe limit)."""
+    return LIMIT_TEXT.get(doc.get("lbt_limit") or "", "the probe limit")
 
 
 def close_figure(figure) -> None:
@@ -42,11 +50,15 @@ def plot_p95_vs_load(doc: Mapping[str, Any]):
     if lbt > 0:
         capped = bool(doc.get("lbt_capped"))
         ax.axvline(lbt, color="tab:green", lw=0.9, label=f"LBT {lbt:.0f} qps" + (
-            " (capped at the probe limit: a lower bound)" if capped else ""))
+            f" (capped at {limit_text(doc)}: a lower bound)" if capped else ""))
         if capped:  # a lower bound: the true LBT lies to the right
             ax.annotate("LBT ≥", xy=(lbt * 1.2, 0.5), xytext=(lbt, 0.5), xycoords=("data", "axes fraction"),
                         textcoords=("data", "axes fraction"), color="tab:green", fontsize=8, va="bottom",
                         arrowprops={"arrowstyle": "->", "color": "tab:green"})
+    ceiling = doc.get("apparatus_ceiling_qps")
+    if ceiling and xs and ceiling <= 2 * max(xs):  # shown where it is near the curve (else: in the notes)
+        ax.axvline(ceiling, color="black", lw=0.9, ls="-.",
+                   label=f"apparatus ceiling {ceiling:,.0f} qps (load generator, null target)")
     ax.set_yscale("log")
     log_ticks_plain(ax.yaxis)
     ax.set_xlabel("offered load (queries/s, Poisson)")
@@ -139,7 +151,7 @@ def plot_pareto(summary: Mapping[str, Any]):
                               label=f"{target} (line: its Pareto front; big: on it)"))
     if any(r.get("lbt_capped") for r in summary["profiles"]):
         handles.append(Line2D([], [], color="black", marker=CAPPED_MARKER, ls="",
-                              label="→ capped: LBT at least this (probe limit)"))
+                              label="→ capped: LBT at least this (apparatus ceiling, max_qps or step budget)"))
     if handles:
         right.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=7, ncols=1)
     right.set_xlabel("latency-bounded throughput (queries/s at the p95 SLO)")

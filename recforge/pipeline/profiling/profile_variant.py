@@ -2,10 +2,10 @@
 variant on one hardware target and returns its profile document; :func:`profile_all` profiles it on every
 target and reports a failing or unavailable one on one line without stopping the others.
 
-Every LBT probe is an open-loop ``run_open_loop`` of ``point_duration_s`` seconds; ``search.HillClimb`` climbs
-the target's knob axes (``search_space``); the single-request latency against batch size is measured with
-onnxruntime (or through the target's own serving stack); the result is validated against
-``recforge/contracts/profile_schema.json``.
+Every LBT probe is an open-loop ``run_open_loop`` of ``point_duration_s`` seconds; ``search_space.knob_search``
+searches the target's knob axes (``search_space``: a hill climb, or a racing search on cpu-triton); the
+single-request latency against batch size is measured with onnxruntime (or through the target's own serving
+stack); the result is validated against ``recforge/contracts/profile_schema.json``.
 
 CLI::
 
@@ -35,8 +35,8 @@ from recforge.models.export import example_inputs
 from recforge.pipeline.profiling.document import build_profile, load_doc
 from recforge.pipeline.profiling.lbt import LBTEvaluator, Measurement, confirm_lbt
 from recforge.pipeline.profiling.profile_config import ProfileConfig
-from recforge.pipeline.profiling.search.hill_climb import HillClimb
-from recforge.pipeline.profiling.search_space import search_space
+from recforge.pipeline.profiling.search.lbt_probe import LBTProbe
+from recforge.pipeline.profiling.search_space import knob_search, search_space
 from recforge.pipeline.profiling.targets.base import HardwareTarget, close_parts, failure_reason
 from recforge.pipeline.profiling.targets.factory import probe_targets, resolve_targets
 
@@ -87,8 +87,8 @@ def profile_variant(onnx_path: str | Path, spec: Any, target: HardwareTarget, *,
     evaluator = LBTEvaluator(measure, cfg.lbt_config())
     notes = []
     try:
-        search = HillClimb(axes, start, fixed=fixed, max_evaluations=cfg.max_evaluations).search(evaluator)
-        # the climb compares single short runs; the figure that goes into the registry is re-measured
+        search = knob_search(target, cfg, axes, fixed, start).search(LBTProbe(evaluator))
+        # the search compares single short runs; the figure that goes into the registry is re-measured
         lbt = confirm_lbt(measure, evaluator.result_for(search.best_knobs), cfg.confirm)
         threads = int(search.best_knobs.get("threads", getattr(target, "threads", 1)))
         if hasattr(target, "latency_vs_batch"):  # through the target's own serving stack

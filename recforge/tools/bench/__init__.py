@@ -15,17 +15,24 @@ items/s at the LBT against this machine's roofline (``recforge.tools.hw_limits``
 memory bandwidth; FLOPs = 2 x MACs per item, bytes = embedding rows gathered + MLP weights per sub-batch).
 
 Then the synthetic DeepRecSys-scale models (``recforge.models.synthetic``: RMC1/2/3 with Zipf ids and lognormal
-pooling, tables scaled by ``table_rows_scale``): latency against batch size and LBT of fp32 against an INT8
-variant (dynamic quantization of the MLPs; tables fp32), with the same roofline.
+pooling, tables scaled by ``table_rows_scale``): latency against batch size, LBT and table memory of the ONNX export
+(fp32, INT8 MLPs) and of the TorchScript models with fused embedding bags (``synthetic_fused``: fp32, INT8 MLPs,
+int8/int4 tables, both), against the physical limit (measured gather rate and GEMM peaks).
 
 The table is printed and written as JSON + markdown under ``$RECFORGE_HOME/bench/``, and logged to MLflow
 (experiment ``recforge-bench``) when the tracking server answers.
 
+The comparison runs in interleaved rounds (baseline, RecForge, baseline, ...); every ratio is the median over the
+rounds with an order-statistic interval, and the output ends with one ``bench: family=F path=inprocess ...`` line per
+family (``bench_line``; ``python -m recforge.tools.bench.compare A.txt B.txt`` gives the spread between two runs).
+
 The modules: ``config`` (BenchConfig), ``nightly`` (the nightly run, its summaries and variants), ``load_targets``
 (baseline and ONNX targets), ``lbt`` (LBT searches and profiling with retries), ``roofline`` (work per item, limits),
-``family`` (one family), ``synthetic`` (RMC1-3 and their INT8 variant), ``report`` (markdown, files), ``mlflow_log``,
-``quiet`` (silencing the ONNX exporter), ``run`` (the whole benchmark), ``cli``
-(``python -m recforge.tools.bench --help``). This package exports the public names of all of them.
+``rounds`` (interleaved rounds and their summary), ``intervals`` (median with an order-statistic interval),
+``apparatus_share`` (the load generator's share of each query's latency), ``family`` (one family), ``synthetic``
+(RMC1-3 and their INT8 variant), ``report`` (markdown, files), ``bench_line`` (the machine-readable lines),
+``compare`` (two runs' spread), ``mlflow_log``, ``quiet`` (silencing the ONNX exporter), ``run`` (the whole
+benchmark), ``cli`` (``python -m recforge.tools.bench --help``). This package exports the main public names.
 """
 
 from recforge.tools.bench.config import FAMILIES, BenchConfig

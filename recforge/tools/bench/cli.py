@@ -31,7 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def step() -> str:
         cfg = BenchConfig.from_dict(json_object(args.config, "BENCH_CONF"))
         doc = run_bench(cfg, Path(args.out) if args.out else None)
-        return f"{doc['markdown']}\nwritten: {', '.join(doc['written'][2:])}\nMLflow: {doc['mlflow']}"
+        # the machine-readable lines last, one per family and path (recforge.tools.bench.bench_line)
+        return "\n".join([doc["markdown"], f"written: {', '.join(doc['written'][2:])}", f"MLflow: {doc['mlflow']}",
+                          *doc.get("bench_lines", [])])
 
     return run_step(step)
 

@@ -11,12 +11,15 @@ from recforge.core.errors import ConfigError
 from recforge.inference.loadgen import QuerySizes
 from recforge.models.families import DEEP_FAMILIES
 from recforge.models.synthetic import RMC_SPECS
+from recforge.models.synthetic_fused import FUSED_VARIANTS
+from recforge.pipeline.profiling.apparatus_ceiling import cached_ceiling_qps
 from recforge.pipeline.profiling.lbt import LBTConfig
 
 FAMILIES = DEEP_FAMILIES  # the served families (not the logreg baseline)
 SYNTHETIC_MODELS = tuple(sorted(RMC_SPECS))
 Threads = Annotated[int, Field(ge=1, le=64)]
 Items = Annotated[int, Field(ge=1, le=1024)]
+Fraction = Annotated[float, Field(gt=0, le=1)]
 
 
 @typed_config
@@ -41,8 +44,20 @@ class BenchConfig:
     max_sub_batch: int = 256
     # torch threads of the baseline; 0 = the faster of 1 and all cores (measured)
     baseline_threads: Annotated[int, Field(ge=0, le=64)] = 0
-    load_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8  # the common offered load, a fraction of baseline LBT
-    compare_duration_s: Annotated[float, Field(gt=0)] = 3.0  # seconds of arrivals of the same-load p95 comparison
+    # interleaved rounds (baseline, RecForge, baseline, ...) after the variant is chosen; every ratio is the median
+    # over them with an order-statistic interval (5 rounds: [min, max], 93.75% coverage; 6: 96.9%)
+    rounds: Annotated[int, Field(ge=1, le=50)] = 5
+    confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95  # of the rounds' intervals
+    # p95 of both at these fractions of the round's baseline LBT; load_fraction is the headline one (latency_ratio)
+    load_fractions: Annotated[tuple[Fraction, ...], Field(min_length=1)] = (0.25, 0.5, 0.8)
+    load_fraction: Fraction = 0.8
+    compare_duration_s: Annotated[float, Field(gt=0)] = 2.0  # seconds of arrivals per same-load p95 run, per round
+    round_point_duration_s: Annotated[float, Field(gt=0)] = 0.5  # per probed rate of a round's LBT search
+    # a round's LBT search starts at 0.8 x the side's previous LBT and ramps by this factor
+    round_ramp_factor: Annotated[float, Field(gt=1, le=16)] = 1.25
+    # unloaded latency: this many queries at this fraction of the side's own LBT (queueing negligible)
+    unloaded_queries: Annotated[int, Field(ge=5, le=10_000)] = 20
+    unloaded_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.1
     sizes: str = "lognormal"  # items per query (recforge.inference.loadgen.QuerySizes.parse)
     seed: int = 0
     synthetic: tuple[Literal[SYNTHETIC_MODELS], ...] = ("rmc1", "rmc2", "rmc3")  # [] skips the synthetic models
@@ -54,6 +69,8 @@ class BenchConfig:
     synthetic_lbt: bool = True
     synthetic_sub_batch: Items = 64  # fixed serving knobs of the synthetic LBT runs (workers = `workers`)
     synthetic_threads: Threads = 1
+    # TorchScript variants with fused embedding bags benched beside the ONNX ones (recforge.models.synthetic_fused)
+    synthetic_fused: tuple[Literal[tuple(FUSED_VARIANTS)], ...] = tuple(FUSED_VARIANTS)
     # production-scale models cannot meet the MovieLens models' 25 ms: an RMC2 query of 167 items gathers 640K
     # embedding rows. Their LBT is measured against this looser target.
     synthetic_p95_target_ms: Annotated[float, Field(gt=0)] = 100.0
@@ -63,6 +80,9 @@ class BenchConfig:
     mlflow: bool = True
 
     def __post_init__(self) -> None:
+        if self.load_fraction not in self.load_fractions:
+            raise ConfigError(f"BenchConfig.load_fraction {self.load_fraction} must be one of load_fractions "
+                              f"{list(self.load_fractions)} (the headline p95 ratio is measured there)")
         if self.date:
             try:
                 dt.date.fromisoformat(self.date)
@@ -76,8 +96,18 @@ class BenchConfig:
     def query_sizes(self) -> QuerySizes:
         return QuerySizes.parse(self.sizes)
 
-    def lbt_config(self, start_qps: float, p95_target_ms: float | None = None) -> LBTConfig:
-        start = max(0.5, float(start_qps))
-        return LBTConfig(p95_target_ms=p95_target_ms or self.p95_target_ms, start_qps=start, max_qps=start * 64,
-                         tolerance=self.tolerance, max_steps=self.max_steps, confirm=self.confirm)
+    def apparatus_ceiling_qps(self) -> float:
+        """The in-process load generator's ceiling against a null target with the bench's most demanding load shape
+        (smallest sub-batch, most workers), measured once per process (``apparatus_ceiling``)."""
+        return cached_ceiling_qps(self.sizes, self.min_sub_batch, self.workers)
+
+    def lbt_config(self, start_qps: float, p95_target_ms: float | None = None, *, ramp_factor: float = 2.0,
+                   confirm: int | None = None) -> LBTConfig:
+        """An LBT search from ``start_qps`` with no cap but the apparatus ceiling (an LBT reaching it is reported
+        as limited by the apparatus)."""
+        ceiling = self.apparatus_ceiling_qps()
+        start = min(max(0.5, float(start_qps)), ceiling)
+        return LBTConfig(p95_target_ms=p95_target_ms or self.p95_target_ms, start_qps=start,
+                         apparatus_ceiling_qps=ceiling, ramp_factor=ramp_factor, tolerance=self.tolerance,
+                         max_steps=self.max_steps, confirm=self.confirm if confirm is None else confirm)
 

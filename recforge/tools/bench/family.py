@@ -1,12 +1,17 @@
-"""One model family's benchmark: the PyTorch-eager baseline against RecForge's best profiled variant (LBTs, p95 at
-the same offered load, AUCs, roofline)."""
+"""One model family's benchmark: the PyTorch-eager baseline against RecForge's best profiled variant, in
+interleaved rounds (``rounds``): LBTs, p95 at 25/50/80% of the baseline's LBT, unloaded latency, the apparatus'
+share of the latency, AUCs, roofline; every ratio a median over the rounds with its interval."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from recforge.contracts.profile import mean_items_per_query
 from recforge.inference.loadgen import LoadResult
@@ -14,6 +19,8 @@ from recforge.pipeline.compression.measure import latency_inputs
 from recforge.pipeline.compression.model_folder import load_trained
 from recforge.pipeline.data.features import load_split
 from recforge.pipeline.profiling.document import load_doc
+from recforge.tools.bench.apparatus_share import apparatus_share_figures
+from recforge.tools.bench.bench_line import format_bench_line
 from recforge.tools.bench.config import BenchConfig
 from recforge.tools.bench.lbt import (
     baseline_thread_count,
@@ -23,17 +30,57 @@ from recforge.tools.bench.lbt import (
     profile_with_retries,
     search_lbt,
     single_query_ms,
+    unloaded_run,
 )
 from recforge.tools.bench.load_targets import ArrayOnnxTarget, RealRowsCpuOnnxRuntime, TorchEagerTarget, torch_threads
 from recforge.tools.bench.nightly import FamilyRun, shortlist
 from recforge.tools.bench.roofline import roofline, work_per_item
+from recforge.tools.bench.rounds import BASELINE, RECFORGE, RoundSide, ratio, run_rounds, summarize_rounds
 from recforge.tools.hw_limits import HardwareLimits
 
 log = logging.getLogger(__name__)
+UNLOADED_MAX_S = 5.0  # seconds of arrivals of an unloaded-latency run at most (see round_side)
+__all__ = ["bench_family", "bench_line", "load_figures", "ratio"]
+
+
+def load_figures(result: LoadResult) -> dict:
+    """The figures of one load run that the report keeps, with the apparatus' share of the latency."""
+    figures = {k: v for k, v in result.to_dict().items()
+               if k in ("p50_ms", "p95_ms", "p99_ms", "achieved_qps", "items_per_s", "queries", "completed", "errors")}
+    return {**figures, **apparatus_share_figures(result)}
+
+
+def round_side(target: Any, cfg: BenchConfig, knobs: dict, sub_batch: int, workers: int, first_start_qps: float,
+               limits: list[str], context: Callable[[], Any] = contextlib.nullcontext) -> RoundSide:
+    """A side of the rounds over real load runs on ``target`` (inside ``context``, e.g. the baseline's torch
+    threads); each round's LBT search limit goes into ``limits``."""
+    measure = measure_fn(lambda _k: target, cfg, sub_batch=sub_batch, workers=workers,
+                         point_duration_s=cfg.round_point_duration_s)
+
+    def lbt(start_qps: float) -> float:
+        with context():
+            result = search_lbt(measure, knobs, cfg, start_qps, ramp_factor=cfg.round_ramp_factor, confirm=0)
+        limits.append(result.limit)
+        return result.lbt_qps
+
+    def load_point(rate: float) -> dict:
+        with context():
+            return load_figures(load_run(target, rate, cfg, cfg.compare_duration_s, sub_batch, workers))
+
+    def unloaded(lbt_qps: float) -> dict:
+        # a light load: unloaded_fraction of the LBT, but fast enough to take at most UNLOADED_MAX_S (a slow side),
+        # and never above half the LBT
+        base = lbt_qps if lbt_qps > 0 else first_start_qps
+        rate = max(0.5, min(0.5 * base, max(cfg.unloaded_fraction * base, cfg.unloaded_queries / UNLOADED_MAX_S)))
+        with context():
+            return load_figures(unloaded_run(target, rate, cfg, sub_batch, workers))
+
+    return RoundSide(search_lbt=lbt, load_point=load_point, unloaded=unloaded, first_start_qps=first_start_qps)
 
 
 def bench_family(run: FamilyRun, cfg: BenchConfig, limits: HardwareLimits) -> dict:
-    """Baseline and RecForge of one family: LBTs, same-load p95, AUCs, roofline."""
+    """Baseline and RecForge of one family: the variant and its knobs chosen by profiling the short list, then
+    ``cfg.rounds`` interleaved rounds of both (LBTs, p95 at the same loads, unloaded latency), AUCs, roofline."""
     mean_items = mean_items_per_query(load_doc(cfg.query_sizes(), (1,)))
     typical = max(1, round(mean_items))
     inputs = latency_inputs(load_split(run.features_dir, "test"), 1024)
@@ -43,9 +90,9 @@ def bench_family(run: FamilyRun, cfg: BenchConfig, limits: HardwareLimits) -> di
     # baseline: PyTorch eager fp32, one whole query per forward, one worker
     baseline = TorchEagerTarget(model, inputs)
     baseline_threads, query_ms = baseline_thread_count(baseline, typical, cfg)
+    baseline_knobs = {"sub_batch": "whole query", "workers": 1, "threads": baseline_threads}
     with torch_threads(baseline_threads):
-        baseline_lbt = search_lbt(measure_fn(lambda _k: baseline, cfg, sub_batch=1024, workers=1),
-                                  {"sub_batch": "whole query", "workers": 1, "threads": baseline_threads},
+        baseline_lbt = search_lbt(measure_fn(lambda _k: baseline, cfg, sub_batch=1024, workers=1), baseline_knobs,
                                   cfg, cfg.start_fraction * 1000.0 / query_ms)
     log.info("%s baseline (eager fp32): LBT %.1f qps", run.family, baseline_lbt.lbt_qps)
 
@@ -64,55 +111,76 @@ def bench_family(run: FamilyRun, cfg: BenchConfig, limits: HardwareLimits) -> di
                  doc["search"]["best_knobs"])
     row, variant, best = max(profiles, key=lambda p: p[2]["latency_bounded_throughput_qps"])
     knobs = best["search"]["best_knobs"]
+    sub_batch, workers = int(knobs["sub_batch"]), int(knobs.get("workers", cfg.workers))
 
-    # the same offered load for both
-    # (a baseline failing even its starting rate is compared at half that rate)
-    rate = cfg.load_fraction * baseline_lbt.lbt_qps if baseline_lbt.lbt_qps > 0 else 0.5 * baseline_lbt.config.start_qps
-    with torch_threads(baseline_threads):
-        base_at = load_run(baseline, rate, cfg, cfg.compare_duration_s, 1024, 1)
+    # interleaved rounds: baseline, RecForge, baseline, RecForge, ...
     recforge_target = ArrayOnnxTarget(variant["onnx_path"], inputs, int(knobs.get("threads", cfg.threads[0])))
-    ours_at = load_run(recforge_target, rate, cfg, cfg.compare_duration_s, int(knobs["sub_batch"]),
-                       int(knobs.get("workers", cfg.workers)))
+    lbt_limits: dict[str, list[str]] = {BASELINE: [], RECFORGE: []}
+    sides = {
+        BASELINE: round_side(baseline, cfg, baseline_knobs, 1024, 1, max(0.5, baseline_lbt.lbt_qps * 0.8),
+                             lbt_limits[BASELINE], lambda: torch_threads(baseline_threads)),
+        RECFORGE: round_side(recforge_target, cfg, knobs, sub_batch, workers,
+                             max(0.5, best["latency_bounded_throughput_qps"] * 0.8), lbt_limits[RECFORGE]),
+    }
+    fallback = 0.5 * baseline_lbt.config.start_qps / cfg.load_fraction  # a baseline LBT of 0: a light load
+    results = run_rounds(sides, cfg.rounds, cfg.load_fractions, fallback_qps=fallback,
+                         progress=lambda text: log.info("%s %s", run.family, text))
+    rounds = summarize_rounds(results, cfg.load_fraction, cfg.confidence)
+    rounds["lbt_limits"] = lbt_limits
+    rounds["apparatus_ceiling_qps"] = cfg.apparatus_ceiling_qps()
+    top_rate = max([r[s]["lbt_qps"] for r in results for s in (BASELINE, RECFORGE)] + [1e-9])
+    rounds["apparatus_ratio"] = rounds["apparatus_ceiling_qps"] / top_rate
 
     # roofline of both
     fp32 = run.variants.get("fp32", {})
     base_model, _, _ = load_trained(Path(variant["base_dir"]))
     baseline_work = work_per_item(model, inputs, fp32.get("macs_per_item") or variant["macs_per_item"], "fp32", typical)
-    recforge_work = work_per_item(base_model, inputs, variant["macs_per_item"], variant["precision"],
-                                  int(knobs["sub_batch"]))
+    recforge_work = work_per_item(base_model, inputs, variant["macs_per_item"], variant["precision"], sub_batch)
     baseline_summary = lbt_summary(baseline_lbt, mean_items)
     fp32_auc = next((v["auc"] for v in run.summary["variants"] if v["variant"] == "fp32"), None)
+    headline = str(cfg.load_fraction)
     result = {
         "family": run.family, "training_run_id": run.run_id,
         "baseline": {"what": f"PyTorch eager fp32, one query per forward, 1 worker, {baseline_threads} threads",
-                     "auc": fp32_auc, **baseline_summary,
+                     "auc": fp32_auc, **baseline_summary, "first_lbt_qps": baseline_lbt.lbt_qps,
+                     "lbt_qps": rounds[BASELINE]["lbt_qps"]["median"],
                      "roofline": roofline(baseline_work, limits, "fp32", baseline_summary["items_per_s"])},
         "recforge": {"variant": row["variant"], "variant_run_id": row["variant_run_id"], "precision":
                      variant["precision"], "auc": row["auc"], "delta_auc": row.get("delta_auc"), "knobs": knobs,
-                     "lbt_qps": best["latency_bounded_throughput_qps"], "capped": best["lbt_capped"],
-                     "items_per_s": best["items_per_s"], "curve": best["curve"],
+                     "profiled_lbt_qps": best["latency_bounded_throughput_qps"],
+                     "lbt_qps": rounds[RECFORGE]["lbt_qps"]["median"], "capped": best["lbt_capped"],
+                     "lbt_limit": best.get("lbt_limit"), "items_per_s": best["items_per_s"], "curve": best["curve"],
                      "latency_vs_batch": best["latency_vs_batch"],
                      "roofline": roofline(recforge_work, limits, variant["precision"], best["items_per_s"])},
         "shortlist": [{"variant": r["variant"], "lbt_qps": d["latency_bounded_throughput_qps"],
                        "best_knobs": d["search"]["best_knobs"], "summary_latency_ms_b256": r.get("latency_ms_b256")}
                       for r, _, d in profiles],
-        "same_load": {"offered_qps": rate, "load_fraction": cfg.load_fraction, "duration_s": cfg.compare_duration_s,
-                      "baseline": load_figures(base_at), "recforge": load_figures(ours_at)},
+        "same_load": {"offered_qps": statistics.median(r["rates"][cfg.load_fraction] for r in results),
+                      "load_fraction": cfg.load_fraction, "duration_s": cfg.compare_duration_s,
+                      **{label: {"p95_ms": rounds[label]["p95_ms_at"][headline]["median"],
+                                 "queries": sum(r[label]["loads"][cfg.load_fraction]["queries"] for r in results)}
+                         for label in (BASELINE, RECFORGE)}},
+        "rounds": rounds, "round_results": results,
         "seconds": time.perf_counter() - started,
     }
-    result["lbt_ratio"] = ratio(result["recforge"]["lbt_qps"], result["baseline"]["lbt_qps"])
-    result["p95_ratio"] = ratio(result["same_load"]["recforge"]["p95_ms"], result["same_load"]["baseline"]["p95_ms"])
+    result["lbt_ratio"] = rounds["throughput_ratio"]["median"]
+    result["p95_ratio"] = rounds["latency_ratio"]["median"]
+    result["auc_ratio"] = ratio(row["auc"], fp32_auc)
+    result["bench_line"] = bench_line(result)
     return result
 
 
-def load_figures(result: LoadResult) -> dict:
-    return {k: v for k, v in result.to_dict().items()
-            if k in ("p50_ms", "p95_ms", "p99_ms", "achieved_qps", "items_per_s", "queries", "completed", "errors")}
+def bench_line(result: dict) -> str:
+    """The family's ``bench: family=... path=inprocess ...`` line (medians over the rounds, with intervals)."""
+    rounds = result["rounds"]
 
+    def finite(value: Any) -> float | None:
+        return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
-def ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if numerator is None or denominator is None or not denominator or not math.isfinite(numerator) \
-            or not math.isfinite(denominator):
-        return None
-    return float(numerator) / float(denominator)
-
+    figures = {"latency_ratio": finite(result["p95_ratio"]), "throughput_ratio": finite(result["lbt_ratio"]),
+               "auc_ratio": finite(result.get("auc_ratio"))}
+    for name in ("latency_ratio", "throughput_ratio"):
+        figures[f"{name}_low"] = finite(rounds[name]["low"])
+        figures[f"{name}_high"] = finite(rounds[name]["high"])
+    figures["rounds"] = rounds["rounds"]
+    return format_bench_line(result["family"], "inprocess", figures)

@@ -44,12 +44,21 @@ def load_run(target: Any, rate: float, cfg: BenchConfig, duration_s: float, sub_
                          workers=workers, seed=cfg.seed, drain_timeout_s=max(2.0, 4 * cfg.p95_target_ms / 1000))
 
 
+def unloaded_run(target: Any, rate: float, cfg: BenchConfig, sub_batch: int, workers: int) -> LoadResult:
+    """``cfg.unloaded_queries`` queries at ``rate`` (a light load: the latency without queueing)."""
+    return run_open_loop(target, rate, n_queries=cfg.unloaded_queries, sizes=cfg.query_sizes(), sub_batch=sub_batch,
+                         workers=workers, seed=cfg.seed + 1, drain_timeout_s=max(2.0, 4 * cfg.p95_target_ms / 1000))
+
+
 def measure_fn(target_for: Callable[[dict], Any], cfg: BenchConfig, sub_batch: int | None = None,
-               workers: int | None = None) -> Measure:
-    """A ``recforge.pipeline.profiling.lbt.Measure`` over :func:`load_run` (the achieved rate corrected for Poisson
-    noise in the number of issued queries, as recforge.pipeline.profiling.targets does)."""
+               workers: int | None = None, point_duration_s: float | None = None) -> Measure:
+    """A ``recforge.pipeline.profiling.lbt.Measure`` over :func:`load_run` of ``point_duration_s`` (default
+    ``cfg.point_duration_s``) per rate (the achieved rate corrected for Poisson noise in the number of issued
+    queries, as recforge.pipeline.profiling.targets does)."""
+    seconds = point_duration_s or cfg.point_duration_s
+
     def measure(rate: float, knobs: dict) -> Measurement:
-        duration = max(cfg.point_duration_s, MIN_QUERIES_PER_POINT / rate)  # low rates: enough queries for a p95
+        duration = max(seconds, MIN_QUERIES_PER_POINT / rate)  # low rates: enough queries for a p95
         result = load_run(target_for(knobs), rate, cfg, duration,
                           sub_batch or int(knobs["sub_batch"]), workers or int(knobs.get("workers", cfg.workers)))
         return Measurement.from_load(result, rate, duration)
@@ -58,16 +67,21 @@ def measure_fn(target_for: Callable[[dict], Any], cfg: BenchConfig, sub_batch: i
 
 
 def search_lbt(measure: Measure, knobs: Mapping[str, Any], cfg: BenchConfig, start_qps: float,
-               p95_target_ms: float | None = None) -> LBTResult:
-    """LBT search from ``start_qps`` (an estimate from single-query timings, which a busy machine or the load
-    generator's own overhead can make too optimistic): when even the start breaks the SLO, search again from a 4x
-    lower rate, up to START_RETRIES times."""
+               p95_target_ms: float | None = None, *, ramp_factor: float = 2.0,
+               confirm: int | None = None) -> LBTResult:
+    """LBT search from ``start_qps`` (an estimate from single-query timings or an earlier LBT, which a busy machine
+    or the load generator's own overhead can make too optimistic): when even the start breaks the SLO, search again
+    from a 4x lower rate, up to START_RETRIES times. No cap but the apparatus ceiling (``BenchConfig.lbt_config``)."""
+    def search(start: float) -> LBTResult:
+        return lbt_from_config(measure, knobs, cfg.lbt_config(start, p95_target_ms, ramp_factor=ramp_factor,
+                                                              confirm=confirm))
+
     for _ in range(START_RETRIES):
-        lbt = lbt_from_config(measure, knobs, cfg.lbt_config(start_qps, p95_target_ms))
+        lbt = search(start_qps)
         if lbt.lbt_qps > 0 or start_qps <= 0.5:
             return lbt
         start_qps /= 4
-    return lbt_from_config(measure, knobs, cfg.lbt_config(start_qps, p95_target_ms))
+    return search(start_qps)
 
 
 def profile_with_retries(variant: Mapping[str, Any], row: Mapping[str, Any], family: str, target: Any,
@@ -78,7 +92,9 @@ def profile_with_retries(variant: Mapping[str, Any], row: Mapping[str, Any], fam
     for attempt in range(START_RETRIES + 1):
         start = max(0.5, start_qps / 4**attempt)
         pcfg = ProfileConfig(p95_target_ms=cfg.p95_target_ms, point_duration_s=cfg.point_duration_s,
-                             start_qps=start, max_qps=start * 64, tolerance=cfg.tolerance, max_steps=cfg.max_steps,
+                             start_qps=min(start, cfg.apparatus_ceiling_qps()),
+                             apparatus_ceiling_qps=cfg.apparatus_ceiling_qps(), tolerance=cfg.tolerance,
+                             max_steps=cfg.max_steps,
                              sizes=cfg.sizes, min_sub_batch=cfg.min_sub_batch, max_sub_batch=cfg.max_sub_batch,
                              threads=tuple(cfg.threads), workers=cfg.workers, seed=cfg.seed,
                              max_evaluations=cfg.max_evaluations, confirm=cfg.confirm,
@@ -94,7 +110,8 @@ def profile_with_retries(variant: Mapping[str, Any], row: Mapping[str, Any], fam
 
 def lbt_summary(lbt: LBTResult, mean_items: float) -> dict:
     at = lbt.at_lbt
-    return {"lbt_qps": lbt.lbt_qps, "capped": lbt.capped, "converged": lbt.converged, "note": lbt.note,
+    return {"lbt_qps": lbt.lbt_qps, "capped": lbt.capped, "limit": lbt.limit, "converged": lbt.converged,
+            "note": lbt.note, "apparatus_ceiling_qps": lbt.config.apparatus_ceiling_qps,
             "items_per_s": at.achieved_qps * mean_items if at else 0.0,
             "p95_ms_at_lbt": at.p95_ms if at else None, "curve": lbt.curve(), "knobs": dict(lbt.knobs)}
 

@@ -79,7 +79,11 @@ def bench_metrics(doc: dict) -> dict[str, float | None]:
                     f"{k}.recforge_p95_ms": f["same_load"]["recforge"]["p95_ms"],
                     f"{k}.baseline_auc": f["baseline"]["auc"], f"{k}.recforge_auc": f["recforge"]["auc"],
                     f"{k}.recforge_fraction_of_limit": f["recforge"]["roofline"]["fraction_of_limit"],
-                    f"{k}.baseline_fraction_of_limit": f["baseline"]["roofline"]["fraction_of_limit"]}
+                    f"{k}.baseline_fraction_of_limit": f["baseline"]["roofline"]["fraction_of_limit"],
+                    f"{k}.auc_ratio": f.get("auc_ratio")}
+        for name, figure in (("lbt_ratio", "throughput_ratio"), ("p95_ratio", "latency_ratio")):
+            interval = (f.get("rounds") or {}).get(figure) or {}
+            metrics |= {f"{k}.{name}_low": interval.get("low"), f"{k}.{name}_high": interval.get("high")}
     for s in doc["synthetic"]:
         for precision, v in s["variants"].items():
             metrics[f"{s['model']}.{precision}.lbt_qps"] = v.get("lbt_qps")

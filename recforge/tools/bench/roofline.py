@@ -1,4 +1,5 @@
-"""Work per item (FLOPs and bytes moved) and the roofline: the items/s this machine's measured peaks allow."""
+"""Work per item (FLOPs and bytes moved) and the roofline: the items/s this machine's measured peaks allow; for the
+lookup-bound synthetic models, the physical limit from the measured gather rate and GEMM peak."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from recforge.tools.hw_limits import HardwareLimits, item_limit
+from recforge.core.errors import ConfigError
+from recforge.tools.hw_limits import HardwareLimits, item_limit, lookup_item_limit
 
 ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "int8_dynamic": 1, "int8_static": 1, "int8": 1}
 
@@ -51,3 +53,19 @@ def roofline(work: Mapping[str, float], limits: HardwareLimits, precision: str, 
     return {**limit, "measured_items_per_s": measured_items_per_s,
             "fraction_of_limit": measured_items_per_s / limit["items_per_s"]}
 
+
+
+def lookup_roofline(spec: Any, table_precision: str, mlp_precision: str, limits: HardwareLimits,
+                    measured_items_per_s: float) -> dict:
+    """The physical limit of a synthetic model (``recforge.models.synthetic.RmcSpec``) whose tables are stored in
+    ``table_precision`` and MLPs run in ``mlp_precision``: items/s = 1 / max(lookups per item / the measured gather
+    rate of such rows, 2·MACs per item / the GEMM peak of that precision), and the share of it measured."""
+    rate = limits.gather_rate(table_precision, spec.embedding_dim)
+    if not rate:
+        raise ConfigError(f"no gather rate measured for {table_precision} rows of {spec.embedding_dim} values; "
+                          "measure it (recforge.tools.hw_limits.measure_gather_rates) before the roofline")
+    limit = lookup_item_limit(spec.lookups_per_item, rate, 2.0 * spec.mlp_macs_per_item,
+                              limits.peak_ops(mlp_precision))
+    return {**limit, "table_precision": table_precision, "mlp_precision": mlp_precision,
+            "measured_items_per_s": measured_items_per_s,
+            "fraction_of_limit": measured_items_per_s / limit["items_per_s"]}

@@ -46,6 +46,7 @@ def run_bench(cfg: BenchConfig, out_dir: Path | None = None,
            "families": families, "synthetic": synthetic}
     doc["champions"] = registry_champions([f["family"] for f in families]) if cfg.mlflow else {}
     doc["wall_s"] = time.perf_counter() - started
+    doc["bench_lines"] = [f["bench_line"] for f in families if f.get("bench_line")]
     doc["markdown"] = format_markdown(doc)
     out_dir = Path(out_dir or config.recforge_home() / "bench")
     doc["written"] = write_outputs(doc, out_dir)

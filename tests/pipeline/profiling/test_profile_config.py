@@ -68,7 +68,8 @@ def test_search_space_of_each_target():
 
 def test_lbt_config_of_a_profile_config_keeps_the_documents_lbt_search_fields():
     lbt = ProfileConfig(start_qps=50).lbt_config()
-    assert list(lbt.to_dict()) == ["p95_target_ms", "start_qps", "max_qps", "max_error_rate", "min_achieved_ratio",
-                                   "tolerance", "max_steps", "repeats", "confirm", "max_cpu_steal_pct",
-                                   "steal_retries"]
+    assert list(lbt.to_dict()) == ["p95_target_ms", "start_qps", "max_qps", "apparatus_ceiling_qps", "ramp_factor",
+                                   "max_error_rate", "min_achieved_ratio", "tolerance", "max_steps", "repeats",
+                                   "confirm", "max_cpu_steal_pct", "steal_retries"]
+    assert lbt.apparatus_ceiling_qps > lbt.start_qps  # measured against a null target: the ramp's only bound
     assert lbt.start_qps == 50.0 and lbt.confirm == 0  # confirm runs are the profile's own (ProfileConfig.confirm)

@@ -99,9 +99,13 @@ def test_profile_variant_on_cpu_triton(model, tmp_path):
     assert doc["latency_bounded_throughput_qps"] > 0
     best = doc["search"]["best_knobs"]
     assert {"sub_batch", "preferred_batch", "queue_delay_us", "instances", "max_batch_size"} <= set(best)
-    first = doc["search"]["evaluations"][0]["knobs"]  # climbed from plain serving
+    first = doc["search"]["evaluations"][0]["knobs"]  # raced from plain serving
     assert (first["preferred_batch"], first["queue_delay_us"], first["instances"]) == ([], 0, 1)
-    assert len(doc["search"]["evaluations"]) == 3 and best["max_batch_size"] == 256 and best["workers"] == 3
+    # the racing search: one-run screens of the other Triton settings, within the load runs of 3 LBT searches
+    assert doc["search"]["strategy"] == "coordinate_race"
+    note = next(n for n in doc["notes"] if "screened with one load run" in n)
+    assert int(note.rsplit("; ", 1)[1].split()[0]) <= 3 * cfg.max_steps + 2  # "...; N load runs"
+    assert best["max_batch_size"] == 256 and best["workers"] == 3
     assert [row["batch"] for row in doc["latency_vs_batch"]] == [1, 16]
     # the server is gone and its repository deleted once the variant is profiled
     assert target.server is None and list(tmp_path.iterdir()) == []

@@ -1,9 +1,11 @@
 """The usual ordered knob axes: DeepRecSched's (sub-batch size, GPU offload threshold) and Triton's dynamic
-batching (preferred batch sizes, queue delay, instances)."""
+batching (preferred batch sizes, queue delay, instances, max_batch_size), and which Triton knob combinations are
+valid together (:func:`triton_knob_problem`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from recforge.core.errors import ConfigError
 from recforge.pipeline.profiling.search.base import check_axes
@@ -69,3 +71,59 @@ def triton_axes(max_batch: int, *, max_instances: int = 4,
         "queue_delay_us": tuple(delays),
         "instances": tuple(range(1, max_instances + 1)),
     })
+
+
+def max_batch_sizes(max_batch: int, *, smallest: int = 256) -> tuple[int, ...]:
+    """Triton ``max_batch_size`` candidates for a model that takes up to ``max_batch`` rows: ``smallest`` (a
+    dynamic batch of about one DeepRecSys query) and ``max_batch`` itself, ascending (one value when they meet)."""
+    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or not 1 <= max_batch <= MAX_TRITON_BATCH:
+        raise ConfigError(f"max_batch must be an integer in [1, {MAX_TRITON_BATCH}], got {max_batch!r}")
+    return tuple(sorted({min(smallest, max_batch), max_batch}))
+
+
+def triton_knob_problem(knobs: Mapping[str, Any]) -> str:
+    """Why these knobs cannot be served together ("" when they can): Triton refuses a preferred batch size above
+    ``max_batch_size``, and a client sub-batch above it is a request Triton rejects."""
+    max_batch = knobs.get("max_batch_size")
+    if max_batch is None:
+        return ""
+    too_big = [b for b in knobs.get("preferred_batch", ()) if b > max_batch]
+    if too_big:
+        return f"preferred_batch {too_big} above max_batch_size {max_batch}"
+    if knobs.get("sub_batch", 0) > max_batch:
+        return f"sub_batch {knobs['sub_batch']} above max_batch_size {max_batch}"
+    return ""
+
+
+def triton_knobs_valid(knobs: Mapping[str, Any]) -> bool:
+    """True when :func:`triton_knob_problem` finds nothing: the ``valid`` predicate of the Triton searches."""
+    return not triton_knob_problem(knobs)
+
+
+def triton_batching_axes(max_batches: Sequence[int], *, max_instances: int,
+                         queue_delays_us: Sequence[int] = DEFAULT_QUEUE_DELAYS_US) -> dict[str, tuple]:
+    """The Triton knobs of a racing search, in the order they are raced (the likeliest large effect first):
+
+    * ``instances``: 1..max_instances (at most the CPUs the node may use);
+    * ``queue_delay_us``: max_queue_delay_microseconds candidates, ascending;
+    * ``preferred_batch``: none (dispatch whatever has arrived), then per max_batch_size candidate ``m`` the full
+      batch ``[m]`` and ``[m/2, m]``; a set above a setting's max_batch_size is invalid there
+      (:func:`triton_knob_problem`), so every max_batch_size keeps its own meaningful preferences;
+    * ``max_batch_size``: ``max_batches`` (ascending), only when there is more than one.
+    """
+    sizes = list(max_batches)
+    if not sizes or sizes != sorted(set(sizes)) or any(
+            not isinstance(m, int) or isinstance(m, bool) or not 1 <= m <= MAX_TRITON_BATCH for m in sizes):
+        raise ConfigError(f"max_batches must be distinct integers in [1, {MAX_TRITON_BATCH}] in ascending order, "
+                          f"got {sizes}")
+    base = triton_axes(sizes[-1], max_instances=max_instances, queue_delays_us=queue_delays_us)  # checks
+    preferred: list[list[int]] = [[]]
+    for m in sizes:
+        for option in ([m], [m // 2, m]):
+            if option[0] >= 1 and option not in preferred and len(set(option)) == len(option):
+                preferred.append(option)
+    axes: dict[str, tuple] = {"instances": base["instances"], "queue_delay_us": base["queue_delay_us"],
+                              "preferred_batch": tuple(preferred)}
+    if len(sizes) > 1:
+        axes["max_batch_size"] = tuple(sizes)
+    return check_axes(axes)

@@ -21,6 +21,10 @@ from recforge.core.errors import ConfigError
 Evaluate = Callable[[dict], float]
 """evaluate(knobs) -> the knob setting's latency-bounded throughput (higher is better)."""
 
+Valid = Callable[[dict], bool]
+"""valid(knobs) -> whether the knob setting can be served at all (e.g. preferred batch sizes <= max_batch_size);
+searches never evaluate an invalid one."""
+
 
 def knob_key(knobs: Mapping[str, Any]) -> str:
     """A canonical, hashable key of a knob setting (lists and tuples alike; key order does not matter)."""
@@ -37,6 +41,9 @@ class SearchResult:
     evaluations: list[dict] = field(default_factory=list)  # [{"knobs": ..., "value": ...}] in evaluation order
     trajectory: list[dict] = field(default_factory=list)  # [{"knobs": ..., "value": ...}]: the points moved to
     note: str = ""
+    # cheap one-run probes that decided without a full evaluation (RacingCoordinateSearch):
+    # [{"knobs": ..., "rate_qps": ..., "passed": ..., "p95_ms": ...}] in probing order
+    screens: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return json_ready(dataclasses.asdict(self))
@@ -103,3 +110,23 @@ class EvaluationMemo:
 
     def entry(self, point: tuple[int, ...]) -> dict:
         return {"knobs": self.knobs(point), "value": self.values[point]}
+
+
+def start_point(strategy: str, axes: dict[str, tuple], start: Mapping[str, Any] | None) -> tuple[int, ...]:
+    """``start`` ({knob: value}) as axis indices; an axis it does not name starts at its first value. ConfigError
+    for a knob that is not an axis or a value that is not on its axis."""
+    start = dict(start or {})
+    unknown = sorted(set(start) - set(axes))
+    if unknown:
+        raise ConfigError(f"{strategy}: start has knobs {unknown} that are not axes {sorted(axes)}")
+    point = []
+    for name, values in axes.items():
+        if name not in start:
+            point.append(0)
+            continue
+        keys = [knob_key({"v": v}) for v in values]
+        try:
+            point.append(keys.index(knob_key({"v": start[name]})))
+        except ValueError:
+            raise ConfigError(f"{strategy}: start {name}={start[name]!r} is not on its axis {list(values)}") from None
+    return tuple(point)

@@ -13,7 +13,7 @@ from recforge.pipeline.profiling.search.base import (
     SearchResult,
     check_axes,
     check_fixed,
-    knob_key,
+    start_point,
 )
 
 
@@ -33,23 +33,7 @@ class HillClimb:
                  max_evaluations: int | None = None):
         self.axes = check_axes(axes)
         self.fixed = check_fixed("HillClimb", self.axes, fixed)
-        start = dict(start or {})
-        unknown = sorted(set(start) - set(self.axes))
-        if unknown:
-            raise ConfigError(f"HillClimb: start has knobs {unknown} that are not axes {sorted(self.axes)}")
-        point = []
-        for name, values in self.axes.items():
-            if name not in start:
-                point.append(0)
-                continue
-            keys = [knob_key({"v": v}) for v in values]
-            try:
-                point.append(keys.index(knob_key({"v": start[name]})))
-            except ValueError:
-                raise ConfigError(
-                    f"HillClimb: start {name}={start[name]!r} is not on its axis {list(values)}"
-                ) from None
-        self.start = tuple(point)
+        self.start = start_point("HillClimb", self.axes, start)
         if not 0 <= min_improvement < math.inf:
             raise ConfigError(f"HillClimb: min_improvement must be a finite number >= 0, got {min_improvement}")
         self.min_improvement = float(min_improvement)

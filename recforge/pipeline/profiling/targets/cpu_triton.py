@@ -1,9 +1,10 @@
 """The ``cpu-triton`` target: a real ``tritonserver`` (``recforge.inference.triton``) on 127.0.0.1 serving a
 local-flavour model repository (``recforge.inference.model_repo``: python backend running onnxruntime) over HTTP.
 
-Knobs ``sub_batch`` and ``search.axes.triton_axes`` (``preferred_batch``, ``queue_delay_us``, ``instances``),
-plus ``threads`` per instance. One server per profiled variant, one model per knob setting (only the setting
-being measured is loaded); the server is stopped when the variant's profiling ends.
+Knobs ``sub_batch`` and ``search.axes.triton_batching_axes`` (``instances``, ``queue_delay_us``,
+``preferred_batch``, ``max_batch_size``), plus ``threads`` per instance. One server per profiled variant, one
+model per knob setting (only the setting being measured is loaded); the server is stopped when the variant's
+profiling ends.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from recforge.core.timing import median_ms
 from recforge.inference.loadgen import MAX_ITEMS
 from recforge.inference.model_repo import ServingConfig, write_model_repository
 from recforge.inference.triton import TritonError, TritonHttpTarget, TritonServer, check_installation
+from recforge.pipeline.profiling.search.axes import max_batch_sizes as max_batch_sizes_for
 from recforge.pipeline.profiling.search.base import knob_key
 
 log = logging.getLogger(__name__)
@@ -68,18 +70,30 @@ class CpuTriton:
     ``preferred_batch``, ``queue_delay_us``, ``instances``, ``threads``), starts the server on free 127.0.0.1
     ports on first use (explicit model control), and returns a load target whose ``activate()`` loads that
     model and unloads the previous setting's. :meth:`close` stops the server and deletes the repository.
-    ``server_args`` are extra tritonserver arguments."""
+    ``server_args`` are extra tritonserver arguments. ``max_batch_sizes`` are the max_batch_size candidates the
+    knob search tries (default ``search.axes.max_batch_sizes(max_batch)``: about one query, and ``max_batch``);
+    ``cpus`` the CPUs the node may use (default: this process's), which bounds the instance counts searched."""
 
     kind = name = CPU_TRITON
 
     def __init__(self, threads: int = 1, *, max_batch: int = MAX_ITEMS, seed: int = 0,
                  startup_timeout_s: float = 120.0, server_args: Sequence[str] = (),
-                 work_root: str | Path | None = None):
+                 work_root: str | Path | None = None, max_batch_sizes: Sequence[int] | None = None,
+                 cpus: int | None = None):
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ConfigError(f"CpuTriton.threads must be an integer >= 1, got {threads!r}")
         if not isinstance(max_batch, int) or isinstance(max_batch, bool) or not 1 <= max_batch <= MAX_ITEMS:
             raise ConfigError(f"CpuTriton.max_batch must be an integer in [1, {MAX_ITEMS}], got {max_batch!r}")
         self.threads, self.max_batch, self.seed = threads, max_batch, seed
+        sizes = tuple(max_batch_sizes) if max_batch_sizes is not None else max_batch_sizes_for(max_batch)
+        if not sizes or list(sizes) != sorted(set(sizes)) or sizes[-1] != max_batch or any(
+                not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in sizes):
+            raise ConfigError(f"CpuTriton.max_batch_sizes must be distinct integers >= 1, ascending, ending with "
+                              f"max_batch {max_batch}, got {max_batch_sizes!r}")
+        self.max_batch_sizes = sizes
+        if cpus is not None and (not isinstance(cpus, int) or isinstance(cpus, bool) or cpus < 1):
+            raise ConfigError(f"CpuTriton.cpus must be an integer >= 1, got {cpus!r}")
+        self.cpus = cpus if cpus is not None else cpu_count()
         self.startup_timeout_s = startup_timeout_s
         self.server_args = tuple(server_args)
         self.work_root = Path(work_root) if work_root is not None else None

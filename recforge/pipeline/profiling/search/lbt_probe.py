@@ -1,0 +1,108 @@
+"""The profiling stage's :class:`~recforge.pipeline.profiling.search.race.RateProbe`: full LBT searches and one-run
+screens on the load runs of an :class:`~recforge.pipeline.profiling.lbt.LBTEvaluator`, counting every run."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from recforge.pipeline.profiling.lbt import LBTEvaluator, LBTResult, Measurement, lbt_from_config, slo_verdict
+from recforge.pipeline.profiling.search.base import knob_key
+from recforge.pipeline.profiling.search.race import Screen
+
+NEAR_MISS = 2.0  # a screen whose p95 is within this many times the target is run a second time
+WINNER_RAMP_FACTOR = 1.25  # the ramp step of an LBT search from a rate a challenger sustained (LBTConfig.ramp_factor)
+
+
+def load_runs(result: LBTResult) -> int:
+    """Load runs an LBT search took (re-measured and discarded runs included)."""
+    return sum(len(p.runs) + len(p.discarded) for p in result.points)
+
+
+def top_qps(config: Any) -> float:
+    """The highest rate an LBT search of ``config`` may offer: its explicit ``max_qps`` or the apparatus'
+    ceiling, whichever is lower (inf when neither is set)."""
+    bounds = [getattr(config, name, None) for name in ("max_qps", "apparatus_ceiling_qps")]
+    return min((float(b) for b in bounds if b is not None), default=math.inf)
+
+
+class LBTProbe:
+    """``RateProbe`` over an ``LBTEvaluator``: ``probe(knobs)`` is the evaluator's full LBT search,
+    ``screen(knobs, rate)`` one load run judged by the evaluator's SLO (two for a near miss),
+    ``lbt_from(knobs, rate)`` an LBT search that starts at a rate the setting just sustained (its result is
+    stored in ``evaluator.results`` like any other, so that ``evaluator.result_for(best_knobs)`` finds it).
+    ``runs`` counts the load runs of all three."""
+
+    def __init__(self, evaluator: LBTEvaluator):
+        self.evaluator = evaluator
+        self.runs = 0
+        config = evaluator.config
+        self.floor_qps = float(config.start_qps)
+        self.evaluation_cost = int(config.max_steps) * int(config.repeats)
+        self.min_evaluation_runs = 2 * int(config.repeats)  # the sustained rate again, and one above it
+        self.screen_cost = 2  # a near miss is run twice
+
+    def __call__(self, knobs: Mapping[str, Any]) -> float:
+        key = knob_key(knobs)
+        known = key in self.evaluator.results
+        value = self.evaluator(knobs)
+        if not known:
+            self.runs += load_runs(self.evaluator.results[key])
+        return value
+
+    def run_at(self, knobs: Mapping[str, Any], rate_qps: float) -> Measurement:
+        """One load run; under more CPU steal than the config allows, once more, and the less-stolen one counts."""
+        config = self.evaluator.config
+        runs = [self.evaluator.measure(rate_qps, dict(knobs))]
+        if runs[0].cpu_steal_pct > getattr(config, "max_cpu_steal_pct", math.inf) and \
+                getattr(config, "steal_retries", 0) > 0:
+            runs.append(self.evaluator.measure(rate_qps, dict(knobs)))
+        self.runs += len(runs)
+        return min(runs, key=lambda m: m.cpu_steal_pct if math.isfinite(m.cpu_steal_pct) else 0.0)
+
+    def screen(self, knobs: Mapping[str, Any], rate_qps: float) -> Screen:
+        """One load run at ``rate_qps`` (at most the apparatus' top rate), and a second one when the first missed
+        narrowly (p95 within ``NEAR_MISS`` x the target, errors within the SLO): near its LBT a setting a few
+        percent better fails a single short run about as often as it passes. The second run decides; a lucky
+        pass costs little, since :meth:`lbt_from` measures the rate again before anything is believed."""
+        config = self.evaluator.config
+        rate_qps = min(float(rate_qps), top_qps(config))  # the apparatus cannot offer more
+        run = self.run_at(knobs, rate_qps)
+        passed, reason = slo_verdict(run, rate_qps, config)
+        p95 = run.p95_ms
+        if not passed and run.error_rate <= config.max_error_rate and \
+                run.p95_ms <= NEAR_MISS * config.p95_target_ms:
+            again = self.run_at(knobs, rate_qps)
+            passed, reason = slo_verdict(again, rate_qps, config)
+            p95 = again.p95_ms if passed else min(p95, again.p95_ms)
+        return Screen(passed, p95, reason)
+
+    def lbt_from(self, knobs: Mapping[str, Any], rate_qps: float, max_runs: int | None = None) -> float:
+        """The LBT search from ``rate_qps`` (re-measured first: a lucky screen does not carry a setting), its final
+        rate confirmed by one more run, all in at most ``max_runs`` load runs when given (runs repeated under CPU
+        steal aside)."""
+        key = knob_key(knobs)
+        if key in self.evaluator.results:
+            return self.evaluator.results[key].lbt_qps
+        config = self.evaluator.config
+        changes: dict[str, Any] = {"start_qps": min(float(rate_qps), top_qps(config))}
+        if hasattr(config, "ramp_factor"):  # a winner is rarely far above the rate it just beat: smaller steps
+            changes["ramp_factor"] = min(float(config.ramp_factor), WINNER_RAMP_FACTOR)
+        confirm = max_runs is None or max_runs >= 3
+        if max_runs is not None:  # one run kept for the confirmation
+            steps = (int(max_runs) - int(confirm)) // int(config.repeats)
+            changes["max_steps"] = max(1, min(int(config.max_steps), steps))
+        result = lbt_from_config(self.evaluator.measure, knobs, dataclasses.replace(config, **changes))
+        self.evaluator.results[key] = result
+        self.runs += load_runs(result)
+        if not (confirm and result.lbt_qps > 0):
+            return result.lbt_qps
+        # a winner's LBT is the bar every later challenger must clear: one lucky run must not set it. One more
+        # run at it; when that fails, the next lower rate that passed stands (the stored result keeps its curve;
+        # the profiling stage confirms its best setting's LBT again with its own runs)
+        again = self.run_at(knobs, result.lbt_qps)
+        if slo_verdict(again, result.lbt_qps, config)[0]:
+            return result.lbt_qps
+        return max((p.rate_qps for p in result.points if p.passed and p.rate_qps < result.lbt_qps), default=0.0)
