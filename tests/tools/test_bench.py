@@ -161,7 +161,7 @@ def test_bench_end_to_end_on_a_tiny_nightly(tiny_nightly, mlflow_server, monkeyp
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     cfg = bench.BenchConfig.from_dict({
         "families": ["dlrm"], "synthetic": ["rmc1"], "table_rows_scale": 1e-6, "synthetic_batches": [1, 8],
-        "synthetic_sub_batch": 8, "synthetic_p95_target_ms": 200.0,
+        "synthetic_sub_batch": 8, "synthetic_p95_target_ms": 200.0, "synthetic_fused": ["int8_tables"],
         "point_duration_s": 0.2, "compare_duration_s": 0.3, "max_steps": 2, "max_evaluations": 2,
         "threads": [1], "latency_repeats": 2, "p95_target_ms": 200.0, "gemm_size": 128, "array_mib": 8,
         "rounds": 2, "round_point_duration_s": 0.2, "unloaded_queries": 5})
@@ -212,6 +212,8 @@ def test_bench_end_to_end_on_a_tiny_nightly(tiny_nightly, mlflow_server, monkeyp
         assert v["roofline"]["measured_items_per_s"] == (v["items_per_s"] or 8 * 1000.0 / v["latency_ms_vs_batch"][8])
     lbts = [synthetic["variants"][p]["lbt_qps"] for p in ("fp32", "int8")]
     assert synthetic["int8_lbt_ratio"] == (lbts[1] / lbts[0] if lbts[0] else None)
+    assert set(synthetic["fused"]) == {"int8_tables"}  # the TorchScript variant asked for, beside the ONNX ones
+    assert set(synthetic["fused"]["int8_tables"]["latency_ms_vs_batch"]) == {1, 8}
 
     # written as JSON + markdown, and logged to MLflow
     latest = json.loads((tiny_nightly / "bench" / "latest.json").read_text())
