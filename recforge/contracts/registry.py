@@ -58,12 +58,13 @@ def alias(kind: str, target: str) -> str:
 
 
 def champion(model: str, target: str, *, with_profile: bool = True) -> dict[str, Any]:
-    """What the rollout stage serves for ``target``: the champion version's source URI (the ONNX file itself,
-    ``runs:/<variant run>/onnx/<file>.onnx``), SHA-256, variant and profile (the document itself when
-    ``with_profile``). ConfigError when the target has no champion.
+    """What the rollout stage serves for ``target``: the champion version's source URI (an MLflow Model folder
+    holding the measured ONNX file and its signature, ``<variant run's artifact URI>/registered_model/<file stem>``;
+    older versions: the ONNX file itself, ``runs:/<variant run>/onnx/<file>.onnx``), SHA-256, variant and profile
+    (the document itself when ``with_profile``). ConfigError when the target has no champion.
 
-    Fetch the file with :func:`download_champion` (it checks the SHA-256). ``models_uri`` names the version in
-    the registry, but MLflow downloads a ``models:/`` URI as a folder, which a single-file source is not."""
+    Fetch the file with :func:`download_champion` (it checks the SHA-256); ``models_uri`` names the version in
+    the registry."""
     client = mlflow_client()
     name = alias(CHAMPION, target)
     try:
@@ -86,14 +87,26 @@ def champion(model: str, target: str, *, with_profile: bool = True) -> dict[str,
     return info
 
 
+def download_version_onnx(source: str, dest: str | Path) -> Path:
+    """The ONNX file of a version's ``source``, downloaded into ``dest``: the source itself when it is a file, else
+    the one ``*.onnx`` file of the MLflow Model folder it names (the caller checks the SHA-256)."""
+    import mlflow
+
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    path = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest)))
+    if path.is_dir():
+        files = sorted(path.glob("*.onnx"))
+        if len(files) != 1:
+            raise DataError(f"{source} is a folder with {len(files)} .onnx files, not one; re-register the variant")
+        path = files[0]
+    return path
+
+
 def download_champion(model: str, target: str, dest: str | Path) -> tuple[Path, dict[str, Any]]:
     """(local ONNX file, :func:`champion` info) of ``champion-<target>``; DataError unless the file's SHA-256 is
     the one registered."""
-    import mlflow
-
     info = champion(model, target, with_profile=False)
-    Path(dest).mkdir(parents=True, exist_ok=True)
-    path = Path(mlflow.artifacts.download_artifacts(artifact_uri=info["source"], dst_path=str(dest)))
+    path = download_version_onnx(info["source"], dest)
     if not path.is_file() or file_sha256(path) != info["onnx_sha256"]:
         raise DataError(f"{model} v{info['version']} ({info['alias']}): {info['source']} downloaded to {path} does "
                         f"not have the registered SHA-256 {str(info['onnx_sha256'])[:12]}…; do not serve it, "

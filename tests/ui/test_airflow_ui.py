@@ -3,21 +3,27 @@ list explains each DAG, the rollout form submits with only the model chosen, and
 task's log view, with its real start date and duration, and a skipped (not failed) rollback.
 
 The failed rollout is a real run of the ``rollout`` DAG through infra/local/airflow.sh (as ``make rollout`` runs
-it) with no fleet running, for a logical date of the data (1998), as the nightly runs have."""
+it) with no fleet running, for a logical date of the data (1998), as the nightly runs have. The grid's mapped
+``train`` tasks come from a real, small ``nightly_retrain`` run (two families, one epoch, the MovieLens download of
+``make setup``) against the ``mlflow_server`` fixture."""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.ui.airflow_browser import AirflowServer, Screenshots, chromium, page_text, quote, wait_for
+from tests.ui.airflow_browser import AIRFLOW_SH, AirflowServer, Screenshots, chromium, page_text, quote, wait_for
 
 pytestmark = pytest.mark.integration
 DAG_IDS = {"nightly_retrain", "compress_and_validate", "profile_variants", "register_models", "rollout"}
 DATA_DAY = "1998-04-22"  # the logical date of the failed rollout: a day of the data, far before its wall-clock run
+NIGHTLY_DAY = "1997-11-15"  # a small slice of the data (as tests/e2e/test_nightly_retrain.py)
+NIGHTLY_FAMILIES = ["logreg", "dlrm"]
+NIGHTLY_CONF = {"families": NIGHTLY_FAMILIES, "train_config": {"max_epochs": 1, "max_train_rows": 2000}}
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +39,22 @@ def airflow(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def nightly_run(airflow, mlflow_server) -> dict:
+    """A small real nightly run in the UI's Airflow: ingest -> checks -> features -> one mapped train per family."""
+    from recforge.core import config
+
+    env = airflow.env | {"MLFLOW_TRACKING_URI": mlflow_server, "RECFORGE_RAW_DIR": str(config.raw_dir()),
+                         "RECFORGE_EXPERIMENT": f"ui-airflow-{airflow.port}", "MLFLOW_DISABLE_TELEMETRY": "true",
+                         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "GX_ANALYTICS_ENABLED": "False"}
+    out = subprocess.run([str(AIRFLOW_SH), "test", "nightly_retrain", NIGHTLY_DAY, "-c", json.dumps(NIGHTLY_CONF)],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    runs = [run for run in airflow.dag_runs("nightly_retrain") if run["logical_date"].startswith(NIGHTLY_DAY)]
+    assert len(runs) == 1, runs
+    return runs[0]
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +171,20 @@ def test_the_failed_rollout_run_has_its_real_dates_and_a_skipped_rollback(airflo
     screenshots.take(browser, "airflow-failed-run",
                      f"the failed rollout run: logical date {DATA_DAY}, start date today, duration "
                      f"{shown['Duration']}; resolve failed, rollback skipped")
+
+
+def test_the_grid_names_mapped_train_tasks_by_family(airflow, browser, screenshots, nightly_run):
+    from selenium.webdriver.common.by import By
+
+    run_id = nightly_run["dag_run_id"]
+    mapped = airflow.api(f"dags/nightly_retrain/dagRuns/{quote(run_id)}/taskInstances/train/listMapped")
+    names = {ti["map_index"]: ti["rendered_map_index"] for ti in mapped["task_instances"]}
+    assert sorted(names.values()) == sorted(NIGHTLY_FAMILIES), names  # map_index_template, not 0..1
+    browser.get(f"{airflow.url}/dags/nightly_retrain/runs/{quote(run_id)}/tasks/train/mapped")
+    wait_for(lambda: all(family in page_text(browser) for family in NIGHTLY_FAMILIES),
+             "the mapped train tasks listed by family", timeout=60)
+    cells = [cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "td")]
+    assert set(NIGHTLY_FAMILIES) <= set(cells), cells[:40]
+    screenshots.take(browser, "airflow-nightly-mapped-train",
+                     f"the nightly run's mapped train tasks, one per family ({', '.join(NIGHTLY_FAMILIES)}), "
+                     "named by family instead of 0..N")

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from recforge.contracts import tags
-from recforge.pipeline.training.tracking import LATENCY_B256, experiment_url, run_url
+from recforge.pipeline.training.tracking import LATENCY_B256, experiment_url, registry_url, run_url, ui_links
 from tests.ui.mlflow_browser import Screenshots, close_assistant, start_chromium, wait_for_text
 from tests.ui.mlflow_content import DAY, NightlyContent, build_nightly, environment
 
@@ -55,6 +55,7 @@ def test_nightly_experiment_opens_on_its_runs(nightly, browser, screenshots):
     report = nightly_cli.report(DAY.isoformat())
     link = experiment_url(url, content.experiment_id)
     assert link in report  # the link `make run` prints is the one opened here
+    assert f"{experiment.name}: {link}" in ui_links(url)  # and the one `make ui` prints
     assert "beats baseline" in report and "— (the baseline)" in report and "None" not in report
     assert "Data checks: **warning**" in report and "expect_table_row_count_to_be_between" in report
 
@@ -72,6 +73,25 @@ def test_nightly_experiment_opens_on_its_runs(nightly, browser, screenshots):
         time.sleep(1.0)
     wait_for_text(browser, "logreg", "dlrm/fp32", "dlrm/fp32+int8_dynamic")
     screenshots.save(browser, "mlflow_nightly_runs.png")
+
+
+def test_bare_experiment_link_is_why_links_carry_the_view(nightly, browser, screenshots):
+    """Why every RecForge link carries ?workflowType=machine_learning: MLflow 3.17's UI takes the view from the
+    browser (link parameter, else local storage, else GenAI), not from the experiment's kind tag
+    (recforge.pipeline.training.tracking's docstring). When this fails, MLflow reads the tag again and the
+    parameter can go."""
+    url, content = nightly
+    browser.get(f"{url}/#/experiments/{content.experiment_id}")
+    browser.execute_script("window.localStorage.clear()")  # a browser that never chose a view
+    browser.refresh()
+    deadline = time.monotonic() + 60
+    while "workflowType=" not in browser.current_url and time.monotonic() < deadline:
+        time.sleep(0.5)  # the UI redirects a bare experiment link to the default tab of the view it chose
+    assert "workflowType=genai" in browser.current_url, browser.current_url
+    screenshots.save(browser, "mlflow_bare_experiment_link.png")
+    browser.get(experiment_url(url, content.experiment_id))  # the printed link, in that same browser
+    wait_for_text(browser, f"nightly-{DAY.isoformat()}", "Run Name")
+    assert "workflowType=machine_learning" in browser.current_url
 
 
 def test_variant_latency_metric_is_the_summary_and_plot_value(nightly, browser, screenshots):
@@ -121,13 +141,42 @@ def test_variant_latency_metric_is_the_summary_and_plot_value(nightly, browser, 
 def test_registry_page_shows_aliases_with_target_names(nightly, browser, screenshots):
     url, content = nightly
     champion = content.registered["targets"]["cpu-onnxruntime"]
-    browser.get(f"{url}/#/models/{content.model}")
+    browser.get(registry_url(url, content.model))
     text = wait_for_text(browser, "champion-cpu-onnxruntime", "Alias history", "Version 1")
     close_assistant(browser)
     # <target> is shown, not swallowed as an HTML tag ("Aliases champion- (served)" before)
     assert "champion-<target>" in text and "previous-<target>" in text
     assert re.search(rf"champion-cpu-onnxruntime\s+v{champion['version']}", text)
+    # the alias history as a table for a person: time, alias, from, to, action, reason
+    assert re.search(r"time \(UTC\)\s+alias\s+from\s+to\s+action\s+reason", text), text[:2000]
+    assert re.search(rf"champion-cpu-onnxruntime\s+—\s+v{champion['version']}\s+promote", text), text[:2000]
     screenshots.save(browser, "mlflow_registry.png")
+
+
+def test_model_version_page_shows_its_schema(nightly, browser, screenshots):
+    """The version's source is an MLflow Model with the ONNX graph's signature: the version page shows its
+    input/output tensors (and the fleet still gets the measured ONNX file from it)."""
+    import mlflow
+
+    url, content = nightly
+    version = content.registered["targets"]["cpu-onnxruntime"]["version"]
+    signature = mlflow.models.get_model_info(f"models:/{content.model}/{version}").signature
+    inputs = [spec.name for spec in signature.inputs.inputs]
+    outputs = [spec.name for spec in signature.outputs.inputs]
+    assert inputs and outputs
+    browser.get(registry_url(url, content.model, version))
+    # the schema table's rows are collapsed: "Inputs (n)" and "Outputs (n)", each opening on a click
+    wait_for_text(browser, f"Version {version}", f"Inputs ({len(inputs)})", f"Outputs ({len(outputs)})")
+    close_assistant(browser)
+    for side in ("Inputs", "Outputs"):
+        row = browser.find_element("xpath", f"//*[starts-with(normalize-space(text()), '{side} (')]")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", row)
+        row.click()
+    text = wait_for_text(browser, *inputs, *outputs)
+    schema = text[text.rindex("Schema"):]
+    for name in inputs + outputs:
+        assert re.search(rf"^{re.escape(name)}\b.*\n*Tensor \(dtype: ", schema, flags=re.MULTILINE), schema[:1500]
+    screenshots.save(browser, "mlflow_model_version_schema.png")
 
 
 def test_data_docs_render_inside_mlflow(nightly, browser, screenshots):

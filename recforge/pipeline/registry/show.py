@@ -9,14 +9,16 @@ from typing import Any
 
 from recforge.contracts import tags as T
 from recforge.contracts.registry import CHAMPION, PREVIOUS, mlflow_client, tag_number
+from recforge.core import config
 from recforge.pipeline.registry.policy import RegisterConfig
 from recforge.pipeline.registry.versions import lbt_text
+from recforge.pipeline.training.tracking import registry_url
 
 
 def show(*, families: Sequence[str] = (), target: str = "", history: int = 10,
          cfg: RegisterConfig | None = None) -> dict[str, Any]:
-    """{model: {targets: {target: {champion, previous: {version, variant, lbt_qps, auc, data_day}}},
-    history: [last entries]}}."""
+    """{model: {url (its page in the MLflow UI), targets: {target: {champion, previous: {version, variant, lbt_qps,
+    auc, data_day}}}, history: [last entries]}}."""
     cfg = cfg or RegisterConfig()
     client = mlflow_client()
     models = client.search_registered_models(f"name LIKE '{cfg.model_prefix}%'", max_results=1000)
@@ -38,12 +40,13 @@ def show(*, families: Sequence[str] = (), target: str = "", history: int = 10,
         entries = json.loads(m.tags.get(T.ALIAS_HISTORY) or "[]")
         if target:
             entries = [e for e in entries if e["alias"].endswith(f"-{target}")]
-        out[m.name] = {"targets": targets, "history": entries[-history:] if history else []}
+        out[m.name] = {"url": registry_url(config.tracking_uri(), m.name), "targets": targets,
+                       "history": entries[-history:] if history else []}
     return out
 
 
 def format_show(state: Mapping[str, Any]) -> str:
-    """:func:`show`'s state as lines: per model its aliases, then its last alias moves."""
+    """:func:`show`'s state as lines: per model its aliases, its last alias moves and its page in the MLflow UI."""
     if not state:
         return "no registered RecForge models"
     lines = []
@@ -60,4 +63,6 @@ def format_show(state: Mapping[str, Any]) -> str:
         for e in s["history"]:
             lines.append(f"    {e['time']} {e['alias']}: v{e['from_version'] or '-'} -> v{e['to_version'] or '-'} "
                          f"[{e['action']}, {e['dag_run_id'] or 'cli'}] {e['reason']}")
+        if s.get("url"):
+            lines.append(f"  in the MLflow UI: {s['url']}")
     return "\n".join(lines)

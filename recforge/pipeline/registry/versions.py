@@ -1,8 +1,10 @@
 """Registering a version: the chosen variant of a (family, target) as a version of the registered model
 ``<prefix><family>`` (``recforge-dlrm``), with its identity and tags.
 
-The version's source is the ONNX file the profile measured (``runs:/<variant run>/onnx/<file>.onnx``): its SHA-256
-must equal the profile's ``onnx_sha256``, else the registration is refused. The version is tagged with the target,
+The version's source is an MLflow Model folder on the variant run (``<run artifact URI>/registered_model/<file
+stem>``): the ONNX file the profile measured, byte for byte (its SHA-256 must equal the profile's ``onnx_sha256``,
+else the registration is refused), and an ``MLmodel`` with the ``onnx`` flavor and the graph's signature, which the
+registry's version page shows as its input/output schema. The version is tagged with the target,
 variant, the figures a person compares (AUC, ΔAUC, size, LBT and whether it was capped, the SLO, the knobs), the
 SHA-256, the source run and the data partition; the rest of the profile's provenance (device, measured at, code
 version, search strategy, items/s, logloss) is a markdown table in the version's description. A version is
@@ -13,6 +15,7 @@ duplicate.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -136,13 +139,27 @@ def onnx_signature(onnx_path: Path):
                           Schema([spec(v) for v in graph.output]))
 
 
-def signature_markdown(signature) -> str:
-    """The signature as a markdown table for the version's description. The version's source is the measured ONNX
-    file itself (not an MLflow Model folder with an MLmodel), so MLflow's own schema panel has nothing to read."""
-    rows = [f"| {side} | `{spec.name}` | {spec.type} | {list(spec.shape)} |"
-            for side, schema in (("input", signature.inputs), ("output", signature.outputs))
-            for spec in schema.inputs]
-    return "\n| signature | tensor | dtype | shape (-1: any) |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
+MODEL_FOLDER = "registered_model"  # a variant run's MLflow Models: <MODEL_FOLDER>/<ONNX file stem>/
+
+
+def log_onnx_model(client, run_id: str, onnx_file: Path, signature) -> str:
+    """Log ``onnx_file`` unchanged (same bytes, same name) with an ``MLmodel`` (``onnx`` flavor, ``signature``) as
+    an MLflow Model folder on run ``run_id``; returns its artifact path. Rerun: the same files again."""
+    import onnx
+    from mlflow.models import Model
+
+    folder = f"{MODEL_FOLDER}/{onnx_file.stem}"
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / onnx_file.stem
+        model_dir.mkdir()
+        shutil.copyfile(onnx_file, model_dir / onnx_file.name)  # a copy, not onnx.save: the measured bytes
+        model = Model(run_id=run_id, artifact_path=folder, signature=signature)
+        model.add_flavor("onnx", onnx_version=onnx.__version__, data=onnx_file.name,
+                         providers=["CPUExecutionProvider"], code=None)
+        model.model_size_bytes = onnx_file.stat().st_size
+        model.save(str(model_dir / "MLmodel"))
+        client.log_artifacts(run_id, str(model_dir), folder)
+    return folder
 
 
 @dataclass(frozen=True)
@@ -158,8 +175,8 @@ def register_version(choice: ProfiledVariant, partition: Mapping[str, str], *, c
                      dag_run_id: str = "") -> RegisteredVersion:
     """The registry version of ``choice`` (created unless (variant run, target) is registered already).
 
-    Its source is the ONNX artifact of the variant run whose SHA-256 is the profile's ``onnx_sha256``; DataError
-    when there is none (nothing is created then)."""
+    Its source is an MLflow Model folder (:func:`log_onnx_model`) holding the ONNX artifact of the variant run
+    whose SHA-256 is the profile's ``onnx_sha256``; DataError when there is none (nothing is created then)."""
     cfg = cfg or RegisterConfig()
     client = mlflow_client()
     name = model_name(choice.family, cfg)
@@ -174,12 +191,16 @@ def register_version(choice: ProfiledVariant, partition: Mapping[str, str], *, c
     with tempfile.TemporaryDirectory() as tmp:
         onnx_artifact, _sha = measured_onnx_artifact(client, choice, tmp)
         # where download_artifacts put it (the folder layout under tmp differs between artifact stores)
-        signature = onnx_signature(next(Path(tmp).rglob(Path(onnx_artifact).name)))
+        onnx_file = next(Path(tmp).rglob(Path(onnx_artifact).name))
+        model_folder = log_onnx_model(client, choice.run_id, onnx_file, onnx_signature(onnx_file))
     tags = version_tags(choice, onnx_artifact, partition, dag_run_id)
+    # the run's artifact URI, not runs:/: the server resolves a runs:/ source of a proxied artifact store only
+    # with an http tracking URI of its own, so the UI's schema request (MLmodel of the version) failed
+    source = f"{client.get_run(choice.run_id).info.artifact_uri.rstrip('/')}/{model_folder}"
     version = client.create_model_version(
-        name, source=f"runs:/{choice.run_id}/{onnx_artifact}", run_id=choice.run_id, tags=tags,
+        name, source=source, run_id=choice.run_id, tags=tags,
         await_creation_for=0,  # a run artifact is READY at once; MLflow's default poll only sleeps
-        description=version_description(choice, onnx_artifact, partition) + signature_markdown(signature))
+        description=version_description(choice, onnx_artifact, partition))
     log.info("registered %s v%s: %s for %s (LBT %s, AUC %.4f)", name, version.version, choice.variant,
              choice.target, lbt_text(choice.lbt_qps, bool(choice.profile.get("lbt_capped"))), choice.auc)
     return RegisteredVersion(name, version.version, choice.target, choice.variant, created=True)

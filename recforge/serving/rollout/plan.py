@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from recforge.contracts import tags
-from recforge.contracts.registry import mlflow_client
+from recforge.contracts.registry import download_version_onnx, mlflow_client
 from recforge.core import config
 from recforge.core.errors import ConfigError, DataError, first_line
 from recforge.core.hashing import sha256_file
@@ -70,7 +70,7 @@ def fetch_version(info: Mapping[str, Any], dest: str | Path) -> dict[str, str]:
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    onnx_path = Path(mlflow.artifacts.download_artifacts(artifact_uri=info["source"], dst_path=str(dest / "onnx")))
+    onnx_path = download_version_onnx(info["source"], dest / "onnx")
     actual = sha256_file(onnx_path) if onnx_path.is_file() else "(no file)"
     if actual != info["onnx_sha256"]:
         raise DataError(f"{info['model']} v{info['version']}: {info['source']} has SHA-256 {actual[:16]}… but the "

@@ -15,6 +15,7 @@ import pytest
 from recforge.contracts import registry
 from recforge.contracts import tags as T
 from recforge.contracts.targets import CPU_TRITON, GPU_ONNXRUNTIME
+from recforge.core import config
 from recforge.core.errors import ConfigError, DataError, RecForgeError
 from recforge.pipeline.registry import aliases, candidates, proposals, stage
 from tests.pipeline.registry.fabricated import CPU, FAMILY, one_variant, profile_doc
@@ -25,6 +26,9 @@ B = T.BLESSING_PREFIX
 
 
 def test_first_registration_sets_champion_with_its_provenance(pipeline):
+    import mlflow
+    import onnx
+
     train, runs = pipeline.night({
         "fp32": {"lbt": {CPU: 200.0, CPU_TRITON: 150.0}, "auc": 0.752, "size": 8000},
         "int8": {"lbt": {CPU: 260.0, CPU_TRITON: 140.0}, "auc": 0.751, "size": 2000},
@@ -41,7 +45,16 @@ def test_first_registration_sets_champion_with_its_provenance(pipeline):
     info = registry.champion(pipeline.model, CPU)
     tags = info["tags"]
     assert info["variant"] == "int8" and info["run_id"] == runs["int8"]
-    assert info["source"] == f"runs:/{runs['int8']}/onnx/model.int8.onnx"
+    # the source is an MLflow Model folder: the measured ONNX file and an MLmodel whose signature is the graph's
+    artifact_uri = pipeline.client.get_run(runs["int8"]).info.artifact_uri
+    assert info["source"] == f"{artifact_uri}/registered_model/model.int8"
+    model_info = mlflow.models.get_model_info(info["models_uri"])
+    assert "onnx" in model_info.flavors and model_info.flavors["onnx"]["data"] == "model.int8.onnx"
+    onnx_graph = onnx.load(str(pipeline.tmp / runs["int8"] / "model.int8.onnx")).graph
+    assert model_info.signature is not None
+    assert [(i.name, list(i.shape)) for i in model_info.signature.inputs.inputs] == [
+        (v.name, [d.dim_value or -1 for d in v.type.tensor_type.shape.dim]) for v in onnx_graph.input]
+    assert [o.name for o in model_info.signature.outputs.inputs] == [v.name for v in onnx_graph.output]
     assert info["profile"]["latency_bounded_throughput_qps"] == 260.0 and info["lbt_qps"] == 260.0
     assert {k: tags[T.PREFIX + k] for k in ("target", "target_kind", "variant", "parity", "data_day",
                                             "data_fingerprint", "git_commit", "candidate_run_id")} == {
@@ -220,6 +233,7 @@ def test_cli_registers_proposes_and_shows(pipeline, capsys):
     shown = capsys.readouterr().out
     assert f"{pipeline.model}\n  {CHAMPION_CPU}: v1 v (LBT 100 qps, AUC 0.7500, data 1998-04-11)" in shown
     assert f"{CHAMPION_CPU}: v- -> v1 [promote, scheduled__1998-04-11] first_champion" in shown
+    assert f"in the MLflow UI: {config.tracking_uri()}/#/models/{pipeline.model}?workflowType=" in shown
     assert stage.main(["rollback", "--model", pipeline.model, "--target", CPU]) == 1
     assert "error: " in capsys.readouterr().err
     assert stage.main(["--candidate-run", train, "--config", '{"margin": "big"}']) == 1

@@ -1,6 +1,6 @@
 """recforge.pipeline.training.tracking and the nightly summary: one-line texts, UI links, the families table."""
 
-from recforge.pipeline.training.tracking import experiment_url, one_line
+from recforge.pipeline.training.tracking import experiment_url, one_line, registry_url, run_url
 from recforge.pipeline.training.train import beats_baseline_cell, summary_markdown
 
 
@@ -15,6 +15,16 @@ def test_one_line_shortens_at_a_word_boundary():
 def test_experiment_url_opens_the_model_training_view():
     url = experiment_url("http://127.0.0.1:5000/", "7")
     assert url == "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+
+
+def test_every_ui_link_asks_for_the_model_training_view():
+    """MLflow 3.17's UI ignores the experiment kind tag: each link must carry the view (tracking's docstring)."""
+    assert run_url("http://h:5000", "7", "abc") == "http://h:5000/#/experiments/7/runs/abc?workflowType=machine_learning"
+    assert registry_url("http://h:5000/") == "http://h:5000/#/models?workflowType=machine_learning"
+    assert registry_url("http://h:5000", "recforge-dlrm") == (
+        "http://h:5000/#/models/recforge-dlrm?workflowType=machine_learning")
+    assert registry_url("http://h:5000", "recforge-dlrm", "3") == (
+        "http://h:5000/#/models/recforge-dlrm/versions/3?workflowType=machine_learning")
 
 
 def test_summary_has_no_none_and_shows_the_gate_warnings():
