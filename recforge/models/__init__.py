@@ -2,8 +2,9 @@
 
 ``build_model(family, spec, **hyperparams)`` is the one way the pipeline creates a model; every model
 has ``logits(sparse, genres, history, dense) -> [B]`` (for training with BCEWithLogits) and
-``forward(...) = sigmoid(logits(...))`` (what gets exported and served). The families themselves are listed
-once, in :mod:`recforge.models.families`.
+``forward(...) = sigmoid(logits(...))`` (what gets exported and served). A multi-task model (MT-WnD) also has
+``num_tasks`` and ``task_logits(...) -> [B, num_tasks]``; its ``logits`` are task 0's. The families themselves are
+listed once, in :mod:`recforge.models.families`.
 
 Importing this package does not import torch (DAG files read the family names through it); building a
 model does.

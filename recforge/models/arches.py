@@ -224,3 +224,101 @@ class AttentionPooling(nn.Module):
         features = torch.cat([history, target, history - target, history * target], dim=-1)  # [B, L, 4D]
         scores = self.score_mlp(features).squeeze(-1) * mask  # [B, L]
         return (scores.unsqueeze(-1) * history).sum(dim=1)
+
+
+class GRUCell(nn.Module):
+    """One GRU step written as Linear ops, optionally attention-scaled (DIEN's AUGRU).
+
+    Inputs ``x`` [B, I], ``state`` [B, H] and optional ``update_scale`` [B] -> new state [B, H]:
+    reset r = σ(W_r x + U_r h), update u = σ(W_u x + U_u h), candidate c = tanh(W_c x + r ⊙ (U_c h)),
+    h' = (1 - u') ⊙ h + u' ⊙ c with u' = u (GRU) or u' = a ⊙ u for an attention weight a (AUGRU, Zhou et al.
+    2019), so a step with a = 0 leaves the state unchanged. Plain MatMul/Sigmoid/Tanh in ONNX (``nn.GRU``
+    exports to a GRU op that cannot take the attention scale).
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int):
+        super().__init__()
+        self.input_dim = check_positive_int("input_dim", input_dim)
+        self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
+        self.input_gates = nn.Linear(input_dim, 3 * hidden_dim)
+        self.state_gates = nn.Linear(hidden_dim, 3 * hidden_dim)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor, update_scale: torch.Tensor | None = None) -> torch.Tensor:
+        x_reset, x_update, x_candidate = self.input_gates(x).chunk(3, dim=-1)
+        h_reset, h_update, h_candidate = self.state_gates(state).chunk(3, dim=-1)
+        reset = torch.sigmoid(x_reset + h_reset)
+        update = torch.sigmoid(x_update + h_update)
+        candidate = torch.tanh(x_candidate + reset * h_candidate)
+        if update_scale is not None:
+            update = update * update_scale.unsqueeze(-1)
+        return state + update * (candidate - state)
+
+
+class SequenceGRU(nn.Module):
+    """A GRU (or AUGRU) run over a 0-padded, most-recent-first sequence, oldest real item first.
+
+    Inputs ``sequence`` [B, L, I], ``mask`` [B, L] (1.0 = real item) and optional ``update_scale`` [B, L]
+    (AUGRU attention) -> states [B, L, H] in the input's slot order (slot k holds the state after the
+    item in slot k). Padding slots leave the state unchanged (start: zeros). The L steps are unrolled
+    (L is fixed by the feature spec), so the export is straight-line ops, not an ONNX Loop.
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int):
+        super().__init__()
+        self.cell = GRUCell(input_dim, hidden_dim)
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.cell.hidden_dim
+
+    def forward(self, sequence: torch.Tensor, mask: torch.Tensor,
+                update_scale: torch.Tensor | None = None) -> torch.Tensor:
+        state = sequence.new_zeros(sequence.shape[0], self.hidden_dim)
+        states: list[torch.Tensor] = []
+        for slot in range(sequence.shape[1] - 1, -1, -1):  # the last slot is the oldest item
+            scale = None if update_scale is None else update_scale[:, slot]
+            stepped = self.cell(sequence[:, slot], state, scale)
+            keep = mask[:, slot].unsqueeze(-1)
+            state = keep * stepped + (1.0 - keep) * state
+            states.append(state)
+        return torch.stack(states[::-1], dim=1)
+
+
+class BilinearAttention(nn.Module):
+    """DIEN's attention of interest states on the target: a_t = softmax_t(h_t · W e_target) over real slots.
+
+    Inputs ``states`` [B, L, H], ``target`` [B, D] and ``mask`` [B, L] -> weights [B, L] that sum to 1 over
+    the real slots (0 on padding; all 0 for an all-padding row).
+    """
+
+    def __init__(self, state_dim: int, target_dim: int):
+        super().__init__()
+        check_positive_int("state_dim", state_dim)
+        check_positive_int("target_dim", target_dim)
+        self.project = nn.Linear(target_dim, state_dim, bias=False)
+
+    def forward(self, states: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = (states * self.project(target).unsqueeze(1)).sum(dim=-1)  # [B, L]
+        # a large finite negative (not -inf) keeps an all-padding row finite; the mask then zeroes it
+        return torch.softmax(scores + (mask - 1.0) * 1e9, dim=1) * mask
+
+
+class JaggedSumPooling(nn.Module):
+    """Per-(item, table) sums over one fused, frozen table in the synthetic jagged layout
+    (:mod:`recforge.models.synthetic`): ``indices`` [N] int64 + ``lengths`` [B, T] int64 -> [B, T, D].
+
+    The same prefix-sum pooling as ``SyntheticDLRM.pooled`` (plain Gather/CumSum/Sub in ONNX, no Loop); an
+    empty bag sums to zeros.
+    """
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.table = nn.Embedding.from_pretrained(weight, freeze=True)
+
+    def forward(self, indices: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        prefix = torch.cumsum(self.table(indices), dim=0)  # [N, D]
+        ends = torch.cumsum(lengths.flatten(), dim=0)  # [B*T], exclusive end of each bag
+        starts = ends - lengths.flatten()
+        upper = prefix[(ends - 1).clamp(min=0)] * (ends > 0).unsqueeze(1).to(prefix.dtype)
+        lower = prefix[(starts - 1).clamp(min=0)] * (starts > 0).unsqueeze(1).to(prefix.dtype)
+        return (upper - lower).reshape(lengths.shape[0], lengths.shape[1], -1)

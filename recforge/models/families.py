@@ -50,6 +50,8 @@ class Family:
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # sets, in resolved hyperparameters, the widths that what consumes them dictates (after a student shrank them)
     tie_widths: Callable[[dict[str, Any]], None] | None = None
+    # trained by a nightly whose params name no families (FAMILY_NAMES); False: only when a conf names it
+    nightly_default: bool = True
 
     @property
     def compressible(self) -> bool:
@@ -93,11 +95,31 @@ _REGISTERED = (
         embedding_hyperparams=("embedding_dim",),
     ),
     Family("logreg", "recforge.models.logreg:LogisticRegression", baseline=True),
+    # DeepRecSys' other two families: slower to train than the five above (DIEN's two GRUs run over every history
+    # slot), so a nightly trains them only when its params name them (docs/training.md).
+    Family(
+        "mt_wnd", "recforge.models.mt_wnd:MultiTaskWideAndDeep",
+        mlp_widths={"shared_mlp": MlpWidths("shared_mlp"),
+                    "task_heads.heads.0": MlpWidths("task_mlp", class_adds_output=True),
+                    "task_heads.heads.1": MlpWidths("task_mlp", class_adds_output=True)},
+        embedding_hyperparams=("embedding_dim",),
+        nightly_default=False,
+    ),
+    Family(
+        "dien", "recforge.models.dien:DIEN",
+        mlp_widths={"mlp": MlpWidths("mlp", class_adds_output=True)},
+        embedding_hyperparams=("embedding_dim",),
+        nightly_default=False,
+    ),
 )
 
-FAMILIES: Mapping[str, Family] = MappingProxyType({f.name: f for f in _REGISTERED})
-FAMILY_NAMES: tuple[str, ...] = tuple(FAMILIES)  # dlrm, wide_deep, ncf, din, logreg
-DEEP_FAMILIES: tuple[str, ...] = tuple(f.name for f in _REGISTERED if not f.baseline)  # the candidates
+FAMILIES: Mapping[str, Family] = MappingProxyType({f.name: f for f in _REGISTERED})  # every registered family
+# what a nightly trains unless its params name the families: dlrm, wide_deep, ncf, din, logreg
+FAMILY_NAMES: tuple[str, ...] = tuple(f.name for f in _REGISTERED if f.nightly_default)
+# the candidates of such a nightly (compressed, profiled, benchmarked): the deep ones
+DEEP_FAMILIES: tuple[str, ...] = tuple(f.name for f in _REGISTERED if f.nightly_default and not f.baseline)
+# registered, trained when a nightly's params (or `python -m recforge.pipeline.training.train`) name them
+OPT_IN_FAMILIES: tuple[str, ...] = tuple(f.name for f in _REGISTERED if not f.nightly_default)  # mt_wnd, dien
 (BASELINE_FAMILY,) = (f.name for f in _REGISTERED if f.baseline)  # logreg
 
 

@@ -366,3 +366,118 @@ __all__ = [
     "export_synthetic_onnx", "full_set_table_bytes", "onnx_files", "pooling_factors", "rank_to_row",
     "reference_forward", "rmc_spec", "synthetic_inputs", "torch_inputs", "zipf_ranks",
 ]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The other DeepRecSys families at full scale: multi-task Wide&Deep and DIEN (their models: recforge.models.mt_wnd,
+# recforge.models.dien). Same jagged inputs as the RMCs, so ``synthetic_inputs`` and ``InputPool`` serve them too.
+
+
+@dataclass(frozen=True)
+class JaggedTables:
+    """The embedding-table part of a synthetic model: T tables of R rows of D floats, fused as in RmcSpec."""
+
+    name: str
+    num_tables: int
+    rows_per_table: int
+    lookups_per_table: float  # mean pooling factor (ids per table per item)
+    embedding_dim: int
+    dense_features: int
+
+    def __post_init__(self) -> None:
+        for key in ("num_tables", "rows_per_table", "embedding_dim", "dense_features"):
+            check_positive_int(f"{type(self).__name__}.{key}", getattr(self, key))
+        if self.rows_per_table < 2 or self.num_tables * self.rows_per_table >= 2**31:
+            raise ValueError(f"{type(self).__name__}: rows_per_table must be >= 2 and the fused table < 2^31 rows")
+        if not 0 < self.lookups_per_table < 1e5:
+            raise ValueError(f"{type(self).__name__}.lookups_per_table must be in (0, 1e5), got "
+                             f"{self.lookups_per_table}")
+
+    def scaled(self, table_rows_scale: float):
+        """The same model with ``rows_per_table`` scaled (at least 1,000 rows), as ``RmcSpec.scaled``."""
+        if not 0 < table_rows_scale <= 1:
+            raise ValueError(f"table_rows_scale must be in (0, 1], got {table_rows_scale}")
+        return replace(self, rows_per_table=max(1000, round(self.rows_per_table * table_rows_scale)))
+
+    @property
+    def table_bytes(self) -> int:
+        """fp32 bytes of all embedding tables."""
+        return 4 * self.num_tables * self.rows_per_table * self.embedding_dim
+
+    @property
+    def lookups_per_item(self) -> float:
+        return self.num_tables * self.lookups_per_table
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MtWndSpec(JaggedTables):
+    """Multi-task Wide&Deep: concat(dense, T pooled vectors) -> ``shared_mlp`` -> ``num_tasks`` heads
+    ``task_mlp`` (last size 1); task 0's probability is the output."""
+
+    shared_mlp: tuple[int, ...]
+    task_mlp: tuple[int, ...]
+    num_tasks: int
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_layer_sizes("MtWndSpec.shared_mlp", self.shared_mlp)
+        if check_layer_sizes("MtWndSpec.task_mlp", self.task_mlp)[-1] != 1:
+            raise ValueError(f"MtWndSpec.task_mlp must end with 1 (the logit), got {self.task_mlp}")
+        check_positive_int("MtWndSpec.num_tasks", self.num_tasks)
+
+    @property
+    def interaction_dim(self) -> int:
+        return self.dense_features + self.num_tables * self.embedding_dim
+
+
+@dataclass(frozen=True)
+class DienSpec(JaggedTables):
+    """DIEN: table 0 user, tables 1..T-3 the behaviour sequence, T-2 the candidate, T-1 the context; GRU +
+    AUGRU of ``interest_dim`` over the sequence; concat(interest, user, candidate, context, dense) -> ``top_mlp``
+    (last size 1)."""
+
+    interest_dim: int
+    top_mlp: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_tables < 4:
+            raise ValueError(f"DienSpec.num_tables must be >= 4 (user, behaviours, candidate, context), got "
+                             f"{self.num_tables}")
+        check_positive_int("DienSpec.interest_dim", self.interest_dim)
+        if check_layer_sizes("DienSpec.top_mlp", self.top_mlp)[-1] != 1:
+            raise ValueError(f"DienSpec.top_mlp must end with 1 (the logit), got {self.top_mlp}")
+
+    @property
+    def sequence_length(self) -> int:
+        return self.num_tables - 3
+
+    @property
+    def top_input_dim(self) -> int:
+        return self.interest_dim + 3 * self.embedding_dim + self.dense_features
+
+
+# DeepRecSys' models/configs/mtwnd.json and dien.json: 41 tables of 500K rows and 2 of 5M (here all 43 at 500K:
+# the fused layout has one row count; the 5M tables would add 4.5M rows each), D = 32, one id per table,
+# arch_mlp_bot = 512 dense features. MT-WnD: arch_mlp_top 1024-512 is the shared part and arch_mlp_tasks
+# 512-256-128 each task's head (here 256-128 and the logit; the paper's N tasks, 2 here: like and rating >= 3 on
+# MovieLens). DIEN: arch_mlp_top 200-80-2 (here 200-80-1: one logit, not a 2-way softmax), GRU hidden size 64
+# (DeepRecSys' default); its dense features, which DeepRecSys' DIEN ignores, join the top MLP's input here.
+MTWND_SPEC = MtWndSpec("mt_wnd", num_tables=43, rows_per_table=500_000, lookups_per_table=1, embedding_dim=32,
+                       dense_features=512, shared_mlp=(1024, 512), task_mlp=(256, 128, 1), num_tasks=2)
+DIEN_SPEC = DienSpec("dien", num_tables=43, rows_per_table=500_000, lookups_per_table=1, embedding_dim=32,
+                     dense_features=512, interest_dim=64, top_mlp=(200, 80, 1))
+FAMILY_SPECS: dict[str, JaggedTables] = {s.name: s for s in (MTWND_SPEC, DIEN_SPEC)}
+
+
+def family_spec(name: str, table_rows_scale: float = DEFAULT_TABLE_ROWS_SCALE) -> JaggedTables:
+    """The synthetic ``name`` ("mt_wnd", "dien") with its tables scaled by ``table_rows_scale``."""
+    if name not in FAMILY_SPECS:
+        raise ValueError(f"unknown synthetic model {name!r}; choose one of {sorted(FAMILY_SPECS)}")
+    return FAMILY_SPECS[name].scaled(table_rows_scale)
+
+
+__all__ += ["DIEN_SPEC", "FAMILY_SPECS", "MTWND_SPEC", "DienSpec", "JaggedTables", "MtWndSpec", "family_spec"]

@@ -9,14 +9,23 @@ import pytest
 
 from recforge.models import build_model, default_hyperparams
 from recforge.models.arches import MLP
-from recforge.models.families import BASELINE_FAMILY, DEEP_FAMILIES, FAMILIES, FAMILY_NAMES, family
+from recforge.models.families import (
+    BASELINE_FAMILY,
+    DEEP_FAMILIES,
+    FAMILIES,
+    FAMILY_NAMES,
+    OPT_IN_FAMILIES,
+    family,
+)
 from tests.models.testutil import small_spec
 
 
 def test_names_roles_and_lookup():
-    assert FAMILY_NAMES == ("dlrm", "wide_deep", "ncf", "din", "logreg")
+    assert FAMILY_NAMES == ("dlrm", "wide_deep", "ncf", "din", "logreg")  # a nightly's default
     assert DEEP_FAMILIES == ("dlrm", "wide_deep", "ncf", "din") and BASELINE_FAMILY == "logreg"
-    assert [name for name, f in FAMILIES.items() if f.compressible] == list(DEEP_FAMILIES)
+    assert OPT_IN_FAMILIES == ("mt_wnd", "dien")  # registered, trained when named
+    assert set(FAMILIES) == set(FAMILY_NAMES) | set(OPT_IN_FAMILIES)
+    assert [name for name, f in FAMILIES.items() if f.compressible] == [*DEEP_FAMILIES, *OPT_IN_FAMILIES]
     assert family("ncf").model_class().__name__ == "NCF"
     with pytest.raises(ValueError, match="unknown model family 'xgb'"):
         family("xgb")
@@ -31,7 +40,7 @@ def test_family_names_import_without_torch():
     assert out.stdout.split() == ["5", "False"]
 
 
-@pytest.mark.parametrize("name", DEEP_FAMILIES)
+@pytest.mark.parametrize("name", [*DEEP_FAMILIES, *OPT_IN_FAMILIES])
 def test_compression_metadata_names_real_modules_and_hyperparameters(name):
     registered = family(name)
     model = build_model(name, small_spec())

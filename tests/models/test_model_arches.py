@@ -8,9 +8,13 @@ import torch
 from recforge.models.arches import (
     MLP,
     AttentionPooling,
+    BilinearAttention,
     CatInteraction,
     DotInteraction,
+    GRUCell,
+    JaggedSumPooling,
     PooledEmbedding,
+    SequenceGRU,
     SparseArch,
     padding_mask,
 )
@@ -149,3 +153,78 @@ def test_attention_pooling_is_unnormalised_weighted_sum():
 def test_attention_pooling_validates_args():
     with pytest.raises(ValueError, match="hidden_sizes"):
         AttentionPooling(embedding_dim=4, hidden_sizes=[])
+
+
+def copy_into_torch_gru(cell: GRUCell) -> torch.nn.GRU:
+    """An nn.GRU computing what ``cell`` computes: torch's update gate z is our 1 - u (= sigmoid of minus ours)."""
+    gru = torch.nn.GRU(cell.input_dim, cell.hidden_dim, batch_first=True)
+    sign = torch.ones(3 * cell.hidden_dim, 1)
+    sign[cell.hidden_dim : 2 * cell.hidden_dim] = -1.0
+    with torch.no_grad():
+        gru.weight_ih_l0.copy_(cell.input_gates.weight * sign)
+        gru.bias_ih_l0.copy_(cell.input_gates.bias * sign.squeeze(1))
+        gru.weight_hh_l0.copy_(cell.state_gates.weight * sign)
+        gru.bias_hh_l0.copy_(cell.state_gates.bias * sign.squeeze(1))
+    return gru
+
+
+def test_sequence_gru_matches_torch_gru_oldest_first():
+    torch.manual_seed(0)
+    arch = SequenceGRU(input_dim=3, hidden_dim=5)
+    sequence = torch.randn(4, 6, 3)  # slot 0 = most recent
+    with torch.no_grad():
+        states = arch(sequence, torch.ones(4, 6))
+        expected, _ = copy_into_torch_gru(arch.cell)(sequence.flip(1))  # oldest first
+    assert states.shape == (4, 6, 5)
+    torch.testing.assert_close(states, expected.flip(1), atol=1e-6, rtol=1e-5)
+
+
+def test_sequence_gru_skips_padding_slots():
+    torch.manual_seed(0)
+    arch = SequenceGRU(input_dim=3, hidden_dim=4)
+    real = torch.randn(2, 3, 3)
+    padded = torch.cat([real, torch.randn(2, 2, 3) * 100], dim=1)  # padding slots hold garbage
+    mask = torch.tensor([[1.0, 1, 1, 0, 0]] * 2)
+    with torch.no_grad():
+        states = arch(padded, mask)
+        torch.testing.assert_close(states[:, 0], arch(real, torch.ones(2, 3))[:, 0])
+        assert torch.equal(states[:, 3:], torch.zeros(2, 2, 4))  # nothing seen yet: the initial state
+        assert torch.equal(arch(padded, torch.zeros(2, 5)), torch.zeros(2, 5, 4))
+
+
+def test_augru_update_scale_zero_keeps_the_state_and_one_is_a_gru_step():
+    torch.manual_seed(0)
+    cell = GRUCell(3, 4)
+    x, state = torch.randn(5, 3), torch.randn(5, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(cell(x, state, torch.zeros(5)), state)
+        torch.testing.assert_close(cell(x, state, torch.ones(5)), cell(x, state))
+        halfway = cell(x, state, torch.full((5,), 0.5))
+    assert not torch.allclose(halfway, state) and not torch.allclose(halfway, cell(x, state))
+    with pytest.raises(ValueError, match="hidden_dim"):
+        GRUCell(3, 0)
+
+
+def test_bilinear_attention_is_a_softmax_over_real_slots():
+    torch.manual_seed(0)
+    attention = BilinearAttention(state_dim=4, target_dim=3)
+    states, target = torch.randn(3, 5, 4), torch.randn(3, 3)
+    mask = torch.tensor([[1.0, 1, 1, 1, 1], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]])
+    with torch.no_grad():
+        weights = attention(states, target, mask)
+        scores = (states * attention.project(target).unsqueeze(1)).sum(-1)
+    torch.testing.assert_close(weights[0], torch.softmax(scores[0], dim=0))
+    torch.testing.assert_close(weights[1, :2], torch.softmax(scores[1, :2], dim=0))
+    assert torch.equal(weights[1, 2:], torch.zeros(3)) and torch.equal(weights[2], torch.zeros(5))
+
+
+def test_jagged_sum_pooling_matches_embedding_bag():
+    weight = torch.randn(12, 4)
+    lengths = torch.tensor([[2, 0, 1], [1, 3, 2]])  # an empty bag included
+    indices = torch.randint(0, 12, (int(lengths.sum()),))
+    pooled = JaggedSumPooling(weight)(indices, lengths)
+    flat = lengths.flatten()
+    expected = torch.nn.functional.embedding_bag(indices, weight, torch.cumsum(flat, 0) - flat, mode="sum")
+    assert pooled.shape == (2, 3, 4)
+    torch.testing.assert_close(pooled, expected.reshape(2, 3, 4), atol=1e-5, rtol=1e-5)
+    assert torch.equal(pooled[0, 1], torch.zeros(4))

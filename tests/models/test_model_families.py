@@ -22,6 +22,8 @@ RECORDED_OUTPUTS = {
     "ncf": [0.520910, 0.523685, 0.514961, 0.519881, 0.523547],  # with dense side features
     "din": [0.514578, 0.51203, 0.519426, 0.510227, 0.508399],
     "logreg": [0.503997, 0.588837, 0.309211, 0.598507, 0.433189],
+    "mt_wnd": [0.466137, 0.182268, 0.429648, 0.230257, 0.455211],  # task 0 (like)
+    "dien": [0.526385, 0.535564, 0.5416, 0.529433, 0.534693],
 }
 
 
@@ -32,15 +34,15 @@ def seeded_model(family: str, **hyperparams) -> torch.nn.Module:
 
 def padding_tables(family: str, model: torch.nn.Module) -> list[torch.nn.Embedding]:
     """The embedding tables that genres/history ids index, whose row 0 is padding."""
-    if family in ("dlrm", "wide_deep"):
+    if family in ("dlrm", "wide_deep", "mt_wnd"):
         return [model.genre_pool.embedding, model.history_pool.embedding]
-    if family == "din":
+    if family in ("din", "dien"):
         return [model.genre_pool.embedding, model.item_embedding]
     return []  # ncf and logreg read neither genres nor history
 
 
-def test_registry_lists_the_five_families():
-    assert sorted(FAMILIES) == ["din", "dlrm", "logreg", "ncf", "wide_deep"]
+def test_registry_lists_the_seven_families():
+    assert sorted(FAMILIES) == ["dien", "din", "dlrm", "logreg", "mt_wnd", "ncf", "wide_deep"]
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -76,7 +78,7 @@ def test_seeded_forward_matches_recorded_values(family):
 def test_padding_row_contents_do_not_matter(family):
     model = seeded_model(family)
     inputs = example_inputs(small_spec(), 8, seed=3)
-    # Row 0 of DIN's item table is also the "unknown" target item, so keep target items known.
+    # Row 0 of DIN's/DIEN's item table is also the "unknown" target item, so keep target items known.
     inputs["sparse"][:, small_spec().index("item_id")].clamp_(min=1)
     inputs["history"][:, -2:] = 0  # make sure there is padding
     with torch.no_grad():
@@ -189,6 +191,8 @@ def test_default_hyperparams_are_small(family):
             "ncf": {"gmf_dim": 16, "mlp_embedding_dim": 16, "mlp_layers": (64, 32, 16), "use_dense": True},
             "din": {"embedding_dim": 16, "attention_mlp": (32, 16), "mlp": (128, 64)},
             "logreg": {},
+            "mt_wnd": {"embedding_dim": 16, "shared_mlp": (128, 64), "task_mlp": (32,), "num_tasks": 2},
+            "dien": {"embedding_dim": 16, "interest_dim": 16, "mlp": (200, 80)},
         }[family]
     )
 
@@ -207,6 +211,11 @@ def test_default_hyperparams_are_small(family):
         ("ncf", {"mlp_layers": 32}, "mlp_layers must be a non-empty sequence"),
         ("din", {"attention_mlp": ()}, "attention_mlp"),
         ("din", {"mlp": (0,)}, "every entry of mlp"),
+        ("mt_wnd", {"num_tasks": 0}, "num_tasks must be a positive int"),
+        ("mt_wnd", {"task_mlp": ()}, "task_mlp must be a non-empty sequence"),
+        ("mt_wnd", {"shared_mlp": (8, 0)}, "every entry of shared_mlp"),
+        ("dien", {"interest_dim": 0}, "interest_dim must be a positive int"),
+        ("dien", {"mlp": ()}, "mlp must be a non-empty sequence"),
     ],
 )
 def test_invalid_hyperparameters_raise_value_error(family, hyperparams, message):

@@ -126,8 +126,9 @@ def student_hyperparams(family: str, teacher_hyperparams: Mapping[str, Any], cfg
 
     for key in registered.embedding_hyperparams:
         hp[key] = cfg.student_embedding_dim or narrow(hp[key])
-    for widths in registered.mlp_widths.values():
-        hp[widths.hyperparam] = [narrow(size) for size in hp[widths.hyperparam]]
+    # once per hyperparameter: MLPs that share one (MT-WnD's task heads share task_mlp) are shrunk once, not twice
+    for name in dict.fromkeys(widths.hyperparam for widths in registered.mlp_widths.values()):
+        hp[name] = [narrow(size) for size in hp[name]]
     if registered.tie_widths:  # widths fixed by what consumes them (e.g. DLRM's logit)
         registered.tie_widths(hp)
     return hp

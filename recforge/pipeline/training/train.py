@@ -4,6 +4,10 @@ A nightly run has one MLflow *parent* run (logical date, data fingerprint, git c
 *child* run per model family with its params, per-epoch AUC/logloss, final test AUC/logloss,
 the model as PyTorch and ONNX, and the train/val/test datasets as MLflow inputs.
 
+A multi-task family (a model with ``num_tasks`` > 1 and ``task_logits``: MT-WnD) is trained on the sum of its
+tasks' losses (labels: :mod:`recforge.pipeline.training.task_labels`); early stopping, the test AUC and what is
+exported and served are task 0's (the features' label), the other tasks' AUCs are logged beside them.
+
 CLI::
 
     python -m recforge.pipeline.training.train --features DIR --family dlrm [--parent-run-id ID] [--config JSON]
@@ -33,6 +37,7 @@ from recforge.models import build_model, default_hyperparams
 from recforge.models.export import export_onnx, onnx_parity
 from recforge.models.families import BASELINE_FAMILY, DEEP_FAMILIES, FAMILIES, FAMILY_NAMES
 from recforge.pipeline.data.features import load_spec, load_split
+from recforge.pipeline.training.task_labels import TASK_NAMES, load_task_labels
 from recforge.pipeline.training.tracking import (
     NIGHTLY_EXPERIMENT_NOTE,
     TEST_AUC,
@@ -49,7 +54,7 @@ __all__ = ["BASELINE_FAMILY", "DEEP_FAMILIES", "TrainConfig", "TrainResult", "ev
 class TrainConfig:
     """How the nightly run trains its model families."""
 
-    families: tuple[str, ...] = FAMILY_NAMES  # the deep families and the logreg baseline
+    families: tuple[str, ...] = FAMILY_NAMES  # the default nightly families (the opt-in ones only when named)
     max_epochs: Annotated[int, Field(ge=1)] = 15
     patience: Annotated[int, Field(ge=1)] = 2  # epochs without a better validation AUC before stopping
     batch_size: Annotated[int, Field(ge=1)] = 512
@@ -85,6 +90,7 @@ class TrainResult:
     onnx_model_uri: str
     onnx_max_abs_diff: float
     seconds: float
+    task_test_auc: dict[str, float] = field(default_factory=dict)  # multi-task families: AUC per task
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,6 +121,26 @@ def predict(model, split, batch_size: int = 8192) -> np.ndarray:
     return np.concatenate(out).astype(np.float64)
 
 
+def predict_tasks(model, split, batch_size: int = 8192) -> np.ndarray:
+    """[N, num_tasks] probabilities of a multi-task ``model`` (``task_logits``) on every row of ``split``."""
+    import torch
+
+    model.eval()
+    inputs = {k: torch.from_numpy(v) for k, v in split.inputs().items()}
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(split), batch_size):
+            batch = {k: v[start : start + batch_size] for k, v in inputs.items()}
+            out.append(torch.sigmoid(model.task_logits(**batch)).numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def task_aucs(model, split, labels: np.ndarray) -> dict[str, float]:
+    """AUC of every task of a multi-task ``model`` on ``split`` against its [N, num_tasks] ``labels``."""
+    probabilities = predict_tasks(model, split)
+    return {TASK_NAMES[t]: evaluate(labels[:, t], probabilities[:, t])["auc"] for t in range(labels.shape[1])}
+
+
 def evaluate(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import log_loss, roc_auc_score
 
@@ -141,6 +167,10 @@ def fit(family: str, features_dir: Path, cfg: TrainConfig, on_epoch=None):
     labels = torch.from_numpy(train.label[-rows:])
 
     model = build_model(family, spec, **cfg.hyperparams.get(family, {}))
+    num_tasks = getattr(model, "num_tasks", 1)
+    if num_tasks > 1:  # [rows, T]; task 0 is ``labels``
+        multi = load_task_labels(features_dir, {"train": train, "val": val}, num_tasks, config.data_root())
+        labels = torch.from_numpy(multi["train"][-rows:])
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -153,13 +183,17 @@ def fit(family: str, features_dir: Path, cfg: TrainConfig, on_epoch=None):
         for start in range(0, rows, cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
             optimizer.zero_grad()
-            loss = loss_fn(model.logits(**{k: v[idx] for k, v in tensors.items()}), labels[idx])
+            batch = {k: v[idx] for k, v in tensors.items()}
+            # a multi-task model: mean of its tasks' losses (every task weighs the same)
+            loss = loss_fn(model.task_logits(**batch) if num_tasks > 1 else model.logits(**batch), labels[idx])
             loss.backward()
             optimizer.step()
             total += float(loss) * len(idx)
         val_metrics = evaluate(val.label, predict(model, val))
         metrics = {"train_logloss": total / rows, "val_auc": val_metrics["auc"],
                    "val_logloss": val_metrics["logloss"]}
+        if num_tasks > 1:
+            metrics |= {f"val_auc_{task}": auc for task, auc in task_aucs(model, val, multi["val"]).items()}
         history.append(metrics)
         log.info("%s epoch %d: %s", family, epoch, {k: round(v, 4) for k, v in metrics.items()})
         if on_epoch:
@@ -201,13 +235,17 @@ def train_family(family: str, features_dir: Path, out_dir: Path, cfg: TrainConfi
         test = load_split(features_dir, "test")
         test_metrics = evaluate(test.label, predict(model, test))
         parameters = sum(p.numel() for p in model.parameters())
+        num_tasks = getattr(model, "num_tasks", 1)
+        task_test_auc = {} if num_tasks == 1 else task_aucs(
+            model, test, load_task_labels(features_dir, {"test": test}, num_tasks, config.data_root())["test"])
 
         torch.save(model.state_dict(), out_dir / "state_dict.pt")
         (out_dir / "spec.json").write_text(spec.to_json())
         model_card = {"family": family, "hyperparams": hyper, "run_id": run.info.run_id,
                       "data_day": meta["day"], "data_fingerprint": meta["fingerprint"],
                       "git_commit": config.git_commit(), "test_auc": test_metrics["auc"],
-                      "test_logloss": test_metrics["logloss"], "best_epoch": best_epoch}
+                      "test_logloss": test_metrics["logloss"], "best_epoch": best_epoch,
+                      **({"task_test_auc": task_test_auc} if task_test_auc else {})}
         (out_dir / "model.json").write_text(json.dumps(model_card, indent=2))
         onnx_path = export_onnx(model, spec, out_dir / "model.onnx")
         sample = {k: torch.from_numpy(v[:256]) for k, v in test.inputs().items()}
@@ -215,7 +253,8 @@ def train_family(family: str, features_dir: Path, out_dir: Path, cfg: TrainConfi
 
         mlflow.log_metrics({TEST_AUC: test_metrics["auc"], TEST_LOGLOSS: test_metrics["logloss"],
                             "best_epoch": best_epoch, "epochs_run": len(history), "parameters": parameters,
-                            "onnx_max_abs_diff": max_diff, "best_val_auc": history[best_epoch - 1]["val_auc"]})
+                            "onnx_max_abs_diff": max_diff, "best_val_auc": history[best_epoch - 1]["val_auc"],
+                            **{f"{TEST_AUC}_{task}": auc for task, auc in task_test_auc.items()}})
         signature = mlflow.models.infer_signature(
             {k: v[:8].numpy() for k, v in sample.items()}, model(**{k: v[:8] for k, v in sample.items()})
             .detach().numpy())
@@ -238,6 +277,7 @@ def train_family(family: str, features_dir: Path, out_dir: Path, cfg: TrainConfi
         test_logloss=test_metrics["logloss"], best_epoch=best_epoch, epochs_run=len(history),
         parameters=parameters, model_dir=str(out_dir), onnx_path=str(onnx_path),
         onnx_model_uri=onnx_info.model_uri, onnx_max_abs_diff=max_diff, seconds=round(time.time() - started, 1),
+        task_test_auc=task_test_auc,
     )
 
 
@@ -358,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recforge.pipeline.training.train",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--features", type=Path, required=True, help="features folder of the run")
-    parser.add_argument("--family", required=True, help=f"model family ({', '.join(FAMILY_NAMES)})")
+    parser.add_argument("--family", required=True, help=f"model family ({', '.join(FAMILIES)})")
     parser.add_argument("--out", type=Path, help="model folder (default: <features>/../models/<family>)")
     parser.add_argument("--parent-run-id", help="MLflow parent run to nest under")
     parser.add_argument("--config", default="{}", help="TrainConfig overrides as JSON")

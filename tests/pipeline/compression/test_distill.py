@@ -30,6 +30,12 @@ def test_student_is_smaller(dlrm_dir):
         student_hyperparams("logreg", {}, cfg)
 
 
+def test_mlps_sharing_one_hyperparameter_are_narrowed_once():
+    """MT-WnD's task heads both read task_mlp: the student's heads are half as wide, not a quarter."""
+    hyperparams = student_hyperparams("mt_wnd", {"task_mlp": [32, 16]}, CompressConfig(student_width_factor=0.5))
+    assert hyperparams["task_mlp"] == [16, 8]
+
+
 def test_student_is_trained_against_the_teacher(features):
     """With alpha = 0 the student learns the teacher's outputs, even a teacher unrelated to the labels."""
     spec = tiny_spec()

@@ -4,12 +4,14 @@ field."""
 import pytest
 
 from recforge.core.errors import ConfigError
-from recforge.models.families import FAMILY_NAMES
+from recforge.models.families import FAMILY_NAMES, OPT_IN_FAMILIES
 from recforge.pipeline.training.train import TrainConfig
 
 
-def test_defaults_train_every_registered_family():
+def test_defaults_train_the_nightly_families_and_opt_in_ones_when_named():
     assert TrainConfig().families == FAMILY_NAMES
+    assert not set(OPT_IN_FAMILIES) & set(TrainConfig().families)
+    assert TrainConfig.from_dict({"families": ["mt_wnd", "dien"]}).families == ("mt_wnd", "dien")
     cfg = TrainConfig.from_dict({"families": ["din"], "max_epochs": 3, "hyperparams": {"din": {"mlp": [8]}}})
     assert cfg.families == ("din",) and cfg.max_epochs == 3 and cfg.hyperparams == {"din": {"mlp": [8]}}
 
