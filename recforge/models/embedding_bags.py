@@ -43,6 +43,7 @@ POOLING_MODES: tuple[str, ...] = ("sum", "mean")
 QUANTIZED_BITS = {"int8": 8, "int4": 4}
 FP16_UNIT_ROUNDOFF = 2.0**-11  # relative rounding error of a float16 (the 4-bit rows' scale and bias)
 FP16_MIN_SUBNORMAL = 2.0**-24
+FBGEMM_INT8_EPSILON = 1e-8  # added to a row's range by FBGEMM's 8-bit rowwise quantization
 
 
 def packed_row_bytes(precision: str, dim: int) -> int:
@@ -107,8 +108,11 @@ def row_error_bound(weight: torch.Tensor, precision: str) -> torch.Tensor:
     scale = (high - low) / (2 ** QUANTIZED_BITS[precision] - 1)
     magnitude = torch.maximum(low.abs(), high.abs())
     if precision == "int8":  # fp32 scale and bias: their rounding is float32's
-        return 0.5 * scale * (1 + 1e-5) + 1e-6 * magnitude
-    return 0.5 * scale + FP16_UNIT_ROUNDOFF * (low.abs() + 16 * scale) + FP16_MIN_SUBNORMAL + 1e-6 * magnitude
+        # + FBGEMM's epsilon: it quantizes with 255 / (range + 1e-8), off by up to 1e-8 in a row of tiny range
+        return 0.5 * scale * (1 + 1e-5) + 1e-6 * magnitude + FBGEMM_INT8_EPSILON
+    # float16 roundings of a near-zero row's scale and bias are absolute (subnormal steps of 2^-24), not relative:
+    # up to half a step each on the bias and on the scale times 15 codes
+    return 0.5 * scale + FP16_UNIT_ROUNDOFF * (low.abs() + 16 * scale) + 16 * FP16_MIN_SUBNORMAL + 1e-6 * magnitude
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """What compression builds and how: :class:`CompressConfig`, the base/precision/variant names, the precision table.
 
 A variant is a *base* (an fp32 torch model: ``fp32``, ``pruned<NN>``, ``student``) × a *precision* (``fp32``,
-``int8_dynamic``, ``int8_static``, ``fp16``), named ``<base>`` or ``<base>+<precision>``
-(``fp32``, ``fp32+int8_static``, ``pruned50+fp16``...).
+``int8_dynamic``, ``int8_static``, ``fp16``, the quantized tables ``emb_int8`` / ``emb_int4``, alone or after an int8
+MLP precision: ``int8_static+emb_int4``...), named ``<base>`` or ``<base>+<precision>``
+(``fp32``, ``fp32+int8_static``, ``pruned50+fp16``, ``student+emb_int4``...).
 """
 
 from __future__ import annotations
@@ -18,8 +19,15 @@ FP32 = "fp32"
 STUDENT = "student"
 PRUNED = "pruned"
 
-Precision = Literal["int8_dynamic", "int8_static", "fp16"]
+# emb_int8/emb_int4: rowwise-quantized embedding tables in the ONNX graph (.table_quant); "<int8 MLP>+emb_int<bits>"
+# quantizes the MLPs as that int8 precision and the tables rowwise
+Precision = Literal["int8_dynamic", "int8_static", "fp16", "emb_int8", "emb_int4",
+                    "int8_dynamic+emb_int8", "int8_dynamic+emb_int4", "int8_static+emb_int8", "int8_static+emb_int4"]
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+# built by default: every precision alone; the int8-MLP + quantized-table combinations only when asked for
+# (each adds a parity-gated variant per base to every nightly: the chain's time budget, issue 12)
+DEFAULT_PRECISIONS: tuple[str, ...] = ("int8_dynamic", "int8_static", "fp16", "emb_int8", "emb_int4")
+TABLE_PRECISIONS: dict[str, str] = {"emb_int8": "int8", "emb_int4": "int4"}  # -> recforge.models.embedding_bags'
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,9 @@ PRECISION_TABLE: dict[str, PrecisionInfo] = {
     "int8_dynamic": PrecisionInfo(8, frozenset({"int8", "uint8"})),
     "int8_static": PrecisionInfo(8, frozenset({"int8", "uint8"})),
     "fp16": PrecisionInfo(16, frozenset({"float16"})),
+    # quantized tables: uint8 codes; tables too narrow to gain (D = 1 wide weights) stay float32
+    **{f"{mlp}{tables}": PrecisionInfo(bits, frozenset({"uint8", "float32"}))
+       for tables, bits in (("emb_int8", 8), ("emb_int4", 4)) for mlp in ("", "int8_dynamic+", "int8_static+")},
 }
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -68,7 +79,7 @@ class CompressConfig:
     batch_size: PositiveInt = 512
     weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1e-4
     max_train_rows: NonNegativeInt = 0  # 0 = all; the most recent rows otherwise (tests, smoke runs)
-    precisions: tuple[Precision, ...] = PRECISIONS
+    precisions: tuple[Precision, ...] = DEFAULT_PRECISIONS  # any of PRECISIONS
     calibration_rows: PositiveInt = 2048  # most recent training rows for int8_static calibration
     per_channel: bool = True  # int8_static: per-channel MatMul/Gemm weights
     # 7-bit weights. Needed on x86 without VNNI (this CI box: AVX2 only), where u8s8 kernels sum pairs of

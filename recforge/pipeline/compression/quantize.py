@@ -50,8 +50,10 @@ def preprocess(src: str | Path, dst: str | Path) -> Path:
     return Path(dst)
 
 
-def quantize_dynamic_int8(src: str | Path, dst: str | Path, cfg: CompressConfig) -> dict[str, Any]:
-    """Dynamic INT8 of MatMul/Gemm weights (int8) and embedding tables (Gather, uint8); returns details.
+def quantize_dynamic_int8(src: str | Path, dst: str | Path, cfg: CompressConfig, tables: bool = True
+                          ) -> dict[str, Any]:
+    """Dynamic INT8 of MatMul/Gemm weights (int8) and embedding tables (Gather, uint8; float with ``tables=False``,
+    for :mod:`.table_quant` to quantize rowwise); returns details.
 
     Layers fed by the raw dense features (``cfg.float_input_layers``) keep float activations and get int8
     weights behind a DequantizeLinear (``int8_weight_only``).
@@ -64,15 +66,15 @@ def quantize_dynamic_int8(src: str | Path, dst: str | Path, cfg: CompressConfig)
         preprocess(src, prepared)
         gemms = gemm_to_matmul(prepared, prepared)
         float_layers = float_input_layers(prepared) if cfg.float_input_layers else []
-        quantize_dynamic(str(prepared), str(dst), op_types_to_quantize=["MatMul", "Gather"],
+        quantize_dynamic(str(prepared), str(dst), op_types_to_quantize=["MatMul", "Gather"] if tables else ["MatMul"],
                          nodes_to_exclude=float_layers, per_channel=False, reduce_range=cfg.reduce_range,
                          weight_type=QuantType.QInt8)
         int8_weight_only(dst, dst, float_layers)
     finally:
         prepared.unlink(missing_ok=True)
-    return {"bits": 8, "ops": ["MatMul", "Gemm->MatMul", "Gather"], "gemms_rewritten": gemms,
+    return {"bits": 8, "ops": ["MatMul", "Gemm->MatMul"] + ["Gather"] * tables, "gemms_rewritten": gemms,
             "per_channel": False, "reduce_range": cfg.reduce_range, "weight_type": "int8",
-            "embedding_type": "uint8", "activations": "uint8, quantized at run time per batch",
+            "embedding_type": "uint8" if tables else "float32", "activations": "uint8, quantized at run time per batch",
             "weight_only_layers": float_layers}
 
 
@@ -93,8 +95,9 @@ class _CalibrationReader:
 
 
 def quantize_static_int8(src: str | Path, dst: str | Path, calibration: Mapping[str, np.ndarray],
-                         cfg: CompressConfig) -> dict[str, Any]:
-    """Static INT8 (QDQ) of MatMul/Gemm and Gather, MinMax-calibrated on ``calibration`` (model inputs).
+                         cfg: CompressConfig, tables: bool = True) -> dict[str, Any]:
+    """Static INT8 (QDQ) of MatMul/Gemm and Gather (not Gather with ``tables=False``), MinMax-calibrated on
+    ``calibration`` (model inputs).
 
     Float activations: layers fed by the raw dense features (``cfg.float_input_layers``; their weights are
     int8 behind a DequantizeLinear, see ``int8_weight_only``), matmuls of two
@@ -103,6 +106,7 @@ def quantize_static_int8(src: str | Path, dst: str | Path, calibration: Mapping[
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    ops = ["MatMul", "Gemm", "Gather"] if tables else ["MatMul", "Gemm"]
     dst = Path(dst)
     prepared = preprocess(src, dst.with_name(dst.stem + ".prep.onnx"))
     try:
@@ -113,7 +117,7 @@ def quantize_static_int8(src: str | Path, dst: str | Path, calibration: Mapping[
         quantize_static(
             str(prepared), str(dst), _CalibrationReader(calibration),
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["MatMul", "Gemm", "Gather"],
+            op_types_to_quantize=ops,
             per_channel=cfg.per_channel,
             reduce_range=cfg.reduce_range,
             activation_type=QuantType.QUInt8,
@@ -125,7 +129,7 @@ def quantize_static_int8(src: str | Path, dst: str | Path, calibration: Mapping[
         int8_weight_only(dst, dst, float_layers)
     finally:
         prepared.unlink(missing_ok=True)
-    return {"bits": 8, "format": "QDQ", "ops": ["MatMul", "Gemm", "Gather"], "per_channel": cfg.per_channel,
+    return {"bits": 8, "format": "QDQ", "ops": ops, "per_channel": cfg.per_channel,
             "reduce_range": cfg.reduce_range, "weight_type": "int8", "activation_type": "uint8",
             "calibration_rows": rows, "calibration": "MinMax", "weight_only_layers": float_layers,
             "float_nodes": excluded, "float_outputs": ["MatMul", "Gemm"]}
@@ -141,19 +145,24 @@ def convert_fp16(src: str | Path, dst: str | Path) -> dict[str, Any]:
     return {"bits": 16, "io": "float32"}
 
 
-def quantize(precision: str, src: str | Path, dst: str | Path, train: Split, cfg: CompressConfig) -> dict[str, Any]:
+def quantize(precision: str, src: str | Path, dst: str | Path, train: Split, cfg: CompressConfig,
+             tables: bool = True) -> dict[str, Any]:
     """Convert the fp32 ONNX file ``src`` to ``precision`` at ``dst``; returns the conversion's details.
 
-    int8_static is calibrated on the last ``cfg.calibration_rows`` rows of the training split ``train``.
+    int8_static is calibrated on the last ``cfg.calibration_rows`` rows of the training split ``train``. With
+    ``tables=False`` the int8 precisions leave the embedding tables in float32 (for :mod:`.table_quant`).
     """
     # Looked up at call time (module globals), so each one can be replaced on its own, e.g. in tests.
     if precision == "int8_dynamic":
-        return quantize_dynamic_int8(src, dst, cfg)
+        return quantize_dynamic_int8(src, dst, cfg, tables)
     if precision == "int8_static":
         calibration = {k: v[-cfg.calibration_rows:] for k, v in numpy_inputs(train).items()}
-        return quantize_static_int8(src, dst, calibration, cfg)
-    if precision == "fp16":
+        return quantize_static_int8(src, dst, calibration, cfg, tables)
+    if precision == "fp16" and tables:
         return convert_fp16(src, dst)
+    if precision in PRECISIONS:
+        raise ConfigError(f"precision {precision!r} is not made here with tables={tables}; the quantized-table "
+                          "precisions are recforge.pipeline.compression.table_quant.convert's")
     raise ConfigError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
 
 

@@ -7,8 +7,9 @@ Bases (each exported to ONNX; every base folder is a model folder like training'
   distillation from the unpruned model (:mod:`.distill`).
 * ``student``: a narrower model of the same family trained by knowledge distillation (:mod:`.distill`).
 
-Precisions (:mod:`.quantize`) are applied to a base's ONNX file; a failure becomes a variant with ``error`` and
-the others go on. Names and the configuration are in :mod:`.config`; the CLI is :mod:`.cli`.
+Precisions (:mod:`.quantize`; quantized tables: :mod:`.table_quant`) are applied to a base's ONNX file; a failure
+becomes a variant with ``error`` and the others go on. Names and the configuration are in :mod:`.config`; the CLI
+is :mod:`.cli`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from recforge.core.errors import DataError, RecForgeError, first_line
 from recforge.inference.onnx import numpy_inputs, onnx_latency_ms, onnx_session
 from recforge.models import build_model, resolved_hyperparams
 from recforge.models.families import FAMILIES
-from recforge.pipeline.compression import quantize
+from recforge.pipeline.compression import quantize, table_quant
 from recforge.pipeline.compression.config import (
     FP32,
     PRUNED,
@@ -68,7 +69,7 @@ class Variant:
 
     name: str  # "<base>" or "<base>+<precision>"
     base: str  # fp32, pruned<NN>, student
-    precision: str  # fp32, int8_dynamic, int8_static, fp16
+    precision: str  # fp32, int8_dynamic, int8_static, fp16, emb_int8, emb_int4, int8_static+emb_int4...
     technique: str  # e.g. "export+ort_optimize", "prune+finetune", "distill", + "+int8_static"
     family: str = ""
     params: dict[str, Any] = field(default_factory=dict)  # ratio, student dims, quantization details...
@@ -226,7 +227,7 @@ def build_base_variants(base: str, model_dir: Path, features_dir: Path, out_dir:
         try:
             log.info("%s/%s: quantizing", family, name)
             dst = _precision_file(base_dir, precision)
-            details = quantize.quantize(precision, onnx_path, dst, data.train, cfg)
+            details = table_quant.convert(precision, onnx_path, dst, data.train, cfg, spec)
             dtypes = weight_dtypes(dst)
             variant.params = {**{k: v for k, v in params.items() if not k.endswith("history")}, **details,
                               "weight_dtypes": dtypes}

@@ -10,6 +10,8 @@ and the registry only if it keeps accuracy parity with the full-precision (fp32)
 * on any slice (each value of each ``slice_columns`` column) with at least ``min_slice_samples`` rows and
   both classes, its AUC is below ``min_slice_auc_ratio`` × the reference AUC on that slice (smaller slices
   are skipped and reported: their AUC is too noisy to gate on);
+* one of its quantized embedding tables (``tables``: the reports of :mod:`recforge.pipeline.compression.table_quant`)
+  is further from its fp32 table than the rowwise quantization bound allows (``check_quantization``, naming it);
 * the great-expectations *prediction suite* fails on the frame of its predictions (one row per test row):
   predictions not null (NaN), within ``[prediction_min, prediction_max]`` (so also no ±inf), mean predicted
   CTR within the reference mean ± ``mean_ctr_tolerance``, and rank agreement with the reference
@@ -45,6 +47,7 @@ CLI (exit code 0 = passed, 2 = rejected, 1 = error)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import re
@@ -61,7 +64,8 @@ import pandas as pd
 from recforge.core import config as project
 from recforge.core.cli import json_object, run_step
 from recforge.core.config import Annotated, Field, config_from_dict, typed_config
-from recforge.core.errors import ConfigError, DataError
+from recforge.core.errors import ConfigError, DataError, first_line
+from recforge.models.embedding_bags import TableQuantization, check_quantization
 from recforge.pipeline.data.features import load_split
 from recforge.pipeline.datagate.suites import SuiteRun, json_safe, param, run_checkpoints
 from recforge.pipeline.training.train import evaluate
@@ -161,12 +165,14 @@ def validate_variant(
     gx_root: Path,
     config: ParityConfig = DEFAULT_THRESHOLDS,
     reference_name: str = REFERENCE_NAME,
+    tables: Sequence[TableQuantization | Mapping[str, Any]] = (),
 ) -> ParityVerdict:
     """Check variant ``name``'s test-split ``probabilities`` for parity with the ``reference`` model's.
 
     ``split`` is a :class:`recforge.pipeline.data.features.Split` or ``(labels, frame)``: 0/1 labels and a frame
     with the ``config.slice_columns``, row-aligned with both probability arrays. Runs the prediction suite with GX
-    (Data Docs under ``gx_root``). Raises DataError for inputs that make the comparison meaningless.
+    (Data Docs under ``gx_root``). ``tables``: the variant's quantized-table reports (``TableQuantization`` or its
+    ``to_dict()``). Raises DataError for inputs that make the comparison meaningless.
     """
     started = time.perf_counter()
     if not isinstance(name, str) or not _NAME.fullmatch(name) or name.startswith("."):
@@ -183,6 +189,10 @@ def validate_variant(
         raise DataError(f"slice column(s) {missing} not in the split's columns {sorted(map(str, frame.columns))}")
 
     reasons: list[str] = []
+    try:
+        check_quantization([_table_report(t) for t in tables])
+    except DataError as err:  # names the table
+        reasons.append(first_line(err))
     notes: list[str] = []
     finite = np.isfinite(probs)
     nonfinite = int(n - finite.sum())
@@ -375,6 +385,13 @@ def _labels_and_frame(split: Any) -> tuple[np.ndarray, pd.DataFrame]:
     if labels.min() == labels.max():
         raise DataError(f"labels are all {labels[0]:g}: AUC needs both classes")
     return labels, frame.reset_index(drop=True)
+
+
+def _table_report(table: TableQuantization | Mapping[str, Any]) -> TableQuantization:
+    if isinstance(table, TableQuantization):
+        return table
+    names = {f.name for f in dataclasses.fields(TableQuantization)}
+    return TableQuantization(**{k: v for k, v in table.items() if k in names})
 
 
 def _as_vector(values: Any, what: str, n: int) -> np.ndarray:

@@ -184,7 +184,7 @@ def compress_and_validate(candidate: Candidate, base: str, compress_config: dict
             passed, reasons = False, [f"build failed: {variant.error}"]
         else:
             verdict = validate_variant(variant.name, onnx_predict(variant.onnx_path, test), reference, test,
-                                       gx_root=gx_root, config=pcfg)
+                                       gx_root=gx_root, config=pcfg, tables=variant.params.get("tables", ()))
             passed, reasons, metrics = verdict.passed, verdict.reasons, verdict.metrics
         row = {**variant.to_dict(), "passed": passed, "reasons": reasons, "reference_auc": reference_auc,
                "auc": metrics.get("auc"), "delta_auc": metrics.get("delta_auc"),

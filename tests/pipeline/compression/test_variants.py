@@ -35,12 +35,13 @@ def test_logreg_cannot_be_pruned_and_becomes_an_error_variant(features, tmp_path
     cfg = CompressConfig.from_dict(FAST)
     variants = build_base_variants("pruned50", model_dir, features, tmp_path / "out", cfg)
     assert [v.name for v in variants] == ["pruned50", "pruned50+int8_dynamic", "pruned50+int8_static",
-                                          "pruned50+fp16"]
+                                          "pruned50+fp16", "pruned50+emb_int8", "pruned50+emb_int4"]
     assert all(v.error and "\n" not in v.error for v in variants)
 
 
 def test_fp32_base_variants_have_sizes_parity_and_latency(fp32_variants):
-    assert list(fp32_variants) == ["fp32", "fp32+int8_dynamic", "fp32+int8_static", "fp32+fp16"]
+    assert list(fp32_variants) == ["fp32", "fp32+int8_dynamic", "fp32+int8_static", "fp32+fp16", "fp32+emb_int8",
+                                   "fp32+emb_int4"]
     for variant in fp32_variants.values():
         assert variant.error is None, variant.error
         assert Path(variant.onnx_path).exists() and variant.latency_ms > 0 and variant.size_bytes > 0
