@@ -109,29 +109,28 @@ def seed_everything(seed: int) -> None:
 
 def predict(model, split, batch_size: int = 8192) -> np.ndarray:
     """Probabilities of ``model`` on every row of ``split``, in eval mode without gradients."""
-    import torch
-
-    model.eval()
-    inputs = {k: torch.from_numpy(v) for k, v in split.inputs().items()}
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(split), batch_size):
-            batch = {k: v[start : start + batch_size] for k, v in inputs.items()}
-            out.append(model(**batch).numpy())
-    return np.concatenate(out).astype(np.float64)
+    return _in_batches(model, split, batch_size, model)
 
 
 def predict_tasks(model, split, batch_size: int = 8192) -> np.ndarray:
     """[N, num_tasks] probabilities of a multi-task ``model`` (``task_logits``) on every row of ``split``."""
     import torch
 
+    return _in_batches(model, split, batch_size, lambda **batch: torch.sigmoid(model.task_logits(**batch)))
+
+
+def _in_batches(model, split, batch_size: int, forward) -> np.ndarray:
+    """``forward(**inputs)`` over every row of ``split``, ``batch_size`` rows at a time, with ``model`` in eval mode
+    and without gradients."""
+    import torch
+
     model.eval()
     inputs = {k: torch.from_numpy(v) for k, v in split.inputs().items()}
     out = []
     with torch.no_grad():
         for start in range(0, len(split), batch_size):
             batch = {k: v[start : start + batch_size] for k, v in inputs.items()}
-            out.append(torch.sigmoid(model.task_logits(**batch)).numpy())
+            out.append(forward(**batch).numpy())
     return np.concatenate(out).astype(np.float64)
 
 
