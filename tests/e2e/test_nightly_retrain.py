@@ -140,11 +140,11 @@ def test_compress_and_validate_gates_and_tracks_every_variant(nightly):
     variants = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == candidate.info.run_id]
     names = sorted(r.data.tags[tags.VARIANT] for r in variants)
     assert names == sorted(f"{base}{suffix}" for base in ("fp32", "pruned50", "student")
-                           for suffix in ("", "+int8_dynamic", "+int8_static", "+fp16"))
+                           for suffix in ("", "+int8_dynamic", "+int8_static", "+fp16", "+emb_int8", "+emb_int4"))
     by_name = {r.data.tags[tags.VARIANT]: r for r in variants}
     assert by_name["fp32"].data.tags[tags.PARITY] == "passed"  # the reference is at parity with itself
     for run in variants:
-        assert run.data.params["technique"] and run.data.params["bits"] in {"8", "16", "32"}
+        assert run.data.params["technique"] and run.data.params["bits"] in {"4", "8", "16", "32"}
         assert run.data.metrics["size_bytes"] > 0 and "auc" in run.data.metrics
         if run.data.tags[tags.PARITY] == "passed":
             assert run.data.metrics["auc"] >= 0.999 * by_name["fp32"].data.metrics["auc"]
