@@ -58,12 +58,9 @@ _ROW_STRIDE = 2_654_435_761  # Knuth's multiplicative-hash constant (prime): ran
 
 
 @dataclass(frozen=True)
-class RmcSpec:
-    """Architecture and table layout of one synthetic DLRM (all tables alike, as in DeepRecSys' configs).
-
-    ``bottom_mlp`` maps the ``dense_features`` to the dense vector; the "cat" interaction concatenates it with
-    the T pooled D-dim vectors, and ``top_mlp`` (last size 1) maps that to the logit.
-    """
+class JaggedTables:
+    """The embedding-table part of a synthetic model: T tables of R rows of D floats, fused into one table, looked
+    up with jagged ids (``lookups_per_table`` per table per item on average), beside ``dense_features`` floats."""
 
     name: str
     num_tables: int
@@ -71,37 +68,58 @@ class RmcSpec:
     lookups_per_table: float  # mean pooling factor (ids per table per item)
     embedding_dim: int
     dense_features: int
-    bottom_mlp: tuple[int, ...]
-    top_mlp: tuple[int, ...]
 
     def __post_init__(self) -> None:
+        kind = type(self).__name__
         for key in ("num_tables", "rows_per_table", "embedding_dim", "dense_features"):
-            check_positive_int(f"RmcSpec.{key}", getattr(self, key))
+            check_positive_int(f"{kind}.{key}", getattr(self, key))
         if self.rows_per_table < 2:
-            raise ValueError(f"RmcSpec.rows_per_table must be >= 2, got {self.rows_per_table}")
+            raise ValueError(f"{kind}.rows_per_table must be >= 2, got {self.rows_per_table}")
         if not 0 < self.lookups_per_table < 1e5:
-            raise ValueError(f"RmcSpec.lookups_per_table must be in (0, 1e5), got {self.lookups_per_table}")
-        check_layer_sizes("RmcSpec.bottom_mlp", self.bottom_mlp)
-        check_layer_sizes("RmcSpec.top_mlp", self.top_mlp)
-        if self.top_mlp[-1] != 1:
-            raise ValueError(f"RmcSpec.top_mlp must end with 1 (the logit), got {self.top_mlp}")
+            raise ValueError(f"{kind}.lookups_per_table must be in (0, 1e5), got {self.lookups_per_table}")
         if self.num_tables * self.rows_per_table >= 2**31:
-            raise ValueError("RmcSpec: the fused table must have fewer than 2^31 rows")
+            raise ValueError(f"{kind}: the fused table must have fewer than 2^31 rows")
 
-    def scaled(self, table_rows_scale: float) -> RmcSpec:
+    def scaled(self, table_rows_scale: float):
         """The same model with ``rows_per_table`` scaled (at least 1,000 rows, so that Zipf still has a tail)."""
         if not 0 < table_rows_scale <= 1:
             raise ValueError(f"table_rows_scale must be in (0, 1], got {table_rows_scale}")
         return replace(self, rows_per_table=max(1000, round(self.rows_per_table * table_rows_scale)))
 
     @property
-    def interaction_dim(self) -> int:
-        return self.bottom_mlp[-1] + self.num_tables * self.embedding_dim
-
-    @property
     def table_bytes(self) -> int:
         """fp32 bytes of all embedding tables."""
         return 4 * self.num_tables * self.rows_per_table * self.embedding_dim
+
+    @property
+    def lookups_per_item(self) -> float:
+        return self.num_tables * self.lookups_per_table
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RmcSpec(JaggedTables):
+    """Architecture and table layout of one synthetic DLRM (all tables alike, as in DeepRecSys' configs).
+
+    ``bottom_mlp`` maps the ``dense_features`` to the dense vector; the "cat" interaction concatenates it with
+    the T pooled D-dim vectors, and ``top_mlp`` (last size 1) maps that to the logit.
+    """
+
+    bottom_mlp: tuple[int, ...]
+    top_mlp: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_layer_sizes("RmcSpec.bottom_mlp", self.bottom_mlp)
+        check_layer_sizes("RmcSpec.top_mlp", self.top_mlp)
+        if self.top_mlp[-1] != 1:
+            raise ValueError(f"RmcSpec.top_mlp must end with 1 (the logit), got {self.top_mlp}")
+
+    @property
+    def interaction_dim(self) -> int:
+        return self.bottom_mlp[-1] + self.num_tables * self.embedding_dim
 
     @property
     def mlp_parameters(self) -> int:
@@ -123,13 +141,6 @@ class RmcSpec:
         for size in self.top_mlp:
             total, width = total + width * size, size
         return total
-
-    @property
-    def lookups_per_item(self) -> float:
-        return self.num_tables * self.lookups_per_table
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # DeepRecSys' own model definitions (harvard-acc/DeepRecSys, models/configs/dlrm_rm{1,2,3}.json, the configs the
@@ -371,45 +382,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------------------
 # The other DeepRecSys families at full scale: multi-task Wide&Deep and DIEN (their models: recforge.models.mt_wnd,
 # recforge.models.dien). Same jagged inputs as the RMCs, so ``synthetic_inputs`` and ``InputPool`` serve them too.
-
-
-@dataclass(frozen=True)
-class JaggedTables:
-    """The embedding-table part of a synthetic model: T tables of R rows of D floats, fused as in RmcSpec."""
-
-    name: str
-    num_tables: int
-    rows_per_table: int
-    lookups_per_table: float  # mean pooling factor (ids per table per item)
-    embedding_dim: int
-    dense_features: int
-
-    def __post_init__(self) -> None:
-        for key in ("num_tables", "rows_per_table", "embedding_dim", "dense_features"):
-            check_positive_int(f"{type(self).__name__}.{key}", getattr(self, key))
-        if self.rows_per_table < 2 or self.num_tables * self.rows_per_table >= 2**31:
-            raise ValueError(f"{type(self).__name__}: rows_per_table must be >= 2 and the fused table < 2^31 rows")
-        if not 0 < self.lookups_per_table < 1e5:
-            raise ValueError(f"{type(self).__name__}.lookups_per_table must be in (0, 1e5), got "
-                             f"{self.lookups_per_table}")
-
-    def scaled(self, table_rows_scale: float):
-        """The same model with ``rows_per_table`` scaled (at least 1,000 rows), as ``RmcSpec.scaled``."""
-        if not 0 < table_rows_scale <= 1:
-            raise ValueError(f"table_rows_scale must be in (0, 1], got {table_rows_scale}")
-        return replace(self, rows_per_table=max(1000, round(self.rows_per_table * table_rows_scale)))
-
-    @property
-    def table_bytes(self) -> int:
-        """fp32 bytes of all embedding tables."""
-        return 4 * self.num_tables * self.rows_per_table * self.embedding_dim
-
-    @property
-    def lookups_per_item(self) -> float:
-        return self.num_tables * self.lookups_per_table
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
