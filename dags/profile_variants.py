@@ -2,18 +2,22 @@
 
 Scheduled on the validated-variants Asset of ``compress_and_validate``. ``plan`` picks per family the passing
 variants on the accuracy/latency Pareto front (fastest first, at most ``max_variants_per_family``) plus the fp32
-reference; ``profile`` (one mapped task per variant, one at a time: load tests need quiet cores) measures the
-latency-bounded throughput on every configured target and logs the profile JSON, metrics and plots on the
-variant's MLflow run; ``summarize`` logs the table and the Pareto plot on each family's training run and emits
-the profiles Asset for registration. Triggered by hand, it takes the validated variants of the nightly run given
-as a param (or of one candidate run, or of the latest finished nightly run).
+reference; ``profile`` (one mapped task per family, one at a time: load tests need quiet cores) races the
+family's variants on every configured target (the predicted fastest gets the knob search, each later one is
+measured at the knobs of the best so far, challenged at its LBT first), measures their latency-bounded throughput
+and logs the profile JSON, metrics and plots on each variant's MLflow run; ``summarize`` logs the table and the
+Pareto plot on each family's training run and emits the profiles Asset for registration. Triggered by hand, it
+takes the validated variants of the nightly run given as a param (or of one candidate run, or of the latest
+finished nightly run).
 """
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pendulum
+from airflow.configuration import conf
 from airflow.sdk import Param, dag, get_current_context, task
 from recforge_assets import PROFILES, VALIDATED_VARIANTS
 
@@ -22,6 +26,10 @@ from recforge.models.families import DEEP_FAMILIES  # torch-free: only the names
 
 # what an optional Param left empty in the trigger form (None) means to the stage functions
 NOT_GIVEN = {"families": [], "targets": [], "parent_run_id": "", "candidate_run_id": ""}
+# The executor queue of the load tests. The cluster (infra/cluster) sets RECFORGE_PROFILING_QUEUE=profiling, a queue
+# one Celery worker serves one task at a time, so a profile is not measured beside another task; unset (the embedded
+# mode): Airflow's default queue.
+PROFILING_QUEUE = os.environ.get("RECFORGE_PROFILING_QUEUE") or conf.get("operators", "default_queue")
 
 
 def _params() -> dict:
@@ -73,36 +81,37 @@ def _stage_config() -> dict:
 def profile_variants():
     @task
     def plan() -> list[dict]:
-        from recforge.pipeline.profiling.stage import plan_profiles
+        from recforge.pipeline.profiling.stage import family_jobs, plan_profiles
         from recforge.pipeline.profiling.stage_config import ProfileStageConfig
 
         ctx = get_current_context()
         extras = [event.extra for events in ctx["triggering_asset_events"].values() for event in events]
         p = _params()
-        return plan_profiles(extras, parent_run_id=p["parent_run_id"], candidate_run_id=p["candidate_run_id"],
-                             families=p["families"], cfg=ProfileStageConfig.from_dict(_stage_config()))
+        return family_jobs(plan_profiles(extras, parent_run_id=p["parent_run_id"],
+                                         candidate_run_id=p["candidate_run_id"], families=p["families"],
+                                         cfg=ProfileStageConfig.from_dict(_stage_config())))
 
-    # load tests need quiet cores; each mapped task is named <family>/<variant> in the UI
-    @task(max_active_tis_per_dagrun=1, execution_timeout=timedelta(minutes=30),
-          map_index_template="{{ task.op_kwargs['job']['family'] }}/{{ task.op_kwargs['job']['variant'] }}")
-    def profile(job: dict) -> dict:
-        from recforge.pipeline.profiling.stage import profile_one
+    # load tests need quiet cores; a family's variants race each other in one task, named after the family in the UI
+    @task(max_active_tis_per_dagrun=1, execution_timeout=timedelta(minutes=30), queue=PROFILING_QUEUE,
+          map_index_template="{{ task.op_kwargs['family_job']['family'] }}")
+    def profile(family_job: dict) -> list[dict]:
+        from recforge.pipeline.profiling.stage import profile_family
 
-        return profile_one(job, _stage_config())
+        return profile_family(family_job, _stage_config())
 
     @task(outlets=[PROFILES])
-    def summarize(results: list[dict]) -> dict:
+    def summarize(results: list[list[dict]]) -> dict:
         from recforge.pipeline.profiling.stage import summarize_profiles
         from recforge.pipeline.profiling.summary import format_summary, profiles_asset_extra
 
-        summaries = summarize_profiles(list(results))
+        summaries = summarize_profiles([variant for family in results for variant in family])
         for summary in summaries.values():
             print(format_summary(summary))
         extra = profiles_asset_extra(summaries)
         get_current_context()["outlet_events"][PROFILES].extra = extra
         return extra
 
-    summarize(profile.expand(job=plan()))
+    summarize(profile.expand(family_job=plan()))
 
 
 profile_variants()

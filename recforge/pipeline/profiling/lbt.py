@@ -33,6 +33,7 @@ from recforge.core.errors import ConfigError
 from recforge.pipeline.profiling.search.base import knob_key
 
 STEAL_PAUSE_S = 2.0  # pause before re-measuring a rate taken under CPU steal
+NEAR_MISS = 2.0  # a challenge whose p95 is within this many times the target is run a second time
 # what ended an LBT search's way up: a failing rate (the LBT is bracketed), the apparatus' ceiling, an explicit
 # max_qps, or the step budget spent while ramping; all but "slo" leave the LBT a lower bound
 LIMIT_SLO, LIMIT_APPARATUS, LIMIT_MAX_QPS, LIMIT_STEPS = "slo", "apparatus", "max_qps", "step_budget"
@@ -304,9 +305,11 @@ def ceiling_note(config: LBTConfig, lbt: float) -> str:
     return f"max_qps {config.max_qps:g} still meets the SLO: the LBT is at least that; raise max_qps to find it"
 
 
-def lbt_from_config(measure: Measure, knobs: Mapping[str, Any] | None, config: LBTConfig) -> LBTResult:
-    """:func:`latency_bounded_throughput` with an :class:`LBTConfig`."""
-    return _LBTSearch(measure, dict(knobs or {}), config).run()
+def lbt_from_config(measure: Measure, knobs: Mapping[str, Any] | None, config: LBTConfig,
+                    first_qps: float | None = None) -> LBTResult:
+    """:func:`latency_bounded_throughput` with an :class:`LBTConfig`; the ramp starts at ``first_qps`` when given
+    (a guess above ``start_qps``: when it fails, the LBT is searched below it, down to ``start_qps``)."""
+    return _LBTSearch(measure, dict(knobs or {}), config).run(first_qps)
 
 
 def _runs(measure: Measure, rate: float, knobs: dict, n: int) -> tuple[Measurement, ...]:
@@ -323,18 +326,44 @@ def _point(rate: float, runs: tuple[Measurement, ...], config: LBTConfig) -> LBT
     return LBTPoint(rate, median, passed, reason, runs)
 
 
-def confirm_lbt(measure: Measure, result: LBTResult, runs: int) -> LBTResult:
+def confirm_lbt(measure: Measure, result: LBTResult, runs: int, floor_qps: float | None = None) -> LBTResult:
     """``result`` with its LBT rate re-measured ``runs`` more times: the rate stands when the median of all its
     runs meets the SLO. Otherwise it becomes a failed rate, the bisection resumes between the next lower passing
-    rate and it, and the new final rate is confirmed the same way (down to LBT 0).
+    rate and it (none probed yet: the LBT is searched below it, down to ``floor_qps``, default the result's own
+    ``start_qps``; a search that started at a rate a challenger sustained has no lower points), and the new final
+    rate is confirmed the same way (down to LBT 0).
 
     One short load run can pass by luck (a quiet second on a shared machine). The search trusts every verdict, so
     a lucky pass near the top is the likeliest way to overstate an LBT, and the cheapest place to spend extra
     runs: the rest of the curve keeps one run per rate."""
     if runs < 1:
         return result
-    search = _LBTSearch(measure, result.knobs, dataclasses.replace(result.config, confirm=runs), list(result.points))
-    return search.confirm(result)
+    floor = min(result.config.start_qps, floor_qps) if floor_qps is not None else result.config.start_qps
+    config = dataclasses.replace(result.config, confirm=runs, start_qps=floor)
+    return _LBTSearch(measure, result.knobs, config, list(result.points)).confirm(result)
+
+
+def challenge_rate(measure: Measure, knobs: Mapping[str, Any] | None, config: LBTConfig,
+                   rate_qps: float) -> LBTResult | None:
+    """Whether ``knobs`` sustain ``rate_qps`` (a rival's LBT), and if not, the LBT below it.
+
+    One load run at ``rate_qps`` (at most the apparatus' top rate), and a second one when the first missed narrowly
+    (p95 within ``NEAR_MISS`` x the target, errors within the SLO): the second decides. None when it meets the SLO:
+    the setting may beat the rival and deserves a search of its own. Otherwise the failed rate tops the bracket
+    (its run stays on the curve): the search steps down from half of it (/ ``ramp_factor`` while failing, to
+    ``start_qps`` at the lowest: below that the LBT is 0) and bisects up to the failed rate, in at most
+    ``max_steps`` probed rates (the challenge included); ``confirm`` is left to the caller (:func:`confirm_lbt`).
+    """
+    search = _LBTSearch(measure, dict(knobs or {}), config)
+    top = config.top_qps
+    rate = min(float(rate_qps), top) if top is not None else float(rate_qps)
+    point = search.probe(rate)
+    if not point.passed and point.measurement.error_rate <= config.max_error_rate and \
+            point.measurement.p95_ms <= NEAR_MISS * config.p95_target_ms:
+        search.points[-1] = point = search.runs_at(rate, config.repeats)
+    if point.passed:
+        return None
+    return search.below(rate)
 
 
 class _LBTSearch:
@@ -371,17 +400,22 @@ class _LBTSearch:
     def result(self, lbt: float, *, limit: str = LIMIT_SLO, converged: bool = True, note: str = "") -> LBTResult:
         return LBTResult(lbt, self.knobs, self.config, self.points, limit=limit, converged=converged, note=note)
 
-    def run(self) -> LBTResult:
-        result = self.ramp()
+    def run(self, first_qps: float | None = None) -> LBTResult:
+        result = self.ramp(first_qps)
         return self.confirm(result) if self.config.confirm else result
 
-    def ramp(self) -> LBTResult:
+    def ramp(self, first_qps: float | None = None) -> LBTResult:
+        """Up from ``first_qps`` (default ``start_qps``; a first rate above ``start_qps`` that fails is searched
+        below, :meth:`below`) until the SLO breaks, then bisect."""
         config = self.config
-        first = self.probe(config.start_qps)
+        good, top = max(first_qps or config.start_qps, config.start_qps), config.top_qps
+        good = min(good, top) if top is not None else good
+        first = self.probe(good)
+        if not first.passed and good > config.start_qps:
+            return self.below(good)
         if not first.passed:
             return self.result(0.0, note=f"even start_qps {config.start_qps:g} breaks the SLO ({first.reason}): the "
                                          "LBT is 0; lower start_qps to look below it")
-        good, top = config.start_qps, config.top_qps
         while True:  # up until the SLO breaks; only the apparatus ceiling, max_qps or the step budget stop it short
             if top is not None and good >= top:
                 return self.result(good, limit=config.top_limit(), note=ceiling_note(config, good))
@@ -393,6 +427,25 @@ class _LBTSearch:
             if not self.probe(rate).passed:
                 return self.bisect(good, rate)
             good = rate
+
+    def below(self, bad: float, budget: int | None = None) -> LBTResult:
+        """The LBT under ``bad``, a rate already found failing: step down from half of it until a rate passes (0
+        below ``start_qps``), then bisect up to the lowest failing rate (``budget``: steps allowed in all, default
+        max_steps)."""
+        config = self.config
+        budget = config.max_steps if budget is None else budget
+        rate = max(bad / 2, config.start_qps)
+        while True:
+            if len(self.points) >= budget:
+                return self.result(0.0, converged=False,
+                                   note=f"step budget ({budget}) spent stepping down from {bad:g} qps: "
+                                        f"no rate at or above {rate:g} qps met the SLO")
+            if self.probe(rate).passed:
+                return self.bisect(rate, min(p.rate_qps for p in self.points if not p.passed and p.rate_qps > rate),
+                                   budget)
+            if rate <= config.start_qps:
+                return self.result(0.0, note=f"even start_qps {config.start_qps:g} breaks the SLO: the LBT is 0")
+            rate = max(rate / config.ramp_factor, config.start_qps)
 
     def bisect(self, good: float, bad: float, budget: int | None = None) -> LBTResult:
         """Bisect between a passing and a failing rate until their gap is within tolerance (``budget``: steps
@@ -422,10 +475,13 @@ class _LBTSearch:
                 break
             dropped.append(lbt)
             good = max((p.rate_qps for p in self.points if p.passed and p.rate_qps < lbt), default=0.0)
-            if good <= 0:
+            if good > 0:
+                result = self.bisect(good, lbt, budget)
+            elif lbt > self.config.start_qps:  # nothing passed below it yet (a search that started up here)
+                result = self.below(lbt, budget)
+            else:
                 lbt = 0.0
                 break
-            result = self.bisect(good, lbt, budget)
             lbt = result.lbt_qps
         held = f"LBT confirmed by {runs} more run(s) at {lbt:g} qps (median verdict)" if lbt > 0 else \
             f"no passing rate held up when re-measured ({runs} more run(s) each): the LBT is 0"
@@ -436,21 +492,32 @@ class _LBTSearch:
                          note="; ".join(n for n in (result.note, held) if n))
 
 
+WARM_START = 0.5  # a warm-started LBT search starts at this fraction of the best LBT evaluated so far
+
+
 class LBTEvaluator:
     """``evaluate(knobs) -> LBT (qps)`` for the knob searches: runs :func:`latency_bounded_throughput` with one
-    :class:`LBTConfig` and keeps every knob setting's :class:`LBTResult` (its curve goes into the profile)."""
+    :class:`LBTConfig` and keeps every knob setting's :class:`LBTResult` (its curve goes into the profile).
 
-    def __init__(self, measure: Measure, config: LBTConfig | None = None, **lbt_kwargs: Any):
+    With ``warm_start``, every search after the first starts at ``WARM_START`` x the best LBT found so far instead
+    of at ``start_qps`` (a neighbouring setting's LBT is rarely less than half of it, and one that is gets searched
+    below): the ramp from ``start_qps`` to a few thousand qps is paid once per knob search, not once per setting."""
+
+    def __init__(self, measure: Measure, config: LBTConfig | None = None, *, warm_start: bool = False,
+                 **lbt_kwargs: Any):
         if config is not None and lbt_kwargs:
             raise ConfigError("LBTEvaluator: pass either config or keyword arguments, not both")
         self.measure = measure
         self.config = config if config is not None else LBTConfig(**lbt_kwargs)
+        self.warm_start = warm_start
         self.results: dict[str, LBTResult] = {}
 
     def __call__(self, knobs: Mapping[str, Any]) -> float:
         key = knob_key(knobs)
         if key not in self.results:
-            self.results[key] = lbt_from_config(self.measure, knobs, self.config)
+            best = max((r.lbt_qps for r in self.results.values()), default=0.0)
+            first = WARM_START * best if self.warm_start and best > 0 else None
+            self.results[key] = lbt_from_config(self.measure, knobs, self.config, first)
         return self.results[key].lbt_qps
 
     def result_for(self, knobs: Mapping[str, Any]) -> LBTResult:

@@ -19,12 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import re
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recforge.contracts.profile import validate_profile
+from recforge.contracts.profile import json_ready, validate_profile
 from recforge.contracts.targets import CPU_ONNXRUNTIME, CPU_TRITON, GPU_ONNXRUNTIME, PROFILED_TARGETS
 from recforge.core.cli import json_object, run_step
 from recforge.core.errors import ConfigError, RecForgeError
@@ -33,8 +36,9 @@ from recforge.inference.loadgen import load_spec, run_open_loop
 from recforge.inference.onnx import onnx_latency_ms
 from recforge.models.export import example_inputs
 from recforge.pipeline.profiling.document import build_profile, load_doc
-from recforge.pipeline.profiling.lbt import LBTEvaluator, Measurement, confirm_lbt
+from recforge.pipeline.profiling.lbt import LBTEvaluator, Measurement, challenge_rate, confirm_lbt
 from recforge.pipeline.profiling.profile_config import ProfileConfig
+from recforge.pipeline.profiling.search.base import SearchResult, knob_key
 from recforge.pipeline.profiling.search.lbt_probe import LBTProbe
 from recforge.pipeline.profiling.search_space import knob_search, search_space
 from recforge.pipeline.profiling.targets.base import HardwareTarget, close_parts, failure_reason
@@ -43,6 +47,18 @@ from recforge.pipeline.profiling.targets.factory import probe_targets, resolve_t
 log = logging.getLogger(__name__)
 RUN_ID = re.compile(r"[0-9a-f]{32}")  # an MLflow run id, as the profile schema wants
 CLI_TARGETS = (CPU_ONNXRUNTIME, CPU_TRITON, GPU_ONNXRUNTIME)  # the CLI's default (the hybrid on request)
+RIVAL_MARGIN = 0.03  # a later variant is challenged at its family's best LBT x (1 + this), at that one's knobs
+RIVAL_SCREEN = "rival_screen"  # the profile's search.strategy of a variant measured at its rival's knobs only
+
+
+@dataclass(frozen=True)
+class Rival:
+    """The best profile of a variant's family on one target so far: its searched knobs, at which a later variant
+    is measured, and its LBT, at which that variant is challenged first (``stage.profile_family``)."""
+
+    variant: str
+    knobs: dict
+    lbt_qps: float
 
 
 def latency_vs_batch(onnx_path: str | Path, spec: Any, batches: Sequence[int], threads: int, repeats: int,
@@ -55,9 +71,13 @@ def latency_vs_batch(onnx_path: str | Path, spec: Any, batches: Sequence[int], t
 
 
 def profile_variant(onnx_path: str | Path, spec: Any, target: HardwareTarget, *, family: str, variant: str,
-                    variant_run_id: str, accuracy: Mapping[str, float], cfg: ProfileConfig | None = None) -> dict:
+                    variant_run_id: str, accuracy: Mapping[str, float], cfg: ProfileConfig | None = None,
+                    rival: Rival | None = None, close_target: bool = True) -> dict:
     """The validated profile document of ``onnx_path`` on ``target`` (LBT search over the knobs, LBT curve at the
-    best knobs, latency against batch size). Raises when the target cannot serve the model."""
+    best knobs, latency against batch size). With a ``rival`` (the family's best profile on this target so far),
+    the variant is measured at the rival's knobs instead of searching them again (:func:`rival_screen`).
+    The target is closed at the end (its server stopped) unless ``close_target`` is False: the caller profiles
+    more variants on it and closes it. Raises when the target cannot serve the model."""
     cfg = cfg or ProfileConfig()
     check_run_id(variant_run_id)
     onnx_path = Path(onnx_path)
@@ -84,12 +104,17 @@ def profile_variant(onnx_path: str | Path, spec: Any, target: HardwareTarget, *,
                                seed=cfg.seed, offload=offload)
         return Measurement.from_load(result, rate, cfg.point_duration_s)
 
-    evaluator = LBTEvaluator(measure, cfg.lbt_config())
+    evaluator = LBTEvaluator(measure, cfg.lbt_config(), warm_start=True)
     notes = []
+    clock = [time.monotonic()]
     try:
-        search = knob_search(target, cfg, axes, fixed, start).search(LBTProbe(evaluator))
+        search = rival_screen(evaluator, rival, axes, fixed) if rival is not None else None
+        if search is None:
+            search = knob_search(target, cfg, axes, fixed, start).search(LBTProbe(evaluator))
+        clock.append(time.monotonic())
         # the search compares single short runs; the figure that goes into the registry is re-measured
-        lbt = confirm_lbt(measure, evaluator.result_for(search.best_knobs), cfg.confirm)
+        lbt = confirm_lbt(measure, evaluator.result_for(search.best_knobs), cfg.confirm, cfg.start_qps)
+        clock.append(time.monotonic())
         threads = int(search.best_knobs.get("threads", getattr(target, "threads", 1)))
         if hasattr(target, "latency_vs_batch"):  # through the target's own serving stack
             batch_ms = target.latency_vs_batch(load_target(search.best_knobs), cfg.latency_batches,
@@ -100,17 +125,62 @@ def profile_variant(onnx_path: str | Path, spec: Any, target: HardwareTarget, *,
             batch_ms = latency_vs_batch(onnx_path, spec, cfg.latency_batches, threads, cfg.latency_repeats, cfg.seed)
         device = target.describe()
     finally:  # servers and sessions end with the variant's profiling, also when it fails
-        close_parts(*load_targets.values(), target)
+        close_parts(*load_targets.values(), *([target] if close_target else []))
+    clock.append(time.monotonic())
+    started, searched, confirmed, ended = clock
+    spent = (f"profiled in {ended - started:.1f} s: search {searched - started:.1f} s, confirmation "
+             f"{confirmed - searched:.1f} s, latency vs batch and shutdown {ended - confirmed:.1f} s")
+    log.info("%s/%s on %s %s", family, variant, target.name, spent)
     doc = build_profile(
         model_family=family, variant=variant, variant_run_id=variant_run_id, onnx_sha256=sha256_file(onnx_path),
         target={"name": target.name, "kind": target.kind, "device": device, "threads": threads,
                 "workers": int(search.best_knobs.get("workers", cfg.workers))},
         load=load_doc(sizes, axes["sub_batch"]), search=search, lbt=lbt, accuracy=accuracy,
         latency_vs_batch=batch_ms,
-        notes=[f"{len(evaluator.results)} knob settings, {cfg.point_duration_s:g} s per load point", *notes],
+        notes=[f"{len(evaluator.results)} knob settings, {cfg.point_duration_s:g} s per load point", spent, *notes],
     )
     validate_profile(doc)
     return doc
+
+
+def rival_screen(evaluator: LBTEvaluator, rival: Rival, axes: Mapping[str, Sequence[Any]],
+                 fixed: Mapping[str, Any]) -> SearchResult | None:
+    """A later variant of a family, measured at the knobs of the family's best so far on this target: one load
+    run at the rival's LBT x (1 + ``RIVAL_MARGIN``) (``lbt.challenge_rate``) says which way its LBT lies. When it
+    keeps up, its LBT is searched upwards from that rate (``LBTProbe.lbt_from``: re-measured first, then ramped
+    in small steps); when it does not, downwards below it. Either way at those knobs only, recorded as a
+    one-setting search of strategy ``RIVAL_SCREEN``. None (search it in full) when the rival has no LBT or its
+    knobs are not a setting of this space.
+
+    Variants of one family share their layers' shapes and serving stack, so the knobs searched for the fastest
+    serve the others too; the knob search is paid once per family and target, the LBT of each variant still
+    measured."""
+    knobs = dict(rival.knobs)
+    in_space = set(knobs) == set(axes) | set(fixed) and \
+        all(json_ready(knobs[k]) in [json_ready(v) for v in values] for k, values in axes.items()) and \
+        all(json_ready(knobs[k]) == json_ready(v) for k, v in fixed.items())
+    if rival.lbt_qps <= 0 or not in_space:
+        return None
+    rate = rival.lbt_qps * (1 + RIVAL_MARGIN)
+    result = challenge_rate(evaluator.measure, knobs, evaluator.config, rate)
+    if result is None:  # it kept up: how far above
+        probe = LBTProbe(evaluator)
+        lbt = probe.lbt_from(knobs, rate)
+        result = evaluator.result_for(knobs)
+        way = f"sustained {rate:g} qps at its knobs, so its LBT was searched upwards from there"
+        screen = {"knobs": knobs, "rate_qps": rate, "passed": True, "p95_ms": None}
+    else:
+        evaluator.results[knob_key(knobs)] = result
+        lbt = result.lbt_qps
+        first = result.points[0].measurement
+        way = (f"did not sustain {first.rate_qps:g} qps at its knobs (p95 {first.p95_ms:.3g} ms), so its LBT was "
+               "searched below that")
+        screen = {"knobs": knobs, "rate_qps": first.rate_qps, "passed": False,
+                  "p95_ms": first.p95_ms if math.isfinite(first.p95_ms) else None}
+    note = (f"raced against {rival.variant}, the family's best so far here (LBT {rival.lbt_qps:g} qps): it {way}, "
+            f"at {rival.variant}'s searched knobs only (the knob search is run once per family and target)")
+    evaluation = {"knobs": knobs, "value": lbt}
+    return SearchResult(RIVAL_SCREEN, knobs, lbt, [evaluation], [evaluation], note, [screen])
 
 
 def check_run_id(variant_run_id: str) -> str:
@@ -120,10 +190,12 @@ def check_run_id(variant_run_id: str) -> str:
 
 
 def profile_all(onnx_path: str | Path, spec: Any, targets: Sequence[HardwareTarget], *, family: str, variant: str,
-                variant_run_id: str, accuracy: Mapping[str, float],
-                cfg: ProfileConfig | None = None) -> tuple[list[dict], dict[str, str]]:
-    """(profiles, {target name: why skipped}): each available target profiled in turn; an unavailable target or
-    one that raises is reported on one line and the others still run."""
+                variant_run_id: str, accuracy: Mapping[str, float], cfg: ProfileConfig | None = None,
+                rivals: Mapping[str, Rival] | None = None,
+                close_targets: bool = True) -> tuple[list[dict], dict[str, str]]:
+    """(profiles, {target name: why skipped}): each available target profiled in turn (raced against
+    ``rivals[target name]`` when there is one; closed afterwards unless ``close_targets`` is False); an unavailable
+    target or one that raises is reported on one line and the others still run."""
     check_run_id(variant_run_id)  # a bad argument is the caller's error, not every target's
     if not Path(onnx_path).is_file():
         raise ConfigError(f"onnx_path {onnx_path} is not a file")
@@ -132,7 +204,8 @@ def profile_all(onnx_path: str | Path, spec: Any, targets: Sequence[HardwareTarg
     for target in available:
         try:
             profiles.append(profile_variant(onnx_path, spec, target, family=family, variant=variant,
-                                            variant_run_id=variant_run_id, accuracy=accuracy, cfg=cfg))
+                                            variant_run_id=variant_run_id, accuracy=accuracy, cfg=cfg,
+                                            rival=(rivals or {}).get(target.name), close_target=close_targets))
         except Exception as err:  # one broken target must not stop the others
             skipped[target.name] = failure_reason(err)
             log.warning("target %s failed: %s", target.name, skipped[target.name])

@@ -3,9 +3,11 @@ configured targets, summarize per family. Reruns overwrite the same artifacts an
 is ever created here.
 
 :func:`plan_profiles` picks, per family, the passing variants on the accuracy/latency Pareto front
-(``selection``), at most ``max_variants_per_family``, plus always the fp32 reference. :func:`profile_one`
-profiles one variant on the configured targets (``profile_variant.profile_all``: latency-bounded throughput
-under DeepRecSys traffic, hill-climbed knobs) and logs on the variant's MLflow run:
+(``selection``), at most ``max_variants_per_family``, plus always the fp32 reference. :func:`profile_family`
+races a family's variants (the predicted fastest gets the knob search; each later one is measured at the knobs
+of the best so far, challenged at its LBT first). :func:`profile_one` profiles one variant on the configured targets
+(``profile_variant.profile_all``: latency-bounded throughput under DeepRecSys traffic, searched knobs) and logs
+on the variant's MLflow run:
 
 * ``profile/<target>.json`` (the profile document, ``recforge/contracts/profile_schema.json``; registration
   reads it),
@@ -35,7 +37,7 @@ from recforge.contracts.targets import TARGETS, device_of
 from recforge.core.errors import DataError, RecForgeError, first_line
 from recforge.pipeline.parity.stage import candidate_of_run
 from recforge.pipeline.profiling.plots import close_figure, plot_latency_vs_batch, plot_p95_vs_load, plot_pareto
-from recforge.pipeline.profiling.profile_variant import profile_all
+from recforge.pipeline.profiling.profile_variant import Rival, profile_all
 from recforge.pipeline.profiling.runs import passing_variants, tracking_client, validated_from_mlflow, variant_rows
 from recforge.pipeline.profiling.selection import is_finite, precision_of, select_variants
 from recforge.pipeline.profiling.stage_config import ProfileStageConfig
@@ -47,7 +49,7 @@ from recforge.pipeline.profiling.summary import (
     profile_row,
     profiles_asset_extra,
 )
-from recforge.pipeline.profiling.targets.base import HardwareTarget
+from recforge.pipeline.profiling.targets.base import HardwareTarget, close_parts
 from recforge.pipeline.profiling.targets.factory import probe_targets, resolve_targets
 
 log = logging.getLogger(__name__)
@@ -146,8 +148,59 @@ def _spec_path(client, job: Mapping[str, Any]) -> Path:
                         f"{job['candidate_run_id']} ({first_line(err)}); re-run nightly_retrain") from None
 
 
-def profile_one(job: Mapping[str, Any], cfg: ProfileStageConfig | Mapping[str, Any] | None = None) -> dict:
-    """Profile one planned variant on the configured targets and log everything on its variant run.
+def family_jobs(jobs: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """The planned jobs grouped per family, as :func:`profile_family` takes them: [{family, variants: [job, ...]}]
+    (one mapped DAG task per family)."""
+    families: dict[str, list[dict]] = {}
+    for job in jobs:
+        families.setdefault(job["family"], []).append(dict(job))
+    return [{"family": family, "variants": variants} for family, variants in families.items()]
+
+
+def race_order(jobs: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """The variants fastest first by the compression stage's latency at batch 256 (unmeasured ones last): the likely
+    winner sets the bar early, so the others are raced against it (:func:`profile_family`)."""
+    def latency(job: Mapping[str, Any]) -> float:
+        value = job.get("latency_ms_b256")
+        return float(value) if is_finite(value) else float("inf")
+
+    return sorted((dict(job) for job in jobs), key=latency)
+
+
+def profile_family(family_job: Mapping[str, Any], cfg: ProfileStageConfig | Mapping[str, Any] | None = None
+                   ) -> list[dict]:
+    """Profile one family's planned variants as a race (:func:`profile_one` for each, in :func:`race_order`).
+
+    The first (predicted fastest) variant gets the knob search on each target; every later one is measured at the
+    knobs of the family's best profile so far on that target, challenged first at that profile's LBT
+    (``profile_variant.rival_screen``: one load run says whether its LBT lies above or below, the search goes that
+    way), and takes the lead when it serves more. So the knob search is paid once per family and target, and every
+    variant still gets its LBT and curve. Returns the results in profiling order."""
+    if not isinstance(cfg, ProfileStageConfig):
+        cfg = ProfileStageConfig.from_dict(cfg)
+    rivals: dict[str, Rival] = {}
+    results = []
+    resolved = resolve_targets(cfg.targets, cfg.profile_config().threads[0])
+    try:  # the targets (a Triton server) serve the whole family, one variant after the other
+        for job in race_order(family_job["variants"]):
+            result = profile_one(job, cfg, rivals, resolved)
+            for row in result["profiles"]:
+                best = rivals.get(row["target"])
+                if best is None or row["lbt_qps"] > best.lbt_qps:
+                    rivals[row["target"]] = Rival(job["variant"], dict(row["best_knobs"]), float(row["lbt_qps"]))
+            results.append(result)
+    finally:
+        close_parts(*resolved[0])
+    return results
+
+
+def profile_one(job: Mapping[str, Any], cfg: ProfileStageConfig | Mapping[str, Any] | None = None,
+                rivals: Mapping[str, Rival] | None = None,
+                resolved: tuple[Sequence[HardwareTarget], Mapping[str, str]] | None = None) -> dict:
+    """Profile one planned variant on the configured targets (raced against ``rivals``, {target name: the
+    family's best so far}, see :func:`profile_family`) and log everything on its variant run. ``resolved``:
+    the (targets, {unknown target: why}) of ``resolve_targets`` to profile on and leave open for the caller to
+    close (a family's variants share one Triton server); default: resolved here, closed after the variant.
 
     Unknown, unavailable or failing targets are reported with their reason (tag ``tags.PROFILE_SKIPPED``)
     and the others still run. Returns the job with ``profiles`` (one :func:`profile_row` per target) and
@@ -156,7 +209,8 @@ def profile_one(job: Mapping[str, Any], cfg: ProfileStageConfig | Mapping[str, A
         cfg = ProfileStageConfig.from_dict(cfg)
     pcfg = cfg.profile_config()
     client = tracking_client()
-    targets, skipped = resolve_targets(cfg.targets, pcfg.threads[0])
+    targets, skipped = resolve_targets(cfg.targets, pcfg.threads[0]) if resolved is None else \
+        (list(resolved[0]), dict(resolved[1]))
     if precision_of(job["variant"]) in cfg.gpu_only_precisions:
         for target in [t for t in targets if not is_gpu_target(t)]:
             skipped[target.name] = f"{precision_of(job['variant'])} variants are profiled on GPU targets only"
@@ -164,7 +218,8 @@ def profile_one(job: Mapping[str, Any], cfg: ProfileStageConfig | Mapping[str, A
     onnx_path, spec_path = _onnx_path(client, job), _spec_path(client, job)
     accuracy = {k: float(job[k]) for k in ("auc", "delta_auc") if is_finite(job.get(k))}
     profiles, failed = profile_all(onnx_path, spec_path, targets, family=job["family"], variant=job["variant"],
-                                   variant_run_id=job["variant_run_id"], accuracy=accuracy, cfg=pcfg) \
+                                   variant_run_id=job["variant_run_id"], accuracy=accuracy, cfg=pcfg,
+                                   rivals=rivals, close_targets=resolved is None) \
         if targets else ([], {})
     skipped.update(failed)
     out_dir = Catalog.default().profiles_dir(job["data_day"], job["family"])
@@ -238,10 +293,11 @@ def summarize_profiles(results: Sequence[Mapping[str, Any]]) -> dict[str, dict]:
 
 def run_stage(*, parent_run_id: str = "", candidate_run_id: str = "", families: Sequence[str] | None = None,
               stage_config: Mapping[str, Any] | None = None) -> dict:
-    """plan -> profile each job -> summarize, in this process (what the DAG does, without Airflow)."""
+    """plan -> profile each family (a race of its variants) -> summarize, in this process (what the DAG does,
+    without Airflow)."""
     cfg = ProfileStageConfig.from_dict(stage_config)
     jobs = plan_profiles(parent_run_id=parent_run_id, candidate_run_id=candidate_run_id, families=families, cfg=cfg)
-    results = [profile_one(job, cfg) for job in jobs]
+    results = [result for family in family_jobs(jobs) for result in profile_family(family, cfg)]
     return profiles_asset_extra(summarize_profiles(results))
 
 

@@ -35,7 +35,7 @@ def profile_row(doc: Mapping[str, Any], path: Path | str) -> dict[str, Any]:
             "artifact_uri": f"runs:/{doc['variant_run_id']}/profile/{name}.json",
             "lbt_qps": doc["latency_bounded_throughput_qps"], "lbt_capped": bool(doc.get("lbt_capped", False)),
             "items_per_s": doc["items_per_s"], "p95_ms_at_lbt": p95_at_lbt(doc), "p95_target_ms": doc["p95_target_ms"],
-            "best_knobs": doc["search"]["best_knobs"]}
+            "best_knobs": doc["search"]["best_knobs"], "search_strategy": doc["search"].get("strategy")}
 
 
 def family_summary(family: str, results: Sequence[Mapping[str, Any]],

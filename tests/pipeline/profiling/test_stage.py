@@ -12,7 +12,14 @@ from recforge.contracts import tags
 from recforge.contracts.targets import CPU_ONNXRUNTIME as CPU
 from recforge.core import config
 from recforge.core.errors import ConfigError, DataError
-from recforge.pipeline.profiling.stage import plan_profiles, profile_one, summarize_profiles
+from recforge.pipeline.profiling.profile_variant import RIVAL_SCREEN
+from recforge.pipeline.profiling.stage import (
+    family_jobs,
+    plan_profiles,
+    profile_family,
+    profile_one,
+    summarize_profiles,
+)
 from recforge.pipeline.profiling.stage_config import STAGE_PROFILE_DEFAULTS, ProfileStageConfig
 
 TINY_PROFILE = {"point_duration_s": 0.3, "start_qps": 100, "max_qps": 400, "max_steps": 4, "tolerance": 0.5,
@@ -107,7 +114,13 @@ def test_profiles_are_logged_on_the_variant_runs_and_summarized(tracked):
     assert [(j["variant"], j["selected_because"].split(" ")[0]) for j in jobs] == [("pruned50", "Pareto"),
                                                                                    ("fp32", "fp32")]
     assert jobs[0]["data_day"] == "1998-04-22" and jobs[0]["latency_ms_b256"] == 0.5
-    results = [profile_one(job, cfg) for job in jobs]
+    (family,) = family_jobs(jobs)
+    results = profile_family(family, cfg)
+    # the race: the fastest first, with the knob search; the other measured at its knobs only
+    assert [r["variant"] for r in results] == ["pruned50", "fp32"]
+    (leader,), (other,) = results[0]["profiles"], results[1]["profiles"]
+    assert leader["search_strategy"] != RIVAL_SCREEN and other["search_strategy"] == RIVAL_SCREEN
+    assert other["best_knobs"] == leader["best_knobs"]
     runs_before = len(client.search_runs([experiment_id]))
     artifacts_of_a_variant = {f"profile/{CPU}.json", f"profile/{CPU}_p95_vs_load.png",
                               f"profile/{CPU}_latency_vs_batch.png", "profile/skipped.json"}

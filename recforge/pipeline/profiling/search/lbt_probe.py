@@ -8,11 +8,17 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from recforge.pipeline.profiling.lbt import LBTEvaluator, LBTResult, Measurement, lbt_from_config, slo_verdict
+from recforge.pipeline.profiling.lbt import (
+    NEAR_MISS,
+    LBTEvaluator,
+    LBTResult,
+    Measurement,
+    lbt_from_config,
+    slo_verdict,
+)
 from recforge.pipeline.profiling.search.base import knob_key
 from recforge.pipeline.profiling.search.race import Screen
 
-NEAR_MISS = 2.0  # a screen whose p95 is within this many times the target is run a second time
 WINNER_RAMP_FACTOR = 1.25  # the ramp step of an LBT search from a rate a challenger sustained (LBTConfig.ramp_factor)
 
 
