@@ -17,6 +17,7 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -36,10 +37,10 @@ from recforge.inference.loadgen import load_spec, run_open_loop
 from recforge.inference.onnx import onnx_latency_ms
 from recforge.models.export import example_inputs
 from recforge.pipeline.profiling.document import build_profile, load_doc
-from recforge.pipeline.profiling.lbt import LBTEvaluator, Measurement, challenge_rate, confirm_lbt
+from recforge.pipeline.profiling.lbt import LBTEvaluator, Measurement, challenge_rate, confirm_lbt, lbt_from_config
 from recforge.pipeline.profiling.profile_config import ProfileConfig
 from recforge.pipeline.profiling.search.base import SearchResult, knob_key
-from recforge.pipeline.profiling.search.lbt_probe import LBTProbe
+from recforge.pipeline.profiling.search.lbt_probe import WINNER_RAMP_FACTOR, LBTProbe
 from recforge.pipeline.profiling.search_space import knob_search, search_space
 from recforge.pipeline.profiling.targets.base import HardwareTarget, close_parts, failure_reason
 from recforge.pipeline.profiling.targets.factory import probe_targets, resolve_targets
@@ -147,8 +148,8 @@ def rival_screen(evaluator: LBTEvaluator, rival: Rival, axes: Mapping[str, Seque
                  fixed: Mapping[str, Any]) -> SearchResult | None:
     """A later variant of a family, measured at the knobs of the family's best so far on this target: one load
     run at the rival's LBT x (1 + ``RIVAL_MARGIN``) (``lbt.challenge_rate``) says which way its LBT lies. When it
-    keeps up, its LBT is searched upwards from that rate (``LBTProbe.lbt_from``: re-measured first, then ramped
-    in small steps); when it does not, downwards below it. Either way at those knobs only, recorded as a
+    keeps up, its LBT is searched from that rate (re-measured first, then ramped up in small steps, or searched
+    below when the re-measurement fails); when it does not, below it. Either way at those knobs only, recorded as a
     one-setting search of strategy ``RIVAL_SCREEN``. None (search it in full) when the rival has no LBT or its
     knobs are not a setting of this space.
 
@@ -163,20 +164,20 @@ def rival_screen(evaluator: LBTEvaluator, rival: Rival, axes: Mapping[str, Seque
         return None
     rate = rival.lbt_qps * (1 + RIVAL_MARGIN)
     result = challenge_rate(evaluator.measure, knobs, evaluator.config, rate)
-    if result is None:  # it kept up: how far above
-        probe = LBTProbe(evaluator)
-        lbt = probe.lbt_from(knobs, rate)
-        result = evaluator.result_for(knobs)
-        way = f"sustained {rate:g} qps at its knobs, so its LBT was searched upwards from there"
+    if result is None:  # it kept up: how far above (re-measured first: the rate is searched below if that fails)
+        upwards = dataclasses.replace(evaluator.config,
+                                      ramp_factor=min(evaluator.config.ramp_factor, WINNER_RAMP_FACTOR))
+        result = lbt_from_config(evaluator.measure, knobs, upwards, first_qps=rate)
+        way = f"sustained {rate:g} qps at its knobs once, so its LBT was searched from there"
         screen = {"knobs": knobs, "rate_qps": rate, "passed": True, "p95_ms": None}
     else:
-        evaluator.results[knob_key(knobs)] = result
-        lbt = result.lbt_qps
         first = result.points[0].measurement
         way = (f"did not sustain {first.rate_qps:g} qps at its knobs (p95 {first.p95_ms:.3g} ms), so its LBT was "
                "searched below that")
         screen = {"knobs": knobs, "rate_qps": first.rate_qps, "passed": False,
                   "p95_ms": first.p95_ms if math.isfinite(first.p95_ms) else None}
+    evaluator.results[knob_key(knobs)] = result
+    lbt = result.lbt_qps
     note = (f"raced against {rival.variant}, the family's best so far here (LBT {rival.lbt_qps:g} qps): it {way}, "
             f"at {rival.variant}'s searched knobs only (the knob search is run once per family and target)")
     evaluation = {"knobs": knobs, "value": lbt}
