@@ -1,15 +1,21 @@
 """Airflow Assets that chain RecForge's DAGs (no DAG here).
 
-``nightly_retrain`` emits one candidate asset per trained model family; the compression DAG is
+``nightly_retrain`` emits one candidate asset per compressible model family; the compression DAG is
 scheduled on them. The asset event's ``extra`` carries the URIs of the candidate (MLflow run,
-ONNX model, local model folder), never model bytes.
+ONNX model, local model folder), never model bytes; a family the night did not train gets an event
+without them, which the compression DAG skips.
 """
 
 from __future__ import annotations
 
 from airflow.sdk import Asset
 
-from recforge.models.families import DEEP_FAMILIES as CANDIDATE_FAMILIES  # torch-free: only the names
+from recforge.models.families import FAMILIES  # torch-free: only the names
+
+# the nightly's deep families and the opt-in ones (mt_wnd, dien: compressed on the nights whose params train them);
+# not the logreg baseline
+CANDIDATE_FAMILIES: tuple[str, ...] = tuple(name for name, family in FAMILIES.items()
+                                         if family.compressible and not family.baseline)
 
 
 def candidate_asset(family: str) -> Asset:

@@ -23,6 +23,7 @@ FAILURE = "recforge.failure"  # one line: why a run failed
 MODELS = "recforge.models"  # families trained by a nightly run
 TEST_AUC = "recforge.test_auc"
 ONNX_MODEL_URI = "recforge.onnx_model_uri"
+MODEL_FORMAT = "recforge.model_format"  # onnx | torchscript (recforge.models.formats): variant runs, versions
 PARITY = "recforge.parity"  # passed | rejected (variant runs)
 REJECTED_BECAUSE = "recforge.rejected_because"  # a rejected variant's reasons, one line each (variant runs)
 PROFILED_TARGETS = "recforge.profiled_targets"  # targets the latest profiling renewed (training run)

@@ -1,21 +1,33 @@
-"""Triton model repositories from one source of truth: an ONNX variant, its feature spec and a serving config.
+"""Triton model repositories from one source of truth: a model file (ONNX or TorchScript), its spec and a serving
+config (``recforge.inference.serving_config``, derived from the profile).
 
-:func:`write_model_repository` writes ``<out>/<model>/config.pbtxt`` and ``<out>/<model>/<version>/`` in one of
-two flavours that share everything but the runtime lines:
+:func:`write_model_repository` reads the file's format (``recforge.inference.model_file``), refuses a format the
+target cannot serve (e.g. TorchScript on ``cpu-onnxruntime``: one line naming model, format and target), and
+writes ``<out>/<model>/config.pbtxt`` and ``<out>/<model>/<version>/`` in one of two flavours that share
+everything but the runtime lines:
 
-* ``production``: ``platform: "onnxruntime_onnx"`` (Triton's onnxruntime backend, as in the NGC images) and
-  ``<version>/model.onnx``;
-* ``local``: ``backend: "python"``, ``<version>/model.onnx`` and ``<version>/model.py`` (from
-  ``recforge/inference/triton_model.py.tmpl``), because the tritonserver of the nvidia-pytriton wheel has the python
-  backend only. model.py reads the tensor names and dtypes from the config, checks the file's SHA-256 against
-  the config before it loads anything, and runs each dynamic batch as one onnxruntime call.
+=============  ==============================================  ==================================================
+format         ``production`` (NGC tritonserver images)        ``local`` (nvidia-pytriton server: python backend)
+=============  ==============================================  ==================================================
+onnx           ``platform: "onnxruntime_onnx"``, model.onnx    ``backend: "python"``, model.onnx + model.py
+                                                               (``triton_model.py.tmpl``: onnxruntime)
+torchscript    ``platform: "pytorch_libtorch"``, model.pt      ``backend: "python"``, model.pt + model.py
+                                                               (``triton_model_torchscript.py.tmpl``:
+                                                               ``torch.jit.load``)
+=============  ==============================================  ==================================================
 
-Both carry the tensor contract of ``recforge.contracts.features`` (inputs ``sparse``/``genres``/``history`` INT64 and
-``dense`` FP32, output ``probability``, dims without the batch dim; the model's ``[B]`` output is presented
-as ``[B, 1]``), ``dynamic_batching`` (left out with ``ServingConfig(dynamic_batching=False)``),
-``instance_group``, ``model_warmup`` and the expected SHA-256 of the ONNX file as the parameter ``onnx_sha256``.
-Every serving value is written with a comment naming the measurement it came from (:class:`ServingConfig.sources`,
-filled by :func:`serving_config_from_profile`).
+model.py reads the tensor names and dtypes from the config and checks the file's SHA-256 against it before it
+loads anything. An ONNX model carries the tensor contract of ``recforge.contracts.features`` (inputs
+``sparse``/``genres``/``history`` INT64 and ``dense`` FP32, output ``probability``, dims without the batch dim;
+the model's ``[B]`` output is presented as ``[B, 1]``), ``dynamic_batching`` (left out with
+``ServingConfig(dynamic_batching=False)``), ``model_warmup``, onnxruntime's thread parameters and the expected
+SHA-256 as the parameter ``onnx_sha256``; model.py runs each dynamic batch as one onnxruntime call. A TorchScript
+model (the synthetic models with fused embedding bags) carries the jagged contract (:func:`jagged_tensor_contract`:
+``dense`` [B, Dd], ``indices`` [N], ``lengths`` [B, T] -> ``probability__0`` [B], named as the LibTorch backend
+binds them), ``max_batch_size: 0`` (``indices`` has no batch dim: no Triton batching, a request is one batch), the
+LibTorch backend's ``INTRA_OP_THREAD_COUNT``/``INTER_OP_THREAD_COUNT``/``INFERENCE_MODE`` and ``model_sha256``.
+Both carry ``instance_group``, and every serving value is written with a comment naming the measurement it came
+from (:class:`ServingConfig.sources`, filled by :func:`serving_config_from_profile`).
 
 :func:`verify_model_repository` checks each model file against its config's hash before anything is served;
 :func:`parse_config_pbtxt` reads a config back (with Triton's own ModelConfig protobuf, so a field Triton would
@@ -24,186 +36,38 @@ reject is rejected here too).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
-import math
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from recforge.contracts.features import INPUT_NAMES, OUTPUT_NAME
-from recforge.contracts.profile import validate_profile
-from recforge.core.config import Annotated, Field, config_from_dict, typed_config
+from recforge.contracts.targets import CPU_TRITON
 from recforge.core.errors import ConfigError
 from recforge.core.hashing import sha256_file
 from recforge.inference.loadgen import load_spec
+from recforge.inference.model_file import ModelFile, check_servable, read_model_file
+from recforge.inference.serving_config import ServingConfig, serving_config_from_profile
+from recforge.models.formats import ONNX, TORCHSCRIPT
 
-TEMPLATE = Path(__file__).with_name("triton_model.py.tmpl")
+TEMPLATES = {ONNX: Path(__file__).with_name("triton_model.py.tmpl"),
+             TORCHSCRIPT: Path(__file__).with_name("triton_model_torchscript.py.tmpl")}
 FLAVOURS = ("local", "production")
-INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU", "KIND_AUTO")
-MAX_BATCH_SIZE = 1 << 16
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
-SHA_PARAMETER = "onnx_sha256"
+SHA_PARAMETER = "onnx_sha256"  # an ONNX model's expected SHA-256 (the name model.py and older repositories read)
+SHA_PARAMETERS = {ONNX: SHA_PARAMETER, TORCHSCRIPT: "model_sha256"}
+MODEL_FILE_PARAMETER = "model_file"  # local flavour: the file model.py loads (python backend's own file is model.py)
+# the jagged contract of the synthetic models (recforge.models.synthetic): the LibTorch backend binds inputs by the
+# forward's argument names and outputs by the <name>__<index> convention
+TORCHSCRIPT_INPUTS = ("dense", "indices", "lengths")
+TORCHSCRIPT_OUTPUT = f"{OUTPUT_NAME}__0"
 PROVENANCE_FILE = "provenance.json"  # beside config.pbtxt; Triton ignores files it does not know
-
-
-BatchSize = Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE)]
-PerInstance = Annotated[int, Field(ge=1, le=64)]
-
-
-@typed_config
-class ServingConfig:
-    """The Triton serving settings of one model (the DeepRecSched / Triton search result).
-
-    ``sources`` maps a field name to the measurement it came from; it becomes the comment of that value in
-    config.pbtxt (fields without a source are marked as defaults)."""
-
-    max_batch_size: BatchSize = 256
-    preferred_batch_size: tuple[BatchSize, ...] = ()  # empty: no preference, dispatch what has arrived
-    max_queue_delay_microseconds: Annotated[int, Field(ge=0, le=10**7)] = 100
-    # requests waiting in the node's queue beyond which Triton rejects a new one at once (HTTP 503, which the
-    # balancer retries on another node: it never ran); 0: no bound (Triton's default)
-    max_queue_size: Annotated[int, Field(ge=0, le=10**6)] = 0
-    instance_count: PerInstance = 1
-    # False: no dynamic_batching block at all (Triton's default: each request runs on its own, as it arrives);
-    # preferred_batch_size must then be empty and max_queue_delay_microseconds is not written
-    dynamic_batching: bool = True
-    instance_kind: Literal[INSTANCE_KINDS] = "KIND_CPU"
-    threads_per_instance: PerInstance = 1  # onnxruntime intra-op threads of each instance
-    warmup_batch_sizes: tuple[BatchSize, ...] = (1,)
-    sources: Mapping[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for key in ("preferred_batch_size", "warmup_batch_sizes"):
-            sizes = getattr(self, key)
-            if any(s > self.max_batch_size for s in sizes) or len(set(sizes)) != len(sizes):
-                raise ConfigError(f"ServingConfig.{key} must be distinct integers in [1, max_batch_size "
-                                  f"{self.max_batch_size}], got {sizes!r}")
-        if not self.dynamic_batching and self.preferred_batch_size:
-            raise ConfigError(f"ServingConfig.preferred_batch_size {self.preferred_batch_size!r} needs "
-                              "dynamic_batching; set dynamic_batching true or leave preferred_batch_size empty")
-        unknown = sorted(set(self.sources) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise ConfigError(f"ServingConfig.sources names unknown fields {unknown}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> ServingConfig:
-        return config_from_dict(cls, dict(d or {}))
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["sources"] = dict(self.sources)
-        for key in ("preferred_batch_size", "warmup_batch_sizes"):
-            out[key] = list(out[key])
-        return out
-
-    def source(self, key: str) -> str:
-        return self.sources.get(key) or "default (not measured)"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# From a profile
-
-
-def serving_config_from_profile(profile: Mapping[str, Any] | str | Path, *, source: str | None = None,
-                                max_batch_size: int | None = None) -> ServingConfig:
-    """The serving config a profile document (``recforge/contracts/profile_schema.json``; a dict or a JSON file)
-    argues for.
-
-    * ``max_batch_size``: the one the profile ran with (``search.best_knobs.max_batch_size``, cpu-triton), else the
-      largest request the client sends (``sub_batch``) or the largest preferred batch, whichever is larger
-      (the ``max_batch_size`` argument overrides);
-    * ``preferred_batch_size`` / ``max_queue_delay_microseconds`` / ``instance_count``: the Triton knobs of
-      ``search.best_knobs`` (a cpu-triton profile); otherwise the workers of the profiled target become the
-      instance count, with no preferred size and the default queue delay;
-    * ``max_queue_size``: the requests that can still be served within the profile's p95 target behind the queue
-      (target / latency of the largest measured request <= max_batch_size, times the instances; at least 2 per
-      instance); 0 (no bound) without ``latency_vs_batch``;
-    * ``threads_per_instance``: ``target.threads``;
-    * ``warmup_batch_sizes``: 1 and max_batch_size.
-    Each value's ``sources`` entry names the profile (file or run id), its LBT figure and the evaluation."""
-    if not isinstance(profile, Mapping):
-        path = Path(profile)
-        try:
-            profile = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"profile {path} cannot be read as JSON: {err}") from None
-        source = source or str(path)
-    validate_profile(profile)
-    knobs = dict(profile["search"]["best_knobs"])
-    target = profile["target"]
-    lbt = profile["latency_bounded_throughput_qps"]
-    where = (f"profile {source + ' ' if source else ''}(variant run {profile['variant_run_id']}, "
-             f"{profile['model_family']}/{profile['variant']} on {target['name']} [{target['kind']}], "
-             f"measured {profile['measured_at']})")
-    lbt_text = (f"LBT {lbt:g} qps{' (capped)' if profile.get('lbt_capped') else ''} at p95 <= "
-                f"{profile['p95_target_ms']:g} ms, best of {len(profile['search']['evaluations'])} knob settings "
-                f"({profile['search']['strategy']})")
-    sources: dict[str, str] = {}
-
-    def knob(name: str) -> str:
-        return f"search.best_knobs.{name}={json.dumps(knobs[name])} of {where}: {lbt_text}"
-
-    preferred = tuple(sorted(int(b) for b in knobs.get("preferred_batch", ())))
-    if "preferred_batch" in knobs:
-        sources["preferred_batch_size"] = knob("preferred_batch")
-    sub_batch = int(knobs.get("sub_batch", 0))
-    if max_batch_size is None and "max_batch_size" in knobs:  # a cpu-triton profile measured with this one
-        max_batch_size = int(knobs["max_batch_size"])
-        sources["max_batch_size"] = knob("max_batch_size") + " (the Triton max_batch_size the search ran with)"
-    elif max_batch_size is None:
-        candidates = [b for b in (sub_batch, *preferred) if b]
-        if not candidates:
-            raise ConfigError(f"{where} has neither sub_batch nor preferred_batch in search.best_knobs; pass "
-                              "max_batch_size")
-        max_batch_size = max(candidates)
-        sources["max_batch_size"] = (knob("sub_batch") if max_batch_size == sub_batch
-                                     else knob("preferred_batch")) + " (largest request)"
-    else:
-        sources["max_batch_size"] = f"given explicitly (profile {where} suggested {max(sub_batch, *preferred, 1)})"
-    queue_delay = 100
-    if "queue_delay_us" in knobs:
-        queue_delay = int(knobs["queue_delay_us"])
-        sources["max_queue_delay_microseconds"] = knob("queue_delay_us")
-    if "instances" in knobs:
-        instances = int(knobs["instances"])
-        sources["instance_count"] = knob("instances")
-    elif "workers" in knobs or "workers" in target:
-        instances = int(knobs.get("workers", target.get("workers", 1)))
-        sources["instance_count"] = (f"{'search.best_knobs' if 'workers' in knobs else 'target'}.workers="
-                                     f"{instances} (parallel sessions) of {where}: {lbt_text}")
-    else:
-        instances = 1
-    threads = int(knobs.get("threads", target["threads"]))
-    sources["threads_per_instance"] = f"target.threads={threads} of {where}: {lbt_text}"
-    batch_ms = {row["batch"]: row["ms"] for row in profile.get("latency_vs_batch", [])}
-    warmup = tuple(sorted({1, max_batch_size}))
-    measured = ", ".join(f"{b}: {batch_ms[b]:.3g} ms" for b in warmup if b in batch_ms)
-    sources["warmup_batch_sizes"] = "1 and max_batch_size" + (f" (single-request latency_vs_batch {measured})"
-                                                               if measured else "")
-    queue_size = 0
-    full = [(b, ms) for b, ms in sorted(batch_ms.items()) if b <= max_batch_size and ms > 0]
-    if full:  # a request that waits behind more than this misses the SLO anyway: reject it at once (503)
-        batch, ms = full[-1]
-        queue_size = max(2 * instances, math.floor(profile["p95_target_ms"] / ms * instances))
-        sources["max_queue_size"] = (f"p95 target {profile['p95_target_ms']:g} ms / {ms:.3g} ms per request of "
-                                     f"{batch} rows (latency_vs_batch) x {instances} instance(s), at least 2 per "
-                                     f"instance: the requests that can still be served within the target, of {where}")
-    # a GPU profile's instances run on the GPU; a hybrid profile's Triton side is its CPU part (the offloaded
-    # queries need a second, GPU deployment, which the hybrid profile's gpu_threshold routes to)
-    kind = "KIND_GPU" if target["kind"].startswith("gpu-") else "KIND_CPU"
-    sources["instance_kind"] = f"target.kind={target['kind']} of {where}"
-    return ServingConfig(max_batch_size=max_batch_size, preferred_batch_size=preferred,
-                         max_queue_delay_microseconds=queue_delay, max_queue_size=queue_size,
-                         instance_count=instances, instance_kind=kind,
-                         threads_per_instance=threads, warmup_batch_sizes=warmup, sources=sources)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -220,6 +84,21 @@ def tensor_contract(spec: Any) -> tuple[list[tuple[str, str, list[int]]], list[t
     return inputs, [(OUTPUT_NAME, "TYPE_FP32", [1])]
 
 
+def jagged_tensor_contract(spec: Mapping[str, Any] | Any
+                           ) -> tuple[list[tuple[str, str, list[int]]], list[tuple[str, str, list[int]]]]:
+    """The same for a synthetic model's jagged contract (an RmcSpec or its dict): ``dense`` [B, Dd] FP32,
+    ``indices`` [N] INT64, ``lengths`` [B, T] INT64 -> ``probability__0`` [B] FP32, dims *with* the batch dim
+    (-1: any), since ``indices`` has none and Triton therefore cannot batch these models (max_batch_size 0)."""
+    get = spec.get if isinstance(spec, Mapping) else lambda key: getattr(spec, key, None)
+    dense, tables = get("dense_features"), get("num_tables")
+    if not (isinstance(dense, int) and dense >= 1 and isinstance(tables, int) and tables >= 1):
+        raise ConfigError(f"a TorchScript model's spec needs dense_features and num_tables >= 1, got {dense!r} and "
+                          f"{tables!r}")
+    dims = {"dense": ("TYPE_FP32", [-1, dense]), "indices": ("TYPE_INT64", [-1]),
+            "lengths": ("TYPE_INT64", [-1, tables])}
+    return [(name, *dims[name]) for name in TORCHSCRIPT_INPUTS], [(TORCHSCRIPT_OUTPUT, "TYPE_FP32", [-1])]
+
+
 def _comment(text: str) -> str:
     return " ".join(str(text).split())  # one line
 
@@ -228,22 +107,52 @@ def _string(value: str) -> str:
     return json.dumps(str(value))  # a valid protobuf text string literal for printable text
 
 
-def render_config_pbtxt(*, model_name: str, spec: Any, serving_config: ServingConfig, flavour: str,
-                        onnx_sha256: str, provenance: Mapping[str, Any] | None = None,
-                        generated_at: str | None = None) -> str:
-    """The config.pbtxt text (see the module docstring)."""
-    if flavour not in FLAVOURS:
-        raise ConfigError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
-    cfg = serving_config
-    inputs, outputs = tensor_contract(spec)
+def _dims(dims: list[int]) -> str:
+    return ", ".join(map(str, dims))
+
+
+def _parameter(key: str, value: str, why: str) -> str:
+    return f"parameters {{ key: {_string(key)} value: {{ string_value: {_string(value)} }} }}  # {_comment(why)}"
+
+
+def _header(model_name: str, flavour: str, model_format: str, provenance: Mapping[str, Any] | None,
+            generated_at: str | None) -> list[str]:
     lines = [
-        f"# Triton model configuration of {model_name} ({flavour} flavour), written by "
+        f"# Triton model configuration of {model_name} ({model_format}, {flavour} flavour), written by "
         "recforge.inference.model_repo.write_model_repository",
         f"# generated at {generated_at or dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
     ]
     for key, value in (provenance or {}).items():
         lines.append(f"# provenance {key}: {_comment(value if isinstance(value, str) else json.dumps(value))}")
-    lines.append(f"name: {_string(model_name)}")
+    return lines + [f"name: {_string(model_name)}"]
+
+
+def _instance_group(cfg: ServingConfig) -> list[str]:
+    return ["instance_group [",
+            f"  {{ count: {cfg.instance_count} kind: {cfg.instance_kind} }}  "
+            f"# {_comment(cfg.source('instance_count'))}",
+            "]"]
+
+
+def render_config_pbtxt(*, model_name: str, spec: Any, serving_config: ServingConfig, flavour: str,
+                        onnx_sha256: str | None = None, provenance: Mapping[str, Any] | None = None,
+                        generated_at: str | None = None, model_format: str = ONNX,
+                        model_sha256: str | None = None) -> str:
+    """The config.pbtxt text of a model of ``model_format`` (see the module docstring). ``spec``: the FeatureSpec
+    of an ONNX model, the RmcSpec (or its dict) of a TorchScript one; the file's SHA-256 is ``model_sha256``
+    (``onnx_sha256``, its older name, for ONNX)."""
+    if flavour not in FLAVOURS:
+        raise ConfigError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
+    if model_format not in SHA_PARAMETERS:
+        raise ConfigError(f"model_format must be one of {tuple(SHA_PARAMETERS)}, got {model_format!r}")
+    sha = model_sha256 or onnx_sha256
+    if not sha:
+        raise ConfigError(f"config of {model_name}: the model file's SHA-256 is missing")
+    lines = _header(model_name, flavour, model_format, provenance, generated_at)
+    if model_format == TORCHSCRIPT:
+        return "\n".join(lines + torchscript_config_lines(spec, serving_config, flavour, sha)) + "\n"
+    cfg = serving_config
+    inputs, outputs = tensor_contract(spec)
     if flavour == "production":
         lines += ['platform: "onnxruntime_onnx"  # Triton onnxruntime backend (NGC tritonserver images)',
                   'default_model_filename: "model.onnx"']
@@ -253,17 +162,17 @@ def render_config_pbtxt(*, model_name: str, spec: Any, serving_config: ServingCo
     lines += [f"max_batch_size: {cfg.max_batch_size}  # {_comment(cfg.source('max_batch_size'))}", "input ["]
     for i, (name, dtype, dims) in enumerate(inputs):
         sep = "," if i < len(inputs) - 1 else ""
-        lines.append(f"  {{ name: {_string(name)} data_type: {dtype} dims: [ {', '.join(map(str, dims))} ] }}{sep}")
+        lines.append(f"  {{ name: {_string(name)} data_type: {dtype} dims: [ {_dims(dims)} ] }}{sep}")
     lines += ["]", "output ["]
     for i, (name, dtype, dims) in enumerate(outputs):
         sep = "," if i < len(outputs) - 1 else ""
-        lines.append(f"  {{ name: {_string(name)} data_type: {dtype} dims: [ {', '.join(map(str, dims))} ] "
+        lines.append(f"  {{ name: {_string(name)} data_type: {dtype} dims: [ {_dims(dims)} ] "
                      f"reshape: {{ shape: [ ] }} }}{sep}  # the model's [B] output, served as [B, 1]")
     lines.append("]")
     if cfg.dynamic_batching:
         lines.append("dynamic_batching {")
         if cfg.preferred_batch_size:
-            lines.append(f"  preferred_batch_size: [ {', '.join(map(str, cfg.preferred_batch_size))} ]  "
+            lines.append(f"  preferred_batch_size: [ {_dims(list(cfg.preferred_batch_size))} ]  "
                          f"# {_comment(cfg.source('preferred_batch_size'))}")
         else:
             lines.append(f"  # preferred_batch_size: none (dispatch whatever has arrived): "
@@ -277,18 +186,10 @@ def render_config_pbtxt(*, model_name: str, spec: Any, serving_config: ServingCo
     else:
         lines.append(f"# no dynamic_batching: each request runs on its own as it arrives (Triton's default): "
                      f"{_comment(cfg.source('dynamic_batching'))}")
-    lines += ["instance_group ["]
-    lines.append(f"  {{ count: {cfg.instance_count} kind: {cfg.instance_kind} }}  "
-                 f"# {_comment(cfg.source('instance_count'))}")
-    lines.append("]")
-    parameters = [
-        (SHA_PARAMETER, onnx_sha256, "checked before loading (model.py, verify_model_repository)"),
-        ("intra_op_thread_count", str(cfg.threads_per_instance), cfg.source("threads_per_instance")),
-        ("inter_op_thread_count", "1", "sequential execution: one op at a time per instance"),
-    ]
-    for key, value, why in parameters:
-        lines.append(f"parameters {{ key: {_string(key)} value: {{ string_value: {_string(value)} }} }}  "
-                     f"# {_comment(why)}")
+    lines += _instance_group(cfg)
+    lines += [_parameter(SHA_PARAMETER, sha, "checked before loading (model.py, verify_model_repository)"),
+              _parameter("intra_op_thread_count", str(cfg.threads_per_instance), cfg.source("threads_per_instance")),
+              _parameter("inter_op_thread_count", "1", "sequential execution: one op at a time per instance")]
     lines.append(f"# warm-up batch sizes: {_comment(cfg.source('warmup_batch_sizes'))}")
     lines.append("model_warmup [")
     for i, batch in enumerate(cfg.warmup_batch_sizes):
@@ -297,10 +198,51 @@ def render_config_pbtxt(*, model_name: str, spec: Any, serving_config: ServingCo
             # ids 0 (unknown/padding) are valid for every vocabulary; random ids would not be
             data = "zero_data: true" if dtype == "TYPE_INT64" else "random_data: true"
             lines.append(f"    inputs {{ key: {_string(name)} value: {{ data_type: {dtype} "
-                         f"dims: [ {', '.join(map(str, dims))} ] {data} }} }}")
+                         f"dims: [ {_dims(dims)} ] {data} }} }}")
         lines.append("  }" + ("," if i < len(cfg.warmup_batch_sizes) - 1 else ""))
     lines.append("]")
     return "\n".join(lines) + "\n"
+
+
+def torchscript_config_lines(spec: Any, cfg: ServingConfig, flavour: str, sha: str) -> list[str]:
+    """The config.pbtxt lines after ``name`` of a TorchScript model: the LibTorch backend's platform and parameter
+    names in both flavours (the local model.py reads the same ones), the jagged contract without Triton batching."""
+    if cfg.instance_kind == "KIND_GPU":
+        raise ConfigError("a TorchScript model with fused FBGEMM bags is served on the CPU; instance_kind KIND_GPU "
+                          "is refused")
+    inputs, outputs = jagged_tensor_contract(spec)
+    if flavour == "production":
+        lines = ['platform: "pytorch_libtorch"  # Triton PyTorch (LibTorch) backend (NGC tritonserver images)',
+                 'default_model_filename: "model.pt"']
+    else:
+        lines = ['backend: "python"  # <version>/model.py runs model.pt with torch.jit.load (the nvidia-pytriton '
+                 'tritonserver has the python backend only)']
+    lines += ["max_batch_size: 0  # jagged inputs: indices [N] has no batch dimension, so Triton cannot batch "
+              "requests; each request is one batch of B items, as the load generator's sub-batches are", "input ["]
+    for i, (name, dtype, dims) in enumerate(inputs):
+        sep = "," if i < len(inputs) - 1 else ""
+        lines.append(f"  {{ name: {_string(name)} data_type: {dtype} dims: [ {_dims(dims)} ] }}{sep}"
+                     + ("  # forward()'s argument names: how the LibTorch backend binds inputs" if i == 0 else ""))
+    lines += ["]", "output ["]
+    for name, dtype, dims in outputs:
+        lines.append(f"  {{ name: {_string(name)} data_type: {dtype} dims: [ {_dims(dims)} ] }}  "
+                     "# probability [B]; <name>__<index>: how the LibTorch backend binds outputs")
+    lines.append("]")
+    lines.append("# no dynamic_batching and no model_warmup: neither applies without a batch dimension "
+                 "(the local model.py runs a warm-up call itself)")
+    lines += _instance_group(cfg)
+    lines += [
+        _parameter(SHA_PARAMETERS[TORCHSCRIPT], sha, "checked before loading (model.py, verify_model_repository)"),
+        _parameter("INTRA_OP_THREAD_COUNT", str(cfg.threads_per_instance), cfg.source("threads_per_instance")),
+        _parameter("INTER_OP_THREAD_COUNT", "1", "one forward at a time per instance"),
+        _parameter("INFERENCE_MODE", "true", "no autograd state: the model is served, not trained"),
+        _parameter("max_items_per_request", str(cfg.max_batch_size),
+                   f"largest B a request may carry (local model.py refuses more with a 400): "
+                   f"{cfg.source('max_batch_size')}"),
+    ]
+    if flavour == "local":
+        lines.append(_parameter(MODEL_FILE_PARAMETER, "model.pt", "the file model.py loads"))
+    return lines
 
 
 def _message_to_dict(message: Any) -> dict[str, Any]:
@@ -371,14 +313,20 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def write_model_repository(out_dir: str | Path, *, model_name: str, onnx_path: str | Path, spec: Any,
-                           serving_config: ServingConfig | Mapping[str, Any], flavour: str = "local",
+def write_model_repository(out_dir: str | Path, *, model_name: str, serving_config: ServingConfig | Mapping[str, Any],
+                           model_path: str | Path | None = None, spec: Any = None, flavour: str = "local",
                            version: int = 1, expected_sha256: str | None = None,
-                           provenance: Mapping[str, Any] | None = None) -> Path:
+                           provenance: Mapping[str, Any] | None = None, target: str = CPU_TRITON,
+                           model_format: str | None = None, onnx_path: str | Path | None = None) -> Path:
     """Write (or rewrite) the model ``model_name`` into the Triton model repository ``out_dir`` and return the
-    model folder. ``expected_sha256`` (e.g. from the registry) must match ``onnx_path``: a ConfigError names
-    both hashes otherwise, and nothing is written. ``provenance`` (profile file, run ids, ...) goes into the
-    config's header comments and ``provenance.json``."""
+    model folder. ``model_path`` (``onnx_path``: its older name) is an ONNX file or a TorchScript ``model.pt``:
+    the format is read from the file (:func:`recforge.inference.model_file.read_model_file`; ``model_format``, e.g.
+    the registry's tag, must agree), and a format ``target`` cannot serve is refused (ConfigError naming model,
+    format and target) before anything is written. ``spec``: the FeatureSpec of an ONNX model; for TorchScript the
+    spec inside the file is used, and a given RmcSpec must not address more rows than the file's tables hold.
+    ``expected_sha256`` (e.g. from the registry) must match the file: a ConfigError names both hashes otherwise,
+    and nothing is written. ``provenance`` (profile file, run ids, ...) goes into the config's header comments and
+    ``provenance.json``."""
     if flavour not in FLAVOURS:
         raise ConfigError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
     if not isinstance(model_name, str) or not MODEL_NAME.fullmatch(model_name):
@@ -386,49 +334,78 @@ def write_model_repository(out_dir: str | Path, *, model_name: str, onnx_path: s
                           f"punctuation mark), got {model_name!r}")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ConfigError(f"version must be an integer >= 1, got {version!r}")
+    if (model_path is None) == (onnx_path is None):
+        raise ConfigError("give the model file as model_path (or its older name onnx_path), once")
     if not isinstance(serving_config, ServingConfig):
         serving_config = ServingConfig.from_dict(serving_config)
-    onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise ConfigError(f"onnx_path {onnx_path} is not a file")
-    if onnx_path.with_name(onnx_path.name + ".data").exists():
-        raise ConfigError(f"{onnx_path} has external weights ({onnx_path.name}.data); the repository takes "
-                          "single-file ONNX models")
-    actual = sha256_file(onnx_path)
+    source = Path(model_path if model_path is not None else onnx_path)
+    model = read_model_file(source, model_format)
+    check_servable(model_name, model.format, target)
+    if source.with_name(source.name + ".data").exists():
+        raise ConfigError(f"{source} has external weights ({source.name}.data); the repository takes "
+                          "single-file models")
+    spec = served_spec(model, spec)
+    actual = sha256_file(source)
     if expected_sha256 is not None:
         expected = str(expected_sha256).strip().lower()
         if not SHA256.fullmatch(expected):
             raise ConfigError(f"expected_sha256 must be 64 hex digits, got {expected_sha256!r}")
         if expected != actual:
-            raise ConfigError(f"{onnx_path} has SHA-256 {actual} but {expected} was expected; refusing to write a "
+            raise ConfigError(f"{source} has SHA-256 {actual} but {expected} was expected; refusing to write a "
                               "repository for a different file")
-    provenance = {"onnx_source": str(onnx_path), **dict(provenance or {})}
+    provenance = {"model_source": str(source), "model_format": model.format, **dict(provenance or {})}
     text = render_config_pbtxt(model_name=model_name, spec=spec, serving_config=serving_config, flavour=flavour,
-                               onnx_sha256=actual, provenance=provenance)
+                               model_sha256=actual, provenance=provenance, model_format=model.format)
     parse_config_pbtxt(text)  # what we write, Triton's ModelConfig must accept
     model_dir = Path(out_dir) / model_name
     version_dir = model_dir / str(version)
     version_dir.mkdir(parents=True, exist_ok=True)
-    onnx_target = version_dir / "model.onnx"
-    if not (onnx_target.is_file() and sha256_file(onnx_target) == actual):
-        tmp = version_dir / f".model.onnx.{os.getpid()}.tmp"
-        shutil.copyfile(onnx_path, tmp)
-        os.replace(tmp, onnx_target)
+    target_file = version_dir / model.served_name
+    if not (target_file.is_file() and sha256_file(target_file) == actual):
+        tmp = version_dir / f".{model.served_name}.{os.getpid()}.tmp"
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target_file)
+    for stale in version_dir.iterdir():  # a version rewritten in another format keeps one model file
+        if stale.name in ("model.onnx", "model.pt") and stale.name != model.served_name:
+            stale.unlink()
     model_py = version_dir / "model.py"
     if flavour == "local":
-        _write_atomic(model_py, TEMPLATE.read_bytes())
+        _write_atomic(model_py, TEMPLATES[model.format].read_bytes())
     else:
         model_py.unlink(missing_ok=True)
     _write_atomic(model_dir / PROVENANCE_FILE, (json.dumps({
-        "model_name": model_name, "flavour": flavour, "version": version, "onnx_sha256": actual,
+        "model_name": model_name, "flavour": flavour, "version": version, "model_format": model.format,
+        "target": target, "model_sha256": actual, **({SHA_PARAMETER: actual} if model.format == ONNX else {}),
         "serving_config": serving_config.to_dict(), "provenance": provenance,
     }, indent=2, default=str) + "\n").encode())
     _write_atomic(model_dir / "config.pbtxt", text.encode())
     return model_dir
 
 
+def served_spec(model: ModelFile, spec: Any) -> Any:
+    """The spec config.pbtxt is written from: ``spec`` for ONNX; for TorchScript the file's own spec, after checking
+    that a given one (the spec it is served for) has the same inputs and addresses no row beyond its tables."""
+    if model.format == ONNX:
+        if spec is None:
+            raise ConfigError(f"{model.path}: an ONNX model needs its feature spec (spec=...)")
+        return spec
+    own = model.metadata["spec"]
+    if spec is None:
+        return own
+    declared = dict(spec) if isinstance(spec, Mapping) else getattr(spec, "to_dict", dict)()
+    for key in ("num_tables", "dense_features", "embedding_dim"):
+        if declared.get(key) != own.get(key):
+            raise ConfigError(f"{model.path}: spec {key} {declared.get(key)!r} differs from the file's "
+                              f"{own.get(key)!r}")
+    if int(declared.get("rows_per_table", 0)) > int(own.get("rows_per_table", 0)):
+        raise ConfigError(f"{model.path}: the spec served addresses {declared['rows_per_table']} rows per table, but "
+                          f"the file's tables hold {own['rows_per_table']}; refusing ids beyond its tables")
+    return own
+
+
 def verify_model_repository(repo_dir: str | Path) -> list[dict[str, Any]]:
-    """Check every model file of the repository against its config's ``onnx_sha256`` before serving; returns
+    """Check every model file of the repository against its config's hash (``onnx_sha256`` of an ONNX model,
+    ``model_sha256`` of a TorchScript one) before serving; returns
     [{model, version, path, sha256}]. ConfigError naming the file and both hashes on a mismatch, or naming
     what is missing (no models, no config, no hash parameter, no version folder, no model file)."""
     repo = Path(repo_dir)
@@ -443,11 +420,13 @@ def verify_model_repository(repo_dir: str | Path) -> list[dict[str, Any]]:
         if not config_path.is_file():
             raise ConfigError(f"{config_path} is missing; regenerate the repository (recforge.inference.model_repo)")
         config = parse_config_pbtxt(config_path)
-        expected = config_parameters(config).get(SHA_PARAMETER, "").strip().lower()
+        parameters = config_parameters(config)
+        sha_key = next((key for key in SHA_PARAMETERS.values() if key in parameters), SHA_PARAMETER)
+        expected = parameters.get(sha_key, "").strip().lower()
         if not SHA256.fullmatch(expected):
-            raise ConfigError(f"{config_path} has no valid {SHA_PARAMETER} parameter (got {expected!r}); refusing "
+            raise ConfigError(f"{config_path} has no valid {sha_key} parameter (got {expected!r}); refusing "
                               "to serve an unverified model")
-        filename = config.get("default_model_filename") or "model.onnx"
+        filename = (parameters.get(MODEL_FILE_PARAMETER) or config.get("default_model_filename") or "model.onnx")
         versions = sorted((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()),
                           key=lambda p: int(p.name))
         if not versions:
@@ -476,4 +455,4 @@ def read_provenance(model_dir: str | Path) -> dict[str, Any]:
 
 __all__ = ["ServingConfig", "serving_config_from_profile", "render_config_pbtxt", "parse_config_pbtxt",
            "config_parameters", "write_model_repository", "verify_model_repository", "read_provenance",
-           "tensor_contract", "sha256_file", "FLAVOURS"]
+           "tensor_contract", "jagged_tensor_contract", "served_spec", "sha256_file", "FLAVOURS"]

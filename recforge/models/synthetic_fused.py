@@ -27,10 +27,10 @@ from torch import nn
 
 from recforge.core.errors import ConfigError, DataError, first_line
 from recforge.models.embedding_bags import FusedEmbeddingBags, check_declared_rows, check_precision
+from recforge.models.formats import TORCHSCRIPT as FORMAT
+from recforge.models.formats import TORCHSCRIPT_METADATA_FILE as METADATA_FILE
 from recforge.models.synthetic import INPUT_NAMES, RmcSpec, SyntheticDLRM
 
-FORMAT = "torchscript"
-METADATA_FILE = "recforge.json"
 MLP_PRECISIONS = ("fp32", "int8")
 # name -> (table precision, MLP precision); "fp32" is the ONNX model's arithmetic with fused bags
 FUSED_VARIANTS: dict[str, tuple[str, str]] = {

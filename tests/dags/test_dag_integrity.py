@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from recforge.contracts.targets import CPU_TRITON, TARGETS
-from recforge.models.families import DEEP_FAMILIES, FAMILY_NAMES
+from recforge.models.families import DEEP_FAMILIES, FAMILY_NAMES, OPT_IN_FAMILIES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,9 +98,11 @@ def test_nightly_retrain_schedule_and_shape(parsed):
 
 def test_family_lists_come_from_the_registry(parsed):
     assert parsed["dags"]["nightly_retrain"]["params"]["families"]["default"] == list(FAMILY_NAMES)
-    # compression runs on any deep family's candidate (the baseline is never compressed)
-    expected = sorted(f"recforge://candidates/{family}" for family in DEEP_FAMILIES)
+    # compression runs on any deep family's candidate, the opt-in ones (mt_wnd, dien) included when a nightly
+    # trains them (the baseline is never compressed); the nightly's default families stay without them
+    expected = sorted(f"recforge://candidates/{family}" for family in (*DEEP_FAMILIES, *OPT_IN_FAMILIES))
     assert parsed["dags"]["compress_and_validate"]["scheduled_on"] == expected
+    assert not set(OPT_IN_FAMILIES) & set(parsed["dags"]["nightly_retrain"]["params"]["families"]["default"])
 
 
 def test_rollout_is_manual_and_rolls_back_on_any_failure(parsed):

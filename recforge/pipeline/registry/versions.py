@@ -25,6 +25,7 @@ from recforge.contracts import tags as T
 from recforge.contracts.registry import CHAMPION, alias, is_error, mlflow_client
 from recforge.core.errors import DataError
 from recforge.core.hashing import sha256_file
+from recforge.models.formats import format_of_file_name
 from recforge.pipeline.registry.description import model_description
 from recforge.pipeline.registry.policy import ProfiledVariant, RegisterConfig, model_name, tag_value
 
@@ -58,6 +59,7 @@ def version_tags(choice: ProfiledVariant, onnx_artifact: str, partition: Mapping
         T.P95_TARGET_MS: doc["p95_target_ms"], T.BEST_KNOBS: doc["search"]["best_knobs"],
         T.PROFILE_HOST: doc["host"], T.PROFILE_URI: f"runs:/{choice.run_id}/{choice.artifact}",
         T.ONNX_SHA256: doc["onnx_sha256"], T.SOURCE_RUN_ID: choice.run_id, T.REGISTERED_BY_DAG_RUN: dag_run_id,
+        T.MODEL_FORMAT: format_of_file_name(onnx_artifact),
         **T.partition_tags({k: v for k, v in partition.items() if k in PARTITION_TAGS}),
     }
     return {k: tag_value(v) for k, v in tags.items() if v is not None}

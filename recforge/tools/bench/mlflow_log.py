@@ -1,10 +1,12 @@
 """The benchmark in MLflow: whether a tracking server answers, and the figures and table logged on a run of
-experiment ``recforge-bench``."""
+experiment ``recforge-bench`` (the synthetic models' ONNX and fused TorchScript variants included; keys are made
+MLflow-safe by :func:`mlflow_key`, e.g. ``rmc2.torchscript.int4_tables-int8_mlp.lbt_qps``)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 
 from recforge.contracts import tags
 from recforge.core import config
@@ -13,6 +15,7 @@ from recforge.pipeline.training.tracking import model_training_experiment
 from recforge.tools.bench.report import json_safe
 
 EXPERIMENT = "recforge-bench"
+INVALID_KEY_CHARACTERS = re.compile(r"[^\w\-./: ]")  # what MLflow refuses in metric and param names
 
 
 def tracking_server_reachable(uri: str | None = None, timeout_s: float = 2.0) -> bool:
@@ -25,7 +28,6 @@ def tracking_server_reachable(uri: str | None = None, timeout_s: float = 2.0) ->
         return requests.get(uri.rstrip("/") + "/health", timeout=timeout_s).ok
     except requests.RequestException:
         return False
-
 
 
 def log_to_mlflow(doc: dict) -> str:
@@ -51,7 +53,7 @@ def log_to_mlflow(doc: dict) -> str:
         for key, value in {"nightly_date": doc["nightly_date"], "device": doc["machine"]["device"],
                            **{k: json.dumps(v) if isinstance(v, list | tuple) else v
                               for k, v in doc["config"].items()}}.items():
-            client.log_param(run_id, key, value)
+            client.log_param(run_id, mlflow_key(key), value)
         for key, value in bench_metrics(doc).items():
             if value is not None:
                 client.log_metric(run_id, key, float(value), timestamp=ended_ms)
@@ -85,8 +87,22 @@ def bench_metrics(doc: dict) -> dict[str, float | None]:
             interval = (f.get("rounds") or {}).get(figure) or {}
             metrics |= {f"{k}.{name}_low": interval.get("low"), f"{k}.{name}_high": interval.get("high")}
     for s in doc["synthetic"]:
-        for precision, v in s["variants"].items():
+        for precision, v in s["variants"].items():  # the ONNX models
             metrics[f"{s['model']}.{precision}.lbt_qps"] = v.get("lbt_qps")
             metrics[f"{s['model']}.{precision}.fraction_of_limit"] = v["roofline"]["fraction_of_limit"]
-    return metrics
+        for variant, v in s.get("fused", {}).items():  # the TorchScript models with fused bags
+            key = f"{s['model']}.torchscript.{mlflow_key(variant)}"
+            metrics |= {f"{key}.lbt_qps": v.get("lbt_qps"),
+                        f"{key}.fraction_of_limit": v["roofline"]["fraction_of_limit"],
+                        f"{key}.items_per_s": v["roofline"].get("measured_items_per_s"),
+                        f"{key}.table_bytes": v.get("table_bytes"),
+                        f"{key}.vs_onnx_fp32": (s.get("fused_vs_onnx") or {}).get(variant)}
+    return {mlflow_key(k): v for k, v in metrics.items()}
+
+
+def mlflow_key(name: str) -> str:
+    """``name`` as an MLflow metric or param key (letters, digits, ``_ - . / :`` and spaces): a fused variant's
+    ``+`` becomes ``-`` (no variant name has a ``-``, so the key still names one variant), anything else that
+    MLflow refuses becomes ``_``. "int4_tables+int8_mlp" -> "int4_tables-int8_mlp"."""
+    return INVALID_KEY_CHARACTERS.sub("_", name.replace("+", "-"))
 

@@ -62,6 +62,7 @@ def test_first_registration_sets_champion_with_its_provenance(pipeline):
         "data_day": "1998-04-11", "data_fingerprint": "fp-1998-04-11", "git_commit": "abc123",
         "candidate_run_id": train}
     assert tags[T.AUC] == "0.751" and tags[T.SIZE_BYTES] == "2000.0"
+    assert tags[T.MODEL_FORMAT] == "onnx"  # the registered file's format, which the repository generator checks
     assert json.loads(tags[T.BEST_KNOBS]) == {"sub_batch": 64}
     assert tags[T.PROFILE_HOST] == "bench-1" and tags[B + "decision"] == "first_champion"
     # the registered source is the very file the profile measured, and the rollout stage gets it checked

@@ -1,0 +1,175 @@
+"""The Triton serving settings of one model (:class:`ServingConfig`) and the ones a profile document argues for
+(:func:`serving_config_from_profile`): batching, queue bound, instances, threads, warm-up, each with the
+measurement it came from. ``recforge.inference.model_repo`` writes them into config.pbtxt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import field
+from pathlib import Path
+from typing import Any, Literal
+
+from recforge.contracts.profile import validate_profile
+from recforge.core.config import Annotated, Field, config_from_dict, typed_config
+from recforge.core.errors import ConfigError
+
+INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU", "KIND_AUTO")
+MAX_BATCH_SIZE = 1 << 16
+
+BatchSize = Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE)]
+PerInstance = Annotated[int, Field(ge=1, le=64)]
+
+
+@typed_config
+class ServingConfig:
+    """The Triton serving settings of one model (the DeepRecSched / Triton search result).
+
+    ``sources`` maps a field name to the measurement it came from; it becomes the comment of that value in
+    config.pbtxt (fields without a source are marked as defaults)."""
+
+    max_batch_size: BatchSize = 256
+    preferred_batch_size: tuple[BatchSize, ...] = ()  # empty: no preference, dispatch what has arrived
+    max_queue_delay_microseconds: Annotated[int, Field(ge=0, le=10**7)] = 100
+    # requests waiting in the node's queue beyond which Triton rejects a new one at once (HTTP 503, which the
+    # balancer retries on another node: it never ran); 0: no bound (Triton's default)
+    max_queue_size: Annotated[int, Field(ge=0, le=10**6)] = 0
+    instance_count: PerInstance = 1
+    # False: no dynamic_batching block at all (Triton's default: each request runs on its own, as it arrives);
+    # preferred_batch_size must then be empty and max_queue_delay_microseconds is not written
+    dynamic_batching: bool = True
+    instance_kind: Literal[INSTANCE_KINDS] = "KIND_CPU"
+    threads_per_instance: PerInstance = 1  # intra-op threads of each instance (onnxruntime or torch)
+    warmup_batch_sizes: tuple[BatchSize, ...] = (1,)
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key in ("preferred_batch_size", "warmup_batch_sizes"):
+            sizes = getattr(self, key)
+            if any(s > self.max_batch_size for s in sizes) or len(set(sizes)) != len(sizes):
+                raise ConfigError(f"ServingConfig.{key} must be distinct integers in [1, max_batch_size "
+                                  f"{self.max_batch_size}], got {sizes!r}")
+        if not self.dynamic_batching and self.preferred_batch_size:
+            raise ConfigError(f"ServingConfig.preferred_batch_size {self.preferred_batch_size!r} needs "
+                              "dynamic_batching; set dynamic_batching true or leave preferred_batch_size empty")
+        unknown = sorted(set(self.sources) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ConfigError(f"ServingConfig.sources names unknown fields {unknown}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> ServingConfig:
+        return config_from_dict(cls, dict(d or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["sources"] = dict(self.sources)
+        for key in ("preferred_batch_size", "warmup_batch_sizes"):
+            out[key] = list(out[key])
+        return out
+
+    def source(self, key: str) -> str:
+        return self.sources.get(key) or "default (not measured)"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# From a profile
+
+
+def serving_config_from_profile(profile: Mapping[str, Any] | str | Path, *, source: str | None = None,
+                                max_batch_size: int | None = None) -> ServingConfig:
+    """The serving config a profile document (``recforge/contracts/profile_schema.json``; a dict or a JSON file)
+    argues for.
+
+    * ``max_batch_size``: the one the profile ran with (``search.best_knobs.max_batch_size``, cpu-triton), else the
+      largest request the client sends (``sub_batch``) or the largest preferred batch, whichever is larger
+      (the ``max_batch_size`` argument overrides);
+    * ``preferred_batch_size`` / ``max_queue_delay_microseconds`` / ``instance_count``: the Triton knobs of
+      ``search.best_knobs`` (a cpu-triton profile); otherwise the workers of the profiled target become the
+      instance count, with no preferred size and the default queue delay;
+    * ``max_queue_size``: the requests that can still be served within the profile's p95 target behind the queue
+      (target / latency of the largest measured request <= max_batch_size, times the instances; at least 2 per
+      instance); 0 (no bound) without ``latency_vs_batch``;
+    * ``threads_per_instance``: ``target.threads``;
+    * ``warmup_batch_sizes``: 1 and max_batch_size.
+    Each value's ``sources`` entry names the profile (file or run id), its LBT figure and the evaluation."""
+    if not isinstance(profile, Mapping):
+        path = Path(profile)
+        try:
+            profile = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"profile {path} cannot be read as JSON: {err}") from None
+        source = source or str(path)
+    validate_profile(profile)
+    knobs = dict(profile["search"]["best_knobs"])
+    target = profile["target"]
+    lbt = profile["latency_bounded_throughput_qps"]
+    where = (f"profile {source + ' ' if source else ''}(variant run {profile['variant_run_id']}, "
+             f"{profile['model_family']}/{profile['variant']} on {target['name']} [{target['kind']}], "
+             f"measured {profile['measured_at']})")
+    lbt_text = (f"LBT {lbt:g} qps{' (capped)' if profile.get('lbt_capped') else ''} at p95 <= "
+                f"{profile['p95_target_ms']:g} ms, best of {len(profile['search']['evaluations'])} knob settings "
+                f"({profile['search']['strategy']})")
+    sources: dict[str, str] = {}
+
+    def knob(name: str) -> str:
+        return f"search.best_knobs.{name}={json.dumps(knobs[name])} of {where}: {lbt_text}"
+
+    preferred = tuple(sorted(int(b) for b in knobs.get("preferred_batch", ())))
+    if "preferred_batch" in knobs:
+        sources["preferred_batch_size"] = knob("preferred_batch")
+    sub_batch = int(knobs.get("sub_batch", 0))
+    if max_batch_size is None and "max_batch_size" in knobs:  # a cpu-triton profile measured with this one
+        max_batch_size = int(knobs["max_batch_size"])
+        sources["max_batch_size"] = knob("max_batch_size") + " (the Triton max_batch_size the search ran with)"
+    elif max_batch_size is None:
+        candidates = [b for b in (sub_batch, *preferred) if b]
+        if not candidates:
+            raise ConfigError(f"{where} has neither sub_batch nor preferred_batch in search.best_knobs; pass "
+                              "max_batch_size")
+        max_batch_size = max(candidates)
+        sources["max_batch_size"] = (knob("sub_batch") if max_batch_size == sub_batch
+                                     else knob("preferred_batch")) + " (largest request)"
+    else:
+        sources["max_batch_size"] = f"given explicitly (profile {where} suggested {max(sub_batch, *preferred, 1)})"
+    queue_delay = 100
+    if "queue_delay_us" in knobs:
+        queue_delay = int(knobs["queue_delay_us"])
+        sources["max_queue_delay_microseconds"] = knob("queue_delay_us")
+    if "instances" in knobs:
+        instances = int(knobs["instances"])
+        sources["instance_count"] = knob("instances")
+    elif "workers" in knobs or "workers" in target:
+        instances = int(knobs.get("workers", target.get("workers", 1)))
+        sources["instance_count"] = (f"{'search.best_knobs' if 'workers' in knobs else 'target'}.workers="
+                                     f"{instances} (parallel sessions) of {where}: {lbt_text}")
+    else:
+        instances = 1
+    threads = int(knobs.get("threads", target["threads"]))
+    sources["threads_per_instance"] = f"target.threads={threads} of {where}: {lbt_text}"
+    batch_ms = {row["batch"]: row["ms"] for row in profile.get("latency_vs_batch", [])}
+    warmup = tuple(sorted({1, max_batch_size}))
+    measured = ", ".join(f"{b}: {batch_ms[b]:.3g} ms" for b in warmup if b in batch_ms)
+    sources["warmup_batch_sizes"] = "1 and max_batch_size" + (f" (single-request latency_vs_batch {measured})"
+                                                               if measured else "")
+    queue_size = 0
+    full = [(b, ms) for b, ms in sorted(batch_ms.items()) if b <= max_batch_size and ms > 0]
+    if full:  # a request that waits behind more than this misses the SLO anyway: reject it at once (503)
+        batch, ms = full[-1]
+        queue_size = max(2 * instances, math.floor(profile["p95_target_ms"] / ms * instances))
+        sources["max_queue_size"] = (f"p95 target {profile['p95_target_ms']:g} ms / {ms:.3g} ms per request of "
+                                     f"{batch} rows (latency_vs_batch) x {instances} instance(s), at least 2 per "
+                                     f"instance: the requests that can still be served within the target, of {where}")
+    # a GPU profile's instances run on the GPU; a hybrid profile's Triton side is its CPU part (the offloaded
+    # queries need a second, GPU deployment, which the hybrid profile's gpu_threshold routes to)
+    kind = "KIND_GPU" if target["kind"].startswith("gpu-") else "KIND_CPU"
+    sources["instance_kind"] = f"target.kind={target['kind']} of {where}"
+    return ServingConfig(max_batch_size=max_batch_size, preferred_batch_size=preferred,
+                         max_queue_delay_microseconds=queue_delay, max_queue_size=queue_size,
+                         instance_count=instances, instance_kind=kind,
+                         threads_per_instance=threads, warmup_batch_sizes=warmup, sources=sources)
+
+
+__all__ = ["INSTANCE_KINDS", "MAX_BATCH_SIZE", "ServingConfig", "serving_config_from_profile"]
