@@ -34,6 +34,7 @@ from recforge.pipeline.profiling.search.base import knob_key
 
 STEAL_PAUSE_S = 2.0  # pause before re-measuring a rate taken under CPU steal
 NEAR_MISS = 2.0  # a challenge whose p95 is within this many times the target is run a second time
+BELOW_FIRST = 2 / 3  # a search below a failed rate starts at this fraction of it (then halves)
 # what ended an LBT search's way up: a failing rate (the LBT is bracketed), the apparatus' ceiling, an explicit
 # max_qps, or the step budget spent while ramping; all but "slo" leave the LBT a lower bound
 LIMIT_SLO, LIMIT_APPARATUS, LIMIT_MAX_QPS, LIMIT_STEPS = "slo", "apparatus", "max_qps", "step_budget"
@@ -350,7 +351,7 @@ def challenge_rate(measure: Measure, knobs: Mapping[str, Any] | None, config: LB
     One load run at ``rate_qps`` (at most the apparatus' top rate), and a second one when the first missed narrowly
     (p95 within ``NEAR_MISS`` x the target, errors within the SLO): the second decides. None when it meets the SLO:
     the setting may beat the rival and deserves a search of its own. Otherwise the failed rate tops the bracket
-    (its run stays on the curve): the search steps down from half of it (/ ``ramp_factor`` while failing, to
+    (its run stays on the curve): the search steps down from ``BELOW_FIRST`` of it (halving while failing, to
     ``start_qps`` at the lowest: below that the LBT is 0) and bisects up to the failed rate, in at most
     ``max_steps`` probed rates (the challenge included); ``confirm`` is left to the caller (:func:`confirm_lbt`).
     """
@@ -429,12 +430,13 @@ class _LBTSearch:
             good = rate
 
     def below(self, bad: float, budget: int | None = None) -> LBTResult:
-        """The LBT under ``bad``, a rate already found failing: step down from half of it until a rate passes (0
-        below ``start_qps``), then bisect up to the lowest failing rate (``budget``: steps allowed in all, default
-        max_steps)."""
+        """The LBT under ``bad``, a rate already found failing: step down from ``BELOW_FIRST`` of it, halving while
+        rates fail (0 below ``start_qps``), then bisect up to the lowest failing rate (``budget``: steps allowed in
+        all, default max_steps). A rate just failed is most often a little above the LBT (a sibling variant's LBT,
+        a lucky pass re-measured), so the first step down is short."""
         config = self.config
         budget = config.max_steps if budget is None else budget
-        rate = max(bad / 2, config.start_qps)
+        rate = max(bad * BELOW_FIRST, config.start_qps)
         while True:
             if len(self.points) >= budget:
                 return self.result(0.0, converged=False,
@@ -445,7 +447,7 @@ class _LBTSearch:
                                    budget)
             if rate <= config.start_qps:
                 return self.result(0.0, note=f"even start_qps {config.start_qps:g} breaks the SLO: the LBT is 0")
-            rate = max(rate / config.ramp_factor, config.start_qps)
+            rate = max(rate / 2, config.start_qps)
 
     def bisect(self, good: float, bad: float, budget: int | None = None) -> LBTResult:
         """Bisect between a passing and a failing rate until their gap is within tolerance (``budget``: steps

@@ -113,8 +113,14 @@ def profile_variant(onnx_path: str | Path, spec: Any, target: HardwareTarget, *,
         if search is None:
             search = knob_search(target, cfg, axes, fixed, start).search(LBTProbe(evaluator))
         clock.append(time.monotonic())
-        # the search compares single short runs; the figure that goes into the registry is re-measured
-        lbt = confirm_lbt(measure, evaluator.result_for(search.best_knobs), cfg.confirm, cfg.start_qps)
+        # the search compares single short runs; a figure that can make the variant its target's champion is
+        # re-measured (one below its family's best so far cannot: registration takes the best LBT)
+        found = evaluator.result_for(search.best_knobs)
+        can_win = rival is None or found.lbt_qps > rival.lbt_qps
+        lbt = confirm_lbt(measure, found, cfg.confirm if can_win else 0, cfg.start_qps)
+        if not can_win:
+            notes.append(f"not re-measured: its LBT is below {rival.variant}'s ({rival.lbt_qps:g} qps), so it cannot "
+                         "be this target's champion")
         clock.append(time.monotonic())
         threads = int(search.best_knobs.get("threads", getattr(target, "threads", 1)))
         if hasattr(target, "latency_vs_batch"):  # through the target's own serving stack

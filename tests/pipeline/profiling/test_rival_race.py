@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 
 from recforge.pipeline.profiling.lbt import (
+    BELOW_FIRST,
     LBTConfig,
     LBTEvaluator,
     Measurement,
@@ -45,7 +46,8 @@ def test_a_slower_setting_gets_its_lbt_below_the_failed_rate():
     result = challenge_rate(measure, {"sub_batch": 64}, CONFIG, 380.0)
     assert result is not None and result.converged and not result.capped
     assert result.lbt_qps <= truth and (truth - result.lbt_qps) / truth < CONFIG.tolerance
-    assert rates[0] == 380.0 and rates[1] == 190.0  # the challenge (saturated: no second run), then half of it
+    assert rates[0] == 380.0 and rates[1] == pytest.approx(380.0 * BELOW_FIRST)  # the challenge (saturated: no
+    # second run), then a short step down
     assert all(p.passed == (p.rate_qps <= truth) for p in result.points)
     assert 380.0 in [row["offered_qps"] for row in result.curve()]  # the failed challenge stays on the curve
     assert len(rates) <= CONFIG.max_steps
