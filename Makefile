@@ -124,8 +124,9 @@ FLEET_PORT ?= 8100
 FLEET_FAMILY ?= dlrm
 FLEET_TARGET ?= cpu-triton
 
-fleet-up: $(VENV)/.installed mlflow-up ## Start the Triton fleet + HAProxy (FLEET_NODES=2): registry champion, else newest nightly model
-	@$(PY) -m recforge.serving.fleet up --nodes $(FLEET_NODES) --port $(FLEET_PORT) --family $(FLEET_FAMILY) --target $(FLEET_TARGET)
+FLEET_CONTROLLER ?= 1
+fleet-up: $(VENV)/.installed mlflow-up ## Start the Triton fleet + HAProxy + elastic controller (FLEET_NODES=2, FLEET_CONTROLLER=0: none): registry champion, else newest nightly model
+	@$(PY) -m recforge.serving.fleet up --nodes $(FLEET_NODES) --port $(FLEET_PORT) --family $(FLEET_FAMILY) --target $(FLEET_TARGET) $(if $(filter 0,$(FLEET_CONTROLLER)),--no-controller)
 
 # make rollout MODEL=recforge-dlrm TARGET=cpu-triton [VERSION=3 | VERSION=champion-cpu-triton] [CONF='{"canary_duration_s": 60}']
 MODEL ?= recforge-$(FLEET_FAMILY)
@@ -143,7 +144,7 @@ rollout-history: $(VENV)/.installed ## Past rollouts with their outcome and figu
 fleet-down: ## Stop every process of the local fleet (idempotent, also leftovers of a stale state)
 	@$(PY) -m recforge.serving.fleet down
 
-fleet-status: ## The fleet's nodes, models, versions and HAProxy view
+fleet-status: ## The fleet's nodes, models, versions, HAProxy view and the controller's state (last tick, last decisions)
 	@$(PY) -m recforge.serving.fleet status
 
 # make fleet-perf RATE=40 BATCH=16 [DURATION=30]: Triton's perf_analyzer through the balancer (recforge.tools.perf_fleet)

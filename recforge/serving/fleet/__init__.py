@@ -17,6 +17,8 @@ Layout under ``$RECFORGE_HOME/fleet/``::
     haproxy/quarantine.lst  body SHA-256s the balancer answers 422 (requests that crashed nodes; kept across fleets)
     supervisor.log          the supervisor's restarts, recovery seconds and crash-loop alarms
     crashes.jsonl           one record per node failure with the requests that were on it (kept across fleets)
+    controller.log, controller.json, controller-decisions.jsonl
+                            the elastic controller's messages, last tick and decisions (recforge.serving.elastic.live)
 
 Everything binds 127.0.0.1. Clients use the balancer (``state["url"]``, default port 8100): inference, health and
 model metadata only. Model control (load/unload) goes to one node's own port, never through the balancer
@@ -38,6 +40,7 @@ CLI::
     python -m recforge.serving.fleet up [--nodes 2] [--port 8100] [--family dlrm] [--target cpu-triton|cpu-onnxruntime]
                                [--onnx M.onnx --spec spec.json [--profile P.json] [--model NAME] [--version 1]]
                                [--from-registry MODEL TARGET] [--no-supervise] [--supervisor-config JSON]
+                               [--no-controller] [--controller-config JSON]
     python -m recforge.serving.fleet status
     python -m recforge.serving.fleet crashes [--last 10]
     python -m recforge.serving.fleet release SHA256

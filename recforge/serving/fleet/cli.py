@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from recforge.core.cli import run_step
 from recforge.core.config import config_from_dict
 from recforge.core.errors import ConfigError
 from recforge.serving import loadbalancer as lb
+from recforge.serving.elastic.live import LiveConfig
 from recforge.serving.fleet import crashes
 from recforge.serving.fleet.config import DEFAULT_FAMILY, DEFAULT_PORT, DEFAULT_TARGET, FleetConfig, fleet_targets
 from recforge.serving.fleet.lifecycle import down, status, up
@@ -44,6 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="start no supervisor (crashed nodes stay down); env FLEET_SUPERVISE=0")
     start.add_argument("--supervisor-config", default=os.environ.get("FLEET_SUPERVISOR_CONF", "{}"),
                        help="SupervisorConfig as JSON, e.g. '{\"max_restarts\": 5}' (env FLEET_SUPERVISOR_CONF)")
+    start.add_argument("--no-controller", action="store_true",
+                       default=os.environ.get("FLEET_CONTROLLER", "1") == "0",
+                       help="start no elastic controller (weights stay as set); env FLEET_CONTROLLER=0")
+    start.add_argument("--controller-config", default=os.environ.get("FLEET_CONTROLLER_CONF", "{}"),
+                       help="the controller's LiveConfig as JSON, e.g. '{\"interval_s\": 2}' "
+                            "(recforge.serving.elastic.live; env FLEET_CONTROLLER_CONF)")
     start.add_argument("--node-cpus", type=int, default=int(os.environ.get("FLEET_NODE_CPUS", "0")),
                        help="CPUs of each node's own CPU set, the balancer on its own, one CPU kept for the load "
                             "generator (0: no placement; env FLEET_NODE_CPUS)")
@@ -73,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return release_quarantine(args.sha256)
         cfg = FleetConfig(nodes=args.nodes, port=args.port, target=args.target, node_cpus=args.node_cpus,
                           cpu_quota=args.cpu_quota, share_cpus=args.share_cpus)
+        controller = None if args.no_controller else dataclasses.asdict(
+            config_from_dict(LiveConfig, json.loads(args.controller_config)))  # a bad config: refused before up
         notes: list[str] = []
         if args.onnx or args.spec:
             if not (args.onnx and args.spec):
@@ -85,11 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             source, notes = default_source(args.family, args.target)
         supervisor = None if args.no_supervise else config_from_dict(SupervisorConfig,
                                                                      json.loads(args.supervisor_config))
-        state = up(source, cfg, notes=notes, supervisor=supervisor)
+        state = up(source, cfg, notes=notes, supervisor=supervisor, controller=controller)
         return {"url": state["url"], "nodes": {n: v["url"] for n, v in state["nodes"].items()},
                 "weights": {n: v["weight"] for n, v in state["nodes"].items()},
                 "model": f"{source.model} v{source.version}", "source": source.origin, "notes": notes,
                 "supervisor": (state.get("supervisor") or {}).get("log"),
+                "controller": (state.get("controller") or {}).get("decisions"),
                 "up_seconds": state["up_seconds"], "state": str(fleet_dir() / "state.json"),
                 "cpu_plan": (state.get("placement") or {}).get("plan")}
 

@@ -36,9 +36,11 @@ from recforge.serving.pids import cmdline
 
 
 def up(source: ModelSource, cfg: FleetConfig | None = None, *, home: str | Path | None = None,
-       notes: Sequence[str] = (), supervisor: SupervisorConfig | None = None) -> dict[str, Any]:
-    """Start ``cfg.nodes`` Triton nodes serving ``source`` and HAProxy in front, and with ``supervisor`` the
-    supervisor process that restarts crashed or hung nodes; returns the state (also written to state.json).
+       notes: Sequence[str] = (), supervisor: SupervisorConfig | None = None,
+       controller: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Start ``cfg.nodes`` Triton nodes serving ``source`` and HAProxy in front, with ``supervisor`` the
+    supervisor process that restarts crashed or hung nodes, and with ``controller`` (a LiveConfig as a dict) the
+    elastic controller (recforge.serving.elastic.live); returns the state (also written to state.json).
     ConfigError if a fleet is already running; on any failure everything started is stopped."""
     cfg = cfg or FleetConfig()
     root = fleet_dir(home)
@@ -120,6 +122,8 @@ def up(source: ModelSource, cfg: FleetConfig | None = None, *, home: str | Path 
             node["weight"] = servers_now[name]["weight"]
         if supervisor is not None:
             state["supervisor"] = start_supervisor(root, supervisor)
+        if controller is not None:
+            state["controller"] = start_controller(root, controller)
         state["status"] = "up"
         state["up_seconds"] = round(time.monotonic() - started, 2)
         with state_lock(root):
@@ -145,6 +149,42 @@ def start_supervisor(root: Path, cfg: SupervisorConfig) -> dict[str, Any]:
     return {"pid": process.pid, "log": str(log_path), "config": dataclasses.asdict(cfg), "started_at": utc_now()}
 
 
+def start_controller(root: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Start the elastic controller detached (own session, log ``controller.log``); its state entry. Started by
+    module name, not imported: the controller builds on this package. It checks ``config`` itself (a bad one: it
+    exits at once, its log says why) and runs while the state names its pid."""
+    log_path = root / "controller.log"
+    command = [sys.executable, "-m", "recforge.serving.elastic.live", "--fleet-dir", str(root),
+               "--config", json.dumps(dict(config))]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    return {"pid": process.pid, "log": str(log_path), "decisions": str(root / "controller-decisions.jsonl"),
+            "status_file": str(root / "controller.json"), "config": dict(config), "started_at": utc_now()}
+
+
+def controller_view(entry: Mapping[str, Any] | None, last: int = 3) -> dict[str, Any] | None:
+    """The controller for ``fleet status``: running or not, its last tick, its last decisions (``last`` lines of
+    its decisions log)."""
+    if not entry:
+        return None
+    view: dict[str, Any] = {"pid": entry.get("pid"), "running": process_alive(entry.get("pid")),
+                            "log": entry.get("log"), "decisions_log": entry.get("decisions")}
+    try:
+        tick = json.loads(Path(entry["status_file"]).read_text())
+        view.update(last_tick_at=tick.get("last_tick_at"), ticks=tick.get("ticks"), law=tick.get("law"),
+                    corrections=tick.get("corrections"))
+    except (OSError, ValueError, KeyError, TypeError):
+        view["last_tick_at"] = None
+    try:
+        data = Path(entry["decisions"]).read_bytes()
+        lines = data[-65536:].decode(errors="replace").splitlines()[1 if len(data) > 65536 else 0:]
+        view["last_decisions"] = [json.loads(line) for line in lines[-last:] if line.strip()] if last > 0 else []
+    except (OSError, ValueError, KeyError, TypeError):
+        view["last_decisions"] = []
+    return view
+
+
 def cpu_group_prefix(root: Path) -> str:
     """The start of the names of this fleet folder's CPU groups (recforge.core.cpusets): ``fleet-<hash>-``."""
     return f"fleet-{sha256_bytes(str(Path(root).resolve()).encode())[:10]}-"
@@ -154,6 +194,7 @@ def _state_pids(state: Mapping[str, Any]) -> list[int]:
     pids = [n.get("pid") for n in (state.get("nodes") or {}).values()]
     pids.append((state.get("balancer") or {}).get("pid"))
     pids.append((state.get("supervisor") or {}).get("pid"))
+    pids.append((state.get("controller") or {}).get("pid"))
     return [int(p) for p in pids if p]
 
 
@@ -168,9 +209,12 @@ def down(*, home: str | Path | None = None, timeout_s: float = 20.0) -> dict[str
         except DataError:
             state = None  # unreadable: the /proc scan below still finds the processes
         if state:
-            supervisor = state.get("supervisor") or {}  # first: it would restart the nodes stopped below
+            supervisor = state.get("supervisor") or {}  # first: it would restart what is stopped below
             if stop_groups([supervisor.get("pid")], root, timeout_s):
                 stopped.append(f"supervisor (pid {supervisor['pid']})")
+            controller = (read_state(home) or state).get("controller") or {}  # then: it changes the weights
+            if stop_groups([controller.get("pid")], root, timeout_s):
+                stopped.append(f"controller (pid {controller['pid']})")
             state = read_state(home) or state  # node pids as the supervisor last wrote them
             balancer = state.get("balancer") or {}
             if stop_groups([balancer.get("pid")], root, timeout_s):  # first: no new requests reach the nodes
@@ -233,7 +277,8 @@ def status(*, home: str | Path | None = None) -> dict[str, Any]:
                          "placement": placement_view(balancer.get("placement"), balancer.get("pid") if lb_running
                                                      else None),
                          **({"supervision": balancer["supervision"]} if "supervision" in balancer else {})},
-            "supervisor": supervisor_view, "alarms": alarms,
+            "supervisor": supervisor_view, "controller": controller_view(state.get("controller")),
+            "alarms": alarms,
             # failures with the requests that were on the node (python -m recforge.serving.fleet crashes)
             "crashes": {"count": len(crash_records), "last": crash_records[-1] if crash_records else None,
                         "quarantined": crashes.read_quarantine(root)},

@@ -3,7 +3,8 @@
 rotation, records what was on it (recforge.serving.fleet.crashes: the suspects from the balancer's request log, and
 the quarantine of a request body that crashed nodes repeatedly), restarts its tritonserver from the same repository
 with the same ports and settings, waits until it is ready and warm, and puts it back at its weight. A dead balancer
-is started again from its generated config on the same port, with every node's state and weight restored.
+is started again from its generated config on the same port, with every node's state and weight restored; a dead
+elastic controller (recforge.serving.elastic.live) is started again with its config (it re-reads the fleet itself).
 The decisions are :class:`~recforge.serving.fleet.supervision.RestartPolicy`'s, one per unit (node or balancer);
 the actions are :class:`FleetActions` behind the narrow :class:`UnitActions` interface. Restarts, recovery seconds
 and the crash-loop alarm are recorded in state.json (``nodes.<node>.supervision``, ``balancer.supervision``) and
@@ -35,6 +36,7 @@ from recforge.core.timing import utc_now
 from recforge.inference import triton as tr
 from recforge.serving import loadbalancer as lb
 from recforge.serving.fleet import crashes
+from recforge.serving.fleet.lifecycle import start_controller
 from recforge.serving.fleet.processes import (
     belongs_to_fleet,
     fleet_processes,
@@ -51,6 +53,7 @@ LOG = logging.getLogger("recforge.fleet.supervisor")
 TRITON_DTYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_FP64": np.float64, "TYPE_INT64": np.int64,
                  "TYPE_INT32": np.int32, "TYPE_INT8": np.int8, "TYPE_UINT8": np.uint8, "TYPE_BOOL": np.bool_}
 BALANCER = "balancer"  # the unit name of the fleet's HAProxy (node names are node0, node1, ...)
+CONTROLLER = "controller"  # the elastic controller (recforge.serving.elastic.live): restarted when it died
 
 
 class UnitActions(Protocol):
@@ -95,7 +98,8 @@ class FleetActions:
             self.request_log = LogTail(state["balancer"]["log"])
         if self.request_log is not None:
             self.request_log.poll()  # keep the failures of the last requests, for the crash records
-        return ([BALANCER] if state.get("balancer") else []) + list(state["nodes"])
+        return ([BALANCER] if state.get("balancer") else []) + ([CONTROLLER] if state.get("controller") else []) \
+            + list(state["nodes"])
 
     def ours(self, pid: int | None) -> bool:
         """The process is alive and is a tritonserver of this fleet (never act on a process we did not start)."""
@@ -106,6 +110,9 @@ class FleetActions:
 
         if node == BALANCER:
             return self.observe_balancer()
+        if node == CONTROLLER:  # it serves nothing: alive is all there is to check
+            alive = process_alive((self.state().get("controller") or {}).get("pid"))
+            return alive, alive
         info = self.state()["nodes"][node]
         if info.get("lb_state", "ready") != "ready":  # drained by a rollout or an operator: theirs to handle
             return True, True
@@ -132,13 +139,13 @@ class FleetActions:
         return True, True
 
     def take_out(self, node: str) -> None:
-        if node != BALANCER:
+        if node not in (BALANCER, CONTROLLER):
             lb.HAProxy.from_state(self.state()["balancer"]).set_state(node, "maint")
 
     def record_failure(self, node: str, failure: str) -> None:
         """Append the crash record of ``node`` (the suspects from the request log) to crashes.jsonl, and quarantine
         the body hashes that were suspects of ``quarantine_after`` crashes."""
-        if node == BALANCER:
+        if node in (BALANCER, CONTROLLER):
             return
         now = time.time()
         suspects = []
@@ -198,6 +205,11 @@ class FleetActions:
     def restart(self, node: str) -> None:
         if node == BALANCER:
             return self.restart_balancer()
+        if node == CONTROLLER:  # it re-reads the fleet's state and HAProxy's weights itself
+            entry = self.state().get("controller") or {}
+            self.stop_old(entry.get("pid"))
+            self.record(CONTROLLER, **start_controller(self.root, entry.get("config") or {}))
+            return None
         state = self.state()
         info = state["nodes"][node]
         self.stop_old(info.get("pid"))
@@ -223,7 +235,9 @@ class FleetActions:
             state = read_state(self.home)
             if state is None:
                 return
-            (state["balancer"] if node == BALANCER else state["nodes"][node]).update(changes)
+            entry = {BALANCER: state.get("balancer"), CONTROLLER: state.get("controller")}.get(node) or \
+                state["nodes"][node]
+            entry.update(changes)
             write_state(self.root, state)
 
 

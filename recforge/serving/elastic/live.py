@@ -1,0 +1,295 @@
+"""The elastic controller as its own process on the live fleet: every ``interval_s`` it reads the fleet's signals
+(each node's Triton metrics, HAProxy's stats over its runtime socket: recforge.serving.elastic.live_signals), asks
+the control law (:class:`~recforge.serving.elastic.control.ElasticController`, with the capacity model of the
+fleet's profile) for a decision, applies what the fleet can do today and logs the rest as advisory
+(recforge.serving.elastic.live_actions).
+
+Files in the fleet's folder (paths in state.json's ``controller`` entry):
+
+    controller-decisions.jsonl  one JSON line per decision that applied something or advised something new (time,
+                                signals, actions, reasons), and one at least every ``log_every_s`` otherwise
+    controller.json             the last tick (time, signals, weights, the law's per-node corrections)
+    controller.log              the process's messages
+
+Started by ``fleet up`` (``make fleet-up``; not with ``FLEET_CONTROLLER=0``), stopped by ``fleet down``. It
+registers its pid in state.json and exits by itself when the state is gone or names another controller. A
+controller that dies leaves the fleet as it was (weights stay in HAProxy); one started again (``python -m
+recforge.serving.elastic.live``) reads the nodes from state.json, the weights from HAProxy and the law's per-node
+corrections from controller.json instead of assuming defaults. Without a profile (none given, none in the fleet's
+source) the law is off and only health drains are done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from recforge.contracts.profile import read_profile
+from recforge.core.config import Annotated, Field, config_from_dict, typed_config
+from recforge.core.errors import ConfigError, RecForgeError, first_line
+from recforge.core.hw import cpu_count
+from recforge.core.timing import utc_now
+from recforge.serving import loadbalancer as lb
+from recforge.serving.elastic.capacity import NodeModel
+from recforge.serving.elastic.control import ControlConfig, ElasticController, max_nodes_for_cpus
+from recforge.serving.elastic.live_actions import BalancerControl, apply_actions, plan_actions
+from recforge.serving.elastic.live_signals import (
+    NodeCounters,
+    SignalTracker,
+    balancer_view,
+    health_problem,
+    node_counters,
+    signals_record,
+)
+from recforge.serving.fleet import Fleet, fleet_dir, process_alive, read_state
+from recforge.serving.fleet.state import state_lock, write_state
+
+LOG = logging.getLogger("recforge.elastic.live")
+DECISIONS_FILE, STATUS_FILE, LOG_FILE = "controller-decisions.jsonl", "controller.json", "controller.log"
+
+
+@typed_config
+class LiveConfig:
+    """The live controller's settings (the law's own parameters go in ``control``: ControlConfig fields)."""
+
+    interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0  # the control loop's period
+    profile: str | None = None  # the capacity model's profile; None: the fleet source's profile
+    min_nodes: Annotated[int, Field(ge=1, le=256)] = 1
+    max_nodes: Annotated[int, Field(ge=0, le=256)] = 0  # 0: as many as the machine's CPUs hold
+    cores_per_node: Annotated[int, Field(ge=1, le=256)] = 1
+    metrics_timeout_s: Annotated[float, Field(gt=0, le=10)] = 0.5  # a node's metrics port slower than this: unhealthy
+    share_tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.05  # weights are applied when a share moves more
+    log_every_s: Annotated[float, Field(ge=0, le=3600)] = 30.0  # a "hold" line at least this often (0: every tick)
+    control: dict[str, float | int] = dataclasses.field(default_factory=dict)  # ControlConfig overrides
+
+    def bounds(self, cpus: int) -> tuple[int, int]:
+        """(min, max) nodes: never below ``min_nodes``, never above what ``cpus`` CPUs hold."""
+        most = max_nodes_for_cpus(cpus, self.cores_per_node)
+        most = min(most, self.max_nodes) if self.max_nodes else most
+        if self.min_nodes > most:
+            raise ConfigError(f"LiveConfig.min_nodes {self.min_nodes} is above the {most} node(s) of "
+                              f"{self.cores_per_node} core(s) this machine's {cpus} CPUs hold (or max_nodes)")
+        return self.min_nodes, most
+
+
+def build_law(cfg: LiveConfig, profile: Mapping[str, Any] | None, cpus: int) -> ElasticController | None:
+    """The control law with the profile's capacity model and the node bounds (None without a profile)."""
+    if not profile:
+        return None
+    model = NodeModel.from_profile(profile)
+    low, high = cfg.bounds(cpus)
+    control = config_from_dict(ControlConfig, {"slo_p95_ms": model.slo_p95_ms, **cfg.control,
+                                               "min_nodes": low, "max_nodes": high})
+    return ElasticController(model, control)
+
+
+def read_metrics(url: str, timeout_s: float, models: Sequence[str]) -> tuple[NodeCounters | None, str]:
+    """(the node's counters, "") or (None, why it could not be read)."""
+    try:
+        response = requests.get(url, timeout=timeout_s)
+        response.raise_for_status()
+    except requests.RequestException as err:
+        return None, first_line(err) or type(err).__name__
+    return node_counters(response.text, set(models) or None), ""
+
+
+class LiveController:
+    """The loop's state between ticks: the law, the signal tracker, the last weights and what was logged."""
+
+    def __init__(self, root: Path, cfg: LiveConfig, *, clock: Any = time.monotonic, cpus: int | None = None,
+                 read_stats: Any = None, read_node: Any = None, control: BalancerControl | None = None):
+        """``read_stats(balancer entry) -> show stat rows``, ``read_node(metrics url, timeout, models) ->
+        (counters | None, error)`` and ``control`` (the weights' setter; default: the fleet handle) are the
+        controller's I/O, injected by the tests."""
+        self.root, self.home, self.cfg, self.clock = root, root.parent, cfg, clock
+        self.cpus = cpus or cpu_count()
+        self.read_stats = read_stats or (lambda entry: lb.HAProxy.from_state(entry).stats())
+        self.read_node = read_node or read_metrics
+        self.control = control
+        self.pid = os.getpid()
+        self.tracker = SignalTracker()
+        self.law: ElasticController | None = None
+        self.entry: dict[str, Any] = {}
+        self.ticks = 0
+        self.last_logged_s = -math.inf
+        self.last_batching: str | None = None
+        self.last_advice: list[tuple[str, str]] = []  # the advisory actions last logged (repeats are not)
+
+    # --- start: registration and what a restart re-reads ---------------------------------------------------------
+    def register(self) -> dict[str, Any]:
+        """Name this process as the fleet's controller in state.json; ConfigError when another one runs."""
+        with state_lock(self.root):
+            state = read_state(self.home)
+            if state is None:
+                raise ConfigError(f"no fleet state in {self.root}; run `make fleet-up` first")
+            entry = dict(state.get("controller") or {})
+            other = entry.get("pid")
+            if other and other != self.pid and process_alive(other):
+                raise ConfigError(f"the fleet's controller already runs (pid {other}); stop it first")
+            entry.update(pid=self.pid, decisions=entry.get("decisions") or str(self.root / DECISIONS_FILE),
+                         status_file=entry.get("status_file") or str(self.root / STATUS_FILE),
+                         log=entry.get("log") or str(self.root / LOG_FILE),
+                         config=dataclasses.asdict(self.cfg), started_at=utc_now())
+            state["controller"] = entry
+            write_state(self.root, state)
+        self.entry = entry
+        return state
+
+    def start(self) -> None:
+        """Register, build the law from the profile, and re-read what a previous controller left: the weights in
+        HAProxy and the law's per-node corrections (controller.json)."""
+        state = self.register()
+        profile_path = self.cfg.profile or (state.get("source") or {}).get("profile") or \
+            (state.get("balancer") or {}).get("profile")
+        self.law = build_law(self.cfg, read_profile(profile_path) if profile_path else None, self.cpus)
+        weights: dict[str, Any] = {}
+        try:
+            weights = {n: s.weight for n, s in balancer_view(self.read_stats(state["balancer"])).servers.items()}
+        except (RecForgeError, KeyError, TypeError) as err:
+            LOG.warning("could not read the weights from HAProxy: %s", first_line(err))
+        restored = self.restore_corrections()
+        low, high = self.cfg.bounds(self.cpus)
+        self.log_decision({"event": "start", "pid": self.pid, "nodes": sorted(state.get("nodes") or {}),
+                           "weights_in_haproxy": weights, "corrections_restored": restored,
+                           "profile": profile_path, "bounds": [low, high],
+                           "law": "on" if self.law else "off: no profile (health drains only)"})
+        LOG.info("controlling %s every %g s (pid %d), nodes in [%d, %d], law %s", self.root, self.cfg.interval_s,
+                 self.pid, low, high, "on" if self.law else "off (no profile)")
+
+    def restore_corrections(self) -> dict[str, float]:
+        """The law's per-node capacity corrections as the last controller saved them."""
+        if self.law is None:
+            return {}
+        try:
+            saved = json.loads(Path(self.entry["status_file"]).read_text()).get("corrections") or {}
+        except (OSError, ValueError):
+            return {}
+        names = tuple(saved)
+        self.law.corrections.align(names)
+        for i, name in enumerate(names):
+            self.law.corrections.factor[i] = float(saved[name])
+        return {name: float(value) for name, value in saved.items()}
+
+    # --- one tick ------------------------------------------------------------------------------------------------
+    def tick(self, state: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Read, decide, act, log; the decision record (None when the fleet is not up)."""
+        if state.get("status") != "up":
+            return None
+        now = self.clock()
+        view = balancer_view(self.read_stats(state["balancer"]))
+        nodes = state.get("nodes") or {}
+        counters: dict[str, NodeCounters] = {}
+        problems: dict[str, str] = {}
+        for name, node in nodes.items():
+            models = list(node.get("models") or {})
+            found, error = self.read_node(node["metrics_url"], self.cfg.metrics_timeout_s, models)
+            problem = health_problem(view.servers.get(name), found, error)
+            if problem:
+                problems[name] = problem
+            else:
+                counters[name] = found  # type: ignore[assignment]
+        # nodes a rollout or an operator drained are theirs; while nodes serve different versions (a rollout's
+        # canary), the weights are the rollout's too
+        managed = [n for n, node in nodes.items() if node.get("lb_state", "ready") == "ready"]
+        versions = {json.dumps(node.get("models") or {}, sort_keys=True) for node in nodes.values()}
+        hands_off = len(versions) > 1
+        healthy = [n for n in managed if n in counters]
+        signals = self.tracker.update(now, view, counters, healthy)
+        decision = self.law.decide(signals) if self.law is not None and signals is not None else None
+        low, high = self.cfg.bounds(self.cpus)
+        weights_now = {n: view.servers[n].weight for n in managed if n in view.servers}
+        actions = [] if hands_off else plan_actions(
+            decision, weights_now=weights_now, up=[n for n, s in view.servers.items() if s.status == "UP"],
+            unhealthy={n: p for n, p in problems.items() if n in weights_now}, nodes_now=len(nodes),
+            min_nodes=low, max_nodes=high, last_batching=self.last_batching,
+            share_tolerance=self.cfg.share_tolerance)
+        if decision is not None:
+            self.last_batching = decision.batching
+        applied = apply_actions(actions, self.control or Fleet(self.home)) if actions else []
+        self.ticks += 1
+        record = {"at": utc_now(), "tick": self.ticks, "signals": signals_record(signals, problems),
+                  "actions": applied, "weights_before": weights_now}
+        if hands_off:
+            record["hands_off"] = "nodes serve different model versions (a rollout): weights left to it"
+        if decision is not None:
+            record["decision"] = {"target_nodes": decision.target_nodes, "weights": decision.weights,
+                                  "drained": list(decision.drained), "batching": decision.batching,
+                                  "shed_fraction": round(decision.shed_fraction, 4), "reasons": list(decision.reasons)}
+        self.write_status(record)
+        advice = sorted((a["kind"], json.dumps(a["value"])) for a in applied if a["advisory"])
+        if any(not a["advisory"] for a in applied) or advice != self.last_advice or \
+                now - self.last_logged_s >= self.cfg.log_every_s:
+            self.log_decision(record)
+            self.last_logged_s, self.last_advice = now, advice
+        return record
+
+    def write_status(self, record: Mapping[str, Any]) -> None:
+        corrections = {}
+        if self.law is not None:
+            names, factor = self.law.corrections.names, self.law.corrections.factor
+            corrections = {name: round(float(factor[i]), 4) for i, name in enumerate(names)}
+        status = {"pid": self.pid, "last_tick_at": record["at"], "ticks": self.ticks, "law": self.law is not None,
+                  "batching": self.last_batching, "corrections": corrections, "last": record}
+        path = Path(self.entry["status_file"])
+        tmp = path.with_name(f".{path.name}.{self.pid}.tmp")
+        tmp.write_text(json.dumps(status, default=str) + "\n")
+        os.replace(tmp, path)
+
+    def log_decision(self, record: Mapping[str, Any]) -> None:
+        with open(self.entry["decisions"], "a") as log:
+            log.write(json.dumps({"at": utc_now(), **record}, default=str) + "\n")
+
+    # --- the loop ------------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Tick until the fleet's state is gone or names another controller."""
+        self.start()
+        while True:
+            started = self.clock()
+            try:
+                state = read_state(self.home)
+            except RecForgeError as err:  # unreadable: try again next tick
+                LOG.warning("state unreadable: %s", first_line(err))
+                state = {"controller": {"pid": self.pid}}
+            if state is None or (state.get("controller") or {}).get("pid") != self.pid:
+                LOG.info("the fleet's state no longer names this controller: exiting")
+                return 0
+            try:
+                self.tick(state)
+            except Exception as err:  # the controller outlives a bad tick (a busy socket, a node mid-restart)
+                LOG.warning("tick failed: %s", first_line(err))
+            time.sleep(max(0.0, self.cfg.interval_s - (self.clock() - started)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recforge.serving.elastic.live",
+                                     description="The fleet's elastic controller (started by `fleet up`, stopped "
+                                                 "by `fleet down`); run by hand to restart one that died.")
+    parser.add_argument("--fleet-dir", help="the fleet's folder (holds state.json; default $RECFORGE_HOME/fleet)")
+    parser.add_argument("--config", default=None,
+                        help="LiveConfig as JSON, e.g. '{\"interval_s\": 2}' (default: the last controller's)")
+    args = parser.parse_args(argv)
+    root = Path(args.fleet_dir).resolve() if args.fleet_dir else fleet_dir()
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        config = json.loads(args.config) if args.config else \
+            ((read_state(root.parent) or {}).get("controller") or {}).get("config") or {}
+        controller = LiveController(root, config_from_dict(LiveConfig, config))
+        return controller.run()
+    except RecForgeError as err:
+        LOG.error("%s", first_line(err))
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
