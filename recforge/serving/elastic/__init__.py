@@ -1,6 +1,7 @@
-"""Elastic serving without a server: load traces, the fleet controller's control law and its baselines, and a
-discrete-event simulator of a fleet driven by a trace and a policy (issue 13; docs/elastic.md).
+"""Elastic serving (issue 13; docs/elastic.md): load traces, the fleet controller's control law and its baselines,
+a discrete-event simulator of a fleet driven by a trace and a policy, and the live controller process.
 
-Nothing here does I/O beyond reading and writing trace files: the live controller process wires these pieces to
-Triton's metrics, HAProxy's runtime socket and the fleet's node lifecycle.
+Only the live controller (``live``, with ``live_signals`` and ``live_actions``) touches a running fleet: it reads
+Triton's metrics and HAProxy's stats, applies the law's weights and drains through HAProxy's runtime API, and logs
+what the fleet cannot do yet (scaling, shedding, batching) as advisory. The rest does no I/O beyond trace files.
 """
