@@ -160,3 +160,21 @@ clean: mlflow-down ## Stop services (fleet, Airflow UI, MLflow) and delete local
 	-infra/local/airflow.sh stop
 	-[ -x $(PY) ] && $(PY) -m recforge.serving.fleet down >/dev/null
 	rm -rf $(RECFORGE_HOME)
+
+# The distributed mode on this machine (docs/cluster.md): PostgreSQL, Redis, MLflow (proxied artifacts), Airflow with the
+# CeleryExecutor and two Celery workers, all on 127.0.0.1; state under $(RECFORGE_HOME)/cluster.
+# make cluster-up CLUSTER_CONF='{"airflow_port": 8091}' (ports: recforge.tools.cluster.settings.ClusterConfig)
+CLUSTER_CONF ?= {}
+.PHONY: cluster-up cluster-down cluster-status chain
+cluster-up: setup ## Start the distributed mode: PostgreSQL, Redis, MLflow, Airflow (CeleryExecutor) + 2 Celery workers; idempotent
+	@infra/cluster/cluster.sh up --config '$(CLUSTER_CONF)'
+
+cluster-down: ## Stop every service of the distributed mode (idempotent; its state stays in .recforge/cluster)
+	@infra/cluster/cluster.sh down
+
+cluster-status: ## One line per service of the distributed mode: healthy/down, address, pid, log
+	@infra/cluster/cluster.sh status
+
+chain: ## The nightly chain through the cluster's scheduler for DATE= (CONF= of nightly): per-DAG state and wall time
+	@date=$${DATE:-$$($(PY) -m recforge.pipeline.data.ingest --print-last-day)}; \
+	infra/cluster/cluster.sh chain --date "$$date" --conf '$(CONF)'

@@ -16,9 +16,7 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
-from recforge_assets import CANDIDATE_ASSETS, VALIDATED_VARIANTS
-
-from recforge.models.families import DEEP_FAMILIES  # torch-free: only the names
+from recforge_assets import CANDIDATE_ASSETS, CANDIDATE_FAMILIES, VALIDATED_VARIANTS
 
 # what an optional Param left empty in the trigger form (None) means to the stage functions
 NOT_GIVEN = {"parent_run_id": "", "families": []}
@@ -42,7 +40,7 @@ def _params() -> dict:
     params={
         "parent_run_id": Param(None, type=["null", "string"], title="Nightly parent run (MLflow run id)",
                                description="Empty: the triggering candidates, else the latest nightly run."),
-        "families": Param(None, type=["null", "array"], items={"type": "string"}, examples=list(DEEP_FAMILIES),
+        "families": Param(None, type=["null", "array"], items={"type": "string"}, examples=list(CANDIDATE_FAMILIES),
                           title="Families", description="Empty: every candidate."),
         "compress_config": Param({}, type="object", title="Compression overrides",
                                  description="CompressConfig fields, e.g. {\"prune_ratios\": [0.5]}."),
@@ -72,20 +70,20 @@ def compress_and_validate():
     @task(max_active_tis_per_dagrun=1,
           map_index_template="{{ task.op_kwargs['candidate']['family'] }}/{{ task.op_kwargs['base'] }}")
     def variants(candidate: dict, base: str) -> list[dict]:
-        from recforge.pipeline.parity.stage import Candidate, compress_and_validate
+        from recforge.pipeline.parity.stage import compress_and_validate, resolve_candidate
 
-        p = _params()
-        return compress_and_validate(Candidate(**candidate), base, p["compress_config"], p["parity_config"])
+        p = _params()  # resolved again: on another worker than candidates', its files come from MLflow/the data root
+        return compress_and_validate(resolve_candidate(candidate), base, p["compress_config"], p["parity_config"])
 
     @task(outlets=[VALIDATED_VARIANTS])
     def summarize(found: list[dict], rows: list[list[dict]]) -> dict:
-        from recforge.pipeline.parity.stage import Candidate, summarize_family
+        from recforge.pipeline.parity.stage import resolve_candidate, summarize_family
 
         flat = [r for group in rows for r in group]
         result = {}
         for c in found:
             family_rows = [r for r in flat if r["candidate_run_id"] == c["run_id"]]
-            summary = summarize_family(Candidate(**c), family_rows, _params()["compress_config"])
+            summary = summarize_family(resolve_candidate(c), family_rows, _params()["compress_config"])
             result[c["family"]] = {
                 "candidate_run_id": c["run_id"],
                 "passed": [{k: r[k] for k in ("name", "onnx_path", "variant_run_id", "auc", "size_bytes")}

@@ -99,14 +99,19 @@ def nightly_retrain():
     # each training uses every core; each mapped task is named by its family in the UI (not 0..4)
     @task(max_active_tis_per_dagrun=1, map_index_template="{{ task.op_kwargs['family'] }}")
     def train(family: str, feature_set: dict, parent_run_id: str) -> dict:
-        from pathlib import Path
-
         from recforge.contracts.layout import Catalog
+        from recforge.core import config
+        from recforge.pipeline.data import ingest as data
+        from recforge.pipeline.data.features import ensure_features
         from recforge.pipeline.training import train
 
         cfg = train.TrainConfig.from_dict(_params()["train_config"])
-        out = Catalog.default().model_dir(_day(), family)
-        return train.train_family(family, Path(feature_set["out_dir"]), out, cfg, parent_run_id).to_dict()
+        catalog = Catalog.default()
+        out = catalog.model_dir(_day(), family)
+        # this worker's copy of the day's features (feature_set["out_dir"] is another worker's when the features
+        # task ran there: tasks share the data root and MLflow, not a disk)
+        features_dir = ensure_features(config.data_root(), data.parse_date(_day()), catalog.features_dir(_day()))
+        return train.train_family(family, features_dir, out, cfg, parent_run_id).to_dict()
 
     @task(outlets=list(CANDIDATE_ASSETS.values()))
     def publish(results: list[dict], parent_run_id: str) -> dict:

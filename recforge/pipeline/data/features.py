@@ -337,6 +337,16 @@ def build_features(data_root: str, day: dt.date, out_dir: Path,
     return result
 
 
+def ensure_features(data_root: str, day: dt.date, out_dir: Path) -> Path:
+    """``out_dir`` with the features of partition ``day``: as they are when this machine has them, else built again
+    from the data root (deterministic, so a Celery worker other than the one that ran the features task gets the
+    same files: tasks share the data root and MLflow, not a disk)."""
+    out_dir = Path(out_dir)
+    if not (out_dir / "meta.json").is_file():  # meta.json is written last
+        build_features(data_root, day, out_dir)
+    return out_dir
+
+
 @dataclass
 class Split:
     """One split as numpy arrays, named as the model inputs (recforge.contracts.features)."""

@@ -18,7 +18,9 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import datetime as dt
 import json
 import logging
 import sys
@@ -33,11 +35,12 @@ from recforge.core.cli import json_object, run_step
 from recforge.core.errors import ConfigError, DataError
 from recforge.inference.onnx import onnx_latency_ms, onnx_predict
 from recforge.models.families import BASELINE_FAMILY
+from recforge.models.formats import ONNX, format_of_file_name
 from recforge.pipeline.compression.config import FP32, PRECISION_TABLE, CompressConfig
 from recforge.pipeline.compression.measure import latency_inputs, torch_latency_ms
 from recforge.pipeline.compression.model_folder import MODEL_FILES, load_trained
 from recforge.pipeline.compression.variants import build_base_variants, plan_bases
-from recforge.pipeline.data.features import load_split
+from recforge.pipeline.data.features import ensure_features, load_split
 from recforge.pipeline.parity.gate import ParityConfig, validate_variant
 from recforge.pipeline.parity.plot import plot_auc_vs_size, pyplot
 from recforge.pipeline.training.tracking import LATENCY_B256, TEST_AUC, TEST_LOGLOSS, one_line
@@ -114,8 +117,10 @@ def resolve_candidate(extra: dict[str, Any]) -> Candidate:
     if not _is_model_of(model_dir, run_id):  # not on this machine, or overwritten by a later run
         model_dir = _download_candidate(catalog, run_id, family)
     features_dir = Catalog.features_of(model_dir)
-    if not features_dir.exists() and extra.get("data_day"):  # a downloaded model: the day's local features
-        features_dir = catalog.features_dir(extra["data_day"])
+    if not features_dir.exists() and extra.get("data_day"):  # a downloaded model: this worker's features of the day,
+        features_dir = catalog.features_dir(extra["data_day"])  # built from the data root when it has none
+        with contextlib.suppress(DataError):  # no such partition: the missing features are reported below
+            ensure_features(config.data_root(), dt.date.fromisoformat(extra["data_day"]), features_dir)
     missing = [n for n in MODEL_FILES if not (model_dir / n).exists()]
     if missing or not (features_dir / "test.parquet").exists():
         raise DataError(
@@ -206,7 +211,8 @@ def _log_variant(experiment_id: str, candidate: Candidate, row: dict, metrics: d
                                         f"tags.`{tags.VARIANT}` = '{row['name']}'"), max_results=1)
     run_id = existing[0].info.run_id if existing else None
     run_tags = {tags.STAGE: "compress", tags.FAMILY: candidate.family, tags.VARIANT: row["name"],
-                tags.PARITY: "passed" if row["passed"] else "rejected", tags.RUN_NOTE: variant_note(candidate, row)}
+                tags.PARITY: "passed" if row["passed"] else "rejected", tags.RUN_NOTE: variant_note(candidate, row),
+                tags.MODEL_FORMAT: format_of_file_name(row["onnx_path"]) if row.get("onnx_path") else ONNX}
     if not row["passed"]:
         run_tags[tags.REJECTED_BECAUSE] = rejection_tag(row["reasons"])
     with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=f"{candidate.family}/{row['name']}",
@@ -246,6 +252,23 @@ def variant_note(candidate: Candidate, row: dict) -> str:
             f"{verdict}. `{LATENCY_B256}` is the side-by-side timing of `compression/summary.md` on the parent run.")
 
 
+def variant_file(candidate: Candidate, row: dict) -> str:
+    """A built variant's model file: where its task wrote it, else the copy logged on its MLflow run (the task ran
+    on another worker)."""
+    if Path(row["onnx_path"]).is_file() or not row.get("variant_run_id"):
+        return row["onnx_path"]
+    import mlflow
+
+    dest = Catalog.default().candidate_dir(candidate.run_id) / "variants" / row["name"]
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        return mlflow.MlflowClient(config.tracking_uri()).download_artifacts(
+            row["variant_run_id"], f"onnx/{Path(row['onnx_path']).name}", str(dest))
+    except Exception as err:  # noqa: BLE001 - any failed fetch is the same error for a person
+        raise DataError(f"variant {candidate.family}/{row['name']}: {row['onnx_path']} is not on this worker and "
+                        f"cannot be fetched from MLflow run {row['variant_run_id']}: {err}") from None
+
+
 def summarize_family(candidate: Candidate, rows: list[dict], compress_config: dict | None = None) -> dict:
     """Latency of every built variant side by side with fp32 PyTorch eager; table + plot on the candidate run."""
     import mlflow
@@ -257,7 +280,7 @@ def summarize_family(candidate: Candidate, rows: list[dict], compress_config: di
     fp32 = next((r for r in rows if r["name"] == FP32 and not r.get("error")), None)
     table = []
     for row in sorted(rows, key=lambda r: (r["base"] != FP32, r["base"], r["precision"] != FP32, r["precision"])):
-        ms = (onnx_latency_ms(row["onnx_path"], batch, ccfg.threads, ccfg.latency_repeats)
+        ms = (onnx_latency_ms(variant_file(candidate, row), batch, ccfg.threads, ccfg.latency_repeats)
               if row.get("onnx_path") else None)
         table.append({
             "variant": row["name"], "technique": row["technique"], "passed": row["passed"],
