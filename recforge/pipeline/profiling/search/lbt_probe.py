@@ -9,11 +9,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from recforge.pipeline.profiling.lbt import (
-    NEAR_MISS,
     LBTEvaluator,
     LBTResult,
     Measurement,
     lbt_from_config,
+    near_miss,
     slo_verdict,
 )
 from recforge.pipeline.profiling.search.base import knob_key
@@ -70,16 +70,14 @@ class LBTProbe:
 
     def screen(self, knobs: Mapping[str, Any], rate_qps: float) -> Screen:
         """One load run at ``rate_qps`` (at most the apparatus' top rate), and a second one when the first missed
-        narrowly (p95 within ``NEAR_MISS`` x the target, errors within the SLO): near its LBT a setting a few
-        percent better fails a single short run about as often as it passes. The second run decides; a lucky
-        pass costs little, since :meth:`lbt_from` measures the rate again before anything is believed."""
+        narrowly (``lbt.near_miss``). The second run decides; a lucky pass costs little, since :meth:`lbt_from`
+        measures the rate again before anything is believed."""
         config = self.evaluator.config
         rate_qps = min(float(rate_qps), top_qps(config))  # the apparatus cannot offer more
         run = self.run_at(knobs, rate_qps)
         passed, reason = slo_verdict(run, rate_qps, config)
         p95 = run.p95_ms
-        if not passed and run.error_rate <= config.max_error_rate and \
-                run.p95_ms <= NEAR_MISS * config.p95_target_ms:
+        if not passed and near_miss(run, config):
             again = self.run_at(knobs, rate_qps)
             passed, reason = slo_verdict(again, rate_qps, config)
             p95 = again.p95_ms if passed else min(p95, again.p95_ms)
