@@ -164,7 +164,8 @@ def test_bench_end_to_end_on_a_tiny_nightly(tiny_nightly, mlflow_server, monkeyp
         "synthetic_sub_batch": 8, "synthetic_p95_target_ms": 200.0, "synthetic_fused": ["int8_tables"],
         "point_duration_s": 0.2, "compare_duration_s": 0.3, "max_steps": 2, "max_evaluations": 2,
         "threads": [1], "latency_repeats": 2, "p95_target_ms": 200.0, "gemm_size": 128, "array_mib": 8,
-        "rounds": 2, "round_point_duration_s": 0.2, "unloaded_queries": 5})
+        "rounds": 2, "round_point_duration_s": 0.2, "round_max_steps": 3, "min_load_queries": 20,
+        "unloaded_queries": 5})
     doc = bench.run_bench(cfg)
 
     (family,) = doc["families"]
@@ -184,10 +185,18 @@ def test_bench_end_to_end_on_a_tiny_nightly(tiny_nightly, mlflow_server, monkeyp
         assert family["lbt_ratio"] == pytest.approx(np.median(per_round_lbt))
     else:
         assert family["lbt_ratio"] is None
-    for r in results:  # both sides at the same offered rates: fractions of the round's baseline LBT
-        assert r["rates"][cfg.load_fraction] == pytest.approx(cfg.load_fraction * r["baseline"]["lbt_qps"]) or \
-            r["baseline"]["lbt_qps"] == 0
+    median_baseline_lbt = float(np.median([r["baseline"]["lbt_qps"] for r in results]))
+    for r in results:  # both sides at the same offered rates, in every round: fractions of the baseline's median LBT
+        assert r["rates"][cfg.load_fraction] == pytest.approx(cfg.load_fraction * median_baseline_lbt) or \
+            median_baseline_lbt == 0
         assert set(r["baseline"]["loads"]) == set(r["recforge"]["loads"]) == set(cfg.load_fractions)
+    # the baseline's thread count: every option's LBT measured in the rounds, the higher median kept
+    options = base["thread_options"]
+    assert f"threads={base['threads']}" == rounds["baseline_option"] and set(options) == set(rounds["baseline_options"])
+    assert rounds["baseline_options"][rounds["baseline_option"]]["median"] == max(
+        o["lbt_qps"]["median"] for o in options.values())
+    assert [r["baseline_options"][rounds["baseline_option"]] for r in results] == [
+        r["baseline"]["lbt_qps"] for r in results]
     assert same["baseline"]["queries"] > 0 and same["recforge"]["queries"] > 0
     per_round_p95 = [r["recforge"]["loads"][cfg.load_fraction]["p95_ms"] / r["baseline"]["loads"][cfg.load_fraction][
         "p95_ms"] for r in results]

@@ -5,6 +5,7 @@ timestamps, the machine-readable bench lines and the run-to-run comparator. No l
 from __future__ import annotations
 
 import math
+import statistics
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,7 +22,9 @@ from recforge.tools.bench.rounds import (
     RECFORGE,
     RESTART_FRACTION,
     RoundSide,
+    best_option,
     interleaved_order,
+    round_start_qps,
     run_rounds,
     summarize_rounds,
 )
@@ -97,32 +100,81 @@ class FakeSide:
         return RoundSide(search_lbt=search, load_point=load, unloaded=unloaded, first_start_qps=first_start)
 
 
-def test_rounds_interleave_and_compare_at_the_rounds_baseline_rates():
+def test_rounds_search_lbts_first_then_compare_at_the_median_baseline_rates():
     log: list = []
     base = FakeSide(BASELINE, [100.0, 120.0, 80.0], ms_per_qps=0.1, log=log)
     ours = FakeSide(RECFORGE, [400.0, 300.0, 500.0], ms_per_qps=0.02, log=log)
     results = run_rounds({RECFORGE: ours.side(350.0), BASELINE: base.side(90.0)}, 3, (0.25, 0.5, 0.8),
                          fallback_qps=10.0)
-    # baseline first in every round, whatever the mapping's order; each side's calls stay together
+    # baseline first in every round, whatever the mapping's order; every LBT search before any load run
     sides_in_order = [entry[0] for entry in log if entry[1] == "lbt"]
     assert sides_in_order == [BASELINE, RECFORGE] * 3
-    # each round's search starts at RESTART_FRACTION x the side's previous LBT
-    assert base.starts == [90.0, RESTART_FRACTION * 100.0, RESTART_FRACTION * 120.0]
-    assert ours.starts == [350.0, RESTART_FRACTION * 400.0, RESTART_FRACTION * 300.0]
-    # both sides at the same rates: fractions of that round's baseline LBT
-    for r, base_lbt in zip(results, (100.0, 120.0, 80.0), strict=True):
-        assert r["rates"] == {0.25: 0.25 * base_lbt, 0.5: 0.5 * base_lbt, 0.8: 0.8 * base_lbt}
+    assert max(i for i, entry in enumerate(log) if entry[1] == "lbt") < min(
+        i for i, entry in enumerate(log) if entry[1] == "load")
+    # the load runs interleave too: baseline, RecForge, baseline, ... (all of a side's fractions together)
+    load_sides = [entry[0] for entry in log if entry[1] in ("load", "unloaded")]
+    assert load_sides == ([BASELINE] * 4 + [RECFORGE] * 4) * 3
+    # each round's search starts at RESTART_FRACTION x the median of the side's LBTs so far (no spread asked for)
+    assert base.starts == [90.0, RESTART_FRACTION * 100.0, RESTART_FRACTION * 110.0]
+    assert ours.starts == [350.0, RESTART_FRACTION * 400.0, RESTART_FRACTION * 350.0]
+    # both sides at the same rates, in every round: fractions of the baseline's MEDIAN LBT (100)
+    for r in results:
+        assert r["rates"] == {0.25: 25.0, 0.5: 50.0, 0.8: 80.0}
         assert r[BASELINE]["loads"].keys() == r[RECFORGE]["loads"].keys() == r["rates"].keys()
+    assert sorted({entry[2] for entry in log if entry[1] == "load"}) == [25.0, 50.0, 80.0]
+    assert [r[BASELINE]["lbt_qps"] for r in results] == [100.0, 120.0, 80.0]  # each round keeps its own LBTs
     summary = summarize_rounds(results, 0.8)
     per_round_lbt = [4.0, 2.5, 6.25]
     assert summary["throughput_ratio"]["median"] == pytest.approx(4.0)
     assert (summary["throughput_ratio"]["low"], summary["throughput_ratio"]["high"]) == (2.5, 6.25)
     assert [r["throughput_ratio"] for r in summary["per_round"]] == pytest.approx(per_round_lbt)
-    p95 = [(1 + 0.02 * 0.8 * b) / (1 + 0.1 * 0.8 * b) for b in (100.0, 120.0, 80.0)]
-    assert summary["latency_ratio"]["median"] == pytest.approx(float(np.median(p95)))
+    p95 = (1 + 0.02 * 80.0) / (1 + 0.1 * 80.0)
+    assert summary["latency_ratio"]["median"] == pytest.approx(p95)
+    assert summary["rates"] == {"0.25": 25.0, "0.5": 50.0, "0.8": 80.0}
     assert summary["latency_ratio_at"]["0.25"]["n"] == 3 and summary["unloaded_ratio"]["median"] == pytest.approx(0.2)
     assert summary[BASELINE]["lbt_qps"]["median"] == 100.0 and summary[RECFORGE]["lbt_qps"]["median"] == 400.0
     assert summary[RECFORGE]["apparatus_share_at"]["0.8"]["median"] == 0.01
+    assert summary["baseline_option"] == BASELINE and summary["baseline_options"][BASELINE]["median"] == 100.0
+
+
+def test_the_baseline_option_with_the_higher_median_lbt_is_the_baseline():
+    # NCF's case: 2 threads answer one query faster, 1 thread sustains more load; one lucky round must not decide
+    log: list = []
+    one = FakeSide("threads=1", [4400.0, 4300.0, 4500.0, 4450.0, 4350.0], ms_per_qps=0.001, log=log)
+    two = FakeSide("threads=2", [2400.0, 5000.0, 2300.0, 2500.0, 2450.0], ms_per_qps=0.003, log=log)
+    ours = FakeSide(RECFORGE, [7000.0, 6800.0, 7200.0, 6900.0, 7100.0], ms_per_qps=0.0005, log=log)
+    results = run_rounds({"threads=1": one.side(4000.0), "threads=2": two.side(2000.0), RECFORGE: ours.side(6000.0)},
+                         5, (0.25, 0.5, 0.8), fallback_qps=10.0, baselines=("threads=1", "threads=2"))
+    # every option searched in every round, interleaved with RecForge; only the chosen one runs the loads
+    assert [e[0] for e in log if e[1] == "lbt"] == ["threads=1", "threads=2", RECFORGE] * 5
+    assert {e[0] for e in log if e[1] in ("load", "unloaded")} == {"threads=1", RECFORGE}
+    assert all(r["baseline_option"] == "threads=1" for r in results)
+    assert [r[BASELINE]["lbt_qps"] for r in results] == [4400.0, 4300.0, 4500.0, 4450.0, 4350.0]
+    assert results[0]["rates"][0.5] == pytest.approx(0.5 * 4400.0)  # the chosen option's median LBT
+    summary = summarize_rounds(results, 0.5)
+    assert summary["baseline_options"]["threads=2"]["median"] == 2450.0  # the other option's figures are kept
+    assert summary["baseline_options"]["threads=1"]["median"] == 4400.0
+    assert summary["throughput_ratio"]["median"] == pytest.approx(statistics.median(
+        [7000 / 4400, 6800 / 4300, 7200 / 4500, 6900 / 4450, 7100 / 4350]))
+    # a tie goes to the first option listed; a missing option is refused
+    assert best_option({"a": [1.0, 2.0], "b": [2.0, 1.0]}, ("a", "b")) == "a"
+    assert best_option({"a": [1.0, 2.0], "b": [2.0, 1.0]}, ("b", "a")) == "b"
+    with pytest.raises(ValueError, match="baseline options"):
+        run_rounds({RECFORGE: ours.side(1.0)}, 1, (0.5,), fallback_qps=1.0, baselines=("threads=1",))
+
+
+def test_round_starts_spread_over_one_ramp_step():
+    # with the ramp factor as spread, the starts of the rounds cover one ramp step: the rounds' probed rates (and so
+    # their LBTs) are not all on one lattice, so the median can average the search's resolution away
+    lbts = [1000.0]
+    starts = [round_start_qps(lbts, r, 50.0, spread=1.1) for r in range(1, 9)]
+    low, high = RESTART_FRACTION * 1000.0, RESTART_FRACTION * 1000.0 * 1.1
+    assert all(low <= s < high for s in starts)
+    gaps = np.diff(sorted([low, *starts, high]))
+    assert max(gaps) < 0.5 * (high - low)  # evenly spread: no half of the step left out
+    assert round_start_qps([], 3, 50.0, spread=1.1) == 50.0  # no LBT yet: the side's first start
+    assert round_start_qps([0.0, 0.0], 3, 50.0, spread=1.1) == 50.0  # nothing met the SLO: from the first start again
+    assert round_start_qps([100.0, 300.0, 120.0], 0, 50.0) == RESTART_FRACTION * 120.0  # the median, not the last
 
 
 def test_a_baseline_lbt_of_zero_compares_at_the_fallback_load():
@@ -137,6 +189,7 @@ def test_a_baseline_lbt_of_zero_compares_at_the_fallback_load():
 
 def test_bench_config_headline_fraction_must_be_measured():
     assert BenchConfig().rounds == 5 and BenchConfig().load_fractions == (0.25, 0.5, 0.8)
+    assert BenchConfig().load_fraction == 0.5  # the headline p95 ratio: off the baseline's knee
     with pytest.raises(ConfigError, match="load_fraction"):
         BenchConfig(load_fraction=0.7)
 

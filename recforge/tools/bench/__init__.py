@@ -3,16 +3,18 @@
 Per model family of the latest nightly run (and its compress_and_validate results):
 
 * **baseline** -- the trained fp32 model in PyTorch eager, one query at a time: a single worker runs each
-  whole query as one forward (no batching, no scheduling), torch on all cores;
+  whole query as one forward (no batching, no scheduling), with the torch thread count (1 or all cores) that gives
+  the higher median LBT in the rounds;
 * **RecForge** -- the parity-passing variant with the highest latency-bounded throughput (LBT) on
   cpu-onnxruntime among a short list (the compress summary's fastest passing variants), each profiled with
   ``recforge.pipeline.profiling.targets.profile_variant`` (hill-climbed sub-batch size and intra-op threads);
 
 both driven by the DeepRecSys open-loop load generator (Poisson arrivals, lognormal(5.1, 0.2) items per query)
-on the same real test rows. Reported: p95 latency of both at the same offered load (``load_fraction`` of the
-baseline's LBT) and its ratio, the LBT ratio, both test AUCs (from the compress summary), and the measured
-items/s at the LBT against this machine's roofline (``recforge.tools.hw_limits``: measured peak fp32/int8 GEMM rate and
-memory bandwidth; FLOPs = 2 x MACs per item, bytes = embedding rows gathered + MLP weights per sub-batch).
+on the same real test rows. Reported: p95 latency of both at the same offered loads (``load_fractions`` of the
+baseline's median LBT; the headline ``load_fraction``, 50%) and their ratios, the LBT ratio, both test AUCs (from
+the compress summary), and the measured items/s at the LBT against this machine's roofline
+(``recforge.tools.hw_limits``: measured peak fp32/int8 GEMM rate and memory bandwidth; FLOPs = 2 x MACs per item,
+bytes = embedding rows gathered + MLP weights per sub-batch).
 
 Then the synthetic DeepRecSys-scale models (``recforge.models.synthetic``: RMC1/2/3 with Zipf ids and lognormal
 pooling, tables scaled by ``table_rows_scale``): latency against batch size, LBT and table memory of the ONNX export
@@ -22,9 +24,10 @@ int8/int4 tables, both), against the physical limit (measured gather rate and GE
 The table is printed and written as JSON + markdown under ``$RECFORGE_HOME/bench/``, and logged to MLflow
 (experiment ``recforge-bench``) when the tracking server answers.
 
-The comparison runs in interleaved rounds (baseline, RecForge, baseline, ...); every ratio is the median over the
-rounds with an order-statistic interval, and the output ends with one ``bench: family=F path=inprocess ...`` line per
-family (``bench_line``; ``python -m recforge.tools.bench.compare A.txt B.txt`` gives the spread between two runs).
+The comparison runs in interleaved rounds (baseline, RecForge, baseline, ...: LBTs first, then p95 at the loads
+they fix, ``rounds``); every ratio is the median over the rounds with an order-statistic interval, and the output
+ends with one ``bench: family=F path=inprocess ...`` line per family (``bench_line``;
+``python -m recforge.tools.bench.compare A.txt B.txt`` gives the spread between two runs).
 
 The modules: ``config`` (BenchConfig), ``nightly`` (the nightly run, its summaries and variants), ``load_targets``
 (baseline and ONNX targets), ``lbt`` (LBT searches and profiling with retries), ``roofline`` (work per item, limits),

@@ -42,19 +42,27 @@ class BenchConfig:
     workers: Threads = 2  # serving worker threads of RecForge
     min_sub_batch: int = 32
     max_sub_batch: int = 256
-    # torch threads of the baseline; 0 = the faster of 1 and all cores (measured)
+    # torch threads of the baseline; 0 = 1 and all cores both measured in the LBT rounds, the higher median LBT kept
     baseline_threads: Annotated[int, Field(ge=0, le=64)] = 0
     # interleaved rounds (baseline, RecForge, baseline, ...) after the variant is chosen; every ratio is the median
     # over them with an order-statistic interval (5 rounds: [min, max], 93.75% coverage; 6: 96.9%)
     rounds: Annotated[int, Field(ge=1, le=50)] = 5
     confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95  # of the rounds' intervals
-    # p95 of both at these fractions of the round's baseline LBT; load_fraction is the headline one (latency_ratio)
+    # p95 of both at these fractions of the baseline's median LBT over the rounds; load_fraction is the headline one
+    # (latency_ratio): at 50% both sides are off their knees, so the ratio is the systems', not the knee's position
     load_fractions: Annotated[tuple[Fraction, ...], Field(min_length=1)] = (0.25, 0.5, 0.8)
-    load_fraction: Fraction = 0.8
-    compare_duration_s: Annotated[float, Field(gt=0)] = 2.0  # seconds of arrivals per same-load p95 run, per round
+    load_fraction: Fraction = 0.5
+    # a same-load p95 run, per round and side: this many seconds of arrivals, longer where that is fewer than
+    # min_load_queries queries (a p95 of a few hundred queries rests on a dozen of them)
+    compare_duration_s: Annotated[float, Field(gt=0)] = 1.5
+    min_load_queries: Annotated[int, Field(ge=1, le=100_000)] = 400
     round_point_duration_s: Annotated[float, Field(gt=0)] = 0.5  # per probed rate of a round's LBT search
-    # a round's LBT search starts at 0.8 x the side's previous LBT and ramps by this factor
-    round_ramp_factor: Annotated[float, Field(gt=1, le=16)] = 1.25
+    # a round's LBT search starts just below the side's median LBT so far (rounds.round_start_qps), ramps by this
+    # factor and bisects until the bracket is within round_tolerance: one round's LBT is within that below the rate
+    # its last probes saw pass, so that two runs can agree within 10% (issue 12)
+    round_ramp_factor: Annotated[float, Field(gt=1, le=16)] = 1.1
+    round_tolerance: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    round_max_steps: Annotated[int, Field(ge=1)] = 10  # probed rates per round's LBT search
     # unloaded latency: this many queries at this fraction of the side's own LBT (queueing negligible)
     unloaded_queries: Annotated[int, Field(ge=5, le=10_000)] = 20
     unloaded_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.1
@@ -100,6 +108,15 @@ class BenchConfig:
         """The in-process load generator's ceiling against a null target with the bench's most demanding load shape
         (smallest sub-batch, most workers), measured once per process (``apparatus_ceiling``)."""
         return cached_ceiling_qps(self.sizes, self.min_sub_batch, self.workers)
+
+    def round_lbt_config(self, floor_qps: float, ceiling_qps: float | None) -> LBTConfig:
+        """A round's LBT search (``round_ramp_factor``, ``round_tolerance``, ``round_max_steps``, no confirmation
+        runs: the rounds are the repeats) down to ``floor_qps`` at the lowest, up to ``ceiling_qps`` (the apparatus
+        ceiling, passed in: measured once by the caller)."""
+        floor = max(0.5, float(floor_qps))
+        return LBTConfig(p95_target_ms=self.p95_target_ms, start_qps=min(floor, ceiling_qps) if ceiling_qps else floor,
+                         apparatus_ceiling_qps=ceiling_qps, ramp_factor=self.round_ramp_factor,
+                         tolerance=self.round_tolerance, max_steps=self.round_max_steps, confirm=0)
 
     def lbt_config(self, start_qps: float, p95_target_ms: float | None = None, *, ramp_factor: float = 2.0,
                    confirm: int | None = None) -> LBTConfig:

@@ -1,6 +1,7 @@
-"""One model family's benchmark: the PyTorch-eager baseline against RecForge's best profiled variant, in
-interleaved rounds (``rounds``): LBTs, p95 at 25/50/80% of the baseline's LBT, unloaded latency, the apparatus'
-share of the latency, AUCs, roofline; every ratio a median over the rounds with its interval."""
+"""One model family's benchmark: the PyTorch-eager baseline (its thread count chosen by LBT) against RecForge's best
+profiled variant, in interleaved rounds (``rounds``): LBTs, p95 at 25/50/80% of the baseline's median LBT, unloaded
+latency, the apparatus' share of the latency, AUCs, roofline; every ratio a median over the rounds with its
+interval."""
 
 from __future__ import annotations
 
@@ -23,11 +24,13 @@ from recforge.tools.bench.apparatus_share import apparatus_share_figures
 from recforge.tools.bench.bench_line import format_bench_line
 from recforge.tools.bench.config import BenchConfig
 from recforge.tools.bench.lbt import (
-    baseline_thread_count,
+    baseline_thread_options,
     lbt_summary,
+    load_point_duration_s,
     load_run,
     measure_fn,
     profile_with_retries,
+    round_lbt_search,
     search_lbt,
     single_query_ms,
     unloaded_run,
@@ -35,7 +38,15 @@ from recforge.tools.bench.lbt import (
 from recforge.tools.bench.load_targets import ArrayOnnxTarget, RealRowsCpuOnnxRuntime, TorchEagerTarget, torch_threads
 from recforge.tools.bench.nightly import FamilyRun, shortlist
 from recforge.tools.bench.roofline import roofline, work_per_item
-from recforge.tools.bench.rounds import BASELINE, RECFORGE, RoundSide, ratio, run_rounds, summarize_rounds
+from recforge.tools.bench.rounds import (
+    BASELINE,
+    RECFORGE,
+    RESTART_FRACTION,
+    RoundSide,
+    ratio,
+    run_rounds,
+    summarize_rounds,
+)
 from recforge.tools.hw_limits import HardwareLimits
 
 log = logging.getLogger(__name__)
@@ -50,22 +61,29 @@ def load_figures(result: LoadResult) -> dict:
     return {**figures, **apparatus_share_figures(result)}
 
 
+def thread_label(threads: int) -> str:
+    """The name of the baseline option with ``threads`` torch threads in the rounds' results."""
+    return f"threads={threads}"
+
+
 def round_side(target: Any, cfg: BenchConfig, knobs: dict, sub_batch: int, workers: int, first_start_qps: float,
-               limits: list[str], context: Callable[[], Any] = contextlib.nullcontext) -> RoundSide:
+               limits: list[str], context: Callable[[], Any] = contextlib.nullcontext,
+               ceiling_qps: float | None = None) -> RoundSide:
     """A side of the rounds over real load runs on ``target`` (inside ``context``, e.g. the baseline's torch
-    threads); each round's LBT search limit goes into ``limits``."""
+    threads); each round's LBT search (``lbt.round_lbt_search``, up to ``ceiling_qps``) limit goes into
+    ``limits``."""
     measure = measure_fn(lambda _k: target, cfg, sub_batch=sub_batch, workers=workers,
                          point_duration_s=cfg.round_point_duration_s)
 
     def lbt(start_qps: float) -> float:
         with context():
-            result = search_lbt(measure, knobs, cfg, start_qps, ramp_factor=cfg.round_ramp_factor, confirm=0)
+            result = round_lbt_search(measure, knobs, cfg, start_qps, ceiling_qps)
         limits.append(result.limit)
         return result.lbt_qps
 
     def load_point(rate: float) -> dict:
         with context():
-            return load_figures(load_run(target, rate, cfg, cfg.compare_duration_s, sub_batch, workers))
+            return load_figures(load_run(target, rate, cfg, load_point_duration_s(cfg, rate), sub_batch, workers))
 
     def unloaded(lbt_qps: float) -> dict:
         # a light load: unloaded_fraction of the LBT, but fast enough to take at most UNLOADED_MAX_S (a slow side),
@@ -80,21 +98,39 @@ def round_side(target: Any, cfg: BenchConfig, knobs: dict, sub_batch: int, worke
 
 def bench_family(run: FamilyRun, cfg: BenchConfig, limits: HardwareLimits) -> dict:
     """Baseline and RecForge of one family: the variant and its knobs chosen by profiling the short list, then
-    ``cfg.rounds`` interleaved rounds of both (LBTs, p95 at the same loads, unloaded latency), AUCs, roofline."""
+    ``cfg.rounds`` interleaved rounds (LBTs of RecForge and of each baseline thread option, then p95 at the same
+    loads and unloaded latency of RecForge and the best baseline option), AUCs, roofline."""
     mean_items = mean_items_per_query(load_doc(cfg.query_sizes(), (1,)))
     typical = max(1, round(mean_items))
     inputs = latency_inputs(load_split(run.features_dir, "test"), 1024)
     model, _, _ = load_trained(run.model_dir)
     started = time.perf_counter()
+    ceiling = cfg.apparatus_ceiling_qps()
 
-    # baseline: PyTorch eager fp32, one whole query per forward, one worker
+    # baseline: PyTorch eager fp32, one whole query per forward, one worker; one side of the rounds per thread count,
+    # each started from a first search (short probes) from its single-query estimate
     baseline = TorchEagerTarget(model, inputs)
-    baseline_threads, query_ms = baseline_thread_count(baseline, typical, cfg)
-    baseline_knobs = {"sub_batch": "whole query", "workers": 1, "threads": baseline_threads}
-    with torch_threads(baseline_threads):
-        baseline_lbt = search_lbt(measure_fn(lambda _k: baseline, cfg, sub_batch=1024, workers=1), baseline_knobs,
-                                  cfg, cfg.start_fraction * 1000.0 / query_ms)
-    log.info("%s baseline (eager fp32): LBT %.1f qps", run.family, baseline_lbt.lbt_qps)
+    lbt_limits: dict[str, list[str]] = {RECFORGE: []}
+    sides: dict[str, RoundSide] = {}
+    options: dict[str, dict] = {}
+    first_searches = {}
+    for threads in baseline_thread_options(cfg):
+        label = thread_label(threads)
+        option_knobs = {"sub_batch": "whole query", "workers": 1, "threads": threads}
+        with torch_threads(threads):
+            query_ms = single_query_ms(baseline, typical, cfg.latency_repeats)
+            first_searches[label] = search_lbt(
+                measure_fn(lambda _k: baseline, cfg, sub_batch=1024, workers=1,
+                           point_duration_s=cfg.round_point_duration_s),
+                option_knobs, cfg, cfg.start_fraction * 1000.0 / query_ms, confirm=0)
+        options[label] = {"threads": threads, "knobs": option_knobs, "single_query_ms": query_ms,
+                          "first_lbt_qps": first_searches[label].lbt_qps}
+        lbt_limits[label] = []
+        sides[label] = round_side(baseline, cfg, option_knobs, 1024, 1,
+                                  max(0.5, RESTART_FRACTION * first_searches[label].lbt_qps), lbt_limits[label],
+                                  lambda t=threads: torch_threads(t), ceiling)
+        log.info("%s baseline (eager fp32, %d threads): single query %.2f ms, first LBT %.1f qps", run.family,
+                 threads, query_ms, first_searches[label].lbt_qps)
 
     # RecForge: profile the short list, keep the best LBT
     rows = shortlist(run, cfg.shortlist)
@@ -113,23 +149,26 @@ def bench_family(run: FamilyRun, cfg: BenchConfig, limits: HardwareLimits) -> di
     knobs = best["search"]["best_knobs"]
     sub_batch, workers = int(knobs["sub_batch"]), int(knobs.get("workers", cfg.workers))
 
-    # interleaved rounds: baseline, RecForge, baseline, RecForge, ...
+    # interleaved rounds: LBTs (each baseline option, RecForge, ...), then p95 at the same loads (baseline, RecForge,
+    # ...)
     recforge_target = ArrayOnnxTarget(variant["onnx_path"], inputs, int(knobs.get("threads", cfg.threads[0])))
-    lbt_limits: dict[str, list[str]] = {BASELINE: [], RECFORGE: []}
-    sides = {
-        BASELINE: round_side(baseline, cfg, baseline_knobs, 1024, 1, max(0.5, baseline_lbt.lbt_qps * 0.8),
-                             lbt_limits[BASELINE], lambda: torch_threads(baseline_threads)),
-        RECFORGE: round_side(recforge_target, cfg, knobs, sub_batch, workers,
-                             max(0.5, best["latency_bounded_throughput_qps"] * 0.8), lbt_limits[RECFORGE]),
-    }
-    fallback = 0.5 * baseline_lbt.config.start_qps / cfg.load_fraction  # a baseline LBT of 0: a light load
-    results = run_rounds(sides, cfg.rounds, cfg.load_fractions, fallback_qps=fallback,
-                         progress=lambda text: log.info("%s %s", run.family, text))
+    sides[RECFORGE] = round_side(recforge_target, cfg, knobs, sub_batch, workers,
+                                 max(0.5, best["latency_bounded_throughput_qps"] * RESTART_FRACTION),
+                                 lbt_limits[RECFORGE], ceiling_qps=ceiling)
+    # a baseline LBT of 0: a light load
+    fallback = 0.5 * min(s.config.start_qps for s in first_searches.values()) / cfg.load_fraction
+    results = run_rounds(sides, cfg.rounds, cfg.load_fractions, fallback_qps=fallback, baselines=tuple(options),
+                         start_spread=cfg.round_ramp_factor, progress=lambda text: log.info("%s %s", run.family, text))
     rounds = summarize_rounds(results, cfg.load_fraction, cfg.confidence)
+    chosen = rounds["baseline_option"]
+    baseline_lbt, baseline_threads = first_searches[chosen], options[chosen]["threads"]
+    for label, option in options.items():
+        option["lbt_qps"] = rounds["baseline_options"][label]
     rounds["lbt_limits"] = lbt_limits
-    rounds["apparatus_ceiling_qps"] = cfg.apparatus_ceiling_qps()
-    top_rate = max([r[s]["lbt_qps"] for r in results for s in (BASELINE, RECFORGE)] + [1e-9])
-    rounds["apparatus_ratio"] = rounds["apparatus_ceiling_qps"] / top_rate
+    rounds["apparatus_ceiling_qps"] = ceiling
+    top_rate = max([r[s]["lbt_qps"] for r in results for s in (BASELINE, RECFORGE)]
+                   + [lbt for r in results for lbt in r["baseline_options"].values()] + [1e-9])
+    rounds["apparatus_ratio"] = ceiling / top_rate
 
     # roofline of both
     fp32 = run.variants.get("fp32", {})
@@ -141,8 +180,10 @@ def bench_family(run: FamilyRun, cfg: BenchConfig, limits: HardwareLimits) -> di
     headline = str(cfg.load_fraction)
     result = {
         "family": run.family, "training_run_id": run.run_id,
-        "baseline": {"what": f"PyTorch eager fp32, one query per forward, 1 worker, {baseline_threads} threads",
+        "baseline": {"what": f"PyTorch eager fp32, one query per forward, 1 worker, {baseline_threads} threads"
+                             + (f" (the higher median LBT of {', '.join(options)})" if len(options) > 1 else ""),
                      "auc": fp32_auc, **baseline_summary, "first_lbt_qps": baseline_lbt.lbt_qps,
+                     "threads": baseline_threads, "thread_options": options,
                      "lbt_qps": rounds[BASELINE]["lbt_qps"]["median"],
                      "roofline": roofline(baseline_work, limits, "fp32", baseline_summary["items_per_s"])},
         "recforge": {"variant": row["variant"], "variant_run_id": row["variant_run_id"], "precision":
@@ -156,7 +197,8 @@ def bench_family(run: FamilyRun, cfg: BenchConfig, limits: HardwareLimits) -> di
                        "best_knobs": d["search"]["best_knobs"], "summary_latency_ms_b256": r.get("latency_ms_b256")}
                       for r, _, d in profiles],
         "same_load": {"offered_qps": statistics.median(r["rates"][cfg.load_fraction] for r in results),
-                      "load_fraction": cfg.load_fraction, "duration_s": cfg.compare_duration_s,
+                      "load_fraction": cfg.load_fraction,
+                      "duration_s": load_point_duration_s(cfg, results[0]["rates"][cfg.load_fraction]),
                       **{label: {"p95_ms": rounds[label]["p95_ms_at"][headline]["median"],
                                  "queries": sum(r[label]["loads"][cfg.load_fraction]["queries"] for r in results)}
                          for label in (BASELINE, RECFORGE)}},

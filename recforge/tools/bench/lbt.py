@@ -1,5 +1,6 @@
 """Latency-bounded throughput (LBT) of a benchmark target: open-loop load runs as the profiling search's
-measurements, searched again from a lower starting rate when the single-query estimate was too optimistic."""
+measurements, searched again from a lower starting rate when the single-query estimate was too optimistic; the
+rounds' short searches; the baseline's thread-count options."""
 
 from __future__ import annotations
 
@@ -14,24 +15,33 @@ from recforge.pipeline.profiling.lbt import LBTResult, Measure, Measurement, lbt
 from recforge.pipeline.profiling.profile_config import ProfileConfig
 from recforge.pipeline.profiling.profile_variant import profile_variant
 from recforge.tools.bench.config import BenchConfig
-from recforge.tools.bench.load_targets import TorchEagerTarget, torch_threads
 
 MIN_QUERIES_PER_POINT = 20  # a probed rate runs at least this many queries (longer than point_duration_s if need be)
 START_RETRIES = 3  # an LBT of 0 at the estimated starting rate is searched again from a 4x lower one, this often
+ROUND_FLOOR = 1 / 16  # a round's LBT search steps down to this fraction of its start before it gives an LBT of 0
 
 
-def baseline_thread_count(baseline: TorchEagerTarget, items: int, cfg: BenchConfig) -> tuple[int, float]:
-    """(torch threads of the baseline, its single-query ms). ``cfg.baseline_threads`` when set; else the faster
-    of 1 thread and all cores: torch defaults to all cores, but on a busy machine its OpenMP threads spin against
-    the neighbours (a 167-item DLRM query measured 2 ms on 1 thread and 144 ms on 2 of 2 busy cores), and
-    the baseline should not lose by that artefact."""
-    options = [cfg.baseline_threads] if cfg.baseline_threads else sorted({1, cpu_count()})
-    timed = []
-    for threads in options:
-        with torch_threads(threads):
-            timed.append((single_query_ms(baseline, items, cfg.latency_repeats), threads))
-    query_ms, threads = min(timed)
-    return threads, query_ms
+def baseline_thread_options(cfg: BenchConfig) -> tuple[int, ...]:
+    """The baseline's torch thread counts to measure: ``cfg.baseline_threads`` when set, else 1 and all cores.
+    Torch defaults to all cores, but under load its OpenMP threads spin against each other and the load generator
+    (NCF's LBT: about 2,400 qps on 2 threads, 4,400 on 1); which is faster is a matter of the model and the machine,
+    so both run in the LBT rounds and the higher median LBT is the baseline (``rounds.best_option``). A single-query
+    timing chose before: the wrong criterion for a throughput comparison, and one timing flipped between runs."""
+    return (cfg.baseline_threads,) if cfg.baseline_threads else tuple(sorted({1, cpu_count()}))
+
+
+def round_lbt_search(measure: Measure, knobs: Mapping[str, Any], cfg: BenchConfig, start_qps: float,
+                     ceiling_qps: float | None) -> LBTResult:
+    """A round's LBT search (``BenchConfig.round_lbt_config``): the first probe at ``start_qps`` (just below the
+    side's LBT so far); when it fails, the LBT is searched below it, down to ``ROUND_FLOOR`` of it."""
+    config = cfg.round_lbt_config(start_qps * ROUND_FLOOR, ceiling_qps)
+    return lbt_from_config(measure, knobs, config, first_qps=start_qps)
+
+
+def load_point_duration_s(cfg: BenchConfig, rate: float) -> float:
+    """Seconds of arrivals of a same-load p95 run at ``rate``: ``compare_duration_s``, longer where that would be
+    fewer than ``min_load_queries`` queries."""
+    return max(cfg.compare_duration_s, cfg.min_load_queries / rate) if rate > 0 else cfg.compare_duration_s
 
 
 def single_query_ms(target: Any, items: int, repeats: int) -> float:

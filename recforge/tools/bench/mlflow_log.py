@@ -76,6 +76,7 @@ def bench_metrics(doc: dict) -> dict[str, float | None]:
         k = f["family"]
         metrics |= {f"{k}.lbt_ratio": f["lbt_ratio"], f"{k}.p95_ratio": f["p95_ratio"],
                     f"{k}.baseline_lbt_qps": f["baseline"]["lbt_qps"],
+                    f"{k}.baseline_threads": f["baseline"].get("threads"),
                     f"{k}.recforge_lbt_qps": f["recforge"]["lbt_qps"],
                     f"{k}.baseline_p95_ms": f["same_load"]["baseline"]["p95_ms"],
                     f"{k}.recforge_p95_ms": f["same_load"]["recforge"]["p95_ms"],

@@ -111,13 +111,15 @@ def interval_cell(interval: dict | None, fallback: Any = None, spec: str = ".2f"
 
 def rounds_table(families: Sequence[dict]) -> list[str]:
     """Markdown lines: per family and side, the rounds' medians [intervals] of LBT, p95 at each load fraction,
-    unloaded latency and the apparatus' share of the latency at the headline load."""
+    unloaded latency and the apparatus' share of the latency at the headline load; each baseline thread option's
+    LBT."""
     first = next(f["rounds"] for f in families if f.get("rounds"))
     fractions = list(first["baseline"]["p95_ms_at"])
     coverage = first["throughput_ratio"].get("coverage") or 0.0
     lines = [f"### Interleaved rounds (baseline, RecForge, baseline, ...): median [interval] over {first['rounds']} "
              f"rounds (order statistics, {100 * coverage:.1f}% coverage)", "",
-             "| family | side | LBT qps | " + " | ".join(f"p95 ms at {float(x):.0%} of baseline LBT" for x in fractions)
+             "| family | side | LBT qps | "
+             + " | ".join(f"p95 ms at {float(x):.0%} of baseline's median LBT" for x in fractions)
              + " | unloaded p50 ms | apparatus share at headline load |",
              "|---|---|---|" + "---|" * len(fractions) + "---|---|"]
     for f in families:
@@ -136,7 +138,16 @@ def rounds_table(families: Sequence[dict]) -> list[str]:
                      f"{interval_cell(rounds['unloaded_ratio'])} | apparatus ceiling "
                      f"{cell(rounds.get('apparatus_ceiling_qps'), ',.0f')} qps = "
                      f"{cell(rounds.get('apparatus_ratio'), '.1f')}x the highest LBT |")
-    lines += ["", "Apparatus share: of each query's latency, the time before the load generator's dispatcher released "
+    options = [f"{f['family']}: " + ", ".join(f"{o} {interval_cell(i, spec=',.0f')}"
+                                            for o, i in f["rounds"]["baseline_options"].items())
+               + f" → {f['rounds']['baseline_option']}"
+               for f in families if len((f.get("rounds") or {}).get("baseline_options") or {}) > 1]
+    if options:
+        lines += ["", "Baseline torch threads, by LBT qps in the same rounds (the higher median is the baseline): "
+                  + "; ".join(options) + "."]
+    lines += ["", f"The loads are fixed once per family, at these fractions of the baseline's median LBT; the headline "
+              f"p95 ratio (latency_ratio) is at {float(first['headline_fraction']):.0%}. "
+              "Apparatus share: of each query's latency, the time before the load generator's dispatcher released "
               "it (its own lateness), median over the queries of a run. Apparatus ceiling: the load generator "
               "against a null target in this process."]
     return lines

@@ -1,20 +1,34 @@
 """Interleaved rounds of a baseline-against-RecForge comparison, and their medians with intervals.
 
 One measurement of two systems on a shared 2-core VM says more about the minute it was taken in than about the
-systems (issue 12: DLRM's p95 ratio was 0.93 one day and 0.32 the next). So the comparison runs in rounds, the two
-sides interleaved (A B A B ...: :func:`interleaved_order`), and every ratio is taken within a round, then summarized
-as the median over the rounds with an order-statistic interval (``intervals.median_interval``): a slow drift of
-the machine weighs on both sides of a round alike, and a burst spoils one round, not the median.
+systems (issue 12: DLRM's p95 ratio was 0.93 one day and 0.32 the next). So the comparison runs in rounds, the sides
+interleaved (A B A B ...: :func:`interleaved_order`), every ratio is taken within a round and summarized as the median
+over the rounds with an order-statistic interval (``intervals.median_interval``): a slow drift of the machine weighs
+on both sides of a round alike, and a burst spoils one round, not the median.
 
-In each round each side gets: its LBT (searched from its previous round's LBT, so a round's search is a few probes),
-p95 at ``load_fractions`` of the *baseline's* LBT of the same round (the baseline runs first in every round, so the
-offered rates are known when RecForge runs; both sides see the same rates), and its unloaded latency. What runs a
-side's measurements is a :class:`RoundSide` of injected functions: load runs in the benches, fakes in the tests.
+:func:`run_rounds` has two phases:
+
+1. **LBTs.** In every round each side's LBT is searched, the sides interleaved. A side's search starts a little
+   below the median of its LBTs so far (:func:`round_start_qps`), shifted by a round-dependent part of one ramp step
+   so that the rounds probe different rates: otherwise every round's LBT lands on the same lattice of rates and the
+   median cannot average the search's resolution away. The shift differs between the sides too (each side has its
+   own sequence), or their ratio would still fall on a lattice. The baseline may have several *options* (its torch
+   thread counts): each is a side of its own in this phase, and the one with the highest median LBT is the
+   baseline (:func:`best_option`): the baseline gets its best, judged by the figure that is compared, and a near
+   tie costs little whichever way it falls.
+2. **p95 at the same loads.** The offered rates are fixed once, at ``fractions`` of the baseline's *median* LBT
+   (:func:`compare_rates`), and both sides run them in interleaved rounds, then their unloaded latency. Rates taken
+   from each round's own baseline LBT put the baseline at a different point of its knee in every round (at 80% its
+   p95 swung tenfold between rounds).
+
+What runs a side's measurements is a :class:`RoundSide` of injected functions: load runs in the benches, fakes in the
+tests.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +36,8 @@ from typing import Any
 from recforge.tools.bench.intervals import median_interval
 
 BASELINE, RECFORGE = "baseline", "recforge"
-RESTART_FRACTION = 0.8  # a round's LBT search starts at this fraction of the side's previous LBT
+RESTART_FRACTION = 0.8  # a round's LBT search starts at this fraction of the side's LBT so far
+DITHER_STEP = (math.sqrt(5) - 1) / 2  # round r's start is shifted by frac(r x k x this) of a ramp step (side k >= 1)
 
 
 def interleaved_order(rounds: int, labels: Sequence[str] = (BASELINE, RECFORGE)) -> list[tuple[int, str]]:
@@ -40,7 +55,7 @@ class RoundSide:
 
     search_lbt: Callable[[float], float]  # start_qps -> LBT (qps); 0 when nothing met the SLO
     load_point: Callable[[float], Mapping[str, Any]]  # offered qps -> {"p95_ms", ...} of one load run
-    unloaded: Callable[[float], Mapping[str, Any]]  # this side's LBT -> {"p50_ms", "p95_ms", ...} at light load
+    unloaded: Callable[[float], Mapping[str, Any]]  # this side's median LBT -> {"p50_ms", "p95_ms", ...} at light load
     first_start_qps: float  # the first round's LBT search starts here (an earlier LBT or an estimate)
 
 
@@ -59,28 +74,66 @@ def compare_rates(baseline_lbt: float, fractions: Sequence[float], fallback_qps:
     return {f: f * base for f in fractions}
 
 
-def run_rounds(sides: Mapping[str, RoundSide], rounds: int, fractions: Sequence[float], *,
-               fallback_qps: float, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """The rounds, interleaved (:func:`interleaved_order`, baseline first); one dict per round:
-    {"round", "baseline": {"lbt_qps", "loads": {fraction: figures}, "unloaded"}, "recforge": {...}, "rates"}."""
-    labels = (BASELINE, *[label for label in sides if label != BASELINE])
-    if BASELINE not in sides:
-        raise ValueError(f"sides must include {BASELINE!r}, got {list(sides)}")
-    start = {label: side.first_start_qps for label, side in sides.items()}
-    results: list[dict[str, Any]] = [{"round": r} for r in range(rounds)]
-    for r, label in interleaved_order(rounds, labels):
+def round_start_qps(lbts: Sequence[float], round_no: int, first_start_qps: float, spread: float = 1.0,
+                    side_no: int = 0) -> float:
+    """Where round ``round_no``'s LBT search of side ``side_no`` starts: ``RESTART_FRACTION`` x the median of its
+    positive LBTs so far (``first_start_qps`` when there is none), times ``spread ** frac(round_no x (side_no + 1) x
+    DITHER_STEP)``. With ``spread`` the search's ramp factor, the rounds' starts cover one ramp step evenly, so their
+    probed rates (and the LBTs, which are probed rates) are not all on one lattice, and two sides' offsets differ by
+    a different amount in every round, so their LBT ratios are not on one either; the median is taken so that one
+    lucky round does not move the next start."""
+    positive = [x for x in lbts if x > 0]
+    if not positive:
+        return first_start_qps
+    return RESTART_FRACTION * statistics.median(positive) * spread ** ((round_no * (side_no + 1) * DITHER_STEP) % 1.0)
+
+
+def best_option(lbts: Mapping[str, Sequence[float]], options: Sequence[str]) -> str:
+    """The option with the highest median LBT over the rounds (a tie: the first listed)."""
+    if not options:
+        raise ValueError("options must not be empty")
+    return max(options, key=lambda o: (statistics.median(lbts[o]) if lbts[o] else 0.0, -options.index(o)))
+
+
+def run_rounds(sides: Mapping[str, RoundSide], rounds: int, fractions: Sequence[float], *, fallback_qps: float,
+               baselines: Sequence[str] = (BASELINE,), start_spread: float = 1.0,
+               progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """The two phases (module docstring): LBTs of every side in interleaved rounds (the ``baselines`` options
+    first), then p95 of the chosen baseline and the other sides at ``fractions`` of the chosen baseline's median LBT,
+    interleaved, and each side's unloaded latency. One dict per round::
+
+        {"round", "rates": {fraction: qps}, "baseline_option": chosen, "baseline_options": {option: LBT},
+         "baseline": {"lbt_qps", "loads": {fraction: figures}, "unloaded"}, "recforge": {...}}
+
+    ``start_spread`` is the LBT searches' ramp factor (see :func:`round_start_qps`)."""
+    missing = [label for label in baselines if label not in sides]
+    if not baselines or missing:
+        raise ValueError(f"sides must include the baseline options {list(baselines)}, got {list(sides)}")
+    others = [label for label in sides if label not in baselines]
+    say = progress or (lambda _text: None)
+
+    lbts: dict[str, list[float]] = {label: [] for label in (*baselines, *others)}
+    side_no = {label: k for k, label in enumerate(lbts)}
+    for r, label in interleaved_order(rounds, list(lbts)):
         side = sides[label]
-        lbt = float(side.search_lbt(start[label]))
-        if lbt > 0:
-            start[label] = RESTART_FRACTION * lbt
-        if label == BASELINE:
-            results[r]["rates"] = compare_rates(lbt, fractions, fallback_qps)
-        loads = {f: dict(side.load_point(rate)) for f, rate in results[r]["rates"].items()}
-        results[r][label] = {"lbt_qps": lbt, "loads": loads, "unloaded": dict(side.unloaded(lbt))}
-        if progress is not None:
-            progress(f"round {r + 1}/{rounds} {label}: LBT {lbt:.1f} qps, p95 "
-                     + ", ".join(f"{loads[f].get('p95_ms', math.nan):.2f} ms at {rate:.0f} qps"
-                                 for f, rate in results[r]["rates"].items()))
+        start = round_start_qps(lbts[label], r, side.first_start_qps, start_spread, side_no[label])
+        lbts[label].append(float(side.search_lbt(start)))
+        say(f"round {r + 1}/{rounds} {label}: LBT {lbts[label][-1]:.1f} qps")
+    chosen = best_option(lbts, baselines)
+    medians = {label: statistics.median(values) for label, values in lbts.items()}
+    rates = compare_rates(medians[chosen], fractions, fallback_qps)
+    say(f"baseline {chosen} (median LBT {medians[chosen]:.1f} qps); same loads at "
+        + ", ".join(f"{rate:.0f} qps" for rate in rates.values()))
+
+    results: list[dict[str, Any]] = [{"round": r, "rates": dict(rates), "baseline_option": chosen,
+                                      "baseline_options": {o: lbts[o][r] for o in baselines}} for r in range(rounds)]
+    for r, label in interleaved_order(rounds, [chosen, *others]):
+        side = sides[label]
+        loads = {f: dict(side.load_point(rate)) for f, rate in rates.items()}
+        results[r][BASELINE if label == chosen else label] = {
+            "lbt_qps": lbts[label][r], "loads": loads, "unloaded": dict(side.unloaded(medians[label]))}
+        say(f"round {r + 1}/{rounds} {label}: p95 " + ", ".join(
+            f"{loads[f].get('p95_ms', math.nan):.2f} ms at {rate:.0f} qps" for f, rate in rates.items()))
     return results
 
 
@@ -96,7 +149,7 @@ def round_ratios(result: Mapping[str, Any], headline_fraction: float) -> dict[st
 def summarize_rounds(results: Sequence[Mapping[str, Any]], headline_fraction: float,
                      confidence: float = 0.95) -> dict[str, Any]:
     """Medians with intervals over the rounds: every ratio, each side's LBT, p95 at each fraction, unloaded p50/p95
-    and apparatus share (where the load figures carry one)."""
+    and apparatus share (where the load figures carry one), each baseline option's LBT, and the offered rates."""
     per_round = [round_ratios(r, headline_fraction) for r in results]
     fractions = list(results[0][BASELINE]["loads"]) if results else []
 
@@ -105,12 +158,17 @@ def summarize_rounds(results: Sequence[Mapping[str, Any]], headline_fraction: fl
 
     out: dict[str, Any] = {
         "rounds": len(results), "headline_fraction": headline_fraction,
+        "rates": {str(f): rate for f, rate in (results[0].get("rates") or {}).items()} if results else {},
         "latency_ratio": interval(r["latency_ratio"] for r in per_round),
         "throughput_ratio": interval(r["throughput_ratio"] for r in per_round),
         "unloaded_ratio": interval(r["unloaded_ratio"] for r in per_round),
         "latency_ratio_at": {str(f): interval(r["latency_ratio_at"].get(f) for r in per_round) for f in fractions},
         "per_round": per_round,
     }
+    if results and "baseline_options" in results[0]:
+        out["baseline_option"] = results[0]["baseline_option"]
+        out["baseline_options"] = {o: interval(r["baseline_options"][o] for r in results)
+                                   for o in results[0]["baseline_options"]}
     for label in (BASELINE, RECFORGE):
         side = [r[label] for r in results]
         out[label] = {
