@@ -35,25 +35,24 @@ setup: $(VENV)/.installed ## Create .venv (pinned), install HAProxy (Debian), fe
 	$(PY) -m recforge.pipeline.data.ingest --fetch-only
 	infra/local/airflow.sh init
 
-# what a stage target checks first; `make run` checks it once for its four stages
-STAGE_DEPS ?= setup mlflow-up
+run: setup mlflow-up ## The nightly chain through Airflow's scheduler (LocalExecutor): nightly -> compress -> profile -> register from the Assets (DATE=, CONF= of nightly)
+	@date=$${DATE:-$$($(PY) -m recforge.pipeline.data.ingest --print-last-day)}; \
+	$(PY) -m recforge.pipeline.training.nightly check --date "$$date" --conf '$(CONF)' >/dev/null; \
+	status=0; infra/local/airflow.sh chain "$$date" -c '$(CONF)' || status=$$?; \
+	$(PY) -m recforge.pipeline.training.nightly report --date "$$date" || true; \
+	[ $$status -ne 0 ] || { $(PY) -m recforge.pipeline.profiling.cli report && \
+	                        $(PY) -m recforge.pipeline.registry.stage show --history 5; }; exit $$status
 
-run: setup mlflow-up ## The nightly chain as the scheduler runs it: nightly -> compress -> profile -> register (DATE=, CONF= of nightly)
-	@$(MAKE) --no-print-directory nightly STAGE_DEPS=
-	@$(MAKE) --no-print-directory compress CONF='{}' STAGE_DEPS=
-	@$(MAKE) --no-print-directory profile CONF='{}' STAGE_DEPS=
-	@$(MAKE) --no-print-directory register CONF='{}' STAGE_DEPS=
-
-nightly: $(STAGE_DEPS) ## Run one nightly_retrain DAG run through Airflow (DATE=YYYY-MM-DD, CONF='{json}')
+nightly: setup mlflow-up ## Run one nightly_retrain DAG run in-process (airflow dags test; DATE=YYYY-MM-DD, CONF='{json}')
 	@date=$${DATE:-$$($(PY) -m recforge.pipeline.data.ingest --print-last-day)}; \
 	$(PY) -m recforge.pipeline.training.nightly check --date "$$date" --conf '$(CONF)' >/dev/null; \
 	status=0; $(RUN_DAG) nightly_retrain "$$date" -c '$(CONF)' || status=$$?; \
 	$(PY) -m recforge.pipeline.training.nightly report --date "$$date"; exit $$status
 
-compress: $(STAGE_DEPS) ## Run compress_and_validate on the latest nightly run's candidates (CONF='{json}')
+compress: setup mlflow-up ## Run compress_and_validate on the latest nightly run's candidates (CONF='{json}')
 	@$(RUN_DAG) compress_and_validate "$(DATE)" -c '$(CONF)'
 
-profile: $(STAGE_DEPS) ## Profile the latest validated variants per hardware target: LBT, plots, Pareto front (CONF='{json}')
+profile: setup mlflow-up ## Profile the latest validated variants per hardware target: LBT, plots, Pareto front (CONF='{json}')
 	@status=0; $(RUN_DAG) profile_variants "$(DATE)" -c '$(CONF)' || status=$$?; \
 	[ $$status -ne 0 ] || $(PY) -m recforge.pipeline.profiling.cli report; exit $$status
 
@@ -77,7 +76,7 @@ APPARATUS_CONF ?= {}
 bench-apparatus: $(VENV)/.installed ## The load generator's own ceiling against a null target on separate CPU sets, vs the rates it is used for (APPARATUS_CONF=)
 	$(PY) -m recforge.tools.apparatus --config '$(APPARATUS_CONF)'
 
-register: $(STAGE_DEPS) ## Register the best profiled variant per (family, target) in MLflow and propose rollouts (CONF='{json}')
+register: setup mlflow-up ## Register the best profiled variant per (family, target) in MLflow and propose rollouts (CONF='{json}')
 	@status=0; $(RUN_DAG) register_models "$(DATE)" -c '$(CONF)' || status=$$?; \
 	$(PY) -m recforge.pipeline.registry.stage show --history 5; exit $$status
 

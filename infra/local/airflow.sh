@@ -5,8 +5,13 @@
 #                                               through infra/local/dag_test_runner.py: the run starts now, and each
 #                                               task's log is also written where the UI reads it;
 #                                               infra/local/run-dag.sh adds the log file, a summary, the status)
-#   infra/local/airflow.sh ui|stop              start/stop api-server + scheduler + dag-processor + triggerer on
-#                                               127.0.0.1
+#   infra/local/airflow.sh start|ui             start api-server + scheduler (LocalExecutor) + dag-processor +
+#                                               triggerer on 127.0.0.1 unless running, wait until healthy
+#   infra/local/airflow.sh stop [SERVICE...]    stop them (all, or the ones named)
+#   infra/local/airflow.sh chain DATE [-c CONF_JSON]   the nightly chain through the scheduler (`make run`): start
+#                                               what is not running, trigger nightly_retrain for DATE, follow the
+#                                               asset-triggered DAGs (recforge.tools.embedded_chain), then stop
+#                                               and re-pause what this command started
 #   infra/local/airflow.sh CMD...               any other airflow command with this environment
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
@@ -19,6 +24,15 @@ export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=${AIRFLOW__CORE__DAGS_ARE_PAUS
 export AIRFLOW__API__HOST=${AIRFLOW_HOST:-127.0.0.1}
 export AIRFLOW__API__PORT=${AIRFLOW_PORT:-8080}
 export AIRFLOW__LOGGING__LOGGING_LEVEL=${AIRFLOW__LOGGING__LOGGING_LEVEL:-INFO}
+# The executor that suits one machine: the LocalExecutor, one task process per core at most (mapped tasks that
+# must run alone say so: max_active_tis_per_dagrun=1); one API server worker (it serves the UI and the tasks'
+# execution API); the tasks reach that API on 127.0.0.1 at the configured port.
+export AIRFLOW__CORE__EXECUTOR=${AIRFLOW__CORE__EXECUTOR:-LocalExecutor}
+export AIRFLOW__CORE__PARALLELISM=${AIRFLOW__CORE__PARALLELISM:-$(nproc)}
+export AIRFLOW__API__WORKERS=${AIRFLOW__API__WORKERS:-1}
+export AIRFLOW__CORE__EXECUTION_API_SERVER_URL=${AIRFLOW__CORE__EXECUTION_API_SERVER_URL:-http://$AIRFLOW__API__HOST:$AIRFLOW__API__PORT/execution/}
+# MovieLens has no partition for yesterday: the embedded nightly runs when triggered (make run), not on its cron
+export RECFORGE_NIGHTLY_SCHEDULE=${RECFORGE_NIGHTLY_SCHEDULE:-none}
 export GX_ANALYTICS_ENABLED=False MLFLOW_DISABLE_TELEMETRY=true
 export PATH="$venv/bin:$PATH"
 mkdir -p "$AIRFLOW_HOME"
@@ -39,31 +53,65 @@ case "${1:-}" in
   test)
     shift; exec python "$here/infra/local/dag_test_runner.py" "$@"
     ;;
-  ui)
+  start|ui)
     for svc in $services; do
       pidfile="$AIRFLOW_HOME/$svc.pid"
       if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then continue; fi
       # task logs are files under base_log_folder that the api-server reads itself: no log server (Airflow's
       # serve-logs would listen on every interface)
       case $svc in scheduler|triggerer) args=(--skip-serve-logs) ;; *) args=() ;; esac
-      nohup airflow "$svc" "${args[@]}" >"$AIRFLOW_HOME/$svc.log" 2>&1 &
+      # the scheduler imports the pipeline's libraries before it forks the LocalExecutor's workers (see the file)
+      if [ "$svc" = scheduler ]; then cmd=(python "$here/infra/local/airflow_scheduler.py"); else cmd=(airflow "$svc"); fi
+      # own session: `stop` signals the service's whole process group (uvicorn workers, executor workers, tasks)
+      setsid nohup "${cmd[@]}" "${args[@]}" >"$AIRFLOW_HOME/$svc.log" 2>&1 &
       echo $! >"$pidfile"
     done
     url="http://$AIRFLOW__API__HOST:$AIRFLOW__API__PORT"
-    for _ in $(seq 1 120); do curl -fsS --max-time 2 "$url/api/v2/monitor/health" >/dev/null 2>&1 && break; sleep 1; done
+    healthy=0
+    for _ in $(seq 1 180); do
+      curl -fsS --max-time 2 "$url/api/v2/monitor/health" >/dev/null 2>&1 && { healthy=1; break; }
+      sleep 1
+    done
+    if [ $healthy = 0 ]; then
+      echo "error: the Airflow API server did not answer at $url in 180 s; its log ($AIRFLOW_HOME/api-server.log):" >&2
+      tail -20 "$AIRFLOW_HOME/api-server.log" >&2
+      exit 1
+    fi
     echo "Airflow UI:  $url  (user admin; its generated password is in" \
          "$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated)"
     ;;
   stop)
-    for svc in $services; do
+    shift; [ $# -gt 0 ] || set -- $services
+    for svc in "$@"; do
       pidfile="$AIRFLOW_HOME/$svc.pid"
-      if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-        pkill -TERM -P "$(cat "$pidfile")" 2>/dev/null || true; kill "$(cat "$pidfile")" || true
+      [ -f "$pidfile" ] || continue
+      group=$(cat "$pidfile")
+      # the service's process group (it was started in a session of its own): TERM, 30 s to finish, then KILL
+      if kill -TERM -- "-$group" 2>/dev/null; then
+        for _ in $(seq 1 60); do kill -0 -- "-$group" 2>/dev/null || break; sleep 0.5; done
+        kill -KILL -- "-$group" 2>/dev/null || true
       fi
       rm -f "$pidfile"
     done
-    echo "Airflow services stopped"
+    echo "Airflow services stopped: $*"
     ;;
-  "") echo "usage: $0 init|test|ui|stop|<airflow args>" >&2; exit 2 ;;
+  chain)
+    shift; [ $# -ge 1 ] || { echo "usage: $0 chain DATE [-c CONF_JSON]" >&2; exit 2; }
+    date=$1 conf="{}"; shift
+    [ "${1:-}" != "-c" ] || conf=${2:-"{}"}
+    started=()
+    for svc in $services; do
+      pidfile="$AIRFLOW_HOME/$svc.pid"
+      [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null || started+=("$svc")
+    done
+    after=()
+    if [ ${#started[@]} -gt 0 ]; then
+      after=(--pause-after --fail-leftovers)
+      trap '"$0" stop "${started[@]}" >/dev/null' EXIT
+    fi
+    "$0" start >/dev/null
+    python -m recforge.tools.embedded_chain --date "$date" --conf "$conf" "${after[@]}"
+    ;;
+  "") echo "usage: $0 init|test|start|ui|stop|chain|<airflow args>" >&2; exit 2 ;;
   *) exec airflow "$@" ;;
 esac

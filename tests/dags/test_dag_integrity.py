@@ -14,20 +14,24 @@ from recforge.models.families import DEEP_FAMILIES, FAMILY_NAMES, OPT_IN_FAMILIE
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def parsed(tmp_path_factory):
-    home = tmp_path_factory.mktemp("airflow_home")
-    env = os.environ | {
+def parse_dags(home: Path, **extra_env: str) -> dict:
+    """What tests/dags/parse_dags.py reports of the DAG folder, parsed in a fresh process with ``extra_env``."""
+    env = {k: v for k, v in os.environ.items() if k != "RECFORGE_NIGHTLY_SCHEDULE"} | {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         # a database that cannot exist: any connection attempt fails and is recorded
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/no/such/dir/airflow.db",
-    }
+    } | extra_env
     out = subprocess.run([sys.executable, str(Path(__file__).with_name("parse_dags.py"))],
                          env=env, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def parsed(tmp_path_factory):
+    return parse_dags(tmp_path_factory.mktemp("airflow_home"))
 
 
 def test_no_import_errors(parsed):
@@ -82,6 +86,16 @@ def test_mapped_tasks_are_named_in_the_ui(parsed):
     assert set(templates["compress_and_validate"]) == {"variants"}
     assert set(templates["profile_variants"]) == {"profile"}
     assert set(templates["register_models"]) == {"register"}
+
+
+def test_nightly_schedule_comes_from_the_environment(tmp_path):
+    """RECFORGE_NIGHTLY_SCHEDULE: another cron expression, or none (triggered runs only: the embedded mode)."""
+    dags = parse_dags(tmp_path, RECFORGE_NIGHTLY_SCHEDULE="none")["dags"]
+    assert dags["nightly_retrain"]["timetable"] == "NullTimetable"
+    assert dags["compress_and_validate"]["timetable"] == "AssetTriggeredTimetable"  # the chain is unchanged
+    dags = parse_dags(tmp_path, RECFORGE_NIGHTLY_SCHEDULE="30 3 * * *")["dags"]
+    assert dags["nightly_retrain"]["timetable"] == "CronDataIntervalTimetable"
+    assert dags["nightly_retrain"]["schedule"] == "30 3 * * *"
 
 
 def test_nightly_retrain_schedule_and_shape(parsed):

@@ -107,13 +107,20 @@ def unpause(api: AirflowApi, dag_ids: Sequence[str], wait_s: float, sleep: Calla
             sleep(2.0)
 
 
-def trigger_nightly(api: AirflowApi, day: str, conf: dict) -> tuple[dict, bool]:
-    """(the nightly_retrain run of logical date ``day``, whether this call created it)."""
+def trigger_nightly(api: AirflowApi, day: str, conf: dict, again: bool = False) -> tuple[dict, bool]:
+    """(the nightly_retrain run of logical date ``day``, whether this call created it). ``again``: the date's
+    finished run, if any, is replaced by a new one, as ``airflow dags test`` replaces it (``make run`` re-runs its
+    day; Airflow keeps one run per logical date); else an existing run is the result (``make chain``)."""
     when = logical_date(day)
     existing = api.get(f"/dags/{NIGHTLY}/dagRuns", logical_date_gte=when, logical_date_lte=when)["dag_runs"]
-    if existing:
+    if existing and not again:
         return existing[0], False
-    run_id = f"chain__{day}"
+    for run in existing:
+        if run["state"] not in FINISHED:
+            raise ChainError(f"{NIGHTLY} for {day} is {run['state']} (run {run['dag_run_id']}): wait for it to end "
+                             "before running the date again")
+        api.call("DELETE", f"/dags/{NIGHTLY}/dagRuns/{run['dag_run_id']}", ok=(204, 404))
+    run_id = f"chain__{day}" + (f"__{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}" if again else "")
     response = api.call("POST", f"/dags/{NIGHTLY}/dagRuns", ok=(200, 409),
                         json={"dag_run_id": run_id, "logical_date": when, "conf": conf})
     if response.status_code == 409:  # triggered at the same moment by someone else
@@ -126,7 +133,9 @@ def consumed_from(api: AirflowApi, dag_id: str, upstream: DagResult, checked: di
     sources = {(upstream.dag_id, run["dag_run_id"]) for run in upstream.runs}
     found = []
     for run in api.get(f"/dags/{dag_id}/dagRuns", order_by="-run_after", limit=50)["dag_runs"]:
-        if run.get("run_type") != "asset_triggered":
+        # a run not started yet is checked at the next poll: Airflow 3.3's upstreamAssetEvents answers HTTP 500
+        # while an event's created run has no start_date (AssetEventResponse requires one)
+        if run.get("run_type") != "asset_triggered" or not run.get("start_date"):
             continue
         key = run["dag_run_id"]
         if key not in checked:
@@ -139,10 +148,11 @@ def consumed_from(api: AirflowApi, dag_id: str, upstream: DagResult, checked: di
 
 def follow_chain(api: AirflowApi, day: str, conf: dict, timeout_s: float = 4 * 3600, poll_s: float = 10.0,
                  start_wait_s: float = 600.0, say: Callable[[str], None] = print,
-                 sleep: Callable[[float], None] = time.sleep) -> list[DagResult]:
-    """Trigger (or find) the chain of logical date ``day`` and wait until it ends or a DAG of it fails."""
+                 sleep: Callable[[float], None] = time.sleep, again: bool = False) -> list[DagResult]:
+    """Trigger (or find; ``again``: always trigger) the chain of logical date ``day`` and wait until it ends or a
+    DAG of it fails."""
     unpause(api, CHAIN, 180.0, sleep)
-    nightly, created = trigger_nightly(api, day, conf)
+    nightly, created = trigger_nightly(api, day, conf, again)
     if created:
         say(f"triggered {NIGHTLY} for {day}: run {nightly['dag_run_id']}")
     else:
