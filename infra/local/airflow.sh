@@ -82,17 +82,22 @@ case "${1:-}" in
     ;;
   stop)
     shift; [ $# -gt 0 ] || set -- $services
+    # each service's process group (started in a session of its own): TERM to all, 30 s to finish, then KILL
+    groups=()
     for svc in "$@"; do
       pidfile="$AIRFLOW_HOME/$svc.pid"
       [ -f "$pidfile" ] || continue
       group=$(cat "$pidfile")
-      # the service's process group (it was started in a session of its own): TERM, 30 s to finish, then KILL
-      if kill -TERM -- "-$group" 2>/dev/null; then
-        for _ in $(seq 1 60); do kill -0 -- "-$group" 2>/dev/null || break; sleep 0.5; done
-        kill -KILL -- "-$group" 2>/dev/null || true
-      fi
+      kill -TERM -- "-$group" 2>/dev/null && groups+=("$group")
       rm -f "$pidfile"
     done
+    for _ in $(seq 1 60); do
+      alive=0
+      for group in "${groups[@]}"; do kill -0 -- "-$group" 2>/dev/null && alive=1; done
+      [ $alive = 1 ] || break
+      sleep 0.5
+    done
+    for group in "${groups[@]}"; do kill -KILL -- "-$group" 2>/dev/null || true; done
     echo "Airflow services stopped: $*"
     ;;
   chain)

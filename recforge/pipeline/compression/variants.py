@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recforge.core.errors import DataError, RecForgeError, first_line
-from recforge.inference.onnx import numpy_inputs, onnx_latency_ms, onnx_session
+from recforge.inference.onnx import numpy_inputs, onnx_session
 from recforge.models import build_model, resolved_hyperparams
 from recforge.models.families import FAMILIES
 from recforge.pipeline.compression import quantize, table_quant
@@ -43,10 +43,8 @@ from recforge.pipeline.compression.config import (
 from recforge.pipeline.compression.distill import distill, student_hyperparams
 from recforge.pipeline.compression.measure import (
     count_parameters,
-    latency_inputs,
     macs_per_item,
     onnx_max_abs_diff,
-    torch_latency_ms,
 )
 from recforge.pipeline.compression.model_folder import json_default, load_trained, write_model_folder
 from recforge.pipeline.compression.onnx_graph import optimize_onnx, weight_bytes, weight_dtypes
@@ -79,8 +77,8 @@ class Variant:
     parameters: int | None = None  # of the base torch model
     macs_per_item: float | None = None  # of the base torch model
     onnx_max_abs_diff: float | None = None  # probabilities vs the base's fp32 torch model, test sample
-    latency_ms: float | None = None  # onnxruntime, batch latency_batch, median, `threads` intra-op threads
-    torch_latency_ms: float | None = None  # PyTorch eager, same batch and threads (fp32 variants only)
+    # no latency here: variants are built several at once (one core each); the family's latencies are measured side
+    # by side, alone, by recforge.pipeline.parity.stage.summarize_family (latency_ms_b256)
     error: str | None = None  # one line when this variant could not be built
 
     def to_dict(self) -> dict[str, Any]:
@@ -210,16 +208,14 @@ def build_base_variants(base: str, model_dir: Path, features_dir: Path, out_dir:
                       base_dir)
 
     parity = {k: v[:cfg.parity_rows] for k, v in numpy_inputs(data.test).items()}
-    bench = latency_inputs(data.test, cfg.latency_batch)
     parameters, macs = count_parameters(model), macs_per_item(model, spec)
     common = {"family": family, "base": base, "parameters": parameters, "macs_per_item": macs}
     fp32 = Variant(name=base, precision=FP32, technique=technique, params=params, **common)
     fp32.params = {**params, "teacher_parameters": count_parameters(teacher),
                    "teacher_macs_per_item": macs_per_item(teacher, spec)}
-    _measure(fp32, onnx_path, model, parity, bench, cfg)
-    fp32.torch_latency_ms = torch_latency_ms(model, bench, cfg.threads, cfg.latency_repeats)
+    _measure(fp32, onnx_path, model, parity)
     if base == FP32:
-        fp32.params.update(_ort_optimized(onnx_path, bench, cfg))
+        fp32.params.update(_ort_optimized(onnx_path))
     variants = [fp32]
     for precision in cfg.precisions:
         name = variant_name(base, precision)
@@ -232,7 +228,7 @@ def build_base_variants(base: str, model_dir: Path, features_dir: Path, out_dir:
             variant.params = {**{k: v for k, v in params.items() if not k.endswith("history")}, **details,
                               "weight_dtypes": dtypes}
             quantize.check_weight_dtypes(precision, dtypes)
-            _measure(variant, dst, model, parity, bench, cfg)
+            _measure(variant, dst, model, parity)
         except Exception as err:  # noqa: BLE001 - one precision failing must not stop the others
             log.warning("%s/%s failed: %s", family, name, _one_line(err), exc_info=True)
             variant.error = _one_line(err)
@@ -241,30 +237,21 @@ def build_base_variants(base: str, model_dir: Path, features_dir: Path, out_dir:
     return _write(variants, base_dir)
 
 
-def _measure(variant: Variant, onnx_path: Path, model: nn.Module, parity: Mapping[str, np.ndarray],
-             bench: Mapping[str, np.ndarray], cfg: CompressConfig) -> None:
+def _measure(variant: Variant, onnx_path: Path, model: nn.Module, parity: Mapping[str, np.ndarray]) -> None:
     variant.onnx_path = str(onnx_path)
     variant.size_bytes = weight_bytes(onnx_path)
     variant.file_bytes = onnx_path.stat().st_size
     variant.onnx_max_abs_diff = onnx_max_abs_diff(model, onnx_path, parity)
     if not math.isfinite(variant.onnx_max_abs_diff):
         raise CompressionError(f"{variant.name} produces non-finite probabilities")
-    variant.latency_ms = onnx_latency_ms(onnx_path, bench, cfg.threads, cfg.latency_repeats)
 
 
-def _ort_optimized(onnx_path: Path, bench: Mapping[str, np.ndarray], cfg: CompressConfig) -> dict[str, Any]:
-    """Save ORT's optimised graph next to the export and report whether it helps (session start, latency)."""
+def _ort_optimized(onnx_path: Path) -> dict[str, Any]:
+    """Save ORT's optimised graph next to the export, checked to load (timings: see ``Variant``)."""
     try:
         optimized = optimize_onnx(onnx_path, onnx_path.with_name("model.ort.onnx"))
-        start = time.perf_counter()
-        onnx_session(onnx_path, cfg.threads)
-        init_export = (time.perf_counter() - start) * 1e3
-        start = time.perf_counter()
-        onnx_session(optimized, cfg.threads)
-        init_optimized = (time.perf_counter() - start) * 1e3
-        return {"ort_optimized_onnx": str(optimized), "ort_optimization": "extended (saved) + all (at load)",
-                "session_init_ms": round(init_export, 2), "session_init_ms_ort_optimized": round(init_optimized, 2),
-                "latency_ms_ort_optimized": onnx_latency_ms(optimized, bench, cfg.threads, cfg.latency_repeats)}
+        onnx_session(optimized, 1)
+        return {"ort_optimized_onnx": str(optimized), "ort_optimization": "extended (saved) + all (at load)"}
     except Exception as err:  # noqa: BLE001 - the plain export stays usable
         log.warning("saving the ORT-optimised graph failed: %s", _one_line(err))
         return {"ort_optimized_error": _one_line(err)}

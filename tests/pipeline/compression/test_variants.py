@@ -39,15 +39,17 @@ def test_logreg_cannot_be_pruned_and_becomes_an_error_variant(features, tmp_path
     assert all(v.error and "\n" not in v.error for v in variants)
 
 
-def test_fp32_base_variants_have_sizes_parity_and_latency(fp32_variants):
+def test_fp32_base_variants_have_sizes_and_parity_and_no_timing_of_their_own(fp32_variants):
     assert list(fp32_variants) == ["fp32", "fp32+int8_dynamic", "fp32+int8_static", "fp32+fp16", "fp32+emb_int8",
                                    "fp32+emb_int4"]
     for variant in fp32_variants.values():
         assert variant.error is None, variant.error
-        assert Path(variant.onnx_path).exists() and variant.latency_ms > 0 and variant.size_bytes > 0
+        assert Path(variant.onnx_path).exists() and variant.size_bytes > 0 and variant.file_bytes > 0
+        # variants are built several at once: latencies are measured alone, side by side, by summarize_family
+        assert not any("latency" in key or "_ms" in key for key in [*variant.to_dict(), *variant.params])
         json.dumps(variant.to_dict())  # JSON-safe
     fp32 = fp32_variants["fp32"]
-    assert fp32.onnx_max_abs_diff < 1e-5 and fp32.torch_latency_ms > 0
+    assert fp32.onnx_max_abs_diff < 1e-5
     assert Path(fp32.params["ort_optimized_onnx"]).exists()
     assert fp32.parameters > 0 and fp32.macs_per_item > 0
     # int8: every weight matrix / embedding table (the 2-D initializers) is stored in 1 byte per value; biases,
