@@ -4,6 +4,7 @@
 # with the CeleryExecutor, two Celery workers (worker2 alone serves the profiling queue, one task at a time).
 # Everything on 127.0.0.1 with generated passwords; state under $RECFORGE_HOME/cluster.
 #   infra/cluster/cluster.sh up [--config '{"airflow_port": 8091}']   start what is not running, wait for health
+#                                  (config keys: ports, task_heartbeat_timeout_s, dag_params, max_retry_delay_s)
 #   infra/cluster/cluster.sh down                                     stop everything (idempotent)
 #   infra/cluster/cluster.sh status                                   one line per service; 1 unless all healthy
 #   infra/cluster/cluster.sh chain --date YYYY-MM-DD [--conf JSON]    nightly_retrain -> ... -> register_models

@@ -3,7 +3,9 @@ through a stand-in for Airflow's REST API (the real services: test_cluster_servi
 
 from __future__ import annotations
 
+import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +48,10 @@ def test_ports_are_saved_and_checked(tmp_path):
         load_config(paths, {"mlflow_port": 80})
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(paths, {"airflow_prot": 8000})
+    with pytest.raises(ConfigError, match="ClusterConfig.task_heartbeat_timeout_s"):
+        load_config(paths, {"task_heartbeat_timeout_s": 5})  # shorter than a busy task's heartbeat gaps
+    with pytest.raises(ConfigError, match="ClusterConfig.max_retry_delay_s"):
+        load_config(paths, {"max_retry_delay_s": -1})
 
 
 def test_connection_urls_use_each_services_own_role_and_password():
@@ -86,6 +92,26 @@ def test_a_service_that_never_answers_gives_one_line_naming_it_and_its_log(tmp_p
     message = str(err.value)
     assert "\n" not in message and message.startswith("Redis did not answer on 127.0.0.1:6380")
     assert str(tmp_path / "redis.log") in message and "can't open config file" in message
+
+
+class FakeWorker(FakeService):
+    title, address = "Celery worker1", "queues default"
+
+    def __init__(self, tmp_path, answers, running=True, grace_s=30.0):
+        super().__init__(tmp_path, answers)
+        self.is_running, self.reconnect_grace_s = running, grace_s
+
+    def running(self):
+        return self.is_running
+
+
+def test_a_running_worker_that_reconnects_to_the_broker_is_not_restarted(tmp_path):
+    from recforge.tools.cluster.cluster import answers_again
+
+    assert answers_again(FakeWorker(tmp_path, [False, False, True]), sleep=lambda s: None)
+    assert not answers_again(FakeWorker(tmp_path, [True], running=False), sleep=lambda s: None)  # dead: restart it
+    assert not answers_again(FakeWorker(tmp_path, [], grace_s=0.05), sleep=lambda s: None)  # hung: restart it
+    assert not answers_again(FakeService(tmp_path, [True]), sleep=lambda s: None)  # no grace: restart at once
 
 
 class FakeAirflow:
@@ -191,3 +217,115 @@ def test_stopping_a_service_also_stops_what_it_started_in_a_session_of_its_own(t
     assert stop_group(pidfile, timeout_s=10) is True
     assert not pid_alive(pid) and not any(pid_alive(c) for c in children)
     assert not pidfile.exists() and stop_group(pidfile) is False  # nothing left: fine
+
+
+def test_a_killed_services_leftovers_are_stopped_by_the_restart_path(tmp_path):
+    """A SIGKILLed worker's task child in a session of its own (a tritonserver) is reparented to init: no longer
+    below the worker, it is found by the marker its environment inherited, and stopped when the service restarts."""
+    import os
+    import signal
+    import time
+
+    from recforge.serving.pids import pid_alive
+    from recforge.tools.cluster.processes import (
+        descendants,
+        marked_processes,
+        running_pid,
+        start_detached,
+        stop_group,
+    )
+
+    pidfile = tmp_path / "worker.pid"
+    pid = start_detached(["sh", "-c", "setsid sleep 300 & exec sleep 300"], os.environ, tmp_path / "w.log", pidfile)
+    for _ in range(400):  # up to 20 s on a busy machine
+        if children := descendants(pid):
+            break
+        time.sleep(0.05)
+    assert children and sorted(marked_processes(pidfile)) == sorted([pid, *children])
+    os.killpg(pid, signal.SIGKILL)  # the worker's group dies; its child in another session does not
+    for _ in range(400):
+        if running_pid(pidfile) is None:
+            break
+        time.sleep(0.05)
+    os.waitpid(pid, 0)
+    assert running_pid(pidfile) is None and all(pid_alive(c) for c in children)
+    assert stop_group(pidfile) is False  # the service was not running, but what it left is stopped
+    assert not any(pid_alive(c) for c in children) and marked_processes(pidfile) == []
+
+
+def test_each_task_gets_a_scratch_folder_of_its_own_deleted_when_it_ends(tmp_path, monkeypatch):
+    import json
+
+    from recforge.tools.cluster import task_scratch
+
+    root, log = tmp_path / "work", tmp_path / "scratch.jsonl"
+    root.mkdir()
+    monkeypatch.setenv(task_scratch.SCRATCH_ROOT_ENV, str(root))
+    monkeypatch.setenv(task_scratch.SCRATCH_LOG_ENV, str(log))
+    monkeypatch.setenv(task_scratch.WORK_DIR_ENV, str(root))
+    workload = json.dumps({"ti": {"dag_id": "nightly_retrain", "task_id": "train", "map_index": 2, "try_number": 1,
+                                  "run_id": "chain__1998-04-22"}})
+    task_scratch.open_task_scratch(task_id="0123456789abcdef", args=(workload,))
+    folder = Path(os.environ[task_scratch.WORK_DIR_ENV])
+    assert folder.parent == root and folder.is_dir() and folder.name.startswith("nightly_retrain_train_2_1-")
+    (folder / "models").mkdir()
+    (folder / "models/model.onnx").write_bytes(b"12345")
+    task_scratch.delete_task_scratch(task_id="0123456789abcdef", args=(workload,))
+    assert not folder.exists() and os.environ[task_scratch.WORK_DIR_ENV] == str(root)
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(e["event"], e["task"]) for e in events] == [("created", "nightly_retrain/train[2]#1"),
+                                                         ("deleted", "nightly_retrain/train[2]#1")]
+    assert events[1]["files"] == 1 and events[1]["bytes"] == 5
+    (root / "left-by-a-killed-task").mkdir()
+    assert task_scratch.wipe(root) == 1 and list(root.iterdir()) == []
+
+
+def test_outside_a_worker_the_scratch_handlers_do_nothing(tmp_path, monkeypatch):
+    from recforge.tools.cluster import task_scratch
+
+    monkeypatch.delenv(task_scratch.SCRATCH_ROOT_ENV, raising=False)
+    monkeypatch.setenv(task_scratch.WORK_DIR_ENV, str(tmp_path))
+    task_scratch.open_task_scratch(task_id="x", args=("{}",))
+    task_scratch.delete_task_scratch(task_id="x", args=("{}",))
+    assert os.environ[task_scratch.WORK_DIR_ENV] == str(tmp_path) and list(tmp_path.iterdir()) == []
+
+
+def test_the_cluster_policy_sets_param_defaults_and_caps_retry_delays(tmp_path, monkeypatch):
+    import datetime as dt
+
+    from airflow.sdk import DAG, Param
+    from airflow.sdk.bases.operator import BaseOperator
+    from airflow.sdk.definitions.param import process_params
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from recforge.tools.cluster import policy
+
+    def small_dag() -> DAG:
+        with DAG("compress_and_validate", schedule=None,
+                 params={"compress_config": Param({}, type="object", title="Compression overrides"),
+                         "families": Param(None, type=["null", "array"])}) as dag:
+            BaseOperator(task_id="t", retries=1, retry_delay=dt.timedelta(minutes=5))
+        return dag
+
+    paths = ClusterPaths(tmp_path / "cluster")
+    save_config(paths, load_config(paths, {"dag_params": {"compress_and_validate": {
+        "compress_config": {"precisions": ["int8_dynamic"]}, "not_a_param": 1}}, "max_retry_delay_s": 5}))
+    monkeypatch.delenv(policy.CLUSTER_ROOT_ENV, raising=False)
+    dag = small_dag()
+    policy.dag_policy(dag)  # outside a cluster: nothing changes
+    assert process_params(dag, dag.tasks[0], {}, suppress_exception=False)["compress_config"] == {}
+
+    monkeypatch.setenv(policy.CLUSTER_ROOT_ENV, str(paths.root))
+    policy.dag_policy(dag)
+    policy.task_policy(dag.tasks[0])
+    params = process_params(dag, dag.tasks[0], {}, suppress_exception=False)
+    assert params["compress_config"] == {"precisions": ["int8_dynamic"]} and "not_a_param" not in params
+    assert dag.params.get_param("compress_config").schema["title"] == "Compression overrides"
+    assert process_params(dag, dag.tasks[0], {"compress_config": {}}, suppress_exception=False)[
+        "compress_config"] == {}  # a trigger's conf still wins
+    assert dag.tasks[0].retry_delay == dt.timedelta(seconds=5)
+
+    save_config(paths, load_config(paths, {"dag_params": {"compress_and_validate": {"compress_config": [1]}}}))
+    with pytest.raises(ParamValidationError):  # a default that breaks the param's schema is refused
+        policy.dag_policy(small_dag())
+    assert policy.install(tmp_path / "airflow").read_text() == policy.LOCAL_SETTINGS

@@ -128,6 +128,14 @@ def test_postgresql_unreachable_at_start_is_one_clear_error_naming_it(cluster_en
     code, lines = status_lines(cluster_env)  # nothing after PostgreSQL was started
     assert code == 1 and all(" down " in line for line in lines.values()), lines
 
+    chain = subprocess.run(["make", "-s", "--no-print-directory", "chain", "DATE=1998-04-22"], cwd=REPO,
+                           env=cluster_env, capture_output=True, text=True, timeout=120)
+    assert chain.returncode != 0
+    errors = [line for line in chain.stderr.splitlines() if line.strip() and not line.startswith("make")]
+    assert len(errors) == 1, chain.stderr
+    assert errors[0].startswith(f"error: PostgreSQL (Airflow's metadata DB and MLflow's store) is not reachable on "
+                                f"127.0.0.1:{pg_port}; start the cluster: make cluster-up")
+
 
 def test_the_chain_runs_through_the_scheduler_on_the_workers_and_a_date_is_triggered_once(cluster_env):
     import json

@@ -217,6 +217,8 @@ def train_family(family: str, features_dir: Path, out_dir: Path, cfg: TrainConfi
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = json.loads((features_dir / "meta.json").read_text())
     experiment = _experiment_id()
+    if parent_run_id:
+        discard_earlier_attempts(mlflow.MlflowClient(), experiment, parent_run_id, family)
     with mlflow.start_run(experiment_id=experiment, run_name=family, parent_run_id=parent_run_id,
                           tags={tags.FAMILY: family, tags.STAGE: "train", **(extra_tags or {})}) as run:
         hyper = default_hyperparams(family) | cfg.hyperparams.get(family, {})
@@ -278,6 +280,22 @@ def train_family(family: str, features_dir: Path, out_dir: Path, cfg: TrainConfi
         onnx_model_uri=onnx_info.model_uri, onnx_max_abs_diff=max_diff, seconds=round(time.time() - started, 1),
         task_test_auc=task_test_auc,
     )
+
+
+def discard_earlier_attempts(client, experiment_id: str, parent_run_id: str, family: str) -> list[str]:
+    """Delete the training runs of ``family`` an earlier attempt of this task left under ``parent_run_id`` (a task
+    retried after its worker died leaves one RUNNING), so a retry does not add a second child run: the parent keeps
+    one training run per family. Returns their ids."""
+    earlier = client.search_runs(
+        [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
+                                       f"tags.`{tags.FAMILY}` = '{family}' and tags.`{tags.STAGE}` = 'train'")
+    for run in earlier:
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status="KILLED")
+        client.delete_run(run.info.run_id)
+        log.warning("training %s: deleted run %s (%s) of an earlier attempt under parent run %s", family,
+                    run.info.run_id, run.info.status, parent_run_id)
+    return [run.info.run_id for run in earlier]
 
 
 def training_note(family: str, day: str, test_metrics: dict[str, float], best_epoch: int, epochs: int,

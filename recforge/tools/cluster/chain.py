@@ -209,6 +209,14 @@ def chain_state(results: list[DagResult]) -> str:
     return "success" if all(states.get(dag_id) == "success" for dag_id in CHAIN) else "failed"
 
 
+def require_postgres(cluster: Cluster) -> None:
+    """ChainError naming PostgreSQL when it does not answer: without it Airflow's API answers logins but no query."""
+    if not cluster.postgres.healthy():
+        raise ChainError(f"PostgreSQL (Airflow's metadata DB and MLflow's store) is not reachable on "
+                         f"{cluster.postgres.address}; start the cluster: make cluster-up "
+                         f"(log: {cluster.postgres.log})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recforge.tools.cluster.chain",
                                      description=__doc__.split("\n\n")[1] if __doc__ else None)
@@ -221,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logical_date(args.date)
         conf = json_object(args.conf, "--conf")
         cluster = Cluster.load()
+        require_postgres(cluster)
         api = AirflowApi(cluster.cfg.airflow_url, cluster.postgres.secrets["airflow_admin_password"])
         results = follow_chain(api, args.date, conf, timeout_s=args.timeout)
     except RecForgeError as err:

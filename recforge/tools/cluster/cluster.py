@@ -85,10 +85,24 @@ def migrate_airflow_db(cluster: Cluster) -> None:
                            f"({last_line(log)})")
 
 
+def answers_again(service, sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Whether a running service that does not answer now answers within its ``reconnect_grace_s`` (a Celery worker
+    reconnecting to a restarted Redis: restarting it would kill the task it runs)."""
+    grace_s = getattr(service, "reconnect_grace_s", 0.0)
+    if not grace_s or not service.running():
+        return False
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        sleep(1.0)
+        if service.healthy():
+            return True
+    return False
+
+
 def start_group(services: Sequence, timeout_s: float, say: Callable[[str], None]) -> None:
     """Start the ones that do not answer, then wait for all of them."""
     for service in services:
-        if service.healthy():
+        if service.healthy() or answers_again(service):
             say(f"{service.title}: already running ({service.address})")
         else:
             if isinstance(service, ProcessService):

@@ -1,5 +1,11 @@
 """Detached service processes of the cluster: start one in its own session with a pid file, tell whether it still
-runs (pid and start time, so a reused pid is not mistaken for it), stop its whole process group."""
+runs (pid and start time, so a reused pid is not mistaken for it), stop its whole process group and whatever it
+started.
+
+Every process a service starts inherits ``RECFORGE_CLUSTER_PROCESS=<its pid file>`` in its environment: that is how
+``stop_group`` still finds what a service left behind after the service itself was killed (a SIGKILLed worker's
+task in a session of its own, e.g. a tritonserver, is reparented to init and no longer below any service).
+"""
 
 from __future__ import annotations
 
@@ -21,13 +27,16 @@ def start_time(pid: int) -> str:
         return ""
 
 
+MARKER_ENV = "RECFORGE_CLUSTER_PROCESS"  # = the pid file of the service a process descends from
+
+
 def start_detached(argv: Sequence[str], env: Mapping[str, str], log: Path, pidfile: Path,
                    cwd: Path | None = None) -> int:
     """Start ``argv`` in a new session (its own process group), output appended to ``log``; returns its pid."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env=dict(env), cwd=cwd, start_new_session=True)
+                                env=dict(env) | {MARKER_ENV: str(pidfile)}, cwd=cwd, start_new_session=True)
     pidfile.write_text(f"{proc.pid} {start_time(proc.pid)}\n")
     return proc.pid
 
@@ -69,15 +78,31 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def marked_processes(pidfile: Path) -> list[int]:
+    """The live processes whose environment says they descend from the service of ``pidfile`` (this user's, or all
+    as root)."""
+    marker = f"{MARKER_ENV}={pidfile}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except (OSError, ValueError):
+            continue
+    return [pid for pid in found if pid != os.getpid()]
+
+
 def stop_group(pidfile: Path, timeout_s: float = 30.0, sig: int = signal.SIGTERM) -> bool:
     """Stop the process group of the process in ``pidfile``: ``sig``, then SIGKILL after ``timeout_s``; then the
-    processes it started in sessions of their own (a task's tritonserver). Returns whether there was one to stop.
+    processes it started in sessions of their own (a task's tritonserver), and, when the service itself is gone
+    (killed), whatever it left behind (found by ``marked_processes``). Returns whether the service was running.
     Removes the pid file."""
     pid = running_pid(pidfile)
     pidfile.unlink(missing_ok=True)
     if pid is None:
+        kill_all({child: start_time(child) for child in marked_processes(pidfile)})
         return False
-    started = {child: start_time(child) for child in descendants(pid)}
+    started = {child: start_time(child) for child in [*descendants(pid), *marked_processes(pidfile)] if child != pid}
     try:
         os.killpg(pid, sig)
     except ProcessLookupError:
@@ -92,8 +117,14 @@ def stop_group(pidfile: Path, timeout_s: float = 30.0, sig: int = signal.SIGTERM
         except ProcessLookupError:
             pass
     reap(pid)
-    orphans = [child for child, when in started.items()  # still the same process (not a reused pid)
-               if when and start_time(child) == when and pid_alive(child)]
+    kill_all(started)
+    return True
+
+
+def kill_all(started: dict[int, str]) -> None:
+    """SIGKILL the processes ``{pid: start time}`` that still run (the same process: not a reused pid) and wait up
+    to 10 s for them to go."""
+    orphans = [child for child, when in started.items() if when and start_time(child) == when and pid_alive(child)]
     for child in orphans:
         try:
             os.kill(child, signal.SIGKILL)
@@ -102,7 +133,6 @@ def stop_group(pidfile: Path, timeout_s: float = 30.0, sig: int = signal.SIGTERM
     deadline = time.monotonic() + 10.0
     while any(pid_alive(child) for child in orphans) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return True
 
 
 def reap(pid: int) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import requests
 
 from recforge.core import config
+from recforge.tools.cluster import policy, task_scratch
 from recforge.tools.cluster.postgres import connection_url
 from recforge.tools.cluster.processes import running_pid, start_detached, stop_group
 from recforge.tools.cluster.settings import (
@@ -26,8 +27,6 @@ from recforge.tools.cluster.settings import (
 
 VENV_BIN = Path(sys.executable).parent  # the project's venv: airflow, mlflow
 REDIS_SERVER = os.environ.get("RECFORGE_REDIS_SERVER", "redis-server")
-# a task whose worker died is failed (and retried) after this long without a heartbeat (Airflow's default: 300 s)
-TASK_HEARTBEAT_TIMEOUT_S = 90
 
 
 class ProcessService:
@@ -35,6 +34,7 @@ class ProcessService:
 
     title = ""
     name = ""
+    reconnect_grace_s = 0.0  # how long ``up`` waits for a running process that does not answer before restarting it
 
     def __init__(self, paths: ClusterPaths, cfg: ClusterConfig, secrets: dict[str, str]):
         self.paths, self.cfg, self.secrets = paths, cfg, secrets
@@ -149,11 +149,17 @@ def airflow_env(paths: ClusterPaths, cfg: ClusterConfig, secrets: dict[str, str]
         "AIRFLOW__API__WORKERS": "1",  # Airflow's default of 4 API server processes is too much for 2 cores
         "AIRFLOW__API__SECRET_KEY": secrets["api_secret_key"],
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets["jwt_secret"],  # the same in every component
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(TASK_HEARTBEAT_TIMEOUT_S),
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(cfg.task_heartbeat_timeout_s),
+        # the workers' Celery app: Airflow's default config, and a fresh scratch folder per task (task_scratch)
+        "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "recforge.tools.cluster.celery_config.CELERY_CONFIG",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": os.environ.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO"),
         "MLFLOW_TRACKING_URI": cfg.mlflow_url,
         "RECFORGE_WORK_DIR": str(work_dir),
         "RECFORGE_PROFILING_QUEUE": PROFILING_QUEUE,
+        # triggered runs only: on a cron schedule, unpausing nightly_retrain would start a run for yesterday,
+        # a day MovieLens has no ratings for
+        "RECFORGE_NIGHTLY_SCHEDULE": "none",
+        policy.CLUSTER_ROOT_ENV: str(paths.root),  # the cluster policy's config (DAG param defaults, retry delays)
         "GX_ANALYTICS_ENABLED": "False",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
@@ -192,6 +198,7 @@ class AirflowComponent(ProcessService):
     def start(self) -> None:
         write_private(self.paths.airflow_home / "passwords.json",
                       json.dumps({ADMIN_USER: self.secrets["airflow_admin_password"]}) + "\n")
+        policy.install(self.paths.airflow_home)
         super().start()
 
     def healthy(self) -> bool:
@@ -221,6 +228,8 @@ class CeleryWorker(ProcessService):
     """``airflow celery worker`` with its queues and concurrency and its own scratch directory; healthy when it
     answers a Celery ping through the broker."""
 
+    reconnect_grace_s = 30.0  # after a broker restart Celery reconnects with growing pauses (2, 4, 6 ... s)
+
     def __init__(self, paths: ClusterPaths, cfg: ClusterConfig, secrets: dict[str, str], worker: Worker):
         self.worker = worker
         self.name = worker.name
@@ -238,10 +247,15 @@ class CeleryWorker(ProcessService):
                 "--skip-serve-logs"]
 
     def env(self) -> dict[str, str]:
-        return airflow_env(self.paths, self.cfg, self.secrets, self.scratch)
+        return airflow_env(self.paths, self.cfg, self.secrets, self.scratch) | {
+            task_scratch.SCRATCH_ROOT_ENV: str(self.scratch),
+            task_scratch.SCRATCH_LOG_ENV: str(self.paths.scratch_log(self.worker.name))}
 
     def start(self) -> None:
-        self.scratch.mkdir(parents=True, exist_ok=True)
+        """Start with an empty scratch: what is left in it is a killed worker's (``stop`` ended its processes)."""
+        left = task_scratch.wipe(self.scratch)
+        task_scratch.record({"event": "wiped at start", "entries": left}, self.paths.scratch_log(self.worker.name))
+        policy.install(self.paths.airflow_home)
         super().start()
 
     def healthy(self) -> bool:

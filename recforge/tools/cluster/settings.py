@@ -8,7 +8,8 @@ Everything lives under ``$RECFORGE_HOME/cluster``::
     redis/                  redis.conf (0600: it holds the password), append-only file, log
     mlflow/                 the tracking server's log; artifacts/ = its proxied artifact store
     airflow/                AIRFLOW_HOME: logs of the scheduler, DAG processor, triggerer, API server, task logs
-    workers/<name>/work/    each Celery worker's scratch directory (its tasks' RECFORGE_WORK_DIR)
+    workers/<name>/work/    each Celery worker's scratch directory: every task gets a fresh folder in it, deleted when
+                            the task ends (recforge.tools.cluster.task_scratch); scratch.jsonl records each one
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import base64
 import json
 import os
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from recforge.core import config
 from recforge.core.config import Annotated, Field, config_from_dict, typed_config
@@ -55,12 +57,23 @@ WORKERS = (Worker("worker1", (DEFAULT_QUEUE,), 2), Worker("worker2", (DEFAULT_QU
 
 @typed_config
 class ClusterConfig:
-    """The ports of the cluster's services on 127.0.0.1 (``make cluster-up CLUSTER_CONF='{...}'``)."""
+    """The ports of the cluster's services on 127.0.0.1 and how its Airflow treats tasks
+    (``make cluster-up CLUSTER_CONF='{...}'``).
+
+    ``dag_params``: per DAG id, defaults of that DAG's params in this cluster (e.g. a small trial cluster's
+    ``{"compress_and_validate": {"compress_config": {"precisions": ["int8_dynamic"]}}}``), applied by the cluster's
+    Airflow policy (recforge.tools.cluster.policy) to every run, the asset-triggered ones included.
+    ``max_retry_delay_s``: a task's retry waits at most this long (unset: what the DAG says).
+    """
 
     postgres_port: Port = 5433
     redis_port: Port = 6380
     mlflow_port: Port = 5050
     airflow_port: Port = 8090
+    # a task whose worker died is failed (and retried) after this long without a heartbeat (Airflow's default: 300 s)
+    task_heartbeat_timeout_s: Annotated[int, Field(ge=20, le=3600)] = 90
+    dag_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    max_retry_delay_s: Annotated[int, Field(ge=0, le=86400)] | None = None
 
     def __post_init__(self) -> None:
         ports = [self.postgres_port, self.redis_port, self.mlflow_port, self.airflow_port]
@@ -104,6 +117,10 @@ class ClusterPaths:
     def worker_scratch(self, worker: str) -> Path:
         return self.root / "workers" / worker / "work"
 
+    def scratch_log(self, worker: str) -> Path:
+        """One JSON line per task folder created in and deleted from ``worker``'s scratch."""
+        return self.root / "workers" / worker / "scratch.jsonl"
+
 
 def load_config(paths: ClusterPaths, overrides: dict | None = None) -> ClusterConfig:
     """The saved ports (``cluster.json``) with ``overrides`` applied; defaults when nothing is saved."""
@@ -112,8 +129,15 @@ def load_config(paths: ClusterPaths, overrides: dict | None = None) -> ClusterCo
 
 
 def save_config(paths: ClusterPaths, cfg: ClusterConfig) -> None:
+    """Write ``cluster.json`` when it changes, atomically: the cluster policy reads it at every DAG parse, so a
+    running cluster must never see it half-written (``up`` saves it again while tasks run)."""
+    text = json.dumps(asdict(cfg), indent=2) + "\n"
+    if paths.config_file.is_file() and paths.config_file.read_text() == text:
+        return
     paths.root.mkdir(parents=True, exist_ok=True)
-    paths.config_file.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    tmp = paths.config_file.with_suffix(".json.tmp")
+    tmp.write_text(text)
+    tmp.replace(paths.config_file)
 
 
 def new_secret(name: str) -> str:
