@@ -8,8 +8,9 @@ What runs on one machine here (``infra/local``: MLflow, Airflow standalone, a Tr
   ``PodDisruptionBudget``, ``NetworkPolicy`` and ``ServiceAccount``;
 * prometheus-adapter Helm values with the rule that turns ``nv_inference_queue_duration_us`` into that pods metric;
 * MLflow: ``Deployment`` + ``Service``, PostgreSQL backend store and S3 artifact store, credentials from Secrets;
-* Helm values for the official apache-airflow chart (CeleryExecutor, DAGs via git-sync) and the Bitnami PostgreSQL
-  chart.
+* Helm values for the official apache-airflow chart with the local cluster's settings (CeleryExecutor worker sets
+  ``default`` and ``profiling``, or KubernetesExecutor; per-pod scratch, DAGs via git-sync) and for the Bitnami
+  PostgreSQL chart.
 
 The profile document (``recforge/contracts/profile_schema.json``) is the source of truth: CPU requests come from
 the best knobs' Triton instances x intra-op threads, replica bounds from the latency-bounded throughput against the
@@ -17,13 +18,14 @@ expected traffic, and the HPA target from the p95 SLO. Secrets are referenced by
 password.
 
 Modules: ``deploy_config`` (the deployment config), ``sizing`` (a fleet sized from its profile), ``objects``
-(shared manifest pieces), ``fleet`` (Triton fleets, prometheus-adapter), ``platform`` (MLflow, namespace, Airflow
-and PostgreSQL Helm values), ``render`` (the files), ``cli``.
+(shared manifest pieces), ``fleet`` (Triton fleets, prometheus-adapter), ``platform`` (MLflow, namespace, PostgreSQL
+Helm values), ``airflow_values`` (the Airflow chart's values), ``render`` (the files), ``cli``.
 
 CLI: ``python -m recforge.serving.k8s --config infra/k8s/deploy.example.json --out infra/k8s/generated`` (``make
 k8s-manifests``). Usage of the output: ``infra/k8s/README.md``.
 """
 
+from recforge.serving.k8s.airflow_values import airflow_values
 from recforge.serving.k8s.deploy_config import (
     AirflowConfig,
     DeployConfig,
@@ -37,7 +39,7 @@ from recforge.serving.k8s.deploy_config import (
 )
 from recforge.serving.k8s.fleet import prometheus_adapter_values, triton_args, triton_manifests
 from recforge.serving.k8s.objects import ADMIN_HEADER, QUEUE_METRIC, RESTRICTED_APIS
-from recforge.serving.k8s.platform import airflow_values, mlflow_manifests, namespace_manifest, postgresql_values
+from recforge.serving.k8s.platform import mlflow_manifests, namespace_manifest, postgresql_values
 from recforge.serving.k8s.render import generate, render
 from recforge.serving.k8s.sizing import FleetSizing, fleet_sizing, size_fleets
 

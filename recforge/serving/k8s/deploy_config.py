@@ -13,6 +13,9 @@ from recforge.core.config import Annotated, Field, config_from_dict, typed_confi
 from recforge.core.errors import ConfigError
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # a Kubernetes namespace / object name (DNS-1123 label)
+CELERY_QUEUE = r"^[A-Za-z0-9_.-]{1,63}$"  # an Airflow/Celery queue name
+DEFAULT_QUEUE = "default"  # Airflow's [operators] default_queue: where every task without its own queue= goes
+CRON_OR_NONE = r"^(none|\S+( \S+){4})$"  # a 5-field cron expression, or "none" (RECFORGE_NIGHTLY_SCHEDULE)
 StringLabels = Annotated[dict[str, str], Field(min_length=1)]  # a non-empty object of string labels
 
 
@@ -97,7 +100,26 @@ class AirflowConfig:
     fernet_key_secret: str = "recforge-airflow-fernet"  # key `fernet-key`
     api_secret_key_secret: str = "recforge-airflow-api-secret"  # key `api-secret-key`
     jwt_secret: str = "recforge-airflow-jwt"  # key `jwt-secret`
-    workers: Annotated[int, Field(ge=1)] = 2
+    # The same settings as the local cluster (recforge/tools/cluster, docs/cluster.md), as Celery worker sets:
+    workers: Annotated[int, Field(ge=1)] = 2  # replicas of the `default` worker set (queue `default`)
+    worker_concurrency: Annotated[int, Field(ge=1)] = 2  # tasks at once per `default` worker pod
+    # RECFORGE_PROFILING_QUEUE: profile_variants' load tests go to the `profiling` worker set, one task at a time
+    profiling_queue: Annotated[str, Field(pattern=CELERY_QUEUE)] = "profiling"
+    # CPU request = limit of a profiling pod (whole cores: Guaranteed QoS, exclusive cores under the kubelet's
+    # static CPU manager), so a profile is never measured beside another task; with KubernetesExecutor every
+    # task pod gets it
+    profiling_cpus: Annotated[int, Field(ge=1, le=256)] = 8
+    profiling_memory_gi: Annotated[int, Field(ge=1)] = 16
+    scratch_gi: Annotated[int, Field(ge=1)] = 50  # per-pod emptyDir at RECFORGE_HOME: scratch that may vanish
+    # RECFORGE_NIGHTLY_SCHEDULE: nightly_retrain's cron (UTC), or "none" for triggered runs only
+    nightly_schedule: Annotated[str, Field(pattern=CRON_OR_NONE)] = "0 2 * * *"
+    # [scheduler] task_instance_heartbeat_timeout: a task whose worker died is failed (and retried) after this
+    task_heartbeat_timeout_s: Annotated[int, Field(ge=10)] = 90
+
+    def __post_init__(self) -> None:
+        if self.profiling_queue == DEFAULT_QUEUE:
+            raise ConfigError(f"AirflowConfig.profiling_queue must differ from the default queue {DEFAULT_QUEUE!r}: "
+                              "profiles would be measured beside other tasks")
 
 
 @typed_config

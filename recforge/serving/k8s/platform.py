@@ -1,8 +1,7 @@
-"""The platform around the fleets: MLflow's objects, the namespace, and Helm values for Airflow and PostgreSQL."""
+"""The platform around the fleets: MLflow's objects, the namespace, and the PostgreSQL chart's Helm values (Airflow's:
+``airflow_values``)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from recforge.serving.k8s.deploy_config import DeployConfig
 from recforge.serving.k8s.objects import (
@@ -101,63 +100,6 @@ def namespace_manifest(cfg: DeployConfig) -> dict:
                 # Triton and MLflow pods meet "restricted"; the Airflow chart's pods meet "baseline".
                 "pod-security.kubernetes.io/enforce": "baseline",
                 "pod-security.kubernetes.io/warn": "restricted"}}}
-
-
-def airflow_values(cfg: DeployConfig) -> dict:
-    """Values for the official apache-airflow chart: no generated or default credentials, all from Secrets."""
-    a, storage, ns = cfg.airflow, cfg.storage, cfg.namespace
-    celery = a.executor == "CeleryExecutor"
-    env = [
-        {"name": "MLFLOW_TRACKING_URI", "value": f"http://mlflow.{ns}.svc:{MLFLOW_PORT}"},
-        {"name": "MLFLOW_DISABLE_TELEMETRY", "value": "true"},
-        {"name": "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "value": "false"},
-        {"name": "GX_ANALYTICS_ENABLED", "value": "False"},
-        {"name": "RECFORGE_DATA_ROOT", "value": f"s3://{storage.data_bucket}/data"},
-        {"name": "RECFORGE_HOME", "value": "/tmp/recforge"},
-        {"name": "AWS_DEFAULT_REGION", "value": storage.region},
-    ]
-    if storage.s3_endpoint:
-        env += [{"name": "AWS_ENDPOINT_URL_S3", "value": storage.s3_endpoint},
-                {"name": "MLFLOW_S3_ENDPOINT_URL", "value": storage.s3_endpoint}]
-    values: dict[str, Any] = {
-        "airflowVersion": "3.3.2",
-        "defaultAirflowRepository": a.image_repository,
-        "defaultAirflowTag": a.image_tag,
-        "executor": a.executor,
-        "fernetKeySecretName": a.fernet_key_secret,
-        "apiSecretKeySecretName": a.api_secret_key_secret,
-        "jwtSecretName": a.jwt_secret,
-        "data": {"metadataSecretName": a.metadata_secret},
-        "postgresql": {"enabled": False},  # metadata DB: the Bitnami release (postgresql-values.yaml) or external
-        "createUserJob": {"defaultUser": {"enabled": False}},  # no admin/admin: create users from a Secret
-        "env": env,
-        "secret": [
-            {"envName": "AWS_ACCESS_KEY_ID", "secretName": storage.credentials_secret,
-             "secretKey": "AWS_ACCESS_KEY_ID"},
-            {"envName": "AWS_SECRET_ACCESS_KEY", "secretName": storage.credentials_secret,
-             "secretKey": "AWS_SECRET_ACCESS_KEY"},
-        ],
-        "dags": {
-            "persistence": {"enabled": False},
-            "gitSync": {"enabled": True, "repo": a.git_repo, "branch": a.git_branch, "rev": "HEAD",
-                        "subPath": a.git_sub_path, "depth": 1, "period": "60s",
-                        "credentialsSecret": a.git_credentials_secret},
-        },
-        "config": {
-            "core": {"load_examples": "False"},
-            "scheduler": {"catchup_by_default": "False"},
-        },
-    }
-    if celery:
-        values["data"]["resultBackendSecretName"] = a.result_backend_secret
-        values["data"]["brokerUrlSecretName"] = a.broker_url_secret
-        values["redis"] = {"enabled": True, "passwordSecretName": a.redis_password_secret}
-        values["workers"] = {"replicas": a.workers,
-                             "resources": {"requests": {"cpu": "2", "memory": "8Gi"},
-                                           "limits": {"cpu": "4", "memory": "12Gi"}}}
-    else:
-        values["redis"] = {"enabled": False}
-    return values
 
 
 def postgresql_values(cfg: DeployConfig) -> dict:
