@@ -67,10 +67,12 @@ class Cluster:
         path = self.root / "workers" / worker / "scratch.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
-    def running_on(self, label_prefix: str) -> str | None:
-        """The worker whose scratch holds the folder of a running task whose label starts with ``label_prefix``."""
+    def running_on(self, label_prefix: str, since: float) -> str | None:
+        """The worker whose scratch holds the folder of a running task whose label starts with ``label_prefix``,
+        created at ``since`` (time.time()) or later: an earlier test's chain has tasks of the same label, and a killed
+        worker's last folder has a "created" line and no "deleted" one."""
         for worker in WORKER_NAMES:
-            events = self.scratch_events(worker)
+            events = [e for e in self.scratch_events(worker) if e["at"] >= since]
             created = {e["dir"] for e in events if e["event"] == "created" and e["task"].startswith(label_prefix)}
             if created - {e["dir"] for e in events if e["event"] == "deleted"}:
                 return worker
@@ -245,10 +247,11 @@ def test_a_worker_killed_in_the_middle_of_training_is_replaced_by_the_other_with
     client = cluster.mlflow()
     # more rows and epochs than the other chains: the training run stays open long enough to be caught
     conf = {"families": [FAMILY], "train_config": {"max_epochs": 2, "max_train_rows": 20000}}
+    started = time.time()
     chain = start_chain(cluster.env, day, conf)
 
     def training_in_progress():
-        worker = cluster.running_on("nightly_retrain/train[0]#1")
+        worker = cluster.running_on("nightly_retrain/train[0]#1", started)
         if worker is None:
             return None
         try:
@@ -266,8 +269,8 @@ def test_a_worker_killed_in_the_middle_of_training_is_replaced_by_the_other_with
     wait_for(f"{victim}'s processes to end", lambda: not marked_processes(cluster.worker_pidfile(victim)), 30)
 
     # the scheduler fails the task when its heartbeats stop, and the retry runs on the other worker
-    wait_for("retry on the surviving worker", lambda: cluster.running_on("nightly_retrain/train[0]#2") == survivor,
-             420, chain, poll_s=2)
+    wait_for("retry on the surviving worker",
+             lambda: cluster.running_on("nightly_retrain/train[0]#2", started) == survivor, 420, chain, poll_s=2)
     print(f"{victim} killed; attempt 2 started on {survivor} {time.monotonic() - killed_at:.0f} s later")
     restart = cluster_sh(cluster.env, "up")  # brings the killed worker back (the profiling queue is worker2's)
     assert restart.returncode == 0, restart.stdout + restart.stderr
@@ -297,8 +300,10 @@ def test_redis_restarted_mid_run_the_chain_completes(cluster):
     from recforge.tools.cluster.settings import ClusterPaths
 
     day = "1998-04-08"
+    started = time.time()
     chain = start_chain(cluster.env, day)
-    wait_for("training task", lambda: cluster.running_on("nightly_retrain/train[0]#1"), 480, chain, poll_s=0.3)
+    wait_for("training task", lambda: cluster.running_on("nightly_retrain/train[0]#1", started), 480, chain,
+             poll_s=0.3)
     services = Services.load(ClusterPaths(cluster.root))
     redis, workers = services.redis, {w.name: w.pid() for w in services.workers}
     redis_pid = redis.pid()
