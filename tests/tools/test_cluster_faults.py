@@ -318,9 +318,11 @@ def test_redis_restarted_mid_run_the_chain_completes(cluster):
     out = finish(chain)
     assert re.search(r"whole chain\s+success", out), out
     assert {w.name: w.pid() for w in services.workers} == workers  # the workers reconnected, not restarted
+    # every downstream DAG ran through the restarted broker (the nightly's last tasks may or may not have been
+    # sent before Redis stopped: that depends on when the short training ended)
     after = [e for w in WORKER_NAMES for e in cluster.scratch_events(w) if e["at"] > restarted_at]
-    assert {e["task"].split("/")[0] for e in after if e["event"] == "created"} == {
-        "nightly_retrain", "compress_and_validate", "profile_variants", "register_models"}
+    assert {e["task"].split("/")[0] for e in after if e["event"] == "created"} >= {
+        "compress_and_validate", "profile_variants", "register_models"}
     assert_no_duplicates(cluster.mlflow(), day)
 
 
