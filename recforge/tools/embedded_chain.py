@@ -31,10 +31,9 @@ from recforge.tools.cluster.chain import (
     AirflowApi,
     ChainError,
     DagResult,
-    chain_state,
     follow_chain,
-    format_results,
     logical_date,
+    report,
 )
 from recforge.tools.cluster.settings import ADMIN_USER
 
@@ -128,8 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RecForgeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(format_results(args.date, results))
-    return 0 if chain_state(results) == "success" else 1
+    return report(args.date, results)
 
 
 if __name__ == "__main__":

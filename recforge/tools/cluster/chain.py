@@ -217,6 +217,12 @@ def require_postgres(cluster: Cluster) -> None:
                          f"(log: {cluster.postgres.log})")
 
 
+def report(day: str, results: list[DagResult]) -> int:
+    """Print the chain's table; the exit status of a chain command: 0 when all four DAGs succeeded, else 1."""
+    print(format_results(day, results))
+    return 0 if chain_state(results) == "success" else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recforge.tools.cluster.chain",
                                      description=__doc__.split("\n\n")[1] if __doc__ else None)
@@ -235,8 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RecForgeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(format_results(args.date, results))
-    return 0 if chain_state(results) == "success" else 1
+    return report(args.date, results)
 
 
 if __name__ == "__main__":
