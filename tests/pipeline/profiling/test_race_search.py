@@ -36,6 +36,7 @@ from tests.pipeline.profiling.surfaces import (
     SMALL_SURFACE,
     QueueSurface,
     product_surface,
+    true_lbt,
 )
 
 TRITON_AXES = triton_batching_axes((256, 1024), max_instances=2, queue_delays_us=(0, 100, 500, 2000))
@@ -154,6 +155,51 @@ def test_far_away_restart_reaches_an_isolated_optimum():
     assert race(QueueSurface(corner), axes, {}, restarts=0).best_knobs == {"a": 0, "b": 0, "c": 0}
 
 
+def test_a_lucky_incumbent_is_rechecked_and_the_lowered_bar_lets_a_better_setting_win():
+    """The real-server failure: the start's LBT search ran while the node served 10 % above its usual capacity,
+    so its LBT (the highest rate that passed once) is a rate it cannot hold, and the one better setting (8 %
+    above its true capacity) fails the screen at that bar + 3 %. Without a re-check the race keeps the start;
+    with one, the start's LBT does not hold, the bar drops and the better setting wins."""
+    capacity = {0: 1000.0, 1: 1080.0}
+
+    class LuckyStart(QueueSurface):
+        def __init__(self):
+            super().__init__(lambda k: capacity[k["a"]])
+            self.lucky = True  # until anything but the start is measured
+
+        def __call__(self, rate, knobs):
+            self.lucky &= knobs["a"] == 0
+            if not self.lucky:
+                return super().__call__(rate, knobs)
+            self.capacity = lambda k: 1.1 * capacity[k["a"]]
+            try:
+                return super().__call__(rate, knobs)
+            finally:
+                self.capacity = lambda k: capacity[k["a"]]
+
+    def search(**kwargs):
+        surface = LuckyStart()
+        probe = LBTProbe(LBTEvaluator(surface, LBT_CONFIG))
+        result = RacingCoordinateSearch({"a": (0, 1)}, {"a": 0}, **kwargs).search(probe)
+        return result, surface
+
+    kept, _ = search(max_rechecks=0)
+    assert kept.best_knobs == {"a": 0} and kept.best_value > true_lbt(1000.0) and "re-checked" not in kept.note
+    result, surface = search()
+    assert result.best_knobs == {"a": 1} and result.best_value <= true_lbt(1080.0)
+    assert "re-checked at" in result.note and "lowered to" in result.note
+    values = [e["value"] for e in result.trajectory]
+    assert values[-1] == result.best_value and surface.true_lbt({"a": 1}) > surface.true_lbt({"a": 0})
+
+
+def test_an_lbt_that_holds_ends_the_race_after_one_recheck():
+    surface = QueueSurface(lambda k: 1000.0 + 100 * k["a"])
+    probe = LBTProbe(LBTEvaluator(surface, LBT_CONFIG))
+    result = RacingCoordinateSearch({"a": (0, 1, 2)}, {"a": 0}).search(probe)
+    assert result.best_knobs == {"a": 2}
+    assert result.note.count("re-checked at") == 1 and "held" in result.note
+
+
 # --------------------------------------------------------------------------------------------------- budgets, modes
 
 
@@ -202,6 +248,17 @@ def test_lbt_probe_screens_once_or_twice_and_searches_winners_from_their_rate():
     evaluator = LBTEvaluator(slowing, LBT_CONFIG)
     value = LBTProbe(evaluator).lbt_from({"x": 1}, 300.0)
     assert evaluator.result_for({"x": 1}).lbt_qps > 330 and value == 300.0
+
+
+def test_a_recheck_that_fails_falls_back_to_a_rate_the_setting_passed():
+    surface = QueueSurface(lambda k: 350.0)  # LBT ~290
+    probe = LBTProbe(LBTEvaluator(surface, LBT_CONFIG))
+    assert probe.recheck({"x": 1}, 280.0) == 280.0 and probe.runs == 1  # it holds
+    # no search of its own passed a lower rate: one run a tolerance step lower decides (285 holds)
+    assert probe.recheck({"x": 2}, 300.0) == pytest.approx(300.0 * (1 - LBT_CONFIG.tolerance))
+    assert probe.runs == 3
+    assert probe.recheck({"x": 3}, 300.0, step_down=False) == 0.0 and probe.runs == 4
+    assert probe.recheck({"x": 4}, 400.0) == 0.0 and probe.runs == 6  # 380 fails too
 
 
 # ------------------------------------------------------------------------------------------ Triton knobs and space

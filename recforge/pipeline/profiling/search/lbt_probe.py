@@ -38,8 +38,8 @@ class LBTProbe:
     """``RateProbe`` over an ``LBTEvaluator``: ``probe(knobs)`` is the evaluator's full LBT search,
     ``screen(knobs, rate)`` one load run judged by the evaluator's SLO (two for a near miss),
     ``lbt_from(knobs, rate)`` an LBT search that starts at a rate the setting just sustained (its result is
-    stored in ``evaluator.results`` like any other, so that ``evaluator.result_for(best_knobs)`` finds it).
-    ``runs`` counts the load runs of all three."""
+    stored in ``evaluator.results`` like any other, so that ``evaluator.result_for(best_knobs)`` finds it),
+    ``recheck(knobs, lbt)`` one more run at a setting's LBT. ``runs`` counts the load runs of all four."""
 
     def __init__(self, evaluator: LBTEvaluator):
         self.evaluator = evaluator
@@ -103,10 +103,23 @@ class LBTProbe:
         self.runs += load_runs(result)
         if not (confirm and result.lbt_qps > 0):
             return result.lbt_qps
-        # a winner's LBT is the bar every later challenger must clear: one lucky run must not set it. One more
-        # run at it; when that fails, the next lower rate that passed stands (the stored result keeps its curve;
-        # the profiling stage confirms its best setting's LBT again with its own runs)
-        again = self.run_at(knobs, result.lbt_qps)
-        if slo_verdict(again, result.lbt_qps, config)[0]:
-            return result.lbt_qps
-        return max((p.rate_qps for p in result.points if p.passed and p.rate_qps < result.lbt_qps), default=0.0)
+        # a winner's LBT is the bar every later challenger must clear: one lucky run must not set it
+        return self.recheck(knobs, result.lbt_qps, step_down=False)  # its budget kept one run for this
+
+    def recheck(self, knobs: Mapping[str, Any], rate_qps: float, *, step_down: bool = True) -> float:
+        """One more load run of ``knobs`` at ``rate_qps`` (a rate its LBT search passed): ``rate_qps`` when it
+        holds again, else the highest lower rate its search passed; when its search passed none (a winner's
+        search that started at the rate it stopped at), one run one tolerance step lower decides (``step_down``;
+        0 when that fails too, or without it). The stored result keeps its curve; the profiling stage confirms
+        its best setting's LBT again with its own runs."""
+        config = self.evaluator.config
+        again = self.run_at(knobs, rate_qps)
+        if slo_verdict(again, rate_qps, config)[0]:
+            return float(rate_qps)
+        result = self.evaluator.results.get(knob_key(knobs))
+        points = result.points if result is not None else ()
+        lower = max((p.rate_qps for p in points if p.passed and p.rate_qps < rate_qps), default=0.0)
+        if lower > 0 or not step_down:
+            return lower
+        step = float(rate_qps) * (1.0 - float(config.tolerance))
+        return step if slo_verdict(self.run_at(knobs, step), step, config)[0] else 0.0
