@@ -2,8 +2,8 @@
 embedded Airflow's own scheduler.
 
 The embedded Airflow (``infra/local/airflow.sh start``: API server, scheduler with the LocalExecutor, DAG processor
-and triggerer over the SQLite metadata DB) runs the chain as the cluster runs it (``make chain``,
-``recforge.tools.cluster.chain``): the four chain DAGs are unpaused, a *new* nightly_retrain run is triggered for the
+and triggerer over the SQLite metadata DB) runs the chain as the cluster runs it (``make chain``; both follow it with
+``recforge.tools.chain``): the four chain DAGs are unpaused, a *new* nightly_retrain run is triggered for the
 logical date D through the REST API, and the scheduler starts compress_and_validate, profile_variants and
 register_models from the Assets each one publishes. This module follows those runs, prints each DAG's state and wall
 time, and for a DAG that failed, its failed tasks and where their logs are. Exit status 0 when all four succeed.
@@ -26,7 +26,8 @@ from pathlib import Path
 
 from recforge.core.cli import json_object
 from recforge.core.errors import ConfigError, RecForgeError
-from recforge.tools.cluster.chain import (
+from recforge.tools.chain import (
+    ADMIN_USER,
     CHAIN,
     AirflowApi,
     ChainError,
@@ -35,7 +36,6 @@ from recforge.tools.cluster.chain import (
     logical_date,
     report,
 )
-from recforge.tools.cluster.settings import ADMIN_USER
 
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"  # written by the API server at its first start
 

@@ -16,7 +16,7 @@ import pytest
 
 from recforge.contracts import tags
 from recforge.core.ports import free_ports
-from recforge.tools.cluster.chain import CHAIN
+from recforge.tools.chain import CHAIN
 from tests.e2e.conftest import REPO, make_pipeline_env
 
 pytestmark = pytest.mark.e2e

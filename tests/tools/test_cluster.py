@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from recforge.core.errors import ConfigError
-from recforge.tools.cluster import chain
+from recforge.tools import chain
 from recforge.tools.cluster.cluster import wait_healthy
 from recforge.tools.cluster.postgres import ServiceError, connection_url
 from recforge.tools.cluster.settings import (
@@ -208,12 +208,18 @@ def test_stopping_a_service_also_stops_what_it_started_in_a_session_of_its_own(t
     pidfile = tmp_path / "svc.pid"
     # the service starts a child in its own session (as a task's tritonserver does): not in the service's group
     pid = start_detached(["sh", "-c", "setsid sleep 300 & exec sleep 300"], os.environ, tmp_path / "svc.log", pidfile)
-    for _ in range(100):
+    def in_their_own_sessions(children: list[int]) -> bool:
+        try:  # a child found between its fork and its setsid is still in the service's group: wait for the setsid
+            return bool(children) and all(os.getpgid(c) != pid for c in children)
+        except ProcessLookupError:
+            return False
+
+    for _ in range(200):
         children = descendants(pid)
-        if children:
+        if in_their_own_sessions(children):
             break
         time.sleep(0.05)
-    assert running_pid(pidfile) == pid and children and all(os.getpgid(c) != pid for c in children)
+    assert running_pid(pidfile) == pid and in_their_own_sessions(children)
     assert stop_group(pidfile, timeout_s=10) is True
     assert not pid_alive(pid) and not any(pid_alive(c) for c in children)
     assert not pidfile.exists() and stop_group(pidfile) is False  # nothing left: fine

@@ -24,7 +24,7 @@ import pytest
 
 from recforge.contracts import tags
 from recforge.core.ports import free_ports
-from recforge.tools.cluster.chain import AirflowApi
+from recforge.tools.chain import AirflowApi
 from recforge.tools.cluster.processes import marked_processes, running_pid
 from tests.conftest import REPO
 

@@ -9,8 +9,7 @@ import json
 
 import pytest
 
-from recforge.tools import embedded_chain
-from recforge.tools.cluster import chain
+from recforge.tools import chain, embedded_chain
 from tests.tools.test_cluster import FakeAirflow, event, finished
 
 

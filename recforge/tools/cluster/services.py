@@ -11,11 +11,11 @@ from pathlib import Path
 import requests
 
 from recforge.core import config
+from recforge.tools.chain import ADMIN_USER
 from recforge.tools.cluster import policy, task_scratch
 from recforge.tools.cluster.postgres import connection_url
 from recforge.tools.cluster.processes import running_pid, start_detached, stop_group
 from recforge.tools.cluster.settings import (
-    ADMIN_USER,
     HOST,
     PROFILING_QUEUE,
     WORKERS,

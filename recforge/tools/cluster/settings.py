@@ -29,7 +29,6 @@ from recforge.core.errors import ConfigError
 HOST = "127.0.0.1"  # every service binds here only
 DEFAULT_QUEUE = "default"  # Airflow's [operators] default_queue
 PROFILING_QUEUE = "profiling"  # profile_variants' load tests (dags/profile_variants.py reads RECFORGE_PROFILING_QUEUE)
-ADMIN_USER = "admin"  # the Airflow API/UI user (simple auth manager); its password is generated
 DATABASES = ("airflow", "mlflow")  # one database (and one owner role of the same name) per service
 SECRET_NAMES = ("postgres_password", "airflow_db_password", "mlflow_db_password", "redis_password",
                 "airflow_admin_password", "jwt_secret", "api_secret_key", "fernet_key")
