@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 CLUSTER_SH = REPO / "infra/cluster/cluster.sh"
 WORKER_NAMES = ("worker1", "worker2")
 FAMILY = "dlrm"
+CHAINED_DAY = "1998-04-22"  # the day of the module's first whole chain (fixture first_chain), then triggered again
 NIGHTLY_CONF = {"families": [FAMILY], "train_config": {"max_epochs": 1, "max_train_rows": 3000}}
 SMALL_CHAIN = {  # the downstream DAGs run asset-triggered, with their params' defaults: these, in this cluster
     "compress_and_validate": {"compress_config": {"prune_ratios": [], "student": False,
@@ -183,9 +184,14 @@ def cluster(tmp_path_factory):
         shutil.rmtree(home, ignore_errors=True)
 
 
-def test_the_whole_chain_on_two_workers_each_task_in_a_scratch_folder_deleted_when_it_ends(cluster):
-    day = "1998-04-22"
-    out = finish(start_chain(cluster.env, day))
+@pytest.fixture(scope="module")
+def first_chain(cluster) -> str:
+    """The output of the module's first whole chain (of CHAINED_DAY), run once for the tests that look at it."""
+    return finish(start_chain(cluster.env, CHAINED_DAY))
+
+
+def test_the_whole_chain_on_two_workers_each_task_in_a_scratch_folder_deleted_when_it_ends(cluster, first_chain):
+    day, out = CHAINED_DAY, first_chain
     assert re.search(r"whole chain\s+success", out), out
     runs = chain_runs(out)
     assert all(len(ids) == 1 for ids in runs.values()), runs
@@ -227,18 +233,20 @@ def test_the_whole_chain_on_two_workers_each_task_in_a_scratch_folder_deleted_wh
     assert_no_duplicates(client, day)
 
 
-def test_the_same_logical_date_twice_gives_one_result(cluster):
+def test_the_same_logical_date_twice_gives_one_result(cluster, first_chain):
+    assert re.search(r"whole chain\s+success", first_chain), first_chain
     client = cluster.mlflow()
     versions_before = sorted(v.version for v in client.search_model_versions(f"name = 'recforge-{FAMILY}'"))
-    again = cluster_sh(cluster.env, "chain", "--date", "1998-04-22", "--conf", json.dumps(NIGHTLY_CONF),
+    again = cluster_sh(cluster.env, "chain", "--date", CHAINED_DAY, "--conf", json.dumps(NIGHTLY_CONF),
                        "--timeout", "120", timeout=300)
     said = again.stdout + again.stderr
     assert again.returncode == 0, said
-    assert "was already triggered (run chain__1998-04-22" in said and "not triggering it again" in said
+    assert f"was already triggered (run chain__{CHAINED_DAY}" in said and "not triggering it again" in said
     assert re.search(r"whole chain\s+success", again.stdout), said
-    runs = cluster.api().get("/dags/nightly_retrain/dagRuns", logical_date_gte="1998-04-22T00:00:00Z",
-                             logical_date_lte="1998-04-22T00:00:00Z")["dag_runs"]
-    assert [r["dag_run_id"] for r in runs] == ["chain__1998-04-22"]
+    midnight = f"{CHAINED_DAY}T00:00:00Z"
+    runs = cluster.api().get("/dags/nightly_retrain/dagRuns", logical_date_gte=midnight,
+                             logical_date_lte=midnight)["dag_runs"]
+    assert [r["dag_run_id"] for r in runs] == [f"chain__{CHAINED_DAY}"]
     assert sorted(v.version for v in client.search_model_versions(f"name = 'recforge-{FAMILY}'")) == versions_before
 
 
