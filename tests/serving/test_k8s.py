@@ -185,23 +185,65 @@ def test_services_expose_only_inference_ports_inside_the_cluster():
             assert "namespaceSelector" in metrics_rule["from"][0]  # Prometheus' namespace only
 
 
-def test_hpa_targets_its_deployment_on_the_adapter_queue_metric():
+def test_hpa_targets_its_deployment_on_the_adapter_metrics():
     deployments = {d["metadata"]["name"]: d for d in _of_kind("Deployment")}
     adapter = _docs(GENERATED / "prometheus-adapter-values.yaml")[0]
-    (rule,) = adapter["rules"]["custom"]
-    assert "nv_inference_queue_duration_us" in rule["seriesQuery"]
-    assert "nv_inference_request_success" in rule["metricsQuery"]
+    items, queue = adapter["rules"]["custom"]
+    assert "nv_inference_count" in items["seriesQuery"] and "rate(nv_inference_count" in items["metricsQuery"]
+    assert "nv_inference_queue_duration_us" in queue["seriesQuery"]
+    assert "nv_inference_request_success" in queue["metricsQuery"]
     hpas = _of_kind("HorizontalPodAutoscaler")
     assert len(hpas) == len(_triton_deployments())
     for hpa in hpas:
         ref = hpa["spec"]["scaleTargetRef"]
         assert ref["kind"] == "Deployment" and ref["name"] in deployments and ref["name"] == hpa["metadata"]["name"]
-        pods_metric = next(m for m in hpa["spec"]["metrics"] if m["type"] == "Pods")["pods"]
-        assert pods_metric["metric"]["name"] == rule["name"]["as"]
+        pods_metrics = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+        assert pods_metrics == [items["name"]["as"], queue["name"]["as"]]
         assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     for pdb in _of_kind("PodDisruptionBudget"):
         selected = deployments[pdb["metadata"]["name"]]["spec"]["selector"]["matchLabels"]
         assert pdb["spec"]["selector"]["matchLabels"] == selected
+
+
+def test_the_hpa_follows_the_control_laws_parameters(tmp_path):
+    """The HPA's items/s target is the profile's items/s at LBT x the law's utilisation; its scale-down window and
+    step are the law's; scale-up is not rate-limited (the law jumps to its forecast). A control section in the
+    deployment config changes them."""
+    from recforge.serving.elastic.control import ControlConfig
+
+    def hpa_of(cfg):
+        (doc,) = [d for name, text in k8s.render(cfg, source="x").items() if name.startswith("triton-wide-deep-cpu")
+                  for d in yaml.safe_load_all(text) if d and d["kind"] == "HorizontalPodAutoscaler"]
+        return doc["spec"]
+
+    profile = json.loads((CONFIG.parent / "example-profiles/wide_deep-int8-cpu-triton.json").read_text())
+    law = ControlConfig()
+    spec = hpa_of(k8s.load_deploy_config(CONFIG))
+    items = spec["metrics"][0]["pods"]
+    assert items["target"] == {"type": "AverageValue",
+                               "averageValue": str(round(profile["items_per_s"] * law.target_utilisation))}
+    down, up = spec["behavior"]["scaleDown"], spec["behavior"]["scaleUp"]
+    assert down["stabilizationWindowSeconds"] == law.scale_down_window_s
+    assert {"type": "Percent", "value": round(law.scale_down_step * 100), "periodSeconds": 15} in down["policies"]
+    assert up["stabilizationWindowSeconds"] == 0 and up["policies"][0]["value"] == spec["maxReplicas"]
+
+    raw = json.loads(CONFIG.read_text())
+    raw["control"] = {"target_utilisation": 0.5, "scale_down_window_s": 120, "scale_down_step": 0.25}
+    raw["triton"]["hpa_sync_period_s"] = 30
+    path = tmp_path / "deploy.json"
+    path.write_text(json.dumps(raw))
+    for name in ("example-profiles",):
+        (tmp_path / name).symlink_to(CONFIG.parent / name)
+    spec = hpa_of(k8s.load_deploy_config(path))
+    assert spec["metrics"][0]["pods"]["target"]["averageValue"] == str(round(profile["items_per_s"] * 0.5))
+    down = spec["behavior"]["scaleDown"]
+    assert down["stabilizationWindowSeconds"] == 120
+    assert down["policies"] == [{"type": "Percent", "value": 25, "periodSeconds": 30},
+                                {"type": "Pods", "value": 1, "periodSeconds": 30}]
+    raw["control"] = {"scale_down_step": 0}
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match="scale_down_step"):
+        k8s.load_deploy_config(path)
 
 
 def test_gpu_fleet_asks_for_a_gpu_and_cpu_fleets_do_not():
@@ -328,7 +370,8 @@ def test_slo_sets_the_hpa_queue_time_target(tmp_path):
     def stricter(config):
         config["p95_slo_ms"] = 40  # the profiles' 25 ms meets it; the HPA target scales with the SLO
     hpa = _kind(_cpu_fleet(_render(tmp_path, edit_config=stricter)), "HorizontalPodAutoscaler")
-    pods = next(m for m in hpa["spec"]["metrics"] if m["type"] == "Pods")
+    pods = next(m for m in hpa["spec"]["metrics"] if m["type"] == "Pods" and
+                m["pods"]["metric"]["name"] == k8s.QUEUE_METRIC)
     assert pods["pods"]["target"]["averageValue"] == "8000"  # 0.2 x 40 ms in us
 
 

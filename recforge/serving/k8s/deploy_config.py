@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from recforge.core.config import Annotated, Field, config_from_dict, typed_config
 from recforge.core.errors import ConfigError
+from recforge.serving.elastic.control import ControlConfig
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # a Kubernetes namespace / object name (DNS-1123 label)
 CELERY_QUEUE = r"^[A-Za-z0-9_.-]{1,63}$"  # an Airflow/Celery queue name
@@ -47,6 +48,8 @@ class TritonConfig:
     max_replicas_cap: Annotated[int, Field(ge=1)] = 64  # refuse a plan that needs more replicas than this
     # HPA target: average queue time = this fraction of the p95 SLO
     queue_time_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    # the kube-controller-manager's --horizontal-pod-autoscaler-sync-period (its default): the HPA's control tick
+    hpa_sync_period_s: Annotated[int, Field(ge=1, le=1800)] = 15
     # CPU for Triton's HTTP/gRPC frontends on top of instances x threads
     server_cpu: Annotated[float, Field(ge=0)] = 0.5
     memory_base_mib: Annotated[int, Field(ge=1)] = 1024
@@ -142,11 +145,13 @@ class DeployConfig:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     airflow: AirflowConfig = field(default_factory=AirflowConfig)
     postgresql: PostgresConfig = field(default_factory=PostgresConfig)
+    # the live fleet's control law (recforge.serving.elastic.control): the HPA's target and behavior come from it
+    control: ControlConfig = field(default_factory=ControlConfig)
     base_dir: str = "."  # folder the profile paths are relative to (the config file's folder)
 
 
 SECTIONS = {"triton": TritonConfig, "storage": StorageConfig, "mlflow": MlflowConfig, "airflow": AirflowConfig,
-            "postgresql": PostgresConfig}
+            "postgresql": PostgresConfig, "control": ControlConfig}
 
 
 def deploy_config_from_dict(values: Mapping[str, Any], base_dir: str | Path = ".") -> DeployConfig:

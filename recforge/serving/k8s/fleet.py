@@ -1,16 +1,26 @@
 """The Kubernetes objects of one Triton fleet (Deployment, Service, HPA, PDB, NetworkPolicy, ServiceAccount) and
-the prometheus-adapter values behind its HPA metric."""
+the prometheus-adapter values behind its HPA metrics.
+
+The HPA follows the live fleet's control law (``recforge.serving.elastic.control.ControlConfig``, the deployment
+config's ``control`` section) as far as HPA can express it (:func:`hpa_behavior`): its primary metric is the
+items/s each pod serves against the profile's items/s at LBT x the law's ``target_utilisation`` (the law's
+per-node capacity target), scale-up is immediate and unbounded (the law jumps to its forecast's node count), and
+scale-down keeps the highest recommendation of ``scale_down_window_s`` (the law's window: the same rule) and
+removes at most ``scale_down_step`` of the pods, at least one, per sync period (the law's per tick).
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from recforge.serving.elastic.control import ControlConfig
 from recforge.serving.k8s.deploy_config import DeployConfig
 from recforge.serving.k8s.objects import (
     ADMIN_HEADER,
     GRPC_PORT,
     HTTP_PORT,
+    ITEMS_METRIC,
     METRICS_PORT,
     QUEUE_METRIC,
     RESTRICTED_APIS,
@@ -42,6 +52,20 @@ def triton_args(s: FleetSizing) -> list[str]:
         f"--grpc-restricted-protocol={restricted}:{ADMIN_HEADER}=$(TRITON_ADMIN_KEY)",
         "--log-format=ISO8601",
     ]
+
+
+def hpa_behavior(control: ControlConfig, sync_period_s: int, max_replicas: int) -> dict:
+    """The HPA ``behavior`` of the control law (module docstring). HPA's dead band is the controller-manager's
+    ``--horizontal-pod-autoscaler-tolerance`` (0.1 by default, the law's ``scale_down_tolerance`` default), not a
+    field of the object."""
+    percent = max(1, round(control.scale_down_step * 100))
+    return {
+        "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max",
+                    "policies": [{"type": "Pods", "value": max_replicas, "periodSeconds": sync_period_s}]},
+        "scaleDown": {"stabilizationWindowSeconds": round(control.scale_down_window_s), "selectPolicy": "Max",
+                      "policies": [{"type": "Percent", "value": percent, "periodSeconds": sync_period_s},
+                                   {"type": "Pods", "value": 1, "periodSeconds": sync_period_s}]},
+    }
 
 
 def triton_manifests(s: FleetSizing, cfg: DeployConfig) -> list[dict]:
@@ -145,6 +169,12 @@ def triton_manifests(s: FleetSizing, cfg: DeployConfig) -> list[dict]:
             "minReplicas": s.min_replicas,
             "maxReplicas": s.max_replicas,
             "metrics": [
+                # the law's target: each pod at the law's utilisation of its profiled capacity (items/s at LBT)
+                {"type": "Pods", "pods": {
+                    "metric": {"name": ITEMS_METRIC},
+                    "target": {"type": "AverageValue", "averageValue": str(s.items_target_per_s)},
+                }},
+                # queueing means the capacity model is off (another mix, a slow node): scale on it too
                 {"type": "Pods", "pods": {
                     "metric": {"name": QUEUE_METRIC},
                     "target": {"type": "AverageValue", "averageValue": str(s.queue_time_target_us)},
@@ -153,12 +183,7 @@ def triton_manifests(s: FleetSizing, cfg: DeployConfig) -> list[dict]:
                 {"type": "Resource", "resource": {
                     "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 85}}},
             ],
-            "behavior": {
-                "scaleUp": {"stabilizationWindowSeconds": 0,
-                            "policies": [{"type": "Percent", "value": 100, "periodSeconds": 30}]},
-                "scaleDown": {"stabilizationWindowSeconds": 300,
-                              "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]},
-            },
+            "behavior": hpa_behavior(cfg.control, t.hpa_sync_period_s, s.max_replicas),
         },
     }
     pdb = {
@@ -204,9 +229,20 @@ def adapter_rule() -> dict:
     }
 
 
+def items_rule() -> dict:
+    """prometheus-adapter rule: items (rows) each Triton pod inferred per second over the last minute
+    (``nv_inference_count`` counts inferences, a batch of n rows as n)."""
+    return {
+        "seriesQuery": 'nv_inference_count{namespace!="",pod!=""}',
+        "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
+        "name": {"matches": "^nv_inference_count$", "as": ITEMS_METRIC},
+        "metricsQuery": "sum(rate(nv_inference_count{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)",
+    }
+
+
 def prometheus_adapter_values(cfg: DeployConfig) -> dict:
     return {
         "prometheus": {"url": f"http://prometheus-server.{cfg.triton.prometheus_namespace}.svc", "port": 80},
-        "rules": {"default": False, "custom": [adapter_rule()]},
+        "rules": {"default": False, "custom": [items_rule(), adapter_rule()]},
     }
 

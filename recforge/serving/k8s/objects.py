@@ -10,6 +10,8 @@ HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 MLFLOW_PORT = 5000
 # Name of the pods metric that prometheus-adapter serves from Triton's queue-time counters (see _adapter_rule).
 QUEUE_METRIC = "triton_queue_time_per_request_us"
+# Name of the pods metric served from Triton's inference count: items (rows) inferred per second.
+ITEMS_METRIC = "triton_items_per_second"
 # Header that unlocks Triton's restricted APIs inside the pod; its value comes from a Secret.
 ADMIN_HEADER = "recforge-admin-key"
 # APIs nobody outside the pod needs; health, metadata and inference stay open to the Service's clients.

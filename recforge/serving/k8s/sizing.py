@@ -37,6 +37,7 @@ class FleetSizing:
     min_replicas: int
     max_replicas: int
     queue_time_target_us: int
+    items_target_per_s: int  # the HPA's items/s per pod: the profile's items/s at LBT x the law's utilisation
     model_repository: str
     onnx_sha256: str
     variant_run_id: str
@@ -107,6 +108,7 @@ def fleet_sizing(profile: Mapping[str, Any], entry: FleetEntry, cfg: DeployConfi
         min_replicas=min_replicas,
         max_replicas=max_replicas,
         queue_time_target_us=round(t.queue_time_fraction * slo * 1000),
+        items_target_per_s=max(1, round(float(profile["items_per_s"]) * cfg.control.target_utilisation)),
         model_repository=model_repository_uri(cfg.storage, t, family, target["name"]),
         onnx_sha256=profile["onnx_sha256"],
         variant_run_id=profile["variant_run_id"],
@@ -117,7 +119,9 @@ def fleet_sizing(profile: Mapping[str, Any], entry: FleetEntry, cfg: DeployConfi
             "cpu": f"({instances} instances x {threads} threads + {t.server_cpu} frontend) cores",
             "replicas": f"per replica {lbt:g} qps LBT x {t.target_utilization} utilization = "
                         f"{per_replica_qps:.1f} qps; base {entry.base_qps:g} qps, peak {entry.peak_qps:g} qps",
-            "hpa": f"average queue time {t.queue_time_fraction} x p95 SLO {slo:g} ms",
+            "hpa": f"items/s per pod {float(profile['items_per_s']):.0f} at LBT x the control law's utilisation "
+                   f"{cfg.control.target_utilisation}; average queue time {t.queue_time_fraction} x p95 SLO "
+                   f"{slo:g} ms; behavior from the control law (fleet.hpa_behavior)",
         },
     )
 
