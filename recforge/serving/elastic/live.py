@@ -1,21 +1,25 @@
 """The elastic controller as its own process on the live fleet: every ``interval_s`` it reads the fleet's signals
 (each node's Triton metrics, HAProxy's stats over its runtime socket: recforge.serving.elastic.live_signals), asks
 the control law (:class:`~recforge.serving.elastic.control.ElasticController`, with the capacity model of the
-fleet's profile) for a decision, applies what the fleet can do today and logs the rest as advisory
-(recforge.serving.elastic.live_actions).
+fleet's profile) for a decision, applies what the fleet can do — weights and drains
+(recforge.serving.elastic.live_actions), and the target node count, one node added or removed at a time in a
+background thread (recforge.serving.elastic.live_scaling, through recforge.serving.fleet.scaling) — and logs the
+rest as advisory.
 
 Files in the fleet's folder (paths in state.json's ``controller`` entry):
 
     controller-decisions.jsonl  one JSON line per decision that applied something or advised something new (time,
                                 signals, actions, reasons), and one at least every ``log_every_s`` otherwise
-    controller.json             the last tick (time, signals, weights, the law's per-node corrections)
+    controller.json             the last tick (time, signals, weights, the law's per-node corrections), the node
+                                operation in flight, and the node-seconds so far (cores x seconds allocated)
     controller.log              the process's messages
 
 Started by ``fleet up`` (``make fleet-up``; not with ``FLEET_CONTROLLER=0``), stopped by ``fleet down``. It
 registers its pid in state.json and exits by itself when the state is gone or names another controller. A
 controller that dies leaves the fleet as it was (weights stay in HAProxy); one started again (``python -m
 recforge.serving.elastic.live``) reads the nodes from state.json, the weights from HAProxy and the law's per-node
-corrections from controller.json instead of assuming defaults. Without a profile (none given, none in the fleet's
+corrections and node-seconds from controller.json instead of assuming defaults, and finishes a node operation the
+dead one left half done. Without a profile (none given, none in the fleet's
 source) the law is off and only health drains are done.
 """
 
@@ -43,7 +47,8 @@ from recforge.core.timing import utc_now
 from recforge.serving import loadbalancer as lb
 from recforge.serving.elastic.capacity import NodeModel
 from recforge.serving.elastic.control import ControlConfig, ElasticController, max_nodes_for_cpus
-from recforge.serving.elastic.live_actions import BalancerControl, apply_actions, plan_actions
+from recforge.serving.elastic.live_actions import Action, BalancerControl, apply_actions, plan_actions
+from recforge.serving.elastic.live_scaling import NodeOperations, NodeOperator, plan_scale
 from recforge.serving.elastic.live_signals import (
     NodeCounters,
     SignalTracker,
@@ -52,7 +57,7 @@ from recforge.serving.elastic.live_signals import (
     node_counters,
     signals_record,
 )
-from recforge.serving.fleet import Fleet, fleet_dir, process_alive, read_state
+from recforge.serving.fleet import Fleet, fleet_dir, process_alive, read_state, scaling
 from recforge.serving.fleet.state import state_lock, write_state
 
 LOG = logging.getLogger("recforge.elastic.live")
@@ -72,11 +77,17 @@ class LiveConfig:
     share_tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.05  # weights are applied when a share moves more
     log_every_s: Annotated[float, Field(ge=0, le=3600)] = 30.0  # a "hold" line at least this often (0: every tick)
     control: dict[str, float | int] = dataclasses.field(default_factory=dict)  # ControlConfig overrides
+    scale: bool = True  # add and remove nodes as the law's target asks (False: the target is advisory)
+    scale_retry_s: Annotated[float, Field(ge=0, le=3600)] = 60.0  # after a failed add, no add for this long
 
-    def bounds(self, cpus: int) -> tuple[int, int]:
-        """(min, max) nodes: never below ``min_nodes``, never above what ``cpus`` CPUs hold."""
+    def bounds(self, cpus: int, fleet: tuple[int, int] | None = None) -> tuple[int, int]:
+        """(min, max) nodes: never below ``min_nodes``, never above what ``cpus`` CPUs hold; within ``fleet``'s
+        bounds too when given (recforge.serving.fleet.scaling.node_bounds: FLEET_MIN_NODES, the CPU placement)."""
         most = max_nodes_for_cpus(cpus, self.cores_per_node)
         most = min(most, self.max_nodes) if self.max_nodes else most
+        if fleet is not None:  # the tighter bounds win (a fleet min above the CPUs' max: the max)
+            most = min(most, fleet[1])
+            return min(max(self.min_nodes, fleet[0]), most), most
         if self.min_nodes > most:
             raise ConfigError(f"LiveConfig.min_nodes {self.min_nodes} is above the {most} node(s) of "
                               f"{self.cores_per_node} core(s) this machine's {cpus} CPUs hold (or max_nodes)")
@@ -108,15 +119,21 @@ class LiveController:
     """The loop's state between ticks: the law, the signal tracker, the last weights and what was logged."""
 
     def __init__(self, root: Path, cfg: LiveConfig, *, clock: Any = time.monotonic, cpus: int | None = None,
-                 read_stats: Any = None, read_node: Any = None, control: BalancerControl | None = None):
+                 read_stats: Any = None, read_node: Any = None, control: BalancerControl | None = None,
+                 operations: NodeOperations | None = None, fleet_bounds: Any = None):
         """``read_stats(balancer entry) -> show stat rows``, ``read_node(metrics url, timeout, models) ->
-        (counters | None, error)`` and ``control`` (the weights' setter; default: the fleet handle) are the
-        controller's I/O, injected by the tests."""
+        (counters | None, error)``, ``control`` (the weights' setter; default: the fleet handle), ``operations``
+        (add_node / remove_node; default: the fleet handle) and ``fleet_bounds(state) -> (min, max)`` (default:
+        recforge.serving.fleet.scaling.node_bounds) are the controller's I/O, injected by the tests."""
         self.root, self.home, self.cfg, self.clock = root, root.parent, cfg, clock
         self.cpus = cpus or cpu_count()
         self.read_stats = read_stats or (lambda entry: lb.HAProxy.from_state(entry).stats())
         self.read_node = read_node or read_metrics
         self.control = control
+        self.fleet_bounds = fleet_bounds or scaling.node_bounds
+        self.operator = NodeOperator(operations or LazyFleet(self.home), clock, retry_after_s=cfg.scale_retry_s)
+        self.node_seconds = 0.0  # cores x seconds allocated, starting nodes included
+        self.last_tick_s: float | None = None
         self.pid = os.getpid()
         self.tracker = SignalTracker()
         self.law: ElasticController | None = None
@@ -159,21 +176,30 @@ class LiveController:
         except (RecForgeError, KeyError, TypeError) as err:
             LOG.warning("could not read the weights from HAProxy: %s", first_line(err))
         restored = self.restore_corrections()
-        low, high = self.cfg.bounds(self.cpus)
+        resumed = []
+        if self.cfg.scale:
+            try:
+                resumed = scaling.resume_interrupted(self.home)
+            except RecForgeError as err:
+                LOG.warning("could not finish an interrupted node operation: %s", first_line(err))
+        low, high = self.cfg.bounds(self.cpus, self.fleet_bounds(state))
         self.log_decision({"event": "start", "pid": self.pid, "nodes": sorted(state.get("nodes") or {}),
                            "weights_in_haproxy": weights, "corrections_restored": restored,
+                           "node_seconds_restored": self.node_seconds, "resumed": resumed,
                            "profile": profile_path, "bounds": [low, high],
                            "law": "on" if self.law else "off: no profile (health drains only)"})
         LOG.info("controlling %s every %g s (pid %d), nodes in [%d, %d], law %s", self.root, self.cfg.interval_s,
                  self.pid, low, high, "on" if self.law else "off (no profile)")
 
     def restore_corrections(self) -> dict[str, float]:
-        """The law's per-node capacity corrections as the last controller saved them."""
-        if self.law is None:
-            return {}
+        """The law's per-node capacity corrections (and the node-seconds so far) as the last controller saved them."""
         try:
-            saved = json.loads(Path(self.entry["status_file"]).read_text()).get("corrections") or {}
+            status = json.loads(Path(self.entry["status_file"]).read_text())
         except (OSError, ValueError):
+            return {}
+        self.node_seconds = float(status.get("node_seconds") or 0.0)
+        saved = status.get("corrections") or {}
+        if self.law is None:
             return {}
         names = tuple(saved)
         self.law.corrections.align(names)
@@ -202,24 +228,36 @@ class LiveController:
         # nodes a rollout or an operator drained are theirs; while nodes serve different versions (a rollout's
         # canary), the weights are the rollout's too
         managed = [n for n, node in nodes.items() if node.get("lb_state", "ready") == "ready"]
-        versions = {json.dumps(node.get("models") or {}, sort_keys=True) for node in nodes.values()}
+        versions = {json.dumps({m: e.get("version") for m, e in (node.get("models") or {}).items()}, sort_keys=True)
+                    for node in nodes.values()}
         hands_off = len(versions) > 1
         healthy = [n for n in managed if n in counters]
         signals = self.tracker.update(now, view, counters, healthy)
+        if signals is not None:  # a node being added counts: the law does not ask for it twice
+            signals = dataclasses.replace(signals, starting=self.operator.starting())
         decision = self.law.decide(signals) if self.law is not None and signals is not None else None
-        low, high = self.cfg.bounds(self.cpus)
+        low, high = self.cfg.bounds(self.cpus, self.fleet_bounds(state))
         weights_now = {n: view.servers[n].weight for n in managed if n in view.servers}
         actions = [] if hands_off else plan_actions(
             decision, weights_now=weights_now, up=[n for n, s in view.servers.items() if s.status == "UP"],
-            unhealthy={n: p for n, p in problems.items() if n in weights_now}, nodes_now=len(nodes),
-            min_nodes=low, max_nodes=high, last_batching=self.last_batching,
+            unhealthy={n: p for n, p in problems.items() if n in weights_now}, last_batching=self.last_batching,
             share_tolerance=self.cfg.share_tolerance)
         if decision is not None:
             self.last_batching = decision.batching
         applied = apply_actions(actions, self.control or Fleet(self.home)) if actions else []
+        scale = None if hands_off else plan_scale(
+            decision, nodes_now=len(nodes), managed={n: weights_now.get(n) for n in managed},
+            unhealthy=list(problems), min_nodes=low, max_nodes=high, in_flight=self.operator.in_flight(),
+            blocked=self.operator.blocked())
+        if scale is not None:
+            applied.append(self.apply_scale(scale))
+        finished = self.operator.finished()
+        self.count_node_seconds(now, nodes)
         self.ticks += 1
         record = {"at": utc_now(), "tick": self.ticks, "signals": signals_record(signals, problems),
-                  "actions": applied, "weights_before": weights_now}
+                  "actions": applied, "weights_before": weights_now, "nodes": len(nodes)}
+        if finished:  # node operations that ended since the last tick: added (with seconds) or failed (why)
+            record["node_operations"] = finished
         if hands_off:
             record["hands_off"] = "nodes serve different model versions (a rollout): weights left to it"
         if decision is not None:
@@ -228,11 +266,29 @@ class LiveController:
                                   "shed_fraction": round(decision.shed_fraction, 4), "reasons": list(decision.reasons)}
         self.write_status(record)
         advice = sorted((a["kind"], json.dumps(a["value"])) for a in applied if a["advisory"])
-        if any(not a["advisory"] for a in applied) or advice != self.last_advice or \
+        if any(not a["advisory"] for a in applied) or advice != self.last_advice or finished or \
                 now - self.last_logged_s >= self.cfg.log_every_s:
             self.log_decision(record)
             self.last_logged_s, self.last_advice = now, advice
         return record
+
+    def apply_scale(self, action: Action) -> dict[str, Any]:
+        """Start the node operation of a scale action (in the background); the action as logged."""
+        record = action.to_dict()
+        if action.advisory:
+            record["applied"] = False
+        elif not self.cfg.scale:
+            record.update(advisory=True, applied=False, reason=f"{action.reason}; advisory: LiveConfig.scale is off")
+        else:
+            record["applied"] = self.operator.submit(action)  # started; its end is logged as a node operation
+        return record
+
+    def count_node_seconds(self, now: float, nodes: Mapping[str, Any]) -> None:
+        """Add the cores allocated since the last tick (every node in state.json, starting ones included)."""
+        if self.last_tick_s is not None and now > self.last_tick_s:
+            cores = sum(scaling.node_cores(node, self.cfg.cores_per_node) for node in nodes.values())
+            self.node_seconds += cores * (now - self.last_tick_s)
+        self.last_tick_s = now
 
     def write_status(self, record: Mapping[str, Any]) -> None:
         corrections = {}
@@ -240,7 +296,9 @@ class LiveController:
             names, factor = self.law.corrections.names, self.law.corrections.factor
             corrections = {name: round(float(factor[i]), 4) for i, name in enumerate(names)}
         status = {"pid": self.pid, "last_tick_at": record["at"], "ticks": self.ticks, "law": self.law is not None,
-                  "batching": self.last_batching, "corrections": corrections, "last": record}
+                  "batching": self.last_batching, "corrections": corrections,
+                  "node_seconds": round(self.node_seconds, 3), "node_operation": self.operator.in_flight(),
+                  "last": record}
         path = Path(self.entry["status_file"])
         tmp = path.with_name(f".{path.name}.{self.pid}.tmp")
         tmp.write_text(json.dumps(status, default=str) + "\n")
@@ -269,6 +327,19 @@ class LiveController:
             except Exception as err:  # the controller outlives a bad tick (a busy socket, a node mid-restart)
                 LOG.warning("tick failed: %s", first_line(err))
             time.sleep(max(0.0, self.cfg.interval_s - (self.clock() - started)))
+
+
+class LazyFleet:
+    """The fleet handle, opened when a node operation needs it (a controller starts before it has any to do)."""
+
+    def __init__(self, home: Path):
+        self.home = home
+
+    def add_node(self) -> dict[str, Any]:
+        return Fleet(self.home).add_node()
+
+    def remove_node(self, name: str) -> dict[str, Any]:
+        return Fleet(self.home).remove_node(name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,10 +10,10 @@ What the live fleet can do today, and so what is applied:
 - **drain** (weight 0) of a node whose health failed; it gets its weight back from the law once it is healthy;
 - never all nodes out: a drain or weight 0 that would leave no UP node with a weight is not applied.
 
-What is decided but not in the fleet's power yet, logged as **advisory** with the reason: the target node count
-(the fleet module cannot add or remove a node of a running fleet; the target is clamped to [min, max] first), load
-shedding (the balancer's admission checks a request's validity, not the load) and the batching mode (a node's
-serving knobs are fixed when its model is loaded).
+The target node count is applied by recforge.serving.elastic.live_scaling (one node added or removed at a time).
+What is decided but not in the fleet's power yet, logged as **advisory** with the reason: load shedding (the
+balancer's admission checks a request's validity, not the load) and the batching mode (a node's serving knobs are
+fixed when its model is loaded).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from typing import Any, Protocol
 from recforge.core.errors import RecForgeError, first_line
 from recforge.serving.elastic.control import Decision
 
-NO_SCALING = "advisory: the fleet module cannot add or remove a node of a running fleet"
 NO_SHEDDING = "advisory: the balancer has no load shedding (its admission checks request validity only)"
 NO_BATCHING = "advisory: a node's batching knobs are fixed when its model is loaded"
 
@@ -35,7 +34,7 @@ class Action:
     """One thing to do (or, ``advisory``, that would be done if the fleet could), and why."""
 
     kind: str  # weight, drain, scale, shed, batching
-    node: str | None
+    node: str | None  # scale: the node to remove (None: add one)
     value: Any
     reason: str
     advisory: bool = False
@@ -58,10 +57,11 @@ def shares(weights: Mapping[str, int | None]) -> dict[str, float]:
 
 
 def plan_actions(decision: Decision | None, *, weights_now: Mapping[str, int | None], up: Sequence[str],
-                 unhealthy: Mapping[str, str], nodes_now: int, min_nodes: int, max_nodes: int,
-                 last_batching: str | None, share_tolerance: float = 0.05) -> list[Action]:
-    """The actions for this tick. ``weights_now``: every node the controller manages with its weight in HAProxy;
-    ``up``: the nodes HAProxy reports UP; ``unhealthy``: node -> why its health failed."""
+                 unhealthy: Mapping[str, str], last_batching: str | None,
+                 share_tolerance: float = 0.05) -> list[Action]:
+    """The balancer's actions for this tick, and the advisory ones (the scale action is
+    recforge.serving.elastic.live_scaling's). ``weights_now``: every node the controller manages with its weight in
+    HAProxy; ``up``: the nodes HAProxy reports UP; ``unhealthy``: node -> why its health failed."""
     target = {name: w for name, w in weights_now.items()}
     reasons: dict[str, str] = {}
     for name, problem in unhealthy.items():
@@ -87,10 +87,6 @@ def plan_actions(decision: Decision | None, *, weights_now: Mapping[str, int | N
                for n in target if target[n] != weights_now[n] and n in reasons]
     if decision is None:
         return actions
-    bounded = min(max_nodes, max(min_nodes, decision.target_nodes))
-    if bounded != nodes_now:
-        actions.append(Action("scale", None, bounded, f"{decision.scale_reason} (bounds [{min_nodes}, "
-                                                       f"{max_nodes}]); {NO_SCALING}", advisory=True))
     if decision.shed_fraction > 0:
         actions.append(Action("shed", None, round(decision.shed_fraction, 4),
                               f"{decision.shed_reason}; {NO_SHEDDING}", advisory=True))
@@ -101,7 +97,8 @@ def plan_actions(decision: Decision | None, *, weights_now: Mapping[str, int | N
 
 
 def apply_actions(actions: Sequence[Action], control: BalancerControl) -> list[dict[str, Any]]:
-    """Apply the non-advisory actions; each action as logged, with ``applied`` and the error where one failed."""
+    """Apply the non-advisory weight and drain actions; each action as logged, with ``applied`` and the error where
+    one failed."""
     done = []
     for action in actions:
         record = action.to_dict()

@@ -3,7 +3,8 @@
 Modules: ``config`` (FleetConfig), ``sources`` (what to serve), ``state`` (state.json), ``processes`` (the fleet's
 processes), ``lifecycle`` (up, down, status), ``supervision`` (the restart policy), ``supervisor`` (the process that
 restarts crashed or hung nodes and a dead balancer), ``crashes`` (what was on a node when it failed; the quarantine of
-request bodies that crashed nodes), ``handle`` (the :class:`Fleet` handle of the rollout stage), ``cli``.
+request bodies that crashed nodes), ``scaling`` (add a node to / remove one from the running fleet), ``handle`` (the
+:class:`Fleet` handle of the rollout stage and the elastic controller), ``cli``.
 
 Layout under ``$RECFORGE_HOME/fleet/``::
 
@@ -40,8 +41,10 @@ CLI::
     python -m recforge.serving.fleet up [--nodes 2] [--port 8100] [--family dlrm] [--target cpu-triton|cpu-onnxruntime]
                                [--onnx M.onnx --spec spec.json [--profile P.json] [--model NAME] [--version 1]]
                                [--from-registry MODEL TARGET] [--no-supervise] [--supervisor-config JSON]
-                               [--no-controller] [--controller-config JSON]
+                               [--no-controller] [--controller-config JSON] [--min-nodes 1]
     python -m recforge.serving.fleet status
+    python -m recforge.serving.fleet add-node
+    python -m recforge.serving.fleet remove-node NODE [--drain-timeout 30]
     python -m recforge.serving.fleet crashes [--last 10]
     python -m recforge.serving.fleet release SHA256
     python -m recforge.serving.fleet down

@@ -14,14 +14,14 @@ from recforge.contracts.profile import read_profile
 from recforge.core.config import config_from_dict
 from recforge.serving import loadbalancer as lb
 from recforge.serving.fleet import crashes
-from recforge.serving.fleet.state import fleet_dir, read_state
+from recforge.serving.fleet.state import fleet_dir, in_balancer, read_state
 
 
 def served_limits(state: Mapping[str, Any]) -> lb.AdmissionLimits:
     """The admission limits that fit every node: the common limits of the config.pbtxt of every model version the
     nodes serve now (recforge.serving.loadbalancer.common_limits)."""
     configs = [Path(node["repo"]) / model / "config.pbtxt"
-               for node in state["nodes"].values() for model in node.get("models", {})]
+               for node in in_balancer(state["nodes"]).values() for model in node.get("models", {})]
     return lb.common_limits([lb.read_limits(path) for path in configs])
 
 
@@ -36,7 +36,7 @@ def write_balancer_config(state: Mapping[str, Any], home: str | Path | None = No
     :func:`served_limits`, the fleet's quarantine list; checked with ``haproxy -c``."""
     entry = state["balancer"]
     nodes = [lb.BackendNode(name, int(node["http_port"]), entry.get("target") or "")
-             for name, node in state["nodes"].items()]
+             for name, node in in_balancer(state["nodes"]).items()]
     profile = read_profile(entry.get("profile"))
     return lb.write_config(entry["config"], nodes, port=int(entry["port"]), socket_path=entry["socket"],
                            profiles={entry["target"]: profile} if profile else None,

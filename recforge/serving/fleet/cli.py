@@ -1,4 +1,5 @@
-"""``python -m recforge.serving.fleet up|status|down`` (``make fleet-up``, ``fleet-status``, ``fleet-down``)."""
+"""``python -m recforge.serving.fleet up|status|add-node|remove-node|down`` (``make fleet-up``, ``fleet-status``,
+``fleet-down``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from recforge.core.config import config_from_dict
 from recforge.core.errors import ConfigError
 from recforge.serving import loadbalancer as lb
 from recforge.serving.elastic.live import LiveConfig
-from recforge.serving.fleet import crashes
+from recforge.serving.fleet import crashes, scaling
 from recforge.serving.fleet.config import DEFAULT_FAMILY, DEFAULT_PORT, DEFAULT_TARGET, FleetConfig, fleet_targets
 from recforge.serving.fleet.lifecycle import down, status, up
 from recforge.serving.fleet.sources import default_source, explicit_source, registry_source
@@ -28,6 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("up", help="start the fleet (nodes + HAProxy) and print its state")
     start.add_argument("--nodes", type=int, default=int(os.environ.get("FLEET_NODES", "2")))
+    start.add_argument("--min-nodes", type=int,
+                       default=int(os.environ["FLEET_MIN_NODES"]) if os.environ.get("FLEET_MIN_NODES") else None,
+                       help="the fewest nodes scale-in leaves (default: --nodes; env FLEET_MIN_NODES)")
     start.add_argument("--port", type=int, default=int(os.environ.get("FLEET_PORT", str(DEFAULT_PORT))),
                        help="balancer port on 127.0.0.1")
     start.add_argument("--target", default=DEFAULT_TARGET,
@@ -64,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     listing.add_argument("--last", type=int, default=10, help="how many of the latest failures (default 10)")
     release = sub.add_parser("release", help="lift the quarantine of a request body (its SHA-256)")
     release.add_argument("sha256", help="the body SHA-256 listed by `crashes`")
+    sub.add_parser("add-node", help="start one more node serving what the others serve, into rotation once warm")
+    remove = sub.add_parser("remove-node", help="drain a node, wait for its requests, stop and delete it")
+    remove.add_argument("name", help="the node, e.g. node2")
+    remove.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to wait for in-flight requests")
     sub.add_parser("down", help="stop every process of the fleet (idempotent)")
     args = parser.parse_args(argv)
 
@@ -79,8 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "quarantined": crashes.read_quarantine(fleet_dir())}
         if args.command == "release":
             return release_quarantine(args.sha256)
-        cfg = FleetConfig(nodes=args.nodes, port=args.port, target=args.target, node_cpus=args.node_cpus,
-                          cpu_quota=args.cpu_quota, share_cpus=args.share_cpus)
+        if args.command == "add-node":
+            return scaling.add_node()
+        if args.command == "remove-node":
+            return scaling.remove_node(args.name, drain_timeout_s=args.drain_timeout)
+        cfg = FleetConfig(nodes=args.nodes, min_nodes=args.min_nodes, port=args.port, target=args.target,
+                          node_cpus=args.node_cpus, cpu_quota=args.cpu_quota, share_cpus=args.share_cpus)
         controller = None if args.no_controller else dataclasses.asdict(
             config_from_dict(LiveConfig, json.loads(args.controller_config)))  # a bad config: refused before up
         notes: list[str] = []

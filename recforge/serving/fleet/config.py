@@ -29,6 +29,8 @@ class FleetConfig:
     """How many nodes, where the balancer listens, and the hardware target the nodes stand for."""
 
     nodes: Annotated[int, Field(ge=1, le=MAX_NODES)] = 2  # FLEET_NODES
+    # FLEET_MIN_NODES: scale-in (recforge.serving.fleet.scaling) stops here; None: at ``nodes``, what fleet up started
+    min_nodes: Annotated[int, Field(ge=1, le=MAX_NODES)] | None = None
     port: Annotated[int, Field(ge=0, le=65535)] = DEFAULT_PORT  # the balancer's port on 127.0.0.1 (0: any free)
     target: str = DEFAULT_TARGET  # hardware target of every node: its profile sets the weights
     startup_timeout_s: Annotated[float, Field(ge=1, le=3600)] = 180.0
@@ -40,6 +42,9 @@ class FleetConfig:
     share_cpus: bool = False  # with node_cpus: balancer and nodes may share CPUs when too few for disjoint sets
 
     def __post_init__(self) -> None:
+        if self.min_nodes is not None and self.min_nodes > self.nodes:
+            raise ConfigError(f"FleetConfig.min_nodes {self.min_nodes} is above nodes={self.nodes}: start at least "
+                              "the fewest nodes the fleet may have")
         if self.cpu_quota and not self.node_cpus:
             raise ConfigError("FleetConfig.cpu_quota needs node_cpus > 0 (a quota is set on a node's CPU set)")
         if self.cpu_quota > self.node_cpus:
@@ -48,6 +53,11 @@ class FleetConfig:
         if self.target not in fleet_targets():
             raise ConfigError(f"FleetConfig.target {self.target!r} runs on {TARGETS[self.target].device}; the local "
                               f"fleet's tritonserver nodes stand for a CPU target: one of {fleet_targets()}")
+
+    @property
+    def fewest_nodes(self) -> int:
+        """The fewest nodes the fleet may be scaled in to."""
+        return self.min_nodes if self.min_nodes is not None else self.nodes
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> FleetConfig:

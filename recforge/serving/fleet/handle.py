@@ -1,5 +1,6 @@
-"""A handle on the running fleet for the rollout stage (:class:`Fleet`): stage a model version on one node, drain /
-weigh / restore a node in the balancer, restart a node, read a node's Triton metrics."""
+"""A handle on the running fleet for the rollout stage and the elastic controller (:class:`Fleet`): stage a model
+version on one node, drain / weigh / restore a node in the balancer, restart a node, add or remove a node
+(recforge.serving.fleet.scaling), read a node's Triton metrics."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from recforge.core.timing import utc_now
 from recforge.inference import model_repo as mr
 from recforge.inference import triton as tr
 from recforge.serving import loadbalancer as lb
+from recforge.serving.fleet import scaling
 from recforge.serving.fleet.balancer import refresh_admission
 from recforge.serving.fleet.processes import process_alive, start_node_again, stop_groups
 from recforge.serving.fleet.state import fleet_dir, read_state, state_lock, write_state
@@ -169,6 +171,18 @@ class Fleet:
         self.node(node)
         self.balancer.set_weight(node, weight)
         self._update(node, weight=weight)
+
+    def add_node(self, *, timeout_s: float | None = None) -> dict[str, Any]:
+        """One more node serving what the others serve, in rotation once warm (:func:`scaling.add_node`)."""
+        result = scaling.add_node(self.home, timeout_s=timeout_s)
+        self.state = read_state(self.home) or self.state
+        return result
+
+    def remove_node(self, name: str, *, drain_timeout_s: float = 30.0) -> dict[str, Any]:
+        """Drain, stop and delete node ``name`` (:func:`scaling.remove_node`)."""
+        result = scaling.remove_node(name, self.home, drain_timeout_s=drain_timeout_s)
+        self.state = read_state(self.home) or self.state
+        return result
 
     def refresh_admission(self) -> lb.AdmissionLimits | None:
         """Admit what every node serves now (after a version was staged, promoted or restored): the balancer's

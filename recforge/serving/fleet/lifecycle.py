@@ -30,7 +30,15 @@ from recforge.serving.fleet.balancer import balancer_entry, write_balancer_confi
 from recforge.serving.fleet.config import FleetConfig
 from recforge.serving.fleet.processes import NODE_SERVER_ARGS, fleet_processes, process_alive, stop_groups
 from recforge.serving.fleet.sources import ModelSource
-from recforge.serving.fleet.state import STATE_VERSION, fleet_dir, read_state, state_lock, write_state
+from recforge.serving.fleet.state import (
+    NODE_REMOVING,
+    NODE_STARTING,
+    STATE_VERSION,
+    fleet_dir,
+    read_state,
+    state_lock,
+    write_state,
+)
 from recforge.serving.fleet.supervision import SupervisorConfig
 from recforge.serving.pids import cmdline
 
@@ -59,7 +67,8 @@ def up(source: ModelSource, cfg: FleetConfig | None = None, *, home: str | Path 
               for role, placement in (plan.placements.items() if plan else ()) if role != cpusets.APPARATUS}
     state: dict[str, Any] = {"version": STATE_VERSION, "created_at": utc_now(), "status": "starting",
                              "url": f"http://127.0.0.1:{lb_port}", "target": cfg.target, "source": source.to_dict(),
-                             "notes": list(notes), "nodes": {}, "balancer": None}
+                             "notes": list(notes), "nodes": {}, "balancer": None,
+                             "config": dataclasses.asdict(cfg)}  # what fleet.scaling adds a node by
     if plan is not None:  # the load generator's CPUs are recorded for the tools that drive this fleet
         apparatus = plan.placements.get(cpusets.APPARATUS)
         state["placement"] = {"plan": plan.describe(), "shared": list(plan.shared),
@@ -257,8 +266,8 @@ def status(*, home: str | Path | None = None) -> dict[str, Any]:
         alive = process_alive(node.get("pid"))
         models = {m: {**info, "ready": alive and tr.model_ready(node["url"], m, info["version"])}
                   for m, info in node.get("models", {}).items()}
-        nodes[name] = {"url": node["url"], "pid": node.get("pid"), "process": "running" if alive else "gone",
-                       "models": models, "balancer": proxy_view.get(name),
+        nodes[name] = {"url": node.get("url"), "pid": node.get("pid"), "process": "running" if alive else "gone",
+                       "lb_state": node.get("lb_state", "ready"), "models": models, "balancer": proxy_view.get(name),
                        "placement": placement_view(node.get("placement"), node.get("pid") if alive else None)}
         if "supervision" in node:  # restarts with their recovery seconds, and the crash-loop alarm
             nodes[name]["supervision"] = node["supervision"]
@@ -270,8 +279,9 @@ def status(*, home: str | Path | None = None) -> dict[str, Any]:
         alarms.append(balancer["supervision"]["alarm"])
     root = fleet_dir(home)
     crash_records = crashes.read_crashes(root)
-    healthy = lb_running and all(n["process"] == "running" for n in nodes.values()) and \
-        all(m["ready"] for n in nodes.values() for m in n["models"].values())
+    serving = [n for n in nodes.values() if n["lb_state"] not in (NODE_STARTING, NODE_REMOVING)]
+    healthy = lb_running and all(n["process"] == "running" for n in serving) and \
+        all(m["ready"] for n in serving for m in n["models"].values())
     return {"status": state.get("status") if healthy else "degraded", "url": state["url"],
             "balancer": {"pid": balancer.get("pid"), "running": lb_running, "config": balancer.get("config"),
                          "placement": placement_view(balancer.get("placement"), balancer.get("pid") if lb_running
@@ -283,6 +293,7 @@ def status(*, home: str | Path | None = None) -> dict[str, Any]:
             "crashes": {"count": len(crash_records), "last": crash_records[-1] if crash_records else None,
                         "quarantined": crashes.read_quarantine(root)},
             "nodes": nodes, "cpu_plan": (state.get("placement") or {}).get("plan"),
+            "scaling": state.get("scaling"),  # the last node added or removed, and failed adds
             "source": state.get("source"), "created_at": state.get("created_at"),
             "up_seconds": state.get("up_seconds")}
 

@@ -15,6 +15,14 @@ from recforge.core import config
 from recforge.core.errors import DataError
 
 STATE_VERSION = 1
+# a node's lb_state while recforge.serving.fleet.scaling adds it: not in the balancer's config yet, left alone by the
+# supervisor and the controller (as are nodes a rollout or an operator drained: any lb_state but "ready")
+NODE_STARTING, NODE_REMOVING = "starting", "removing"  # NODE_REMOVING: stopped and taken out by fleet.scaling
+
+
+def in_balancer(nodes: Mapping[str, Any]) -> dict[str, Any]:
+    """The nodes the balancer's config names: all but those still starting."""
+    return {name: node for name, node in nodes.items() if node.get("lb_state") != NODE_STARTING}
 
 
 def fleet_dir(home: str | Path | None = None) -> Path:

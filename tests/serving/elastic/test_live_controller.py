@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from recforge.core.config import config_from_dict
-from recforge.core.errors import ConfigError
+from recforge.core.errors import ConfigError, RecForgeError
 from recforge.serving.elastic.control import ControlConfig, Decision, ElasticController, FleetSignals
 from recforge.serving.elastic.live import LiveConfig, LiveController, build_law
-from recforge.serving.elastic.live_actions import NO_SCALING, apply_actions, plan_actions, shares
+from recforge.serving.elastic.live_actions import NO_SHEDDING, apply_actions, plan_actions, shares
 from recforge.serving.elastic.live_signals import node_counters
 from recforge.serving.fleet.state import STATE_VERSION, write_state
 from recforge.serving.loadbalancer import BalancerError, parse_show_stat
@@ -41,10 +41,9 @@ def decision(weights: dict[str, int], target: int = 2, **more) -> Decision:
                     scale_reason=f"hold {target}", **more)
 
 
-def plan(d: Decision | None, weights_now: dict, *, up=("node0", "node1"), unhealthy=None, nodes_now=2,
-         min_nodes=1, max_nodes=2, last_batching="latency"):
-    return plan_actions(d, weights_now=weights_now, up=list(up), unhealthy=unhealthy or {}, nodes_now=nodes_now,
-                        min_nodes=min_nodes, max_nodes=max_nodes, last_batching=last_batching)
+def plan(d: Decision | None, weights_now: dict, *, up=("node0", "node1"), unhealthy=None, last_batching="latency"):
+    return plan_actions(d, weights_now=weights_now, up=list(up), unhealthy=unhealthy or {},
+                        last_batching=last_batching)
 
 
 # --- the action mapping ---------------------------------------------------------------------------------------------
@@ -80,25 +79,22 @@ def test_no_change_leaves_the_last_up_node_without_traffic():
     assert not any(a.node == "node0" for a in actions)
 
 
-def test_scaling_shedding_and_batching_are_advisory_and_the_target_is_bounded():
+def test_shedding_and_batching_are_advisory_and_scaling_is_left_to_the_scale_planner():
     d = decision({"node0": 128, "node1": 128}, target=9, shed_fraction=0.25, shed_reason="shed 25.0%",
                  batching="throughput", batching_reason="switch to throughput-optimal batching")
-    actions = {a.kind: a for a in plan(d, {"node0": 128, "node1": 128}, max_nodes=4)}
-    assert set(actions) == {"scale", "shed", "batching"} and all(a.advisory for a in actions.values())
-    assert actions["scale"].value == 4 and NO_SCALING in actions["scale"].reason  # 9 asked, the machine holds 4
-    assert actions["shed"].value == 0.25
-    low = {a.kind: a for a in plan(decision({"node0": 128, "node1": 128}, target=0), {"node0": 128, "node1": 128},
-                                   nodes_now=3, min_nodes=2)}
-    assert low["scale"].value == 2  # never below the minimum
+    actions = {a.kind: a for a in plan(d, {"node0": 128, "node1": 128})}
+    assert set(actions) == {"shed", "batching"} and all(a.advisory for a in actions.values())
+    assert actions["shed"].value == 0.25 and NO_SHEDDING in actions["shed"].reason
     assert plan(decision({"node0": 128, "node1": 128}, target=2), {"node0": 128, "node1": 128}) == []
+    # the target's bounds: tests/serving/elastic/test_live_scaling.py
 
 
 def test_applying_sets_weights_and_records_failures():
-    actions = plan(decision({"node0": 128, "node1": 64}, target=3), {"node0": 100, "node1": 100}, max_nodes=4)
+    actions = plan(decision({"node0": 128, "node1": 64}, target=3, shed_fraction=0.1), {"node0": 100, "node1": 100})
     fake = FakeBalancer()
     done = apply_actions(actions, fake)
     assert fake.calls == [("node0", 128), ("node1", 64)]
-    assert [r["applied"] for r in done] == [True, True, False]  # the scale-out is advisory
+    assert [r["applied"] for r in done] == [True, True, False]  # the shedding is advisory
     failed = apply_actions(actions[:1], FakeBalancer(refuse=True))
     assert failed[0]["applied"] is False and "did not answer" in failed[0]["error"]
 
@@ -177,9 +173,28 @@ def fleet_folder(tmp_path, profile_path=None):
     return root, state
 
 
-def controller(root, io, clock, cfg=None):
+class FakeNodeOperations:
+    """add_node / remove_node of the fleet: records what it is asked (``fail``: every add fails)."""
+
+    def __init__(self, fail: bool = False):
+        self.calls: list[tuple[str, str | None]] = []
+        self.fail = fail
+
+    def add_node(self):
+        self.calls.append(("add", None))
+        if self.fail:
+            raise RecForgeError("node2 did not start: tritonserver exited with code 1")
+        return {"node": "node2", "seconds": 12.0}
+
+    def remove_node(self, name):
+        self.calls.append(("remove", name))
+        return {"node": name, "seconds": 1.0, "in_flight_left": 0}
+
+
+def controller(root, io, clock, cfg=None, operations=None, bounds=(1, 2)):
     return LiveController(root, cfg or LiveConfig(min_nodes=2, log_every_s=0), clock=clock, cpus=2, read_stats=io.stats,
-                          read_node=io.node, control=RecordingBalancer(io))
+                          read_node=io.node, control=RecordingBalancer(io),
+                          operations=operations or FakeNodeOperations(), fleet_bounds=lambda state: bounds)
 
 
 def test_a_tick_drains_a_failed_node_logs_why_and_a_restart_rereads_the_state(tmp_path, profile_file):
@@ -286,7 +301,8 @@ def test_the_supervisor_restarts_a_dead_controller_with_its_config(tmp_path, mon
 def test_an_advisory_scale_in_is_logged_when_it_is_new_not_every_tick(tmp_path, profile_file):
     root, state = fleet_folder(tmp_path, profile_file)
     io, now = FakeFleetIO(), [0.0]
-    live = controller(root, io, lambda: now[0], LiveConfig(min_nodes=1, log_every_s=60))
+    operations = FakeNodeOperations()
+    live = controller(root, io, lambda: now[0], LiveConfig(min_nodes=1, log_every_s=60, scale=False), operations)
     live.start()
     records = []
     for _ in range(4):
@@ -299,7 +315,7 @@ def test_an_advisory_scale_in_is_logged_when_it_is_new_not_every_tick(tmp_path, 
     logged = [json.loads(line) for line in (root / "controller-decisions.jsonl").read_text().splitlines()]
     # start, the first tick (the heartbeat), the first tick advising the scale-in; not its repeats
     assert [bool([a for a in d.get("actions", []) if a["kind"] == "scale"]) for d in logged] == [False, False, True]
-    assert live.control.calls == []
+    assert live.control.calls == [] and operations.calls == []  # LiveConfig.scale off: nothing added or removed
 
 
 def test_fleet_up_refuses_a_bad_controller_config_before_starting_anything(tmp_path, monkeypatch, capsys):
