@@ -18,7 +18,7 @@ CONF ?= {}
 # Runs one DAG through Airflow, keeps its log in $(RECFORGE_HOME)/<dag>-<date>.log, prints the gist (--help)
 RUN_DAG := infra/local/run-dag.sh
 
-.PHONY: help setup run nightly compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests bench test-triton fleet-up fleet-down fleet-status rollout rollout-history bench-fleet fleet-perf bench-faults bench-apparatus
+.PHONY: help setup run nightly compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests bench test-triton fleet-up fleet-down fleet-status fleet-traffic rollout rollout-history bench-fleet fleet-perf bench-faults bench-apparatus
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -145,6 +145,9 @@ fleet-down: ## Stop every process of the local fleet (idempotent, also leftovers
 
 fleet-status: ## The fleet's nodes, models, versions, HAProxy view and the controller's state (last tick, last decisions)
 	@$(PY) -m recforge.serving.fleet status
+
+fleet-traffic: $(VENV)/.installed mlflow-up ## Record what the fleet served (SINCE=ISO time) as a traffic profile in MLflow: the next night's profiling load
+	@$(PY) -m recforge.serving.elastic.traffic record $(if $(SINCE),--since "$(SINCE)")
 
 # make fleet-perf RATE=40 BATCH=16 [DURATION=30]: Triton's perf_analyzer through the balancer (recforge.tools.perf_fleet)
 RATE ?= 20

@@ -9,7 +9,7 @@ from __future__ import annotations
 PREFIX = "recforge."
 
 # Runs: what a run is and where its inputs came from
-STAGE = "recforge.stage"  # nightly | train | compress | variant | profile | bench
+STAGE = "recforge.stage"  # nightly | train | compress | variant | profile | bench | traffic
 KIND = "recforge.kind"  # kind of run within a stage (e.g. "baseline", "bench")
 FAMILY = "recforge.family"
 VARIANT = "recforge.variant"
@@ -28,6 +28,12 @@ PARITY = "recforge.parity"  # passed | rejected (variant runs)
 REJECTED_BECAUSE = "recforge.rejected_because"  # a rejected variant's reasons, one line each (variant runs)
 PROFILED_TARGETS = "recforge.profiled_targets"  # targets the latest profiling renewed (training run)
 PROFILE_SKIPPED = "recforge.profile_skipped"
+TRAFFIC_RUN_ID = "recforge.traffic_run_id"  # the traffic profile a variant's latest profiles were measured under
+
+# Traffic profiles (experiment recforge-traffic, recforge.contracts.traffic): one run per recorded window
+TRAFFIC_RECORDED_FROM = "recforge.traffic.recorded_from"  # ISO time, UTC
+TRAFFIC_RECORDED_TO = "recforge.traffic.recorded_to"  # ISO time, UTC: how recent the traffic is (max age)
+TRAFFIC_SOURCE = "recforge.traffic.source"  # what it was recorded from (the balancer's request log)
 
 # Registered model versions: identity and provenance
 TARGET = "recforge.target"

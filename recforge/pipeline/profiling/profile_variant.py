@@ -73,12 +73,15 @@ def latency_vs_batch(onnx_path: str | Path, spec: Any, batches: Sequence[int], t
 
 def profile_variant(onnx_path: str | Path, spec: Any, target: HardwareTarget, *, family: str, variant: str,
                     variant_run_id: str, accuracy: Mapping[str, float], cfg: ProfileConfig | None = None,
-                    rival: Rival | None = None, close_target: bool = True) -> dict:
+                    rival: Rival | None = None, close_target: bool = True,
+                    traffic: Mapping[str, Any] | None = None) -> dict:
     """The validated profile document of ``onnx_path`` on ``target`` (LBT search over the knobs, LBT curve at the
     best knobs, latency against batch size). With a ``rival`` (the family's best profile on this target so far),
     the variant is measured at the rival's knobs instead of searching them again (:func:`rival_screen`).
     The target is closed at the end (its server stopped) unless ``close_target`` is False: the caller profiles
-    more variants on it and closes it. Raises when the target cannot serve the model."""
+    more variants on it and closes it. ``traffic``: the served traffic whose sizes ``cfg.sizes`` replays
+    (``served_traffic.traffic_entry``: run id, window, observed peak rate), recorded as the profile's
+    ``load.traffic``. Raises when the target cannot serve the model."""
     cfg = cfg or ProfileConfig()
     check_run_id(variant_run_id)
     onnx_path = Path(onnx_path)
@@ -135,6 +138,9 @@ def profile_variant(onnx_path: str | Path, spec: Any, target: HardwareTarget, *,
         close_parts(*load_targets.values(), *([target] if close_target else []))
     clock.append(time.monotonic())
     started, searched, confirmed, ended = clock
+    load = load_doc(sizes, axes["sub_batch"])
+    if traffic:
+        load["traffic"] = dict(traffic)
     spent = (f"profiled in {ended - started:.1f} s: search {searched - started:.1f} s, confirmation "
              f"{confirmed - searched:.1f} s, latency vs batch and shutdown {ended - confirmed:.1f} s")
     log.info("%s/%s on %s %s", family, variant, target.name, spent)
@@ -142,7 +148,7 @@ def profile_variant(onnx_path: str | Path, spec: Any, target: HardwareTarget, *,
         model_family=family, variant=variant, variant_run_id=variant_run_id, onnx_sha256=sha256_file(onnx_path),
         target={"name": target.name, "kind": target.kind, "device": device, "threads": threads,
                 "workers": int(search.best_knobs.get("workers", cfg.workers))},
-        load=load_doc(sizes, axes["sub_batch"]), search=search, lbt=lbt, accuracy=accuracy,
+        load=load, search=search, lbt=lbt, accuracy=accuracy,
         latency_vs_batch=batch_ms,
         notes=[f"{len(evaluator.results)} knob settings, {cfg.point_duration_s:g} s per load point", spent, *notes],
     )
@@ -198,10 +204,11 @@ def check_run_id(variant_run_id: str) -> str:
 
 def profile_all(onnx_path: str | Path, spec: Any, targets: Sequence[HardwareTarget], *, family: str, variant: str,
                 variant_run_id: str, accuracy: Mapping[str, float], cfg: ProfileConfig | None = None,
-                rivals: Mapping[str, Rival] | None = None,
-                close_targets: bool = True) -> tuple[list[dict], dict[str, str]]:
+                rivals: Mapping[str, Rival] | None = None, close_targets: bool = True,
+                traffic: Mapping[str, Any] | None = None) -> tuple[list[dict], dict[str, str]]:
     """(profiles, {target name: why skipped}): each available target profiled in turn (raced against
-    ``rivals[target name]`` when there is one; closed afterwards unless ``close_targets`` is False); an unavailable
+    ``rivals[target name]`` when there is one; closed afterwards unless ``close_targets`` is False; ``traffic`` as
+    :func:`profile_variant` takes it); an unavailable
     target or one that raises is reported on one line and the others still run."""
     check_run_id(variant_run_id)  # a bad argument is the caller's error, not every target's
     if not Path(onnx_path).is_file():
@@ -212,7 +219,8 @@ def profile_all(onnx_path: str | Path, spec: Any, targets: Sequence[HardwareTarg
         try:
             profiles.append(profile_variant(onnx_path, spec, target, family=family, variant=variant,
                                             variant_run_id=variant_run_id, accuracy=accuracy, cfg=cfg,
-                                            rival=(rivals or {}).get(target.name), close_target=close_targets))
+                                            rival=(rivals or {}).get(target.name), close_target=close_targets,
+                                            traffic=traffic))
         except Exception as err:  # one broken target must not stop the others
             skipped[target.name] = failure_reason(err)
             log.warning("target %s failed: %s", target.name, skipped[target.name])

@@ -13,7 +13,8 @@ on the variant's MLflow run:
   reads it),
 * metrics ``lbt_qps.<target>``, ``p95_ms_at_lbt.<target>``, ``items_per_s.<target>``,
 * tags ``recforge.profiled_targets`` and ``recforge.profile_skipped`` (each skipped target with its reason,
-  also as ``profile/skipped.json``),
+  also as ``profile/skipped.json``), and ``recforge.traffic_run_id`` (the served traffic whose query sizes the
+  load replayed, ``served_traffic``; "none": the configured sizes),
 * plots ``profile/<target>_p95_vs_load.png`` and ``profile/<target>_latency_vs_batch.png``;
 
 the same JSON is written to ``$RECFORGE_WORK_DIR/<day>/profiles/<family>/<variant>.<target>.json``.
@@ -40,6 +41,7 @@ from recforge.pipeline.profiling.plots import close_figure, plot_latency_vs_batc
 from recforge.pipeline.profiling.profile_variant import Rival, profile_all
 from recforge.pipeline.profiling.runs import passing_variants, tracking_client, validated_from_mlflow, variant_rows
 from recforge.pipeline.profiling.selection import is_finite, precision_of, select_variants
+from recforge.pipeline.profiling.served_traffic import choose_traffic, traffic_sizes
 from recforge.pipeline.profiling.stage_config import ProfileStageConfig
 from recforge.pipeline.profiling.summary import (
     family_summary,
@@ -80,7 +82,9 @@ def plan_profiles(extras: Sequence[Mapping[str, Any] | None] = (), *, parent_run
                   candidate_run_id: str = "", families: Sequence[str] | None = None,
                   cfg: ProfileStageConfig | None = None) -> list[dict]:
     """One job per (family, variant) to profile: from the VALIDATED_VARIANTS event ``extras`` when there are some,
-    else from MLflow (:func:`validated_from_mlflow`). Raises DataError when there is nothing to profile."""
+    else from MLflow (:func:`validated_from_mlflow`). Each job carries ``traffic``: the served traffic its load
+    replays (``served_traffic.choose_traffic``; None: the configured sizes). Raises DataError when there is nothing
+    to profile."""
     cfg = cfg or ProfileStageConfig()
     validated = merge_extras(extras) if not (parent_run_id or candidate_run_id) else {}
     if not validated:
@@ -90,6 +94,8 @@ def plan_profiles(extras: Sequence[Mapping[str, Any] | None] = (), *, parent_run
         raise DataError(f"no validated variants of families {list(families or [])} (validated: "
                         f"{sorted(validated)}); run compress_and_validate for them first")
     client = tracking_client()
+    traffic = choose_traffic(client, cfg)
+    log.info("plan: %s", traffic.reason)
     gpu = gpu_target_available(cfg.targets, cfg.profile_config().threads[0])
     jobs = []
     for family in chosen_families:
@@ -102,7 +108,7 @@ def plan_profiles(extras: Sequence[Mapping[str, Any] | None] = (), *, parent_run
                 "family": family, "candidate_run_id": entry["candidate_run_id"], "data_day": day,
                 "variant": row["name"], "variant_run_id": row["variant_run_id"], "onnx_path": row["onnx_path"],
                 "auc": row.get("auc"), "delta_auc": row.get("delta_auc"), "latency_ms_b256": row.get("latency_ms_b256"),
-                "size_bytes": row.get("size_bytes"), "selected_because": why,
+                "size_bytes": row.get("size_bytes"), "selected_because": why, "traffic": traffic.entry,
             })
         log.info("plan %s: %d of %d passing variants: %s", family, sum(j["family"] == family for j in jobs),
                  len(rows), ", ".join(j["variant"] for j in jobs if j["family"] == family))
@@ -207,8 +213,10 @@ def profile_one(job: Mapping[str, Any], cfg: ProfileStageConfig | Mapping[str, A
     ``skipped`` ({target: reason})."""
     if not isinstance(cfg, ProfileStageConfig):
         cfg = ProfileStageConfig.from_dict(cfg)
-    pcfg = cfg.profile_config()
     client = tracking_client()
+    traffic = job.get("traffic")
+    out_dir = Catalog.default().profiles_dir(job["data_day"], job["family"])
+    pcfg = cfg.profile_config(traffic_sizes(client, traffic, out_dir) if traffic else None)
     targets, skipped = resolve_targets(cfg.targets, pcfg.threads[0]) if resolved is None else \
         (list(resolved[0]), dict(resolved[1]))
     if precision_of(job["variant"]) in cfg.gpu_only_precisions:
@@ -219,17 +227,16 @@ def profile_one(job: Mapping[str, Any], cfg: ProfileStageConfig | Mapping[str, A
     accuracy = {k: float(job[k]) for k in ("auc", "delta_auc") if is_finite(job.get(k))}
     profiles, failed = profile_all(onnx_path, spec_path, targets, family=job["family"], variant=job["variant"],
                                    variant_run_id=job["variant_run_id"], accuracy=accuracy, cfg=pcfg,
-                                   rivals=rivals, close_targets=resolved is None) \
+                                   rivals=rivals, close_targets=resolved is None, traffic=traffic) \
         if targets else ([], {})
     skipped.update(failed)
-    out_dir = Catalog.default().profiles_dir(job["data_day"], job["family"])
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for doc in profiles:
         path = out_dir / f"{job['variant']}.{doc['target']['name']}.json"
         path.write_text(json.dumps(doc, indent=2) + "\n")
         rows.append(profile_row(doc, path))
-    log_variant_profiles(client, job["variant_run_id"], profiles, skipped)
+    log_variant_profiles(client, job["variant_run_id"], profiles, skipped, traffic)
     for row in rows:
         knobs = knobs_text(row["best_knobs"])
         p95 = "—" if row["p95_ms_at_lbt"] is None else f"{row['p95_ms_at_lbt']:.1f} ms"
@@ -242,8 +249,9 @@ def profile_one(job: Mapping[str, Any], cfg: ProfileStageConfig | Mapping[str, A
 
 
 def log_variant_profiles(client, run_id: str, profiles: Sequence[Mapping[str, Any]],
-                         skipped: Mapping[str, str]) -> None:
-    """Artifacts, metrics, tags and plots of a variant's profiles on its MLflow run (same paths on a rerun)."""
+                         skipped: Mapping[str, str], traffic: Mapping[str, Any] | None = None) -> None:
+    """Artifacts, metrics, tags and plots of a variant's profiles on its MLflow run (same paths on a rerun);
+    ``traffic``: the served traffic the profiles' load replayed (tag ``tags.TRAFFIC_RUN_ID``, "none" without)."""
     from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)
@@ -261,7 +269,8 @@ def log_variant_profiles(client, run_id: str, profiles: Sequence[Mapping[str, An
             close_figure(figure)
     skipped_text = "; ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "none"
     run_tags = [RunTag(tags.PROFILED_TARGETS, ",".join(names) or "none"),
-                RunTag(tags.PROFILE_SKIPPED, skipped_text[:4900])]
+                RunTag(tags.PROFILE_SKIPPED, skipped_text[:4900]),
+                RunTag(tags.TRAFFIC_RUN_ID, (traffic or {}).get("run_id") or "none")]
     client.log_batch(run_id, metrics=metrics, tags=run_tags)
     client.log_dict(run_id, dict(sorted(skipped.items())), "profile/skipped.json")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import field
-from typing import Any
+from typing import Any, Literal
 
 from recforge.contracts.targets import PROFILED_TARGETS
 from recforge.core.config import Annotated, Field, config_from_dict, typed_config
@@ -33,7 +33,7 @@ class ProfileStageConfig:
     ``targets`` are target names (``recforge.contracts.targets``); an unknown or unavailable one is reported and
     skipped. ``profile`` overrides ``ProfileConfig`` fields on top of :data:`STAGE_PROFILE_DEFAULTS`. Variants of
     a ``gpu_only_precisions`` precision are only selected when a GPU target is available, and only profiled on
-    GPU targets.
+    GPU targets. ``traffic`` chooses the load's query sizes (docs/profiling.md, "Feedback").
     """
 
     targets: Annotated[tuple[Annotated[str, Field(min_length=1)], ...], Field(min_length=1)] = DEFAULT_TARGETS
@@ -42,6 +42,10 @@ class ProfileStageConfig:
     include_reference: bool = True
     gpu_only_precisions: tuple[str, ...] = ("fp16",)
     profile: dict[str, Any] = field(default_factory=dict)  # ProfileConfig fields
+    # "latest": the query sizes of the newest traffic profile the fleet recorded (served_traffic), unless it is
+    # older than traffic_max_age_days or profile.sizes is given; "none": ProfileConfig's sizes
+    traffic: Literal["latest", "none"] = "latest"
+    traffic_max_age_days: Annotated[float, Field(gt=0, le=365)] = 7.0
 
     def __post_init__(self) -> None:
         if self.max_variants_per_family == 0 and not self.include_reference:
@@ -57,7 +61,10 @@ class ProfileStageConfig:
         return {**dataclasses.asdict(self), "targets": list(self.targets),
                 "gpu_only_precisions": list(self.gpu_only_precisions), "profile": dict(self.profile)}
 
-    def profile_config(self) -> ProfileConfig:
-        return ProfileConfig.from_dict({**STAGE_PROFILE_DEFAULTS, **dict(self.profile)})
+    def profile_config(self, sizes: str | None = None) -> ProfileConfig:
+        """The ProfileConfig of this stage; ``sizes``: the query sizes instead of the configured ones (a traffic
+        profile's sample, ``served_traffic.traffic_sizes``)."""
+        return ProfileConfig.from_dict({**STAGE_PROFILE_DEFAULTS, **dict(self.profile),
+                                        **({"sizes": sizes} if sizes is not None else {})})
 
 
