@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recforge.core.errors import ConfigError, DataError, first_line
+from recforge.core.errors import DataError, first_line
+from recforge.core.json_document import read_json_document
 
 TRAFFIC_FORMAT = "recforge-traffic"
 TRAFFIC_VERSION = 1
@@ -177,19 +178,8 @@ def save_traffic(profile: TrafficProfile, path: str | Path) -> Path:
 def load_traffic(path: str | Path) -> TrafficProfile:
     """The traffic profile at ``path``; a one-line ConfigError when it cannot be read, a DataError when it is
     empty, not JSON or inconsistent."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"traffic profile {path} cannot be read: {getattr(err, 'strerror', None) or err}") from None
-    if not text.strip():
-        raise DataError(f"traffic profile {path} is empty; record one with "
-                        "`python -m recforge.serving.elastic.traffic record`")
-    try:
-        doc = json.loads(text)
-    except ValueError as err:
-        raise DataError(f"traffic profile {path} is not JSON (line {getattr(err, 'lineno', '?')}): corrupt or "
-                        "truncated") from None
+    doc = read_json_document(path, "traffic profile",
+                             "record one with `python -m recforge.serving.elastic.traffic record`")
     return traffic_from_dict(doc, source=f"traffic profile {path}")
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from recforge.core.errors import ConfigError, DataError, first_line
+from recforge.core.json_document import read_json_document
 
 if TYPE_CHECKING:  # the records come from requestlog.parse_lines; importing the balancer package costs seconds
     from recforge.serving.loadbalancer.requestlog import RequestRecord
@@ -145,18 +146,7 @@ def trace_from_dict(doc: Any, source: str = "trace") -> Trace:
 
 def load_trace(path: str | Path) -> Trace:
     """The trace at ``path``; a one-line ConfigError when it is missing, a DataError when empty or corrupt."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ConfigError(f"trace file {path} cannot be read: {err.strerror or err}") from None
-    if not text.strip():
-        raise DataError(f"trace file {path} is empty; write one with recforge.serving.elastic.traces.save_trace")
-    try:
-        doc = json.loads(text)
-    except ValueError as err:
-        raise DataError(f"trace file {path} is not JSON (line {getattr(err, 'lineno', '?')}): corrupt or "
-                        "truncated") from None
+    doc = read_json_document(path, "trace file", "write one with recforge.serving.elastic.traces.save_trace")
     return trace_from_dict(doc, source=f"trace file {path}")
 
 

@@ -184,6 +184,14 @@ def forget_node(root: Path, home: str | Path | None, name: str) -> None:
             write_state(root, state)
 
 
+def running_state(root: Path, home: str | Path | None) -> dict[str, Any]:
+    """state.json of the fleet in ``root`` (read under its lock by the caller); ConfigError when none runs."""
+    state = read_state(home)
+    if state is None or state.get("status") != "up":
+        raise ConfigError(f"no fleet is running in {root}; run `make fleet-up` first")
+    return state
+
+
 def add_node(home: str | Path | None = None, *, timeout_s: float | None = None,
              up_timeout_s: float = 30.0) -> dict[str, Any]:
     """Start one more node serving what the fleet serves and put it into the balancer's rotation once it is warm;
@@ -192,9 +200,7 @@ def add_node(home: str | Path | None = None, *, timeout_s: float | None = None,
     root = fleet_dir(home)
     started = time.monotonic()
     with state_lock(root):
-        state = read_state(home)
-        if state is None or state.get("status") != "up":
-            raise ConfigError(f"no fleet is running in {root}; run `make fleet-up` first")
+        state = running_state(root, home)
         cfg = fleet_config(state)
         _, most = node_bounds(state)
         if len(state["nodes"]) >= most:
@@ -296,9 +302,7 @@ def remove_node(name: str, home: str | Path | None = None, *, drain_timeout_s: f
     root = fleet_dir(home)
     started = time.monotonic()
     with state_lock(root):
-        state = read_state(home)
-        if state is None or state.get("status") != "up":
-            raise ConfigError(f"no fleet is running in {root}; run `make fleet-up` first")
+        state = running_state(root, home)
         if name not in state["nodes"]:
             raise ConfigError(f"node {name!r} is not in the fleet; nodes: {sorted(state['nodes'])}")
         fewest, _ = node_bounds(state)
