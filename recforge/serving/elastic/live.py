@@ -57,7 +57,7 @@ from recforge.serving.elastic.live_signals import (
     node_counters,
     signals_record,
 )
-from recforge.serving.fleet import Fleet, fleet_dir, process_alive, read_state, scaling
+from recforge.serving.fleet import Fleet, fleet_dir, process_alive, read_state, scaling, served_versions
 from recforge.serving.fleet.state import state_lock, write_state
 
 LOG = logging.getLogger("recforge.elastic.live")
@@ -228,8 +228,7 @@ class LiveController:
         # nodes a rollout or an operator drained are theirs; while nodes serve different versions (a rollout's
         # canary), the weights are the rollout's too
         managed = [n for n, node in nodes.items() if node.get("lb_state", "ready") == "ready"]
-        versions = {json.dumps({m: e.get("version") for m, e in (node.get("models") or {}).items()}, sort_keys=True)
-                    for node in nodes.values()}
+        versions = {json.dumps(served_versions(node), sort_keys=True) for node in nodes.values()}
         hands_off = len(versions) > 1
         healthy = [n for n in managed if n in counters]
         signals = self.tracker.update(now, view, counters, healthy)

@@ -62,12 +62,12 @@ from recforge.serving.fleet.sources import (
     nightly_source,
     registry_source,
 )
-from recforge.serving.fleet.state import fleet_dir, read_state
+from recforge.serving.fleet.state import fleet_dir, read_state, served_versions
 from recforge.serving.fleet.supervision import RestartPolicy, SupervisorConfig
 
 __all__ = [
     "DEFAULT_PORT", "DEFAULT_TARGET", "MAX_NODES", "MODEL_PREFIX", "Fleet", "FleetConfig", "ModelSource",
     "default_source", "down", "explicit_source", "fleet_dir", "fleet_processes", "fleet_targets", "nightly_source",
-    "parse_triton_metrics", "process_alive", "read_state", "registry_source", "RestartPolicy", "status",
-    "SupervisorConfig", "up",
+    "parse_triton_metrics", "process_alive", "read_state", "registry_source", "RestartPolicy", "served_versions",
+    "status", "SupervisorConfig", "up",
 ]

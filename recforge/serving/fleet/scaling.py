@@ -50,7 +50,15 @@ from recforge.serving.fleet.balancer import refresh_admission
 from recforge.serving.fleet.config import MAX_NODES, FleetConfig
 from recforge.serving.fleet.lifecycle import cpu_group_prefix
 from recforge.serving.fleet.processes import NODE_SERVER_ARGS, placement_of, process_alive, stop_groups
-from recforge.serving.fleet.state import NODE_REMOVING, NODE_STARTING, fleet_dir, read_state, state_lock, write_state
+from recforge.serving.fleet.state import (
+    NODE_REMOVING,
+    NODE_STARTING,
+    fleet_dir,
+    read_state,
+    served_versions,
+    state_lock,
+    write_state,
+)
 from recforge.serving.fleet.supervisor import warm
 
 START_ATTEMPTS = 2  # a failed start is retried once
@@ -121,8 +129,7 @@ def served_models(state: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     ready = {name: node for name, node in state["nodes"].items() if node.get("lb_state", "ready") == "ready"}
     if not ready:
         raise ConfigError("no node of the fleet is ready to copy the served model from")
-    served = {name: {m: int(e["version"]) for m, e in (node.get("models") or {}).items()}
-              for name, node in ready.items()}
+    served = {name: served_versions(node) for name, node in ready.items()}
     if len({tuple(sorted(v.items())) for v in served.values()}) > 1:
         raise ConfigError(f"the fleet's nodes serve different versions ({served}): a rollout is in progress; "
                           "no node is added until it is done")
@@ -149,8 +156,9 @@ def copy_served_repository(source_repo: Path, target_repo: Path, models: Mapping
         shutil.copytree(source, target_repo / model, ignore=other_versions)
         onnx = target_repo / model / version / "model.onnx"
         expected = (entry.get("onnx_sha256") or "").lower()
-        if onnx.exists() and expected and sha256_file(onnx) != expected:
-            raise RecForgeError(f"{onnx} has SHA-256 {sha256_file(onnx)} after the copy, expected {expected}")
+        copied = sha256_file(onnx) if onnx.exists() and expected else expected
+        if copied != expected:
+            raise RecForgeError(f"{onnx} has SHA-256 {copied} after the copy, expected {expected}")
 
 
 def record_scaling(root: Path, home: str | Path | None, **changes: Any) -> None:

@@ -20,6 +20,11 @@ STATE_VERSION = 1
 NODE_STARTING, NODE_REMOVING = "starting", "removing"  # NODE_REMOVING: stopped and taken out by fleet.scaling
 
 
+def served_versions(node: Mapping[str, Any]) -> dict[str, int]:
+    """{model: version} a node's state.json entry says it serves (what a rollout changes, node by node)."""
+    return {model: int(entry["version"]) for model, entry in (node.get("models") or {}).items()}
+
+
 def in_balancer(nodes: Mapping[str, Any]) -> dict[str, Any]:
     """The nodes the balancer's config names: all but those still starting."""
     return {name: node for name, node in nodes.items() if node.get("lb_state") != NODE_STARTING}
