@@ -27,6 +27,7 @@ from tests.serving.malformed import malformed_requests, valid_request
 from tests.serving.test_admission import DIMS, post
 from tests.serving.test_fleet import MODEL
 from tests.serving.test_fleet_supervisor import tiny_model_source
+from tests.waiting import poll
 
 BOUND_S = 90.0  # a CPU tritonserver with the python backend starts in ~5-20 s on a loaded 2-core machine
 
@@ -67,13 +68,7 @@ class Client(threading.Thread):
 
 
 def wait_for(predicate, what: str, timeout_s: float = BOUND_S):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not within {timeout_s:g} s")
+    return poll(predicate, what, timeout_s)
 
 
 def node_processes(root, name: str) -> list[int]:

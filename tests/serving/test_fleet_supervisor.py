@@ -23,6 +23,7 @@ from recforge.serving import fleet as fl
 from recforge.serving.fleet import crashes
 from tests.serving.malformed import valid_request
 from tests.serving.test_fleet import MODEL, SPEC, feed, reference
+from tests.waiting import poll
 
 RECOVERY_BOUND_S = 90.0  # a CPU tritonserver with the python backend starts in ~5-20 s on a loaded 2-core machine
 
@@ -112,13 +113,7 @@ def test_a_killed_node_is_restarted_by_the_supervisor_and_down_stops_it(tmp_path
 
 
 def wait_for(predicate, timeout_s: float, what: str, log: Path):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not seen within {timeout_s:g} s; supervisor log:\n{log.read_text()[-3000:]}")
+    return poll(predicate, what, timeout_s, lambda: f"supervisor log:\n{log.read_text()[-3000:]}")
 
 
 def test_a_request_on_a_node_that_crashes_twice_is_recorded_then_quarantined_and_a_dead_balancer_restarts(

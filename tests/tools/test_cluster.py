@@ -214,7 +214,7 @@ def test_stopping_a_service_also_stops_what_it_started_in_a_session_of_its_own(t
         except ProcessLookupError:
             return False
 
-    for _ in range(200):
+    for _ in range(100):
         children = descendants(pid)
         if in_their_own_sessions(children):
             break

@@ -20,6 +20,7 @@ from recforge.serving import fleet as fl
 from recforge.serving import loadbalancer as lb
 from tests.serving.test_fleet import MODEL
 from tests.serving.test_fleet_supervisor import tiny_model_source
+from tests.waiting import poll
 
 BOUND_S = 30.0  # the controller ticks every 0.5 s; HAProxy marks a node DOWN after 2 checks 200 ms apart
 
@@ -34,15 +35,11 @@ def decisions(root: Path) -> list[dict]:
 
 
 def wait_for(predicate, what: str, root: Path, timeout_s: float = BOUND_S):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    log = (root / "controller.log").read_text() if (root / "controller.log").exists() else ""
-    raise AssertionError(f"{what} not within {timeout_s:g} s; controller log: {log[-2000:]}; "
-                         f"decisions: {decisions(root)[-3:]}")
+    def detail() -> str:
+        log = (root / "controller.log").read_text() if (root / "controller.log").exists() else ""
+        return f"controller log: {log[-2000:]}; decisions: {decisions(root)[-3:]}"
+
+    return poll(predicate, what, timeout_s, detail)
 
 
 def weights(state: dict) -> dict[str, int]:
