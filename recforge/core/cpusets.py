@@ -393,6 +393,14 @@ def plan_cpus(cpus: Sequence[int], cfg: CpuPlanConfig) -> CpuPlan:
     return shared_plan
 
 
+def measurement_groups(tag: str, host: Sequence[int] | None = None) -> tuple[CpuGroup, CpuGroup]:
+    """(apparatus, node) CPU groups ``<tag>-client`` and ``<tag>-node`` on the planner's first two disjoint CPU sets
+    of ``host`` (default: :func:`host_cpus`): a load generator and the one node it measures, never on the same cores.
+    Neither is created yet. A one-line ConfigError on a host with one CPU."""
+    plan = plan_cpus(host_cpus() if host is None else host, CpuPlanConfig(nodes=1, balancer_cpus=0))
+    return CpuGroup(f"{tag}-client", plan.placements[APPARATUS]), CpuGroup(f"{tag}-node", plan.placements["node0"])
+
+
 def _shared_plan(host: tuple[int, ...], roles: list[tuple[str, int]], cfg: CpuPlanConfig) -> CpuPlan:
     rest = host[cfg.apparatus_cpus:]
     if not rest:

@@ -21,7 +21,7 @@ on a :class:`recforge.inference.triton.TritonHttpTarget` of the balancer's URL, 
 The rounds run baseline then RecForge (A B A B ..., ``rounds``, default 5); each side's search starts from its
 previous LBT, and after each search the side also runs at ``load_fraction`` of the round's baseline LBT (the same
 offered rate for both). Every ratio (p95 at the same load, LBT) is taken within a round, then summarized as a median
-with an order-statistic interval (``recforge.tools.bench.intervals``). Both fleets are always brought down.
+with an order-statistic interval (``recforge.core.intervals``). Both fleets are always brought down.
 
 The results go to ``$RECFORGE_HOME/bench/fleet_configs.json`` (one entry per model and target, the latest run
 replacing an older one) and ``fleet_configs.md`` (the table of every entry); the output has the machine-readable
@@ -57,6 +57,7 @@ from recforge.core.cli import json_object, run_step
 from recforge.core.config import Annotated, Field, typed_config
 from recforge.core.errors import ConfigError, RecForgeError
 from recforge.core.hw import load_average
+from recforge.core.intervals import median_interval
 from recforge.core.timing import utc_now
 from recforge.inference import model_repo as mr
 from recforge.inference import triton as tr
@@ -68,7 +69,6 @@ from recforge.serving import fleet as fl
 from recforge.serving.fleet.config import DEFAULT_FAMILY
 from recforge.tools.bench.apparatus_share import apparatus_share_figures
 from recforge.tools.bench.bench_line import format_bench_line
-from recforge.tools.bench.intervals import median_interval
 from recforge.tools.bench.rounds import RESTART_FRACTION, interleaved_order, ratio
 from recforge.tools.fleet_bench_report import CONFIGS, describe_knobs, render_table, write_results
 

@@ -225,3 +225,12 @@ def test_this_process_in_restores_even_when_the_block_fails(tmp_path):
     with pytest.raises(RuntimeError, match="boom"), cs.this_process_in(group):
         raise RuntimeError("boom")
     assert os.sched_getaffinity(0) == before
+
+
+def test_measurement_groups_put_the_client_and_the_node_on_disjoint_cpus():
+    client, node = cs.measurement_groups("check-1", host=(0, 1, 2, 3))
+    assert (client.name, node.name) == ("check-1-client", "check-1-node")
+    assert client.placement.cpus == (0,) and node.placement.cpus == (1,)
+    assert client.mechanism == node.mechanism == "auto"  # not created yet
+    with pytest.raises(ConfigError, match="none is left for the balancer and nodes"):
+        cs.measurement_groups("check-2", host=(0,))

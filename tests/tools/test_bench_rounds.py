@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from recforge.core.errors import ConfigError, DataError
+from recforge.core.intervals import median_interval, order_statistic_coverage
 from recforge.tools.bench import compare
 from recforge.tools.bench.apparatus_share import apparatus_share_figures, apparatus_shares
 from recforge.tools.bench.bench_line import format_bench_line, parse_bench_line, parse_bench_lines
 from recforge.tools.bench.config import BenchConfig
-from recforge.tools.bench.intervals import median_interval, order_statistic_coverage
 from recforge.tools.bench.rounds import (
     BASELINE,
     RECFORGE,

@@ -31,7 +31,7 @@ ends with one ``bench: family=F path=inprocess ...`` line per family (``bench_li
 
 The modules: ``config`` (BenchConfig), ``nightly`` (the nightly run, its summaries and variants), ``load_targets``
 (baseline and ONNX targets), ``lbt`` (LBT searches and profiling with retries), ``roofline`` (work per item, limits),
-``rounds`` (interleaved rounds and their summary), ``intervals`` (median with an order-statistic interval),
+``rounds`` (interleaved rounds and their summary; their intervals: ``recforge.core.intervals``),
 ``apparatus_share`` (the load generator's share of each query's latency), ``family`` (one family), ``synthetic``
 (RMC1-3 and their INT8 variant), ``report`` (markdown, files), ``bench_line`` (the machine-readable lines),
 ``compare`` (two runs' spread), ``mlflow_log``, ``quiet`` (silencing the ONNX exporter), ``run`` (the whole

@@ -3,8 +3,8 @@
 One measurement of two systems on a shared 2-core VM says more about the minute it was taken in than about the
 systems (issue 12: DLRM's p95 ratio was 0.93 one day and 0.32 the next). So the comparison runs in rounds, the sides
 interleaved (A B A B ...: :func:`interleaved_order`), every ratio is taken within a round and summarized as the median
-over the rounds with an order-statistic interval (``intervals.median_interval``): a slow drift of the machine weighs
-on both sides of a round alike, and a burst spoils one round, not the median.
+over the rounds with an order-statistic interval (``recforge.core.intervals.median_interval``): a slow drift of the
+machine weighs on both sides of a round alike, and a burst spoils one round, not the median.
 
 :func:`run_rounds` has two phases:
 
@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from recforge.tools.bench.intervals import median_interval
+from recforge.core.intervals import median_interval
 
 BASELINE, RECFORGE = "baseline", "recforge"
 RESTART_FRACTION = 0.8  # a round's LBT search starts at this fraction of the side's LBT so far

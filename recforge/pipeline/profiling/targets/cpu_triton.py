@@ -19,6 +19,7 @@ from typing import Any
 
 from recforge.contracts.targets import CPU_TRITON
 from recforge.core.config import recforge_home
+from recforge.core.cpusets import CpuGroup
 from recforge.core.errors import ConfigError
 from recforge.core.hw import cpu_count, cpu_model
 from recforge.core.ports import free_ports
@@ -72,14 +73,17 @@ class CpuTriton:
     model and unloads the previous setting's. :meth:`close` stops the server and deletes the repository.
     ``server_args`` are extra tritonserver arguments. ``max_batch_sizes`` are the max_batch_size candidates the
     knob search tries (default ``search.axes.max_batch_sizes(max_batch)``: about one query, and ``max_batch``);
-    ``cpus`` the CPUs the node may use (default: this process's), which bounds the instance counts searched."""
+    ``cpus`` the CPUs the node may use (default: this process's, or its ``placement``'s), which bounds the instance
+    counts searched. ``placement`` (a ``recforge.core.cpusets.CpuGroup``) runs the server and its backend stubs on
+    their own CPU set, so that a load generator placed elsewhere does not share its cores; :meth:`close` removes
+    the group."""
 
     kind = name = CPU_TRITON
 
     def __init__(self, threads: int = 1, *, max_batch: int = MAX_ITEMS, seed: int = 0,
                  startup_timeout_s: float = 120.0, server_args: Sequence[str] = (),
                  work_root: str | Path | None = None, max_batch_sizes: Sequence[int] | None = None,
-                 cpus: int | None = None):
+                 cpus: int | None = None, placement: CpuGroup | None = None):
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ConfigError(f"CpuTriton.threads must be an integer >= 1, got {threads!r}")
         if not isinstance(max_batch, int) or isinstance(max_batch, bool) or not 1 <= max_batch <= MAX_ITEMS:
@@ -93,7 +97,10 @@ class CpuTriton:
         self.max_batch_sizes = sizes
         if cpus is not None and (not isinstance(cpus, int) or isinstance(cpus, bool) or cpus < 1):
             raise ConfigError(f"CpuTriton.cpus must be an integer >= 1, got {cpus!r}")
-        self.cpus = cpus if cpus is not None else cpu_count()
+        if placement is not None and not isinstance(placement, CpuGroup):
+            raise ConfigError(f"CpuTriton.placement must be a recforge.core.cpusets.CpuGroup, got {placement!r}")
+        self.placement = placement
+        self.cpus = cpus if cpus is not None else (len(placement.placement.cpus) if placement else cpu_count())
         self.startup_timeout_s = startup_timeout_s
         self.server_args = tuple(server_args)
         self.work_root = Path(work_root) if work_root is not None else None
@@ -126,7 +133,8 @@ class CpuTriton:
             http, grpc, metrics = free_ports(3)
             server = TritonServer(self._dir / "repo", http_port=http, grpc_port=grpc, metrics_port=metrics,
                                   log_path=self._dir / "tritonserver.log", model_control="explicit",
-                                  extra_args=self.server_args, startup_timeout_s=self.startup_timeout_s)
+                                  extra_args=self.server_args, startup_timeout_s=self.startup_timeout_s,
+                                  placement=self.placement)
             try:
                 server.start().wait_ready()
             except TritonError as err:
@@ -201,6 +209,8 @@ class CpuTriton:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+        if self.placement is not None:
+            self.placement.remove()
         self._models.clear()
         self._active = None
 
