@@ -42,7 +42,7 @@ from recforge.pipeline.profiling.profile_config import ProfileConfig
 from recforge.pipeline.profiling.search.base import SearchResult, knob_key
 from recforge.pipeline.profiling.search.lbt_probe import WINNER_RAMP_FACTOR, LBTProbe
 from recforge.pipeline.profiling.search_space import knob_search, search_space
-from recforge.pipeline.profiling.targets.base import HardwareTarget, close_parts, failure_reason
+from recforge.pipeline.profiling.targets.base import HardwareTarget, apparatus_of, close_parts, failure_reason
 from recforge.pipeline.profiling.targets.factory import probe_targets, resolve_targets
 
 log = logging.getLogger(__name__)
@@ -112,28 +112,30 @@ def profile_variant(onnx_path: str | Path, spec: Any, target: HardwareTarget, *,
     notes = []
     clock = [time.monotonic()]
     try:
-        search = rival_screen(evaluator, rival, axes, fixed) if rival is not None else None
-        if search is None:
-            search = knob_search(target, cfg, axes, fixed, start).search(LBTProbe(evaluator))
-        clock.append(time.monotonic())
-        # the search compares single short runs; a figure that can make the variant its target's champion is
-        # re-measured (one below its family's best so far cannot: registration takes the best LBT)
-        found = evaluator.result_for(search.best_knobs)
-        can_win = rival is None or found.lbt_qps > rival.lbt_qps
-        lbt = confirm_lbt(measure, found, cfg.confirm if can_win else 0, cfg.start_qps)
-        if not can_win:
-            notes.append(f"not re-measured: its LBT is below {rival.variant}'s ({rival.lbt_qps:g} qps), so it cannot "
-                         "be this target's champion")
-        clock.append(time.monotonic())
-        threads = int(search.best_knobs.get("threads", getattr(target, "threads", 1)))
-        if hasattr(target, "latency_vs_batch"):  # through the target's own serving stack
-            batch_ms = target.latency_vs_batch(load_target(search.best_knobs), cfg.latency_batches,
-                                               cfg.latency_repeats)
-            notes.append("latency_vs_batch measured through the server at the best knobs (HTTP round trip "
-                         "included)")
-        else:
-            batch_ms = latency_vs_batch(onnx_path, spec, cfg.latency_batches, threads, cfg.latency_repeats, cfg.seed)
-        device = target.describe()
+        with apparatus_of(target):  # a server-side target keeps the load generator off its CPUs
+            search = rival_screen(evaluator, rival, axes, fixed) if rival is not None else None
+            if search is None:
+                search = knob_search(target, cfg, axes, fixed, start).search(LBTProbe(evaluator))
+            clock.append(time.monotonic())
+            # the search compares single short runs; a figure that can make the variant its target's champion is
+            # re-measured (one below its family's best so far cannot: registration takes the best LBT)
+            found = evaluator.result_for(search.best_knobs)
+            can_win = rival is None or found.lbt_qps > rival.lbt_qps
+            lbt = confirm_lbt(measure, found, cfg.confirm if can_win else 0, cfg.start_qps)
+            if not can_win:
+                notes.append(f"not re-measured: its LBT is below {rival.variant}'s ({rival.lbt_qps:g} qps), so it "
+                             "cannot be this target's champion")
+            clock.append(time.monotonic())
+            threads = int(search.best_knobs.get("threads", getattr(target, "threads", 1)))
+            if hasattr(target, "latency_vs_batch"):  # through the target's own serving stack
+                batch_ms = target.latency_vs_batch(load_target(search.best_knobs), cfg.latency_batches,
+                                                   cfg.latency_repeats)
+                notes.append("latency_vs_batch measured through the server at the best knobs (HTTP round trip "
+                             "included)")
+            else:
+                batch_ms = latency_vs_batch(onnx_path, spec, cfg.latency_batches, threads, cfg.latency_repeats,
+                                            cfg.seed)
+            device = target.describe()
     finally:  # servers and sessions end with the variant's profiling, also when it fails
         close_parts(*load_targets.values(), *([target] if close_target else []))
     clock.append(time.monotonic())

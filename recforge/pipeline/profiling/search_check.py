@@ -15,7 +15,7 @@ feature spec) on a real ``tritonserver`` (``targets.cpu_triton.CpuTriton``), it 
    ``make bench``'s ratios: the two searches of one round ran back to back under the same machine conditions.
 
 With ``isolate`` (the default) the server and its backend stubs run on their own CPU set and this process, the load
-generator, on another (``recforge.core.cpusets.measurement_groups``): on shared CPUs the client's own work costs the
+generator, on another (``CpuTriton(isolate=True)``): on shared CPUs the client's own work costs the
 node about a fifth of its LBT, and varies with the client sub-batch, one of the knobs searched. It prints the
 configurations, LBTs, load runs and seconds of each and ends with one machine-readable line::
 
@@ -28,11 +28,9 @@ configurations, LBTs, load runs and seconds of each and ends with one machine-re
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -42,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 from recforge.contracts.features import example_spec
-from recforge.core import cpusets as cs
 from recforge.core.cli import json_object
 from recforge.core.config import Annotated, Field, config_from_dict, typed_config
 from recforge.core.errors import ConfigError, RecForgeError
@@ -146,22 +143,17 @@ def compare_grid_and_race(onnx_path: str | Path, spec: Any, cfg: SearchCheckConf
     """Run the grid, the race and the interleaved re-measurement of their picks (module docstring); returns
     the figures of the final line as a dict (plus ``grid_pick``/``race_pick`` knobs and the raw rounds)."""
     cfg = cfg or SearchCheckConfig()
-    apparatus, node = cs.measurement_groups(f"search-check-{os.getpid()}") if cfg.isolate else (None, None)
     target = CpuTriton(threads=cfg.threads, max_batch=max(int(b) for b in cfg.axes["max_batch_size"]),
-                       seed=cfg.seed, work_root=work_root, placement=node)
+                       seed=cfg.seed, work_root=work_root, isolate=cfg.isolate)
     ok, why = target.available()
     if not ok:
         raise RecForgeError(f"no tritonserver here: {why}")
-    if apparatus and node:
-        log(f"placement: load generator on CPUs {apparatus.placement.cpu_list}, tritonserver on CPUs "
-            f"{node.placement.cpu_list}")
+    log(f"target: {target.describe()}")
     try:
-        with cs.this_process_in(apparatus) if apparatus else contextlib.nullcontext():
+        with target.apparatus():
             return race_against_grid(target, Path(onnx_path), spec, cfg, log)
     finally:
         target.close()
-        if apparatus:
-            apparatus.remove()
 
 
 def race_against_grid(target: CpuTriton, onnx_path: Path, spec: Any, cfg: SearchCheckConfig,

@@ -3,11 +3,15 @@ which ones run here."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from recforge.contracts.targets import GPU_TRITON, PROFILED_TARGETS, TARGETS
+from recforge.core import cpusets
 from recforge.pipeline.profiling.targets import gpu_onnxruntime
-from recforge.pipeline.profiling.targets.base import HardwareTarget
+from recforge.pipeline.profiling.targets.base import HardwareTarget, apparatus_of
+from recforge.pipeline.profiling.targets.cpu_onnxruntime import CpuOnnxRuntime
+from recforge.pipeline.profiling.targets.cpu_triton import CpuTriton
 from recforge.pipeline.profiling.targets.factory import default_targets, detect_targets, resolve_targets
 from recforge.pipeline.profiling.targets.hybrid import HybridCpuGpu
 from tests.pipeline.profiling.fakes import Absent, Sleeping
@@ -58,3 +62,21 @@ def test_hybrid_target_names_the_missing_part(monkeypatch):
     assert hybrid.name == hybrid.kind == "hybrid-onnxruntime"
     assert HybridCpuGpu(Sleeping("c", "cpu-onnxruntime", 1, 0), Absent()).available() == (
         False, "needs cpu-onnxruntime target 'absent': not plugged in")
+
+
+def test_an_isolated_triton_target_splits_the_cpus_between_server_and_load_generator(monkeypatch):
+    monkeypatch.setattr(cpusets, "host_cpus", lambda: (0, 1, 2))
+    target = CpuTriton(isolate=True)  # nothing starts until a setting is measured
+    assert target.client_group.placement.cpus == (0,) and target.placement.placement.cpus == (1,)
+    assert target.cpus == 1  # the knob search's instance counts stop at the server's CPU set
+    assert "server on CPUs 1, load generator on CPUs 0" in target.describe()
+    assert apparatus_of(CpuOnnxRuntime()).__class__ is contextlib.nullcontext  # in-process: nothing to split
+
+
+def test_on_one_cpu_an_isolated_triton_target_shares_it_and_says_why(monkeypatch):
+    monkeypatch.setattr(cpusets, "host_cpus", lambda: (0,))
+    target = CpuTriton(isolate=True)
+    assert target.client_group is None and target.placement is None
+    assert "load generator on the server's CPUs (cannot place" in target.describe()
+    with target.apparatus():  # runs as it is
+        pass

@@ -3,6 +3,7 @@ the one-line reason a target failed."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -14,10 +15,12 @@ from recforge.core.errors import first_line
 class HardwareTarget(Protocol):
     """One hardware + serving stack a variant is profiled on.
 
-    A target may also have ``close()`` (called when profiling is done with it, also on failure) and
+    A target may also have ``close()`` (called when profiling is done with it, also on failure),
     ``latency_vs_batch(load_target, batches, repeats)`` (single-request latency measured through its own serving
-    stack instead of in-process onnxruntime); a load target may have ``activate()`` (called before each use: a
-    server-side target makes its knob setting the live one) and ``close()``.
+    stack instead of in-process onnxruntime) and ``apparatus()`` (the context its measurements run in: a
+    server-side target moves the load generator off its server's CPUs; :func:`apparatus_of`). A load target may
+    have ``activate()`` (called before each use: a server-side target makes its knob setting the live one) and
+    ``close()``.
     """
 
     name: str  # one profile per name; a real target's name is its kind (recforge.contracts.targets)
@@ -34,6 +37,11 @@ class HardwareTarget(Protocol):
     def make_load_target(self, onnx_path: str | Path, spec: Any, knobs: Mapping[str, Any]) -> Any:
         """A ``recforge.inference.loadgen`` target (name, infer(n_items)) serving ``onnx_path`` with these knobs."""
         ...
+
+
+def apparatus_of(target: Any) -> contextlib.AbstractContextManager:
+    """The context ``target``'s measurements run in: its ``apparatus()``, or none."""
+    return target.apparatus() if hasattr(target, "apparatus") else contextlib.nullcontext()
 
 
 def close_parts(*parts: Any) -> None:

@@ -9,8 +9,11 @@ profiling ends.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -18,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from recforge.contracts.targets import CPU_TRITON
+from recforge.core import cpusets as cs
 from recforge.core.config import recforge_home
-from recforge.core.cpusets import CpuGroup
-from recforge.core.errors import ConfigError
+from recforge.core.errors import ConfigError, first_line
 from recforge.core.hw import cpu_count, cpu_model
 from recforge.core.ports import free_ports
 from recforge.core.timing import median_ms
@@ -31,6 +34,7 @@ from recforge.pipeline.profiling.search.axes import max_batch_sizes as max_batch
 from recforge.pipeline.profiling.search.base import knob_key
 
 log = logging.getLogger(__name__)
+GROUPS = itertools.count()  # tells apart the CPU groups of several isolated targets of one process
 
 
 class TritonSetting:
@@ -73,17 +77,20 @@ class CpuTriton:
     model and unloads the previous setting's. :meth:`close` stops the server and deletes the repository.
     ``server_args`` are extra tritonserver arguments. ``max_batch_sizes`` are the max_batch_size candidates the
     knob search tries (default ``search.axes.max_batch_sizes(max_batch)``: about one query, and ``max_batch``);
-    ``cpus`` the CPUs the node may use (default: this process's, or its ``placement``'s), which bounds the instance
-    counts searched. ``placement`` (a ``recforge.core.cpusets.CpuGroup``) runs the server and its backend stubs on
-    their own CPU set, so that a load generator placed elsewhere does not share its cores; :meth:`close` removes
-    the group."""
+    ``cpus`` the CPUs the node may use (default: this process's, or its CPU set's), which bounds the instance
+    counts searched.
+
+    ``isolate`` gives the server (and its backend stubs) and the load generator disjoint CPU sets
+    (``recforge.core.cpusets.measurement_groups``): the server starts in its set, and a measurement runs inside
+    :meth:`apparatus`, which moves this process to the other set for its duration. On a host with one CPU the two
+    share it, and :meth:`describe` says so. :meth:`close` removes the groups."""
 
     kind = name = CPU_TRITON
 
     def __init__(self, threads: int = 1, *, max_batch: int = MAX_ITEMS, seed: int = 0,
                  startup_timeout_s: float = 120.0, server_args: Sequence[str] = (),
                  work_root: str | Path | None = None, max_batch_sizes: Sequence[int] | None = None,
-                 cpus: int | None = None, placement: CpuGroup | None = None):
+                 cpus: int | None = None, isolate: bool = False):
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ConfigError(f"CpuTriton.threads must be an integer >= 1, got {threads!r}")
         if not isinstance(max_batch, int) or isinstance(max_batch, bool) or not 1 <= max_batch <= MAX_ITEMS:
@@ -97,10 +104,17 @@ class CpuTriton:
         self.max_batch_sizes = sizes
         if cpus is not None and (not isinstance(cpus, int) or isinstance(cpus, bool) or cpus < 1):
             raise ConfigError(f"CpuTriton.cpus must be an integer >= 1, got {cpus!r}")
-        if placement is not None and not isinstance(placement, CpuGroup):
-            raise ConfigError(f"CpuTriton.placement must be a recforge.core.cpusets.CpuGroup, got {placement!r}")
-        self.placement = placement
-        self.cpus = cpus if cpus is not None else (len(placement.placement.cpus) if placement else cpu_count())
+        self.host_cores = cpu_count()  # before apparatus() narrows this process's CPUs
+        self.client_group: cs.CpuGroup | None = None  # the load generator's CPU set (isolate)
+        self.placement: cs.CpuGroup | None = None  # the server's
+        self.shared_reason = ""  # why isolate could not split the CPUs
+        if isolate:
+            try:
+                self.client_group, self.placement = cs.measurement_groups(f"profiling-{os.getpid()}-{next(GROUPS)}")
+            except ConfigError as err:
+                self.shared_reason = first_line(err)
+        self.cpus = cpus if cpus is not None else (len(self.placement.placement.cpus) if self.placement
+                                                   else self.host_cores)
         self.startup_timeout_s = startup_timeout_s
         self.server_args = tuple(server_args)
         self.work_root = Path(work_root) if work_root is not None else None
@@ -116,7 +130,17 @@ class CpuTriton:
 
     def describe(self) -> str:
         stack = f"tritonserver {self.server_version}" if self.server_version else "tritonserver"
-        return f"{cpu_model()}, {cpu_count()} cores; {stack} (nvidia-pytriton), python backend + onnxruntime"
+        text = f"{cpu_model()}, {self.host_cores} cores; {stack} (nvidia-pytriton), python backend + onnxruntime"
+        if self.placement is not None and self.client_group is not None:
+            return (f"{text}; server on CPUs {self.placement.placement.cpu_list}, load generator on CPUs "
+                    f"{self.client_group.placement.cpu_list}")
+        return f"{text}; load generator on the server's CPUs" + (f" ({self.shared_reason})" if self.shared_reason
+                                                                 else "")
+
+    def apparatus(self) -> contextlib.AbstractContextManager:
+        """The context a measurement of this target runs in: this process on the load generator's CPU set when the
+        target is isolated, else as it is."""
+        return cs.this_process_in(self.client_group) if self.client_group is not None else contextlib.nullcontext()
 
     def _ensure_server(self) -> Any:
         if self.server is not None and self.server.alive():
@@ -209,8 +233,9 @@ class CpuTriton:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
-        if self.placement is not None:
-            self.placement.remove()
+        for group in (self.placement, self.client_group):
+            if group is not None:
+                group.remove()
         self._models.clear()
         self._active = None
 

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def default_targets(threads: int = 1) -> list[HardwareTarget]:
     """Every target this stage knows (``recforge.contracts.targets.PROFILED_TARGETS``), available here or not."""
-    return [CpuOnnxRuntime(threads=threads), CpuTriton(threads=threads), GpuOnnxRuntime(),
+    return [CpuOnnxRuntime(threads=threads), CpuTriton(threads=threads, isolate=True), GpuOnnxRuntime(),
             HybridCpuGpu(CpuOnnxRuntime(threads=threads), GpuOnnxRuntime())]
 
 
