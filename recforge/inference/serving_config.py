@@ -1,6 +1,10 @@
 """The Triton serving settings of one model (:class:`ServingConfig`) and the ones a profile document argues for
 (:func:`serving_config_from_profile`): batching, queue bound, instances, threads, warm-up, each with the
 measurement it came from. ``recforge.inference.model_repo`` writes them into config.pbtxt.
+
+A deployed model has two batching knob sets (:func:`batching_knob_sets`), one per :data:`BATCHING_MODES`: the
+throughput-optimal one is the config the fleet deploys (the profile's best knobs), the latency-optimal one is derived
+from it (:func:`latency_optimal`); the fleet switches a live node between them (recforge.serving.fleet.batching).
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from recforge.core.config import Annotated, Field, config_from_dict, typed_confi
 from recforge.core.errors import ConfigError
 
 INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU", "KIND_AUTO")
+# a node's batching mode (DeepRecSched): the knob set for a light load or the one for a heavy load
+LATENCY_MODE, THROUGHPUT_MODE = "latency", "throughput"
+BATCHING_MODES = (LATENCY_MODE, THROUGHPUT_MODE)
 MAX_BATCH_SIZE = 1 << 16
 
 BatchSize = Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE)]
@@ -172,4 +179,46 @@ def serving_config_from_profile(profile: Mapping[str, Any] | str | Path, *, sour
                          threads_per_instance=threads, warmup_batch_sizes=warmup, sources=sources)
 
 
-__all__ = ["INSTANCE_KINDS", "MAX_BATCH_SIZE", "ServingConfig", "serving_config_from_profile"]
+# --------------------------------------------------------------------------------------------------------------
+# The two batching knob sets
+
+
+def latency_optimal(config: ServingConfig, profile: Mapping[str, Any] | None = None) -> ServingConfig:
+    """The latency-optimal knob set of a model deployed with ``config`` (its throughput-optimal one): the same
+    config with no wait for a batch — ``max_queue_delay_microseconds`` 0 and no ``preferred_batch_size`` —, so an
+    instance takes a request as soon as it is free, batched only with what has queued by then (at a light load: alone;
+    DeepRecSched's latency-optimal end). Everything else stays: instances, threads, max_batch_size, the queue bound,
+    warm-up, so the node's memory and CPU use are the same in both modes and only the batching wait moves.
+
+    When the ``profile``'s search evaluated exactly that setting (its ``best_knobs`` with ``queue_delay_us`` 0 and
+    ``preferred_batch`` []), the evaluation's LBT is named as its measurement in ``sources``; otherwise the sources
+    say the two values are derived, not measured. A config without dynamic batching has no wait to remove: it is
+    returned as it is (both modes are the same)."""
+    if not config.dynamic_batching:
+        return config
+    why = "latency-optimal: no batching wait (derived from the throughput-optimal knobs, not measured on its own)"
+    search = (profile or {}).get("search") or {}
+    best = search.get("best_knobs")
+    if best is not None:
+        wanted = comparable_knobs({**best, "queue_delay_us": 0, "preferred_batch": []})
+        measured = [e for e in search.get("evaluations") or () if comparable_knobs(e.get("knobs") or {}) == wanted]
+        if measured:
+            why = (f"latency-optimal: no batching wait; the profile's search measured this setting (best_knobs with "
+                   f"queue_delay_us=0, preferred_batch=[]) at LBT {measured[0]['lbt_qps']:g} qps")
+    sources = {**config.sources, "max_queue_delay_microseconds": why, "preferred_batch_size": why}
+    return dataclasses.replace(config, max_queue_delay_microseconds=0, preferred_batch_size=(), sources=sources)
+
+
+def comparable_knobs(knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """A profile's knob setting with its preferred batch sizes in ascending order (the order means nothing)."""
+    return {**knobs, "preferred_batch": sorted(int(b) for b in knobs.get("preferred_batch") or ())}
+
+
+def batching_knob_sets(deployed: ServingConfig, profile: Mapping[str, Any] | None = None) -> dict[str, ServingConfig]:
+    """{mode: knob set} of a model deployed with ``deployed``: the throughput-optimal set is ``deployed`` itself (the
+    profile's best knobs, as the fleet deploys them), the latency-optimal one :func:`latency_optimal`."""
+    return {THROUGHPUT_MODE: deployed, LATENCY_MODE: latency_optimal(deployed, profile)}
+
+
+__all__ = ["BATCHING_MODES", "INSTANCE_KINDS", "LATENCY_MODE", "MAX_BATCH_SIZE", "ServingConfig", "THROUGHPUT_MODE",
+           "batching_knob_sets", "latency_optimal", "serving_config_from_profile"]

@@ -32,9 +32,9 @@ import numpy as np
 
 from recforge.core.config import Annotated, Field, typed_config
 from recforge.core.errors import ConfigError
+from recforge.inference.serving_config import LATENCY_MODE, THROUGHPUT_MODE  # the modes a node's knobs switch between
 from recforge.serving.elastic.capacity import NodeModel
 
-LATENCY_MODE, THROUGHPUT_MODE = "latency", "throughput"
 HAPROXY_MAX_WEIGHT = 256
 
 

@@ -1,8 +1,10 @@
 """The elastic controller as its own process on the live fleet: every ``interval_s`` it reads the fleet's signals
 (each node's Triton metrics, HAProxy's stats over its runtime socket: recforge.serving.elastic.live_signals), asks
 the control law (:class:`~recforge.serving.elastic.control.ElasticController`, with the capacity model of the
-fleet's profile) for a decision, applies what the fleet can do — weights and drains
-(recforge.serving.elastic.live_actions), and the target node count, one node added or removed at a time in a
+fleet's profile) for a decision, applies what the fleet can do — weights, drains, the balancer's shed fraction
+(recforge.serving.elastic.live_actions), each node's batching mode, one node at a time in a background thread
+(recforge.serving.elastic.live_batching; reloaded through the node's own repository API:
+recforge.serving.fleet.batching), and the target node count, one node added or removed at a time in a
 background thread (recforge.serving.elastic.live_scaling, through recforge.serving.fleet.scaling) — and logs the
 rest as advisory.
 
@@ -11,7 +13,8 @@ Files in the fleet's folder (paths in state.json's ``controller`` entry):
     controller-decisions.jsonl  one JSON line per decision that applied something or advised something new (time,
                                 signals, actions, reasons), and one at least every ``log_every_s`` otherwise
     controller.json             the last tick (time, signals, weights, the law's per-node corrections), the node
-                                operation in flight, and the node-seconds so far (cores x seconds allocated)
+                                operation in flight, the node-seconds so far (cores x seconds allocated), and
+                                ``shed``: the fraction the balancer sheds and the requests it shed so far
     controller.log              the process's messages
 
 Started by ``fleet up`` (``make fleet-up``; not with ``FLEET_CONTROLLER=0``), stopped by ``fleet down``. It
@@ -48,9 +51,11 @@ from recforge.serving import loadbalancer as lb
 from recforge.serving.elastic.capacity import NodeModel
 from recforge.serving.elastic.control import ControlConfig, ElasticController, max_nodes_for_cpus
 from recforge.serving.elastic.live_actions import Action, BalancerControl, apply_actions, plan_actions
+from recforge.serving.elastic.live_batching import BatchingSwitcher
 from recforge.serving.elastic.live_scaling import NodeOperations, NodeOperator, plan_scale
 from recforge.serving.elastic.live_signals import (
     NodeCounters,
+    ShedCounter,
     SignalTracker,
     balancer_view,
     health_problem,
@@ -58,6 +63,7 @@ from recforge.serving.elastic.live_signals import (
     signals_record,
 )
 from recforge.serving.fleet import Fleet, fleet_dir, process_alive, read_state, scaling, served_versions
+from recforge.serving.fleet.batching import node_mode, switch_unavailable
 from recforge.serving.fleet.state import state_lock, write_state
 
 LOG = logging.getLogger("recforge.elastic.live")
@@ -75,6 +81,8 @@ class LiveConfig:
     cores_per_node: Annotated[int, Field(ge=1, le=256)] = 1
     metrics_timeout_s: Annotated[float, Field(gt=0, le=10)] = 0.5  # a node's metrics port slower than this: unhealthy
     share_tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.05  # weights are applied when a share moves more
+    shed_tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.02  # the shed fraction is applied when it moves more
+    shed: bool = True  # shed the law's fraction at the balancer (False: the fraction is advisory)
     log_every_s: Annotated[float, Field(ge=0, le=3600)] = 30.0  # a "hold" line at least this often (0: every tick)
     control: dict[str, float | int] = dataclasses.field(default_factory=dict)  # ControlConfig overrides
     scale: bool = True  # add and remove nodes as the law's target asks (False: the target is advisory)
@@ -120,18 +128,24 @@ class LiveController:
 
     def __init__(self, root: Path, cfg: LiveConfig, *, clock: Any = time.monotonic, cpus: int | None = None,
                  read_stats: Any = None, read_node: Any = None, control: BalancerControl | None = None,
-                 operations: NodeOperations | None = None, fleet_bounds: Any = None):
+                 operations: NodeOperations | None = None, fleet_bounds: Any = None, read_shed: Any = None):
         """``read_stats(balancer entry) -> show stat rows``, ``read_node(metrics url, timeout, models) ->
         (counters | None, error)``, ``control`` (the weights' setter; default: the fleet handle), ``operations``
         (add_node / remove_node; default: the fleet handle) and ``fleet_bounds(state) -> (min, max)`` (default:
-        recforge.serving.fleet.scaling.node_bounds) are the controller's I/O, injected by the tests."""
+        recforge.serving.fleet.scaling.node_bounds) and ``read_shed(balancer entry) -> fraction shed now | None``
+        are the controller's I/O, injected by the tests."""
         self.root, self.home, self.cfg, self.clock = root, root.parent, cfg, clock
         self.cpus = cpus or cpu_count()
         self.read_stats = read_stats or (lambda entry: lb.HAProxy.from_state(entry).stats())
         self.read_node = read_node or read_metrics
+        self.read_shed = read_shed or (lambda entry: lb.HAProxy.from_state(entry).shed_fraction())
+        self.shed_now: float | None = None  # the fraction the balancer sheds, as last read or set
+        self.shed_count = ShedCounter()  # the requests it shed, across its counter's restarts
         self.control = control
         self.fleet_bounds = fleet_bounds or scaling.node_bounds
         self.operator = NodeOperator(operations or LazyFleet(self.home), clock, retry_after_s=cfg.scale_retry_s)
+        self.switcher = BatchingSwitcher(lambda node, mode: (self.control or Fleet(self.home)).set_batching(node, mode),
+                                         clock)
         self.node_seconds = 0.0  # cores x seconds allocated, starting nodes included
         self.last_tick_s: float | None = None
         self.pid = os.getpid()
@@ -176,6 +190,7 @@ class LiveController:
         except (RecForgeError, KeyError, TypeError) as err:
             LOG.warning("could not read the weights from HAProxy: %s", first_line(err))
         restored = self.restore_corrections()
+        self.read_shed_now(state)
         resumed = []
         if self.cfg.scale:
             try:
@@ -186,6 +201,7 @@ class LiveController:
         self.log_decision({"event": "start", "pid": self.pid, "nodes": sorted(state.get("nodes") or {}),
                            "weights_in_haproxy": weights, "corrections_restored": restored,
                            "node_seconds_restored": self.node_seconds, "resumed": resumed,
+                           "shed_in_haproxy": self.shed_now, "shed_requests_restored": self.shed_count.total,
                            "profile": profile_path, "bounds": [low, high],
                            "law": "on" if self.law else "off: no profile (health drains only)"})
         LOG.info("controlling %s every %g s (pid %d), nodes in [%d, %d], law %s", self.root, self.cfg.interval_s,
@@ -198,6 +214,7 @@ class LiveController:
         except (OSError, ValueError):
             return {}
         self.node_seconds = float(status.get("node_seconds") or 0.0)
+        self.shed_count = ShedCounter.from_dict(status.get("shed"))
         saved = status.get("corrections") or {}
         if self.law is None:
             return {}
@@ -214,6 +231,9 @@ class LiveController:
             return None
         now = self.clock()
         view = balancer_view(self.read_stats(state["balancer"]))
+        self.shed_count.update(view.shed_total)
+        # the fraction shed now, read from HAProxy (a restarted balancer sheds nothing); None: a config without it
+        shed_now = self.shed_now = self.read_shed_now(state) if view.shed_total is not None else None
         nodes = state.get("nodes") or {}
         counters: dict[str, NodeCounters] = {}
         problems: dict[str, str] = {}
@@ -237,13 +257,26 @@ class LiveController:
         decision = self.law.decide(signals) if self.law is not None and signals is not None else None
         low, high = self.cfg.bounds(self.cpus, self.fleet_bounds(state))
         weights_now = {n: view.servers[n].weight for n in managed if n in view.servers}
+        no_switch = switch_unavailable(state)  # "" when the nodes' batching mode can be switched
+        batching_modes = None if no_switch else {n: node_mode(nodes[n]) for n in managed}
         actions = [] if hands_off else plan_actions(
             decision, weights_now=weights_now, up=[n for n, s in view.servers.items() if s.status == "UP"],
             unhealthy={n: p for n, p in problems.items() if n in weights_now}, last_batching=self.last_batching,
-            share_tolerance=self.cfg.share_tolerance)
+            share_tolerance=self.cfg.share_tolerance,
+            batching_modes=batching_modes if self.switcher.in_flight() is None else {},  # one switch at a time
+            no_batching=f"advisory: {no_switch}", shed_now=shed_now, shed_tolerance=self.cfg.shed_tolerance)
+        if not self.cfg.shed:
+            actions = [dataclasses.replace(a, advisory=True, reason=f"{a.reason}; advisory: LiveConfig.shed is off")
+                       if a.kind == "shed" and not a.advisory else a for a in actions]
         if decision is not None:
             self.last_batching = decision.batching
-        applied = apply_actions(actions, self.control or Fleet(self.home)) if actions else []
+        switches = [a for a in actions if a.kind == "batching" and not a.advisory]  # run in the background
+        others = [a for a in actions if a not in switches]
+        applied = apply_actions(others, self.control or Fleet(self.home)) if others else []
+        applied += [self.switcher.submit(a) for a in switches]
+        for done in applied:
+            if done["kind"] == "shed" and done["applied"]:
+                self.shed_now = float(done["value"])
         scale = None if hands_off else plan_scale(
             decision, nodes_now=len(nodes), managed={n: weights_now.get(n) for n in managed},
             unhealthy=list(problems), min_nodes=low, max_nodes=high, in_flight=self.operator.in_flight(),
@@ -251,12 +284,18 @@ class LiveController:
         if scale is not None:
             applied.append(self.apply_scale(scale))
         finished = self.operator.finished()
+        switched = self.switcher.finished()  # batching switches that ended since the last tick (seconds, or why not)
         self.count_node_seconds(now, nodes)
         self.ticks += 1
         record = {"at": utc_now(), "tick": self.ticks, "signals": signals_record(signals, problems),
-                  "actions": applied, "weights_before": weights_now, "nodes": len(nodes)}
+                  "actions": applied, "weights_before": weights_now, "nodes": len(nodes),
+                  "shed": self.shed_view()}
+        if batching_modes is not None:  # each node's batching mode before this tick's switch
+            record["batching_modes"] = batching_modes
         if finished:  # node operations that ended since the last tick: added (with seconds) or failed (why)
             record["node_operations"] = finished
+        if switched:
+            record["batching_switches"] = switched
         if hands_off:
             record["hands_off"] = "nodes serve different model versions (a rollout): weights left to it"
         if decision is not None:
@@ -265,7 +304,7 @@ class LiveController:
                                   "shed_fraction": round(decision.shed_fraction, 4), "reasons": list(decision.reasons)}
         self.write_status(record)
         advice = sorted((a["kind"], json.dumps(a["value"])) for a in applied if a["advisory"])
-        if any(not a["advisory"] for a in applied) or advice != self.last_advice or finished or \
+        if any(not a["advisory"] for a in applied) or advice != self.last_advice or finished or switched or \
                 now - self.last_logged_s >= self.cfg.log_every_s:
             self.log_decision(record)
             self.last_logged_s, self.last_advice = now, advice
@@ -282,6 +321,19 @@ class LiveController:
             record["applied"] = self.operator.submit(action)  # started; its end is logged as a node operation
         return record
 
+    def read_shed_now(self, state: Mapping[str, Any]) -> float | None:
+        """The fraction the balancer sheds now (None: its config has no shedding); the last one known when HAProxy
+        does not answer."""
+        try:
+            self.shed_now = self.read_shed(state["balancer"])
+        except (RecForgeError, KeyError, TypeError) as err:
+            LOG.warning("could not read the shed fraction from HAProxy: %s", first_line(err))
+        return self.shed_now
+
+    def shed_view(self) -> dict[str, Any]:
+        """The shed fraction in effect and the requests shed so far, for the log and controller.json."""
+        return {"fraction": self.shed_now, "requests": self.shed_count.total}
+
     def count_node_seconds(self, now: float, nodes: Mapping[str, Any]) -> None:
         """Add the cores allocated since the last tick (every node in state.json, starting ones included)."""
         if self.last_tick_s is not None and now > self.last_tick_s:
@@ -295,8 +347,10 @@ class LiveController:
             names, factor = self.law.corrections.names, self.law.corrections.factor
             corrections = {name: round(float(factor[i]), 4) for i, name in enumerate(names)}
         status = {"pid": self.pid, "last_tick_at": record["at"], "ticks": self.ticks, "law": self.law is not None,
-                  "batching": self.last_batching, "corrections": corrections,
+                  "batching": self.last_batching, "batching_switch": self.switcher.in_flight(),
+                  "corrections": corrections,
                   "node_seconds": round(self.node_seconds, 3), "node_operation": self.operator.in_flight(),
+                  "shed": {**self.shed_view(), **self.shed_count.to_dict()},
                   "last": record}
         path = Path(self.entry["status_file"])
         tmp = path.with_name(f".{path.name}.{self.pid}.tmp")

@@ -8,12 +8,17 @@ What the live fleet can do today, and so what is applied:
   restarts): the law's weights, applied when some node's share of the traffic moves by more than
   ``share_tolerance`` or a node goes to or from weight 0 (no churn for a rescaling that changes no share);
 - **drain** (weight 0) of a node whose health failed; it gets its weight back from the law once it is healthy;
-- never all nodes out: a drain or weight 0 that would leave no UP node with a weight is not applied.
+- never all nodes out: a drain or weight 0 that would leave no UP node with a weight is not applied;
+- **batching** (through the fleet handle, in the background: recforge.serving.elastic.live_batching;
+  recforge.serving.fleet.batching reloads the node's model with the mode's knob set and records the mode in
+  state.json): the law's batching mode, node by node — one UP node per tick whose mode differs —; advisory, with the
+  reason, where the fleet cannot switch (a model without dynamic batching, or no batching wait to remove);
+- **shed** (HAProxy's runtime API, through the fleet handle: recforge.serving.loadbalancer.shedding): the law's shed
+  fraction of inference requests answered 503 + Retry-After at the balancer, applied when it moves by more than
+  ``shed_tolerance`` from what the balancer sheds now, or falls to 0 (stop shedding at once); advisory, with the
+  reason, for a balancer whose config has no shedding.
 
 The target node count is applied by recforge.serving.elastic.live_scaling (one node added or removed at a time).
-What is decided but not in the fleet's power yet, logged as **advisory** with the reason: load shedding (the
-balancer's admission checks a request's validity, not the load) and the batching mode (a node's serving knobs are
-fixed when its model is loaded).
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ from typing import Any, Protocol
 from recforge.core.errors import RecForgeError, first_line
 from recforge.serving.elastic.control import Decision
 
-NO_SHEDDING = "advisory: the balancer has no load shedding (its admission checks request validity only)"
-NO_BATCHING = "advisory: a node's batching knobs are fixed when its model is loaded"
+NO_SHEDDING = "advisory: the balancer's config has no load shedding (generated before it: restart the fleet)"
+NO_BATCHING = "advisory: the fleet cannot switch its nodes' batching knobs"
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,7 @@ class Action:
     """One thing to do (or, ``advisory``, that would be done if the fleet could), and why."""
 
     kind: str  # weight, drain, scale, shed, batching
-    node: str | None  # scale: the node to remove (None: add one)
+    node: str | None  # scale: the node to remove (None: add one); batching: the node to switch (None: advisory)
     value: Any
     reason: str
     advisory: bool = False
@@ -45,9 +50,14 @@ class Action:
 
 
 class BalancerControl(Protocol):
-    """What the controller changes in the balancer (the real one: the fleet handle, :class:`Fleet`)."""
+    """What the controller changes in the balancer, and a node's batching mode (the real one: the fleet handle,
+    :class:`Fleet`)."""
 
     def set_weight(self, node: str, weight: int) -> None: ...
+
+    def set_shed_fraction(self, fraction: float) -> None: ...
+
+    def set_batching(self, node: str, mode: str) -> Any: ...  # run by live_batching.BatchingSwitcher
 
 
 def shares(weights: Mapping[str, int | None]) -> dict[str, float]:
@@ -58,10 +68,15 @@ def shares(weights: Mapping[str, int | None]) -> dict[str, float]:
 
 def plan_actions(decision: Decision | None, *, weights_now: Mapping[str, int | None], up: Sequence[str],
                  unhealthy: Mapping[str, str], last_batching: str | None,
-                 share_tolerance: float = 0.05) -> list[Action]:
+                 share_tolerance: float = 0.05, batching_modes: Mapping[str, str] | None = None,
+                 no_batching: str = NO_BATCHING, shed_now: float | None = None,
+                 shed_tolerance: float = 0.02) -> list[Action]:
     """The balancer's actions for this tick, and the advisory ones (the scale action is
     recforge.serving.elastic.live_scaling's). ``weights_now``: every node the controller manages with its weight in
-    HAProxy; ``up``: the nodes HAProxy reports UP; ``unhealthy``: node -> why its health failed."""
+    HAProxy; ``up``: the nodes HAProxy reports UP; ``unhealthy``: node -> why its health failed;
+    ``batching_modes``: the batching mode of each node the controller may switch (None: the fleet cannot, and a
+    change of the law's mode is advisory with ``no_batching``); ``shed_now``: the fraction the balancer sheds now
+    (None: it cannot shed; :func:`shed_action`)."""
     target = {name: w for name, w in weights_now.items()}
     reasons: dict[str, str] = {}
     for name, problem in unhealthy.items():
@@ -87,18 +102,41 @@ def plan_actions(decision: Decision | None, *, weights_now: Mapping[str, int | N
                for n in target if target[n] != weights_now[n] and n in reasons]
     if decision is None:
         return actions
-    if decision.shed_fraction > 0:
-        actions.append(Action("shed", None, round(decision.shed_fraction, 4),
-                              f"{decision.shed_reason}; {NO_SHEDDING}", advisory=True))
-    if last_batching is not None and decision.batching != last_batching:
-        actions.append(Action("batching", None, decision.batching, f"{decision.batching_reason}; {NO_BATCHING}",
+    shed = shed_action(decision, shed_now, shed_tolerance)
+    if shed is not None:
+        actions.append(shed)
+    if batching_modes is not None:  # one node per tick: the others serve on in their mode meanwhile
+        behind = [n for n in up
+                  if n in batching_modes and n not in unhealthy and batching_modes[n] != decision.batching]
+        if behind:
+            actions.append(Action("batching", behind[0], decision.batching,
+                                  f"{decision.batching_reason}; {behind[0]} first of {len(behind)} node(s) to switch"))
+    elif last_batching is not None and decision.batching != last_batching:
+        actions.append(Action("batching", None, decision.batching, f"{decision.batching_reason}; {no_batching}",
                               advisory=True))
     return actions
 
 
+def shed_action(decision: Decision, shed_now: float | None, tolerance: float) -> Action | None:
+    """The shed action of a decision. Where the balancer can shed (``shed_now``: the fraction it sheds now) the
+    law's fraction, to the balancer's per-mille resolution, when it differs from ``shed_now`` by more than
+    ``tolerance`` (no churn for small moves) or is 0 while the balancer sheds; where it cannot (None), an advisory
+    action while the law would shed."""
+    if shed_now is None:
+        if decision.shed_fraction <= 0:
+            return None
+        return Action("shed", None, round(decision.shed_fraction, 4), f"{decision.shed_reason}; {NO_SHEDDING}",
+                      advisory=True)
+    wanted = round(min(max(decision.shed_fraction, 0.0), 1.0), 3)
+    if abs(wanted - shed_now) <= tolerance and not (wanted == 0 < shed_now):
+        return None
+    reason = decision.shed_reason or "stop shedding: the ready nodes carry the arrivals"
+    return Action("shed", None, wanted, f"{reason} (was {shed_now:.1%})")
+
+
 def apply_actions(actions: Sequence[Action], control: BalancerControl) -> list[dict[str, Any]]:
-    """Apply the non-advisory weight and drain actions; each action as logged, with ``applied`` and the error where
-    one failed."""
+    """Apply the non-advisory weight, drain and shed actions (a batching action is run in the background:
+    recforge.serving.elastic.live_batching); each action as logged, with ``applied`` and the error where one failed."""
     done = []
     for action in actions:
         record = action.to_dict()
@@ -106,7 +144,10 @@ def apply_actions(actions: Sequence[Action], control: BalancerControl) -> list[d
             record["applied"] = False
         else:
             try:
-                control.set_weight(action.node, int(action.value))
+                if action.kind == "shed":
+                    control.set_shed_fraction(float(action.value))
+                else:
+                    control.set_weight(action.node, int(action.value))
                 record["applied"] = True
             except RecForgeError as err:
                 record["applied"], record["error"] = False, first_line(err)

@@ -10,8 +10,10 @@ What is read:
   ``summary_latencies=true``). Per tick: throughput = delta(success) / dt, queue time = delta(queue_us) /
   delta(success), p95 = the summary's quantile, or the tick's mean request duration where there is none (0 for a
   node that served nothing in the tick: the summary's window may still hold an old slow request);
-- from HAProxy: each server's status, weight, current sessions and queue, the check result, and the frontend's
-  HTTP request count (the arrival rate at the balancer = its delta / dt).
+- from HAProxy: each server's status, weight, current sessions and queue, the check result, the frontend's
+  HTTP request count (the arrival rate at the balancer = its delta / dt: shed requests count, they arrived), and the
+  requests the balancer shed (its ``shed`` backend's sessions; :class:`ShedCounter` keeps their total across the
+  counter's restarts at a reload).
 
 A node is unhealthy (:func:`health_problem`) when HAProxy has no row for it, reports it DOWN/MAINT, or its metrics
 port does not answer; an unhealthy node is left out of the signals (the law measures only what it can read).
@@ -97,10 +99,12 @@ class ServerView:
 
 @dataclass(frozen=True)
 class BalancerView:
-    """HAProxy's view at one moment: the frontend's HTTP requests so far and each server of the backend."""
+    """HAProxy's view at one moment: the frontend's HTTP requests so far, each server of the backend, and the
+    requests shed so far by this worker (None: the balancer's config has no shedding)."""
 
     requests_total: float
     servers: dict[str, ServerView]
+    shed_total: int | None = None
 
 
 def balancer_view(rows: Sequence[Mapping[str, str]], *, backend: str = lb.BACKEND,
@@ -108,6 +112,7 @@ def balancer_view(rows: Sequence[Mapping[str, str]], *, backend: str = lb.BACKEN
     """:class:`BalancerView` from ``show stat`` rows (:func:`recforge.serving.loadbalancer.parse_show_stat`)."""
     requests_total = 0.0
     servers: dict[str, ServerView] = {}
+    shed_total = lb.shed_requests(rows)
     for row in rows:
         name = row.get("svname")
         if row.get("pxname") == frontend and name == "FRONTEND":
@@ -116,7 +121,7 @@ def balancer_view(rows: Sequence[Mapping[str, str]], *, backend: str = lb.BACKEN
             servers[name] = ServerView(status=lb.server_status(row), weight=count(row.get("weight")),
                                        sessions=count(row.get("scur")) or 0, queued=count(row.get("qcur")) or 0,
                                        check=row.get("check_status", ""))
-    return BalancerView(requests_total, servers)
+    return BalancerView(requests_total, servers, shed_total)
 
 
 def count(value: str | None) -> int | None:
@@ -173,6 +178,34 @@ class SignalTracker:
         return FleetSignals(now_s=now_s, arrival_qps=arrival, mix_cost_ratio=1.0, node_names=tuple(nodes),
                             throughput_qps=np.array(throughput, dtype=float), p95_ms=np.array(p95, dtype=float),
                             queue_ms=np.array(queue, dtype=float))
+
+
+class ShedCounter:
+    """The requests the balancer shed, counted across the restarts of HAProxy's counter (a reload or a restart of
+    the balancer starts it from 0): a reading below the last one is a new counter, counted whole."""
+
+    def __init__(self, total: int = 0, last_seen: int = 0):
+        self.total = total
+        self.last_seen = last_seen
+
+    def update(self, counter: int | None) -> int:
+        """Count a reading of HAProxy's counter (None: no shedding there, nothing counted); the total."""
+        if counter is not None:
+            self.total += counter - self.last_seen if counter >= self.last_seen else counter
+            self.last_seen = counter
+        return self.total
+
+    def to_dict(self) -> dict[str, int]:
+        return {"requests": self.total, "haproxy_counter": self.last_seen}
+
+    @classmethod
+    def from_dict(cls, saved: Mapping[str, object] | None) -> ShedCounter:
+        """The counter as :meth:`to_dict` saved it (a restarted controller goes on from it)."""
+        saved = saved or {}
+        try:
+            return cls(int(saved.get("requests") or 0), int(saved.get("haproxy_counter") or 0))
+        except (TypeError, ValueError):
+            return cls()
 
 
 def signals_record(signals: FleetSignals | None, problems: Mapping[str, str]) -> dict:

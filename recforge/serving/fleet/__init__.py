@@ -3,8 +3,9 @@
 Modules: ``config`` (FleetConfig), ``sources`` (what to serve), ``state`` (state.json), ``processes`` (the fleet's
 processes), ``lifecycle`` (up, down, status), ``supervision`` (the restart policy), ``supervisor`` (the process that
 restarts crashed or hung nodes and a dead balancer), ``crashes`` (what was on a node when it failed; the quarantine of
-request bodies that crashed nodes), ``scaling`` (add a node to / remove one from the running fleet), ``handle`` (the
-:class:`Fleet` handle of the rollout stage and the elastic controller), ``cli``.
+request bodies that crashed nodes), ``scaling`` (add a node to / remove one from the running fleet), ``batching``
+(switch a node between its latency- and throughput-optimal batching knobs), ``handle`` (the :class:`Fleet` handle of
+the rollout stage and the elastic controller), ``cli``.
 
 Layout under ``$RECFORGE_HOME/fleet/``::
 
@@ -16,6 +17,7 @@ Layout under ``$RECFORGE_HOME/fleet/``::
     haproxy/admin.sock      HAProxy's admin runtime API (mode 600)
     haproxy/haproxy.log     HAProxy's messages and one line per request (node, termination state, body SHA-256)
     haproxy/quarantine.lst  body SHA-256s the balancer answers 422 (requests that crashed nodes; kept across fleets)
+    haproxy/shed.map        the per mille of inference requests the balancer sheds (503; set by the controller)
     supervisor.log          the supervisor's restarts, recovery seconds and crash-loop alarms
     crashes.jsonl           one record per node failure with the requests that were on it (kept across fleets)
     controller.log, controller.json, controller-decisions.jsonl
@@ -23,7 +25,7 @@ Layout under ``$RECFORGE_HOME/fleet/``::
 
 Everything binds 127.0.0.1. Clients use the balancer (``state["url"]``, default port 8100): inference, health and
 model metadata only. Model control (load/unload) goes to one node's own port, never through the balancer
-(:meth:`Fleet.stage_on_node`); each node's Prometheus metrics are on its own metrics port
+(:meth:`Fleet.stage_on_node`, :meth:`Fleet.set_batching`); each node's Prometheus metrics are on its own metrics port
 (:meth:`Fleet.node_metrics`).
 
 What to serve (:class:`ModelSource`): an explicit ONNX + feature spec (+ optional profile)

@@ -1,6 +1,7 @@
 """A handle on the running fleet for the rollout stage and the elastic controller (:class:`Fleet`): stage a model
-version on one node, drain / weigh / restore a node in the balancer, restart a node, add or remove a node
-(recforge.serving.fleet.scaling), read a node's Triton metrics."""
+version on one node, drain / weigh / restore a node and shed load in the balancer, restart a node, add or remove a node
+(recforge.serving.fleet.scaling), switch a node's batching mode (recforge.serving.fleet.batching), read a node's
+Triton metrics."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from recforge.core.timing import utc_now
 from recforge.inference import model_repo as mr
 from recforge.inference import triton as tr
 from recforge.serving import loadbalancer as lb
-from recforge.serving.fleet import scaling
+from recforge.serving.fleet import batching, scaling
 from recforge.serving.fleet.balancer import refresh_admission
 from recforge.serving.fleet.processes import process_alive, start_node_again, stop_groups
 from recforge.serving.fleet.state import fleet_dir, read_state, state_lock, write_state
@@ -101,7 +102,7 @@ class Fleet:
         node's own repository API (not the balancer); returns the node's new model entry. The serving config is
         ``serving_config`` or the one the node serves the model with now (default ServingConfig for a new model).
         Loading a lower version than the current one works too (a rollback): Triton is told to serve exactly
-        ``version`` (``version_policy: specific``)."""
+        ``version`` (``version_policy: specific``), in the node's batching mode (recforge.serving.fleet.batching)."""
         info = self.node(node)
         repo = Path(info["repo"])
         if serving_config is None:
@@ -119,6 +120,7 @@ class Fleet:
             raise DataError(f"{staged} has SHA-256 {actual} after staging, expected {expected}; not loading it")
         model_config = mr.parse_config_pbtxt(model_dir / "config.pbtxt")
         model_config["version_policy"] = {"specific": {"versions": [int(version)]}}
+        model_config = batching.config_in_mode(model_config, serving_config, batching.node_mode(info))
         tr.load_model(info["url"], model, config=model_config, timeout=timeout_s)
         if not tr.model_ready(info["url"], model, version):
             raise RecForgeError(f"{node}: model {model} v{version} loaded but is not ready; see {info['log']}")
@@ -143,6 +145,7 @@ class Fleet:
         server.wait_ready()
         if not server.model_ready(model, version):
             raise RecForgeError(f"{node} restarted but {model} v{version} is not ready; see {info['log']}")
+        batching.restore_mode(server.url, self.node(node), self.state, timeout_s=timeout_s)
 
     def set_state(self, node: str, lb_state: str) -> None:
         """The node's state in the balancer: ``ready``, ``drain`` (no new requests) or ``maint``."""
@@ -171,6 +174,26 @@ class Fleet:
         self.node(node)
         self.balancer.set_weight(node, weight)
         self._update(node, weight=weight)
+
+    def set_shed_fraction(self, fraction: float) -> None:
+        """Answer ``fraction`` (0..1) of inference requests 503 + Retry-After at the balancer from now on, without a
+        reload (kept across reloads; a restarted balancer sheds nothing until it is set again)."""
+        self.balancer.set_shed_fraction(fraction)
+
+    def shed_fraction(self) -> float | None:
+        """The fraction of inference requests the balancer sheds now (None: its config has no shedding)."""
+        return self.balancer.shed_fraction()
+
+    def set_batching(self, node: str, mode: str, *, timeout_s: float = 120.0) -> dict[str, Any]:
+        """Switch ``node`` (UP in the balancer) to batching ``mode``, latency or throughput, through its own repository
+        API, and record the mode in state.json (:func:`batching.switch_node`)."""
+        result = batching.switch_node(self.home, node, mode, timeout_s=timeout_s)
+        self.state = read_state(self.home) or self.state
+        return result
+
+    def batching_unavailable(self) -> str:
+        """Why this fleet's nodes cannot switch their batching mode ("" when they can)."""
+        return batching.switch_unavailable(read_state(self.home) or self.state)
 
     def add_node(self, *, timeout_s: float | None = None) -> dict[str, Any]:
         """One more node serving what the others serve, in rotation once warm (:func:`scaling.add_node`)."""

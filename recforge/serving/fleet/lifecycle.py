@@ -27,6 +27,7 @@ from recforge.inference import triton as tr
 from recforge.serving import loadbalancer as lb
 from recforge.serving.fleet import crashes
 from recforge.serving.fleet.balancer import balancer_entry, write_balancer_config
+from recforge.serving.fleet.batching import node_mode
 from recforge.serving.fleet.config import FleetConfig
 from recforge.serving.fleet.processes import NODE_SERVER_ARGS, fleet_processes, process_alive, stop_groups
 from recforge.serving.fleet.sources import ModelSource
@@ -173,8 +174,8 @@ def start_controller(root: Path, config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def controller_view(entry: Mapping[str, Any] | None, last: int = 3) -> dict[str, Any] | None:
-    """The controller for ``fleet status``: running or not, its last tick, its last decisions (``last`` lines of
-    its decisions log)."""
+    """The controller for ``fleet status``: running or not, its last tick, the balancer's shed fraction and the
+    requests shed so far, its last decisions (``last`` lines of its decisions log)."""
     if not entry:
         return None
     view: dict[str, Any] = {"pid": entry.get("pid"), "running": process_alive(entry.get("pid")),
@@ -182,7 +183,7 @@ def controller_view(entry: Mapping[str, Any] | None, last: int = 3) -> dict[str,
     try:
         tick = json.loads(Path(entry["status_file"]).read_text())
         view.update(last_tick_at=tick.get("last_tick_at"), ticks=tick.get("ticks"), law=tick.get("law"),
-                    corrections=tick.get("corrections"))
+                    corrections=tick.get("corrections"), shed=tick.get("shed"))
     except (OSError, ValueError, KeyError, TypeError):
         view["last_tick_at"] = None
     try:
@@ -255,12 +256,15 @@ def status(*, home: str | Path | None = None) -> dict[str, Any]:
         return {"status": "down", "fleet_dir": str(fleet_dir(home))}
     balancer = state.get("balancer") or {}
     proxy_view: dict[str, Any] = {}
+    shedding: dict[str, Any] | None = None
     lb_running = bool(balancer.get("pid")) and process_alive(balancer["pid"])
     if lb_running:
         try:
             proxy_view = lb.HAProxy.from_state(balancer).servers()
         except RecForgeError as err:
             proxy_view = {"error": str(err)}
+        with contextlib.suppress(RecForgeError):  # the shed fraction now, the requests shed since its start
+            shedding = lb.HAProxy.from_state(balancer).shedding()
     nodes = {}
     for name, node in state["nodes"].items():
         alive = process_alive(node.get("pid"))
@@ -268,6 +272,7 @@ def status(*, home: str | Path | None = None) -> dict[str, Any]:
                   for m, info in node.get("models", {}).items()}
         nodes[name] = {"url": node.get("url"), "pid": node.get("pid"), "process": "running" if alive else "gone",
                        "lb_state": node.get("lb_state", "ready"), "models": models, "balancer": proxy_view.get(name),
+                       "batching": node_mode(node),  # the knob set it serves with (recforge.serving.fleet.batching)
                        "placement": placement_view(node.get("placement"), node.get("pid") if alive else None)}
         if "supervision" in node:  # restarts with their recovery seconds, and the crash-loop alarm
             nodes[name]["supervision"] = node["supervision"]
@@ -285,7 +290,7 @@ def status(*, home: str | Path | None = None) -> dict[str, Any]:
     return {"status": state.get("status") if healthy else "degraded", "url": state["url"],
             "balancer": {"pid": balancer.get("pid"), "running": lb_running, "config": balancer.get("config"),
                          "placement": placement_view(balancer.get("placement"), balancer.get("pid") if lb_running
-                                                     else None),
+                                                     else None), "shedding": shedding,
                          **({"supervision": balancer["supervision"]} if "supervision" in balancer else {})},
             "supervisor": supervisor_view, "controller": controller_view(state.get("controller")),
             "alarms": alarms,

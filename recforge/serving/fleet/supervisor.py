@@ -1,13 +1,14 @@
-"""The fleet's supervisor process: every ``interval_s`` it looks at each process the fleet started — the nodes
-(pid + command line in this fleet's folder) and the balancer (HAProxy) — and on a crash or a hang takes a node out of
+"""The fleet's supervisor process: every ``interval_s`` it looks at each process the fleet started — the nodes (pid +
+command line in this fleet's folder) and the balancer (HAProxy) — and on a crash or a hang takes a node out of
 rotation, records what was on it (recforge.serving.fleet.crashes: the suspects from the balancer's request log, and
 the quarantine of a request body that crashed nodes repeatedly), restarts its tritonserver from the same repository
-with the same ports and settings, waits until it is ready and warm, and puts it back at its weight. A dead balancer
-is started again from its generated config on the same port, with every node's state and weight restored; a dead
-elastic controller (recforge.serving.elastic.live) is started again with its config (it re-reads the fleet itself).
-The decisions are :class:`~recforge.serving.fleet.supervision.RestartPolicy`'s, one per unit (node or balancer);
-the actions are :class:`FleetActions` behind the narrow :class:`UnitActions` interface. Restarts, recovery seconds
-and the crash-loop alarm are recorded in state.json (``nodes.<node>.supervision``, ``balancer.supervision``) and
+with the same ports and settings (and batching mode: recforge.serving.fleet.batching), waits until it is ready and
+warm, and puts it back at its weight. A dead balancer is started again from its generated config on the same port,
+with every node's state and weight restored; a dead elastic controller (recforge.serving.elastic.live) is started
+again with its config (it re-reads the fleet itself). The decisions are
+:class:`~recforge.serving.fleet.supervision.RestartPolicy`'s, one per unit (node or balancer); the actions are
+:class:`FleetActions` behind the narrow :class:`UnitActions` interface. Restarts, recovery seconds and the
+crash-loop alarm are recorded in state.json (``nodes.<node>.supervision``, ``balancer.supervision``) and
 ``<fleet dir>/supervisor.log``.
 
 Started detached by ``fleet up`` (``FleetConfig.supervise``); stopped by ``fleet down``. It exits by itself when the
@@ -35,7 +36,7 @@ from recforge.core.errors import RecForgeError, first_line
 from recforge.core.timing import utc_now
 from recforge.inference import triton as tr
 from recforge.serving import loadbalancer as lb
-from recforge.serving.fleet import crashes
+from recforge.serving.fleet import batching, crashes
 from recforge.serving.fleet.lifecycle import start_controller
 from recforge.serving.fleet.processes import (
     belongs_to_fleet,
@@ -224,6 +225,7 @@ class FleetActions:
                 config["version_policy"] = {"specific": {"versions": [version]}}
                 tr.load_model(server.url, model, config=config, timeout=self.cfg.ready_timeout_s)
             warm(server.url, model, version)
+        batching.restore_mode(server.url, info, state, timeout_s=self.cfg.ready_timeout_s)  # the mode it was in
         proxy = lb.HAProxy.from_state(state["balancer"])
         proxy.set_state(node, "ready")
         if info.get("weight") is not None:

@@ -39,6 +39,10 @@ What the generated ``haproxy.cfg`` does (:func:`render_config`):
   attributes each request to the node that served it, so the rollout's canary gate compares the canary's queries
   with the others' under the same load (:func:`recforge.serving.rollout.gate.gate`). The node names are the
   fleet's own labels (node0, node1, ...), nothing about the host.
+* load shedding (``shedding``): the share of inference requests answered ``503`` + ``Retry-After`` by HAProxy
+  itself (a server-less ``backend shed``, whose ``stot`` counts them), held per mille in ``shed.map`` next to the
+  admin socket and set at run time by the elastic controller (:meth:`HAProxy.set_shed_fraction`: ``set map``, no
+  reload); 0 (nothing shed) in a new config and after a fresh start. Health and metadata requests are never shed.
 * the admin runtime API on a unix socket in the state folder (``stats socket ... mode 600 level admin``), no TCP
   stats page. ``show stat`` / ``show servers state`` there are parsed by :meth:`HAProxy.servers` and
   :meth:`HAProxy.server_state`.
@@ -86,12 +90,14 @@ from recforge.serving.loadbalancer.runtime import (
     parse_show_stat,
     runtime_command,
     server_status,
+    shed_requests,
 )
+from recforge.serving.loadbalancer.shedding import SHED_BACKEND, shed_map_path
 
 __all__ = [
     "ALLOWED_ROUTES", "AdmissionLimits", "InputLimit", "common_limits", "limits_from_model_config", "read_limits",
     "BACKEND", "EQUAL_WEIGHT", "FRONTEND", "MAX_WEIGHT", "BackendNode", "BalancerError",
     "BalancerSettings", "HAProxy", "NodeWeight", "capacity_weights", "check_config", "haproxy_binary",
     "parse_servers_state", "parse_show_stat", "profiles_by_target", "render_config", "runtime_command",
-    "server_status", "write_config",
+    "server_status", "write_config", "SHED_BACKEND", "shed_map_path", "shed_requests",
 ]

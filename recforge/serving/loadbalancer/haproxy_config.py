@@ -25,6 +25,13 @@ from recforge.serving.loadbalancer.admission import (
     required_bufsize,
 )
 from recforge.serving.loadbalancer.requestlog import BODY_HASH_VAR, LOG_FORMAT, UNIQUE_ID_FORMAT
+from recforge.serving.loadbalancer.shedding import (
+    ensure_shed_map,
+    shed_backend_section,
+    shed_frontend_rules,
+    shed_map_path,
+    shed_use_backend_rule,
+)
 
 BACKEND = "triton"
 FRONTEND = "inference"
@@ -98,6 +105,7 @@ class BalancerSettings:
     # tune.bufsize: the largest request HAProxy buffers (raised to fit the largest admitted request)
     buffer_bytes: Annotated[int, Field(ge=16384, le=16 * 1024 * 1024)] = 131072
     balance: Literal["roundrobin", "leastconn"] = "roundrobin"  # see recforge.serving.loadbalancer
+    shed_retry_after_s: Annotated[int, Field(ge=1, le=3600)] = 1  # Retry-After of a shed request (shedding.py)
 
 
 @dataclass(frozen=True)
@@ -196,7 +204,9 @@ def render_config(nodes: Sequence[BackendNode], *, port: int, socket_path: str |
     with ``admission``, inference requests that cannot be valid for that model are answered by HAProxy
     (recforge.serving.loadbalancer.admission); with ``quarantine_path`` (a file of body SHA-256s, one per line,
     which must exist), an inference request whose body hash is listed there is answered 422 and never reaches a
-    node (the fleet's supervisor adds the hash of a request that crashed nodes: recforge.serving.fleet.crashes)."""
+    node (the fleet's supervisor adds the hash of a request that crashed nodes: recforge.serving.fleet.crashes).
+    Inference requests are shed (503 + Retry-After) in the share the map file next to ``socket_path`` holds
+    (recforge.serving.loadbalancer.shedding; :func:`write_config` creates it with 0: nothing shed)."""
     settings = settings or BalancerSettings()
     if not nodes:
         raise ConfigError("the load balancer needs at least one node")
@@ -244,6 +254,8 @@ def render_config(nodes: Sequence[BackendNode], *, port: int, socket_path: str |
         "    timeout http-keep-alive 10s",
         f"    timeout check {s.check_timeout_ms}ms",
         "",
+        *shed_backend_section(s.shed_retry_after_s),
+        "",
         f"frontend {FRONTEND}",
         f"    bind 127.0.0.1:{port}",
         "    # Only inference, health, and the model's metadata and config (GET) reach the nodes; the rest (model",
@@ -252,6 +264,7 @@ def render_config(nodes: Sequence[BackendNode], *, port: int, socket_path: str |
     lines += header_limit_rules()
     if admission is not None:
         lines += frontend_rules(admission, INFER_ROUTE, s.timeout_http_request_s)
+    lines += shed_frontend_rules(shed_map_path(socket_path), INFER_ROUTE)
     # GET /v2/models/stats is Triton's statistics of every model, not the metadata of a model named "stats".
     lines.append("    http-request deny deny_status 403 if { path /v2/models/stats }")
     # GET /v2 (server metadata) is the first thing perf_analyzer and the client SDK read. The nodes' own answer
@@ -264,6 +277,7 @@ def render_config(nodes: Sequence[BackendNode], *, port: int, socket_path: str |
         lines.append(f"    http-request allow if METH_{method} route{i}")
     lines += [
         "    http-request deny deny_status 403",
+        shed_use_backend_rule(),
         f"    default_backend {BACKEND}",
         "",
         f"backend {BACKEND}",
@@ -321,6 +335,7 @@ def write_config(path: str | Path, nodes: Sequence[BackendNode], *, port: int, s
                          admission=admission, quarantine_path=quarantine_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+    ensure_shed_map(shed_map_path(socket_path))  # the config reads it; a share set at run time is kept
     if validate:
         check_config(path)
     return path

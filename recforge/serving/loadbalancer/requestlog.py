@@ -25,6 +25,7 @@ LINE = re.compile(rf"{LOG_TAG} (?P<accepted>\d+)\.(?P<ms>\d+) (?P<id>\S+) (?P<no
                   r"(?P<termination>\S{2}) (?P<total_ms>-?\d+) (?P<bytes>\d+) (?P<method>\S+) (?P<path>\S+) "
                   r"(?P<sha256>[0-9a-f]{64}|-)\s*$")
 SERVER_SIDE = ("S", "s", "K")  # the node aborted, reset or timed out; or the session was killed when it went down
+NO_SERVER = "<NOSRV>"  # the node field of a request HAProxy answered itself
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class RequestRecord:
 
     accepted_at: float  # epoch seconds
     unique_id: str
-    node: str  # "<NOSRV>" when HAProxy answered itself (admission, 403)
+    node: str  # NO_SERVER when HAProxy answered itself (admission, 403, shedding)
     status: int  # -1 when no answer was sent
     termination: str  # HAProxy's two-letter termination state, "--" for a normal end
     total_ms: int
@@ -46,6 +47,13 @@ class RequestRecord:
     def ended_on_server_side(self) -> bool:
         """The exchange ended because of the node (it aborted, reset, timed out) or its session was killed."""
         return self.termination[0] in SERVER_SIDE
+
+    @property
+    def shed(self) -> bool:
+        """The balancer shed the request under overload (recforge.serving.loadbalancer.shedding): a 503 HAProxy
+        answered itself, locally (termination ``L.``); its own 503s for no server or a queue timeout end ``SC`` or
+        ``sQ``."""
+        return self.status == 503 and self.node == NO_SERVER and self.termination[0] == "L"
 
     def to_dict(self) -> dict[str, object]:
         return {"accepted_at": self.accepted_at, "unique_id": self.unique_id, "node": self.node,

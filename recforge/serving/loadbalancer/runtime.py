@@ -1,5 +1,5 @@
-"""The running balancer: the supervised haproxy process and its admin runtime API (weights and server states
-changed without a reload, ``show stat`` / ``show servers state`` parsed)."""
+"""The running balancer: the supervised haproxy process and its admin runtime API (weights, server states and the
+shed share changed without a reload, ``show stat`` / ``show servers state`` parsed)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,15 @@ from recforge.serving.loadbalancer.haproxy_config import (
     check_config,
     haproxy_binary,
     server_state_path,
+)
+from recforge.serving.loadbalancer.shedding import (
+    PER_MILLE,
+    SHED_BACKEND,
+    SHED_KEY,
+    parse_show_map,
+    shed_map_path,
+    shed_per_mille,
+    write_shed_map,
 )
 from recforge.serving.pids import cmdline, pid_alive
 
@@ -77,6 +86,15 @@ def parse_servers_state(text: str) -> list[dict[str, str]]:
     return rows
 
 
+def shed_requests(rows: list[dict[str, str]]) -> int | None:
+    """The requests the balancer shed since its worker started: the shed backend's sessions in ``show stat`` rows
+    (None: a config without shedding)."""
+    for row in rows:
+        if row.get("pxname") == SHED_BACKEND and row.get("svname") == "BACKEND":
+            return _int(row.get("stot")) or 0
+    return None
+
+
 def server_status(row: Mapping[str, str]) -> str:
     """The state word of a ``show stat`` server row: UP, DOWN, DRAIN, MAINT, NOLB (transitions such as
     ``UP 1/2`` keep their first word)."""
@@ -93,7 +111,8 @@ class HAProxy:
 
     ``start()`` validates the file, starts ``haproxy -W -db`` in its own process group with output to
     ``log_path`` and waits until the admin socket answers and (unless ``wait_up`` is 0) a server is UP. With
-    ``placement`` (a :class:`recforge.core.cpusets.CpuGroup`) master and worker run inside that CPU set.
+    ``placement`` (a :class:`recforge.core.cpusets.CpuGroup`) master and worker run inside that CPU set. A fresh
+    start sheds nothing (the shed map, when the config has one, is reset to 0; a reload keeps it).
     """
 
     config_path: Path
@@ -123,6 +142,8 @@ class HAProxy:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
         server_state_path(self.socket_path).unlink(missing_ok=True)  # a fresh start begins from the config
+        if shed_map_path(self.socket_path).exists():  # ... and sheds nothing until the controller says so
+            write_shed_map(shed_map_path(self.socket_path), 0)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             prefix = self.placement.create().launch_prefix() if self.placement is not None else []
@@ -218,6 +239,31 @@ class HAProxy:
         if state not in SERVER_STATES:
             raise ConfigError(f"server state must be one of {SERVER_STATES}, got {state!r}")
         self._checked(f"set server {BACKEND}/{_node(node)} state {state}")
+
+    def set_shed_fraction(self, fraction: float) -> int:
+        """Answer ``fraction`` (0..1) of inference requests 503 + Retry-After from now on, without a reload
+        (recforge.serving.loadbalancer.shedding): the map file is written first (a reload in between reads it),
+        then the running worker's map is set. Returns the per mille set; BalancerError when this balancer's config
+        has no shedding."""
+        value = shed_per_mille(fraction)
+        path = shed_map_path(self.socket_path)
+        write_shed_map(path, value)
+        self._checked(f"set map {path} {SHED_KEY} {value}")
+        return value
+
+    def shed_fraction(self) -> float | None:
+        """The fraction of inference requests shed now (the running worker's map; None: a config without
+        shedding)."""
+        value = parse_show_map(self.command(f"show map {shed_map_path(self.socket_path)}"))
+        return None if value is None else value / PER_MILLE
+
+    def shedding(self) -> dict[str, Any] | None:
+        """The shed fraction now and the requests shed since this worker started (``show stat`` of the shed
+        backend); None for a config without shedding."""
+        fraction = self.shed_fraction()
+        if fraction is None:
+            return None
+        return {"fraction": fraction, "requests": shed_requests(self.stats())}
 
     def stats(self) -> list[dict[str, str]]:
         """Every ``show stat`` row (frontend, backend and servers) as a dict of HAProxy's CSV columns."""
