@@ -31,6 +31,7 @@ from recforge.serving.loadbalancer.shedding import (
 )
 from tests.serving.elastic.conftest import PROFILE
 from tests.serving.elastic.test_live_signals import triton_text
+from tests.serving.stub_node import StubNode
 
 try:
     lb.haproxy_binary()
@@ -86,24 +87,6 @@ def test_a_shed_request_is_told_apart_in_the_request_log():
 
 
 # --------------------------------------------------------------------------------------------- real HAProxy
-
-class StubNode(http.server.BaseHTTPRequestHandler):
-    """A stand-in for a Triton node: 200 to everything (a 503 can only come from HAProxy)."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def answer(self):
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    do_GET = do_POST = answer
-
 
 def send(port: int, method: str, path: str) -> tuple[int, str | None, bytes]:
     """One request on a fresh connection: (status, Retry-After, body)."""

@@ -22,11 +22,10 @@ The rules (docs/elastic.md, "The live controller"):
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from recforge.core.errors import first_line
+from recforge.serving.elastic.background import OneAtATime
 from recforge.serving.elastic.control import Decision
 from recforge.serving.elastic.live_actions import Action
 
@@ -86,32 +85,28 @@ def plan_scale(decision: Decision | None, *, nodes_now: int, managed: Mapping[st
                                             f"{decision.scale_reason} {bounds}")
 
 
-class NodeOperator:
-    """Runs the node operations one at a time in a background thread; :meth:`finished` hands their results to the
-    control loop, which logs them. ``clock`` gives the seconds the failure back-off is counted in."""
+class NodeOperator(OneAtATime):
+    """Runs the node operations one at a time in a background thread (:class:`OneAtATime`); a failed add holds the
+    next ones back for ``retry_after_s`` (seconds of ``clock``)."""
 
     def __init__(self, operations: NodeOperations, clock: Any, *, retry_after_s: float = 60.0):
-        self.operations, self.clock, self.retry_after_s = operations, clock, retry_after_s
-        self.lock = threading.Lock()
-        self.thread: threading.Thread | None = None
-        self.current: dict[str, Any] | None = None
-        self.done: list[dict[str, Any]] = []
+        super().__init__(clock)
+        self.operations, self.retry_after_s = operations, retry_after_s
         self.failed_at: float | None = None
         self.last_failure = ""
 
     def in_flight(self) -> str | None:
         """The running operation, described for the log (None when none runs)."""
-        with self.lock:
-            current = self.current
-        if current is None:
+        running = self.running()
+        if running is None:
             return None
-        target = current["node"] or "a new node"
-        return f"{current['operation']} {target} running for {self.clock() - current['started_s']:.1f} s"
+        current, seconds = running
+        return f"{current['operation']} {current['node'] or 'a new node'} running for {seconds:.1f} s"
 
     def starting(self) -> int:
         """Nodes being added now (0 or 1): the law's ``FleetSignals.starting``."""
-        with self.lock:
-            return int(self.current is not None and self.current["operation"] == ADD)
+        running = self.running()
+        return int(running is not None and running[0]["operation"] == ADD)
 
     def blocked(self) -> str | None:
         """Why no node is added now: the last add failed less than ``retry_after_s`` ago."""
@@ -123,38 +118,12 @@ class NodeOperator:
     def submit(self, action: Action) -> bool:
         """Start the operation of a (non-advisory) scale action: an add when ``action.node`` is None, else the
         removal of that node. False when one is already running."""
-        operation = ADD if action.node is None else REMOVE
-        with self.lock:
-            if self.current is not None:
-                return False
-            self.current = {"operation": operation, "node": action.node, "started_s": self.clock(),
-                            "reason": action.reason}
-        self.thread = threading.Thread(target=self.run, args=(operation, action.node), daemon=True,
-                                       name=f"recforge-{operation}-node")
-        self.thread.start()
-        return True
+        if action.node is None:
+            return self.start({"operation": ADD, "node": None, "reason": action.reason}, self.operations.add_node)
+        node = str(action.node)
+        return self.start({"operation": REMOVE, "node": node, "reason": action.reason},
+                          lambda: self.operations.remove_node(node))
 
-    def run(self, operation: str, node: str | None) -> None:
-        try:
-            result = self.operations.add_node() if operation == ADD else self.operations.remove_node(str(node))
-            outcome = {"operation": operation, "applied": True, **dict(result)}
-        except Exception as err:  # reported, never raised into the loop: the fleet keeps serving as it was
-            outcome = {"operation": operation, "node": node, "applied": False, "error": first_line(err)}
-        with self.lock:
-            current, self.current = self.current, None
-            outcome["seconds_in_flight"] = round(self.clock() - (current or {}).get("started_s", self.clock()), 2)
-            outcome["reason"] = (current or {}).get("reason", "")
-            if operation == ADD and not outcome["applied"]:
-                self.failed_at, self.last_failure = self.clock(), outcome["error"]
-            self.done.append(outcome)
-
-    def finished(self) -> list[dict[str, Any]]:
-        """The operations that ended since the last call."""
-        with self.lock:
-            done, self.done = self.done, []
-        return done
-
-    def wait(self, timeout_s: float | None = None) -> None:
-        """Block until the running operation (if any) has ended (the tests, and a controller that exits)."""
-        if self.thread is not None:
-            self.thread.join(timeout_s)
+    def ended(self, outcome: dict[str, Any]) -> None:
+        if outcome["operation"] == ADD and not outcome["applied"]:
+            self.failed_at, self.last_failure = self.clock(), outcome["error"]

@@ -172,17 +172,22 @@ def test_overload_is_shed_and_stops_with_it_and_the_count_is_reported(tmp_path, 
     assert again.tick(state)["shed"] == {"fraction": 0.0, "requests": before + 4}
 
 
+def overloaded_ticks(live, io, state, now) -> tuple[dict, list[dict]]:
+    """Three overloaded ticks (4,000 q/s offered, the nodes carry 700): (the last tick's record, its shed actions)."""
+    for _ in range(3):
+        io.offer(4000, 700)
+        record = live.tick(state)
+        now[0] += 1.0
+    return record, [a for a in record["actions"] if a["kind"] == "shed"]
+
+
 def test_without_a_shed_backend_the_fleet_gets_advice_not_a_runtime_call(tmp_path, profile_file):
     root, state = fleet_folder(tmp_path, profile_file)
     io, now = ShedFleetIO(), [0.0]
     io.stats = lambda entry: parse_show_stat(shed_stat_text(io.requests, None))  # a config from before shedding
     live = shedding_controller(root, io, lambda: now[0])
     live.start()
-    for _ in range(3):
-        io.offer(4000, 700)
-        record = live.tick(state)
-        now[0] += 1.0
-    shed = [a for a in record["actions"] if a["kind"] == "shed"]
+    record, shed = overloaded_ticks(live, io, state, now)
     assert shed and shed[0]["advisory"] and not shed[0]["applied"] and NO_SHEDDING in shed[0]["reason"]
     assert ("shed", shed[0]["value"]) not in live.control.calls and record["shed"]["requests"] == 0
 
@@ -194,10 +199,6 @@ def test_with_shedding_off_the_fraction_is_advisory(tmp_path, profile_file):
                           cpus=2, read_stats=io.stats, read_node=io.node, control=ShedBalancer(io),
                           operations=FakeNodeOperations(), fleet_bounds=lambda state: (2, 2), read_shed=io.read_shed)
     live.start()
-    for _ in range(3):
-        io.offer(4000, 700)
-        record = live.tick(state)
-        now[0] += 1.0
-    shed = [a for a in record["actions"] if a["kind"] == "shed"]
+    record, shed = overloaded_ticks(live, io, state, now)
     assert shed and shed[0]["advisory"] and not shed[0]["applied"] and "LiveConfig.shed is off" in shed[0]["reason"]
     assert io.shed_fraction == 0.0 and not any(call[0] == "shed" for call in live.control.calls)

@@ -21,6 +21,7 @@ from recforge.core.ports import free_ports
 from recforge.inference.triton.client import encode_request
 from recforge.serving.elastic import traffic
 from recforge.serving.loadbalancer.requestlog import parse_lines
+from tests.serving.stub_node import StubNode
 
 START = 1_790_000_000  # epoch s of the synthetic log's first second
 SHA = "0" * 64
@@ -172,25 +173,6 @@ def test_traffic_is_logged_as_an_mlflow_run(tmp_path, mlflow_server, monkeypatch
     second = traffic.log_traffic(profile)
     assert client.get_run(second).info.experiment_id == run.info.experiment_id
 
-
-class Upstream(http.server.BaseHTTPRequestHandler):
-    """A stand-in for a Triton node: reads the body, answers 200."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def answer(self):
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    do_GET = do_POST = answer
-
-
 def logged(folder) -> list:
     return [r for r in parse_lines((folder / "haproxy.log").read_text().splitlines()) if r.method == "POST"]
 
@@ -206,7 +188,7 @@ def test_the_items_of_the_fleet_clients_requests_through_a_real_haproxy(tmp_path
     except ConfigError as err:  # `make setup` installs it
         pytest.skip(str(err))
     lb_port = free_ports(1)[0]
-    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StubNode)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     config = write_config(tmp_path / "haproxy.cfg", [BackendNode("node0", upstream.server_address[1])],
                           port=lb_port, socket_path=tmp_path / "admin.sock",
