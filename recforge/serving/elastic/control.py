@@ -18,7 +18,10 @@ parameters):
 - batching: throughput-optimal above ``batching_high`` fleet utilisation, latency-optimal below ``batching_low``;
 - admission: shed 1 - carryable / arrival when the ready nodes cannot carry the arrivals at their LBT and serve
   what is queued on them within ``queue_drain_s``; and, between ticks, the balancer answers 503 at once to a
-  request that would wait more than ``admission_queue_ms`` at its node (HAProxy's per-server ``maxqueue``).
+  request that would wait more than ``admission_queue_ms`` at its node (HAProxy's per-server ``maxqueue``);
+- re-profile flag: a node whose c_i, after ``reprofile_after`` informative measurements, lies outside
+  [``reprofile_low``, ``reprofile_high``] does not deliver what its profile predicts (the band Nexus re-plans on):
+  the decision names it, so the next nightly profiling can be asked for (nothing is changed by the flag).
 """
 
 from __future__ import annotations
@@ -67,10 +70,13 @@ class Decision:
     weight_reason: str = ""
     batching_reason: str = ""
     shed_reason: str = ""
+    reprofile: dict[str, float] = field(default_factory=dict)  # node -> delivered / predicted capacity, out of band
+    reprofile_reason: str = ""
 
     @property
     def reasons(self) -> tuple[str, ...]:
-        return tuple(r for r in (self.scale_reason, self.weight_reason, self.batching_reason, self.shed_reason) if r)
+        return tuple(r for r in (self.scale_reason, self.weight_reason, self.batching_reason, self.shed_reason,
+                                 self.reprofile_reason) if r)
 
 
 class Policy(Protocol):
@@ -110,6 +116,9 @@ class ControlConfig:
     # a longer wait at a node: 503 + Retry-After at once; about the SLO less the profile's p95 at its last steady
     # load point (25 - 20.7 ms for the fleet's DLRM profile)
     admission_queue_ms: Annotated[float, Field(gt=0)] = 5.0
+    reprofile_low: Annotated[float, Field(gt=0, le=1)] = 0.8  # c_i below this: the profile overstates the node
+    reprofile_high: Annotated[float, Field(ge=1, le=4)] = 1.1  # above this: it understates it
+    reprofile_after: Annotated[int, Field(ge=1, le=100_000)] = 10  # informative measurements of c_i before a flag
 
     def __post_init__(self) -> None:
         if self.min_nodes > self.max_nodes:
@@ -127,12 +136,13 @@ def max_nodes_for_cpus(cpus: int, cores_per_node: int) -> int:
 
 
 class NodeCorrections:
-    """Per-node EWMA of delivered / predicted capacity and consecutive slow ticks, kept aligned with the node list
-    (re-aligned by name only when it changes)."""
+    """Per-node EWMA of delivered / predicted capacity, the informative measurements it rests on and consecutive
+    slow ticks, kept aligned with the node list (re-aligned by name only when it changes)."""
 
     def __init__(self) -> None:
         self.names: tuple[str, ...] = ()
         self.factor = np.ones(0)
+        self.measured = np.zeros(0, dtype=int)
         self.slow_ticks = np.zeros(0, dtype=int)
 
     def align(self, names: tuple[str, ...]) -> None:
@@ -142,9 +152,15 @@ class NodeCorrections:
         old = {name: i for i, name in enumerate(self.names)}
         index = np.array([old.get(name, -1) for name in names], dtype=int)
         known = index >= 0
-        factor, slow = np.ones(len(names)), np.zeros(len(names), dtype=int)
+        factor, measured, slow = np.ones(len(names)), np.zeros(len(names), dtype=int), np.zeros(len(names), dtype=int)
         factor[known], slow[known] = self.factor[index[known]], self.slow_ticks[index[known]]
-        self.names, self.factor, self.slow_ticks = names, factor, slow
+        measured[known] = self.measured[index[known]]
+        self.names, self.factor, self.measured, self.slow_ticks = names, factor, measured, slow
+
+    def out_of_band(self, low: float, high: float, after: int) -> dict[str, float]:
+        """The nodes measured at least ``after`` times whose factor lies outside [low, high], with the factor."""
+        out = (self.measured >= after) & ((self.factor < low) | (self.factor > high))
+        return {self.names[i]: round(float(self.factor[i]), 3) for i in np.flatnonzero(out)}
 
 
 class ElasticController:
@@ -178,6 +194,7 @@ class ElasticController:
         measured = np.clip(measured, c.correction_min, c.correction_max)
         f = self.corrections.factor
         f[:] = np.where(informative, (1 - c.correction_alpha) * f + c.correction_alpha * measured, f)
+        self.corrections.measured += informative
         slow = s.p95_ms > c.drain_p95_factor * c.slo_p95_ms
         self.corrections.slow_ticks[:] = np.where(slow, self.corrections.slow_ticks + 1, 0)
 
@@ -232,11 +249,18 @@ class ElasticController:
             shed_reason = (f"shed {shed:.1%}: arrivals {s.arrival_qps:.0f} q/s > {carryable:.0f} q/s the "
                            f"{int(healthy.sum())} ready node(s) carry at LBT with {queued:.0f} queued; "
                            f"{s.starting} starting")
+        reprofile = self.corrections.out_of_band(c.reprofile_low, c.reprofile_high, c.reprofile_after)
+        reprofile_reason = ""
+        if reprofile:
+            nodes = ", ".join(f"{name} {value:.2f}x" for name, value in reprofile.items())
+            reprofile_reason = (f"re-profile: live capacity {nodes} the profile's prediction (band "
+                                f"[{c.reprofile_low:g}, {c.reprofile_high:g}])")
         return Decision(now_s=s.now_s, target_nodes=target, weights=weights,
                         drained=tuple(s.node_names[i] for i in np.flatnonzero(drained_mask)),
                         batching=mode, shed_fraction=shed, max_queue_ms=c.admission_queue_ms,
                         scale_reason=scale_reason, weight_reason=weight_reason,
-                        batching_reason=batching_reason, shed_reason=shed_reason)
+                        batching_reason=batching_reason, shed_reason=shed_reason, reprofile=reprofile,
+                        reprofile_reason=reprofile_reason)
 
     def _scale(self, s: FleetSignals, desired_up: int, desired_down: int, forecast: float, per_node: float,
                drained: int) -> tuple[int, str]:

@@ -12,7 +12,9 @@ Files in the fleet's folder (paths in state.json's ``controller`` entry):
 
     controller-decisions.jsonl  one JSON line per decision that applied something or advised something new (time,
                                 signals, actions, reasons), and one at least every ``log_every_s`` otherwise
-    controller.json             the last tick (time, signals, weights, the law's per-node corrections), the node
+    controller.json             the last tick (time, signals, weights, the law's per-node corrections and how many
+                                measurements each rests on, ``reprofile``: the nodes whose live capacity left the
+                                profile's band, node -> delivered / predicted), the node
                                 operation in flight, the node-seconds so far (cores x seconds allocated), and
                                 ``shed``: the fraction the balancer sheds and the requests it shed so far
     controller.log              the process's messages
@@ -156,6 +158,7 @@ class LiveController:
         self.last_logged_s = -math.inf
         self.last_batching: str | None = None
         self.last_advice: list[tuple[str, str]] = []  # the advisory actions last logged (repeats are not)
+        self.last_reprofile: list[str] = []  # the nodes last logged as due a re-profile
 
     # --- start: registration and what a restart re-reads ---------------------------------------------------------
     def register(self) -> dict[str, Any]:
@@ -216,12 +219,14 @@ class LiveController:
         self.node_seconds = float(status.get("node_seconds") or 0.0)
         self.shed_count = ShedCounter.from_dict(status.get("shed"))
         saved = status.get("corrections") or {}
+        measured = status.get("corrections_measured") or {}
         if self.law is None:
             return {}
         names = tuple(saved)
         self.law.corrections.align(names)
         for i, name in enumerate(names):
             self.law.corrections.factor[i] = float(saved[name])
+            self.law.corrections.measured[i] = int(measured.get(name) or 0)
         return {name: float(value) for name, value in saved.items()}
 
     # --- one tick ------------------------------------------------------------------------------------------------
@@ -301,13 +306,15 @@ class LiveController:
         if decision is not None:
             record["decision"] = {"target_nodes": decision.target_nodes, "weights": decision.weights,
                                   "drained": list(decision.drained), "batching": decision.batching,
-                                  "shed_fraction": round(decision.shed_fraction, 4), "reasons": list(decision.reasons)}
+                                  "shed_fraction": round(decision.shed_fraction, 4), "reprofile": decision.reprofile,
+                                  "reasons": list(decision.reasons)}
         self.write_status(record)
         advice = sorted((a["kind"], json.dumps(a["value"])) for a in applied if a["advisory"])
+        flagged = sorted(decision.reprofile) if decision is not None else self.last_reprofile
         if any(not a["advisory"] for a in applied) or advice != self.last_advice or finished or switched or \
-                now - self.last_logged_s >= self.cfg.log_every_s:
+                flagged != self.last_reprofile or now - self.last_logged_s >= self.cfg.log_every_s:
             self.log_decision(record)
-            self.last_logged_s, self.last_advice = now, advice
+            self.last_logged_s, self.last_advice, self.last_reprofile = now, advice, flagged
         return record
 
     def apply_scale(self, action: Action) -> dict[str, Any]:
@@ -342,13 +349,15 @@ class LiveController:
         self.last_tick_s = now
 
     def write_status(self, record: Mapping[str, Any]) -> None:
-        corrections = {}
+        corrections, measured = {}, {}
         if self.law is not None:
             names, factor = self.law.corrections.names, self.law.corrections.factor
             corrections = {name: round(float(factor[i]), 4) for i, name in enumerate(names)}
+            measured = {name: int(self.law.corrections.measured[i]) for i, name in enumerate(names)}
         status = {"pid": self.pid, "last_tick_at": record["at"], "ticks": self.ticks, "law": self.law is not None,
                   "batching": self.last_batching, "batching_switch": self.switcher.in_flight(),
-                  "corrections": corrections,
+                  "corrections": corrections, "corrections_measured": measured,
+                  "reprofile": (record.get("decision") or {}).get("reprofile") or {},
                   "node_seconds": round(self.node_seconds, 3), "node_operation": self.operator.in_flight(),
                   "shed": {**self.shed_view(), **self.shed_count.to_dict()},
                   "last": record}

@@ -174,8 +174,9 @@ def start_controller(root: Path, config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def controller_view(entry: Mapping[str, Any] | None, last: int = 3) -> dict[str, Any] | None:
-    """The controller for ``fleet status``: running or not, its last tick, the balancer's shed fraction and the
-    requests shed so far, its last decisions (``last`` lines of its decisions log)."""
+    """The controller for ``fleet status``: running or not, its last tick, the nodes due a re-profile, the
+    balancer's shed fraction and the requests shed so far, its last decisions (``last`` lines of its decisions
+    log)."""
     if not entry:
         return None
     view: dict[str, Any] = {"pid": entry.get("pid"), "running": process_alive(entry.get("pid")),
@@ -183,7 +184,7 @@ def controller_view(entry: Mapping[str, Any] | None, last: int = 3) -> dict[str,
     try:
         tick = json.loads(Path(entry["status_file"]).read_text())
         view.update(last_tick_at=tick.get("last_tick_at"), ticks=tick.get("ticks"), law=tick.get("law"),
-                    corrections=tick.get("corrections"), shed=tick.get("shed"))
+                    corrections=tick.get("corrections"), reprofile=tick.get("reprofile"), shed=tick.get("shed"))
     except (OSError, ValueError, KeyError, TypeError):
         view["last_tick_at"] = None
     try:

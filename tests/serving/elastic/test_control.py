@@ -116,6 +116,27 @@ def test_a_slow_node_gets_less_weight_and_a_degraded_one_is_drained(node_model):
     assert decision.weights["n3"] == 0 and min(decision.weights[n] for n in ("n0", "n1", "n2")) > 0
 
 
+def test_a_node_off_its_profile_is_flagged_for_re_profiling_once_measured_enough(node_model):
+    controller = ElasticController(node_model, ControlConfig(max_nodes=10, reprofile_after=10))
+    rate = 4 * 0.45 * node_model.saturation_qps  # loaded enough for every node's capacity to be measured
+    decisions = [controller.decide(fleet(node_model, t, rate, 4, mode=controller.mode, speeds=[1, 1, 1, 0.6]))
+                 for t in range(40)]
+    measured = controller.corrections.measured
+    assert decisions[0].reprofile == {} and decisions[0].reprofile_reason == ""  # one measurement proves nothing
+    first = next(i for i, d in enumerate(decisions) if d.reprofile)
+    assert first + 1 >= 10  # not before reprofile_after measurements of the slow node
+    assert set(decisions[-1].reprofile) == {"n3"} and decisions[-1].reprofile["n3"] < 0.8
+    assert all(measured >= 10) and "re-profile: live capacity n3" in decisions[-1].reprofile_reason
+    assert decisions[-1].reprofile_reason in decisions[-1].reasons
+
+
+def test_an_idle_fleet_is_never_flagged_for_re_profiling(node_model):
+    controller = ElasticController(node_model, ControlConfig(max_nodes=10, reprofile_after=1))
+    for t in range(40):  # too little load to measure a node's capacity: its correction stays where it was
+        decision = controller.decide(fleet(node_model, t, 0.05 * node_model.saturation_qps, 2, speeds=[1, 0.5]))
+    assert decision.reprofile == {} and not controller.corrections.measured.any()
+
+
 def test_the_batching_switch_has_hysteresis(node_model):
     config = ControlConfig(max_nodes=4, min_nodes=4, batching_low=0.6, batching_high=0.8)
     controller = ElasticController(node_model, config)

@@ -230,6 +230,7 @@ def test_a_tick_drains_a_failed_node_logs_why_and_a_restart_rereads_the_state(tm
     # a new controller (the old one died) re-reads the weights from HAProxy and the law's corrections
     status = json.loads((root / "controller.json").read_text())
     status["corrections"] = {"node0": 1.0, "node1": 0.3}  # as a controller that measured a slow node1 saved it
+    status["corrections_measured"] = {"node0": 40, "node1": 40}
     (root / "controller.json").write_text(json.dumps(status))
     io.weights["node1"] = 0
     again = controller(root, io, lambda: now[0])
@@ -243,6 +244,10 @@ def test_a_tick_drains_a_failed_node_logs_why_and_a_restart_rereads_the_state(tm
         record = again.tick(state)
     assert record["decision"]["weights"]["node1"] == 0 and record["actions"] == []  # still drained, as it was
     assert again.control.calls == []
+    # the restored measurements count: node1's capacity is still far below its profile's, a re-profile is due
+    assert record["decision"]["reprofile"] == {"node1": 0.3}
+    saved = json.loads((root / "controller.json").read_text())
+    assert saved["reprofile"] == {"node1": 0.3} and saved["corrections_measured"]["node1"] >= 40
 
 
 def test_a_second_controller_is_refused_and_without_a_profile_the_law_is_off(tmp_path):
