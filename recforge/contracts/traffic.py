@@ -12,10 +12,15 @@ A traffic profile is one JSON object (``recforge-traffic`` version 1), logged as
      "interval_s": 1.0, "rate_qps": [0.0, 2.0, ...],     # mean arrival rate of each interval, queries/s
      "sizes": {"edges": [1, 8, ..., 1025], "counts": [...]},  # items per query, bins [edge_i, edge_i+1)
      "size_sample": [212, 87, ...],                     # up to MAX_SAMPLE item counts, a seeded subsample
-     "source": "balancer request log /…/haproxy.log"}
+     "source": "balancer request log /…/haproxy.log",
+     "nodes": {"node0": {"requests": 20400, "p95_ms": 11.2, "peak_qps": 7.1, "peak_p95_ms": 14.0,   # optional
+                         "predicted_peak_p95_ms": 12.5, "peak_p95_vs_predicted": 1.12}, ...}}
 
 ``peak_qps`` is the highest mean arrival rate over any ``peak_window_s`` window (10 s: a 1-s peak of Poisson
-arrivals mostly measures noise). :func:`load_traffic` / :func:`traffic_from_dict` reject a missing, empty, corrupt or
+arrivals mostly measures noise). ``nodes`` (optional) is each node's share of it as the balancer saw it: answered
+requests, their p95 over the window, the node's busiest ``peak_window_s`` (its rate and p95) and, where the fleet
+had a profile, the p95 that profile predicts at that rate and query mix and the ratio of the two.
+:func:`load_traffic` / :func:`traffic_from_dict` reject a missing, empty, corrupt or
 inconsistent document with one line naming the file and field; :func:`write_size_sample` writes the sample as the
 sizes file the load generator replays (``QuerySizes.parse`` takes the path of such a file).
 """
@@ -71,6 +76,7 @@ class TrafficProfile:
     size_counts: tuple[int, ...]
     size_sample: tuple[int, ...]
     source: str
+    nodes: dict[str, dict[str, float]] | None = None  # per node: what it served against its profile (optional)
 
     def __post_init__(self) -> None:
         check_traffic(self, CHECK_SOURCE)
@@ -89,7 +95,8 @@ class TrafficProfile:
                 "peak_window_s": self.peak_window_s, "mean_qps": round(self.mean_qps, 4),
                 "interval_s": self.interval_s, "rate_qps": [round(r, 4) for r in self.rate_qps],
                 "sizes": {"edges": list(self.size_edges), "counts": list(self.size_counts)},
-                "size_sample": list(self.size_sample), "source": self.source}
+                "size_sample": list(self.size_sample), "source": self.source,
+                **({"nodes": self.nodes} if self.nodes is not None else {})}
 
 
 def parse_time(text: Any, name: str, source: str) -> dt.datetime:
@@ -140,6 +147,12 @@ def check_traffic(profile: TrafficProfile, source: str) -> None:
                         f"got {len(sample)}")
     if any(not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= MAX_ITEMS for s in sample):
         raise DataError(f"{source}: size_sample must be integers in [1, {MAX_ITEMS}]")
+    if profile.nodes is not None:
+        if not isinstance(profile.nodes, dict) or not all(
+                isinstance(name, str) and isinstance(figures, dict)
+                and all(isinstance(k, str) and _finite(v) and v >= 0 for k, v in figures.items())
+                for name, figures in profile.nodes.items()):
+            raise DataError(f"{source}: nodes must map node names to objects of finite figures >= 0")
 
 
 def traffic_from_dict(doc: Any, source: str = "traffic profile") -> TrafficProfile:
@@ -163,7 +176,8 @@ def traffic_from_dict(doc: Any, source: str = "traffic profile") -> TrafficProfi
             recorded_from=str(doc["recorded_from"]), recorded_to=str(doc["recorded_to"]), requests=doc["requests"],
             peak_qps=doc["peak_qps"], peak_window_s=doc["peak_window_s"], mean_qps=doc["mean_qps"],
             interval_s=doc["interval_s"], rate_qps=tuple(doc["rate_qps"]), size_edges=tuple(sizes["edges"]),
-            size_counts=tuple(sizes["counts"]), size_sample=tuple(doc["size_sample"]), source=str(doc["source"]))
+            size_counts=tuple(sizes["counts"]), size_sample=tuple(doc["size_sample"]), source=str(doc["source"]),
+            nodes=doc.get("nodes"))
     except DataError as err:  # the profile's own check names no file: name it
         raise DataError(f"{source}: {first_line(err).removeprefix(CHECK_SOURCE + ': ')}") from None
 

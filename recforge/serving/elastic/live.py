@@ -66,6 +66,7 @@ from recforge.serving.elastic.live_signals import (
 )
 from recforge.serving.fleet import Fleet, fleet_dir, process_alive, read_state, scaling, served_versions
 from recforge.serving.fleet.batching import node_mode, switch_unavailable
+from recforge.serving.fleet.state import profile_path as fleet_profile_path
 from recforge.serving.fleet.state import state_lock, write_state
 
 LOG = logging.getLogger("recforge.elastic.live")
@@ -184,8 +185,7 @@ class LiveController:
         """Register, build the law from the profile, and re-read what a previous controller left: the weights in
         HAProxy and the law's per-node corrections (controller.json)."""
         state = self.register()
-        profile_path = self.cfg.profile or (state.get("source") or {}).get("profile") or \
-            (state.get("balancer") or {}).get("profile")
+        profile_path = self.cfg.profile or fleet_profile_path(state)
         self.law = build_law(self.cfg, read_profile(profile_path) if profile_path else None, self.cpus)
         weights: dict[str, Any] = {}
         try:

@@ -11,10 +11,16 @@ fixed number per item for a given feature spec.
 Each request counts as a query: the fleet's clients send a query's items in one request (a client that splits
 queries into sub-batches records sub-batch sizes).
 
+Per node (:func:`node_figures`) it records what the node answered and its latency against the fleet's profile
+(``capacity.NodeModel``): the p95 of the logged times (HAProxy's ``%Ta``: from accepting the request to the end of
+the answer, so the balancer's queueing and the HTTP exchange are in it, as they are in the load generator's times
+the profile was measured with) over the node's busiest ``PEAK_WINDOW_S``, against the p95 the profile predicts at
+that window's rate and query mix.
+
 CLI (``make fleet-traffic``)::
 
     python -m recforge.serving.elastic.traffic record [--since ISO] [--until ISO] [--fleet-dir DIR]
-        [--log PATH] [--spec PATH | --bytes-per-item N] [--out traffic.json] [--no-mlflow]
+        [--log PATH] [--spec PATH | --bytes-per-item N] [--profile PATH] [--out traffic.json] [--no-mlflow]
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import numpy as np
 
 from recforge.contracts import tags
 from recforge.contracts.features import INPUT_NAMES, OUTPUT_NAME, FeatureSpec
+from recforge.contracts.profile import read_profile
 from recforge.contracts.registry import is_error, mlflow_client
 from recforge.contracts.traffic import (
     ARTIFACT_PATH,
@@ -43,10 +50,11 @@ from recforge.contracts.traffic import (
     traffic_experiment,
 )
 from recforge.core.cli import run_step
-from recforge.core.errors import ConfigError, DataError
+from recforge.core.errors import ConfigError, DataError, first_line
 from recforge.inference.triton.client import encode_request
-from recforge.serving.fleet.state import fleet_dir, read_state
-from recforge.serving.loadbalancer.requestlog import RequestRecord, parse_lines
+from recforge.serving.elastic.capacity import NodeModel
+from recforge.serving.fleet.state import fleet_dir, profile_path, read_state
+from recforge.serving.loadbalancer.requestlog import NO_SERVER, RequestRecord, parse_lines
 
 MAX_CURVE_POINTS = 3600  # a longer recording's rate curve is averaged over whole seconds to keep this many points
 # The headers the fleet's clients (inference.triton.keepalive: http.client) send with an inference request, as
@@ -113,12 +121,42 @@ def rate_curve(counts_per_s: np.ndarray) -> tuple[float, list[float]]:
     return float(width), rates
 
 
+def node_figures(posts: Sequence[RequestRecord], sizes: np.ndarray, start: float, seconds: int,
+                 model: NodeModel | None) -> dict[str, dict[str, float]]:
+    """Per node, of the inference requests it answered (status 200) in the window of ``seconds`` from ``start``:
+    ``requests``, ``p95_ms`` of their logged times, its busiest ``PEAK_WINDOW_S`` (``peak_qps``, ``peak_p95_ms``)
+    and, with ``model``, the p95 the profile predicts at that rate and the window's query mix
+    (``predicted_peak_p95_ms``) and ``peak_p95_vs_predicted``."""
+    figures: dict[str, dict[str, float]] = {}
+    width = max(1, min(int(PEAK_WINDOW_S), seconds))
+    for name in sorted({r.node for r in posts if r.node != NO_SERVER}):
+        answered = np.asarray([r.node == name and r.status == 200 and r.total_ms >= 0 for r in posts])
+        if not answered.any():
+            continue
+        ms = np.asarray([r.total_ms for r in posts], dtype=float)[answered]
+        second = np.minimum((np.asarray([r.accepted_at for r in posts])[answered] - start).astype(int), seconds - 1)
+        in_window = np.convolve(np.bincount(second, minlength=seconds), np.ones(width), mode="valid")
+        first = int(np.argmax(in_window))
+        busiest = (second >= first) & (second < first + width)
+        entry = {"requests": int(answered.sum()), "p95_ms": round(float(np.percentile(ms, 95)), 3),
+                 "peak_qps": round(float(in_window[first]) / width, 4),
+                 "peak_p95_ms": round(float(np.percentile(ms[busiest], 95)), 3)}
+        if model is not None:
+            cost_ratio = float(np.mean(model.query_cost(sizes[answered][busiest]))) / model.profile_cost
+            predicted = float(model.latency_ms(entry["peak_qps"] / model.saturation_at(cost_ratio))[0])
+            entry.update(predicted_peak_p95_ms=round(predicted, 3),
+                         peak_p95_vs_predicted=round(entry["peak_p95_ms"] / predicted, 4))
+        figures[name] = entry
+    return figures
+
+
 def record_traffic(records: Iterable[RequestRecord], sizer: RequestSizer, *, since: float | None = None,
-                   until: float | None = None, source: str = "balancer request log", seed: int = 0
-                   ) -> TrafficProfile:
+                   until: float | None = None, source: str = "balancer request log", seed: int = 0,
+                   model: NodeModel | None = None) -> TrafficProfile:
     """The traffic profile of the inference requests (POSTs) accepted in [``since``, ``until``) (epoch s; default:
-    from the first to the last request; consecutive windows count each request once). DataError when the window
-    holds no request."""
+    from the first to the last request; consecutive windows count each request once), with each node's figures
+    (:func:`node_figures`; against ``model``'s predictions when given). DataError when the window holds no
+    request."""
     posts = [r for r in records if r.method == "POST" and (since is None or r.accepted_at >= since)
              and (until is None or r.accepted_at < until)]
     window = f" between {utc_iso(since) if since else 'the start'} and {utc_iso(until) if until else 'the end'}"
@@ -139,7 +177,8 @@ def record_traffic(records: Iterable[RequestRecord], sizer: RequestSizer, *, sin
         peak_qps=peak_rate(counts_per_s.tolist(), PEAK_WINDOW_S), peak_window_s=min(PEAK_WINDOW_S, float(seconds)),
         mean_qps=sizes.size / seconds, interval_s=interval_s, rate_qps=tuple(rates), size_edges=SIZE_EDGES,
         size_counts=tuple(int(c) for c in np.bincount(bins, minlength=edges.size - 1)),
-        size_sample=tuple(int(s) for s in sample), source=source)
+        size_sample=tuple(int(s) for s in sample), source=source,
+        nodes=node_figures(posts, sizes, start, seconds, model))
 
 
 def log_traffic(profile: TrafficProfile, client=None) -> str:
@@ -169,15 +208,21 @@ def log_traffic(profile: TrafficProfile, client=None) -> str:
                        "mean_qps": round(profile.mean_qps, 3),
                        "window": f"{profile.recorded_from} .. {profile.recorded_to}"}.items():
         client.log_param(run_id, key, value)
+    for node, figures in (profile.nodes or {}).items():  # e.g. node0.peak_p95_vs_predicted, comparable across runs
+        for key, value in figures.items():
+            client.log_metric(run_id, f"{node}.{key}", float(value))
     client.log_dict(run_id, profile.to_dict(), ARTIFACT_PATH)
     client.set_terminated(run_id)
     return run_id
 
 
 def summary(profile: TrafficProfile) -> str:
+    nodes = [f"{name} p95 {f['peak_p95_ms']:g} ms at its peak {f['peak_qps']:g} qps"
+             + (f" (profile: {f['predicted_peak_p95_ms']:g} ms)" if "predicted_peak_p95_ms" in f else "")
+             for name, f in (profile.nodes or {}).items()]
     return (f"{profile.requests} requests {profile.recorded_from} .. {profile.recorded_to}: peak "
             f"{profile.peak_qps:.2f} qps ({profile.peak_window_s:g} s), mean {profile.mean_qps:.2f} qps, "
-            f"{profile.mean_items_per_query:.0f} items/query")
+            f"{profile.mean_items_per_query:.0f} items/query" + (f"; {'; '.join(nodes)}" if nodes else ""))
 
 
 def fleet_inputs(root: Path, log_path: str | None, spec_path: str | None) -> tuple[Path, FeatureSpec | None]:
@@ -198,6 +243,20 @@ def fleet_inputs(root: Path, log_path: str | None, spec_path: str | None) -> tup
         raise ConfigError(f"feature spec {spec_path} cannot be read: {err}") from None
 
 
+def fleet_model(root: Path, path: str | None) -> NodeModel | None:
+    """The capacity model the per-node predictions come from: the profile at ``path``, else the fleet's (None
+    without one); a one-line ConfigError when it cannot be read or modelled."""
+    state = read_state(root.parent) if root.name == "fleet" else None
+    path = path or (profile_path(state) if state else None)
+    doc = read_profile(path)
+    if doc is None:
+        return None
+    try:
+        return NodeModel.from_profile(doc)
+    except ConfigError as err:
+        raise ConfigError(f"profile {path}: {first_line(err)}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recforge.serving.elastic.traffic",
                                      description=__doc__.split("\n")[0])
@@ -211,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     record.add_argument("--spec", help="feature spec of the served model (default: the fleet state's source)")
     record.add_argument("--bytes-per-item", type=float,
                         help="request bytes per item, instead of a spec (header bytes then count as items)")
+    record.add_argument("--profile", help="profile whose predictions each node's latency is compared with (default: "
+                                          "the fleet's)")
     record.add_argument("--out", type=Path, help="also write the traffic profile JSON here")
     record.add_argument("--no-mlflow", action="store_true", help="do not log it to MLflow (needs --out)")
     record.add_argument("--seed", type=int, default=0, help="seed of the size subsample")
@@ -233,7 +294,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             lines = log_path.read_text(errors="replace").splitlines()
         except OSError as err:
             raise ConfigError(f"request log {log_path} cannot be read: {err.strerror or err}") from None
+        note = ""
+        try:
+            model = fleet_model(root, args.profile)
+        except ConfigError as err:
+            if args.profile:  # asked for: its error is the answer
+                raise
+            model, note = None, f" (no per-node predictions: {first_line(err)})"
         profile = record_traffic(parse_lines(lines), sizer, seed=args.seed, source=f"balancer request log {log_path}",
+                                 model=model,
                                  since=parse_cli_time(args.since, "--since") if args.since else None,
                                  until=parse_cli_time(args.until, "--until") if args.until else None)
         where = []
@@ -241,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             where.append(f"written to {save_traffic(profile, args.out)}")
         if not args.no_mlflow:
             where.append(f"MLflow run {log_traffic(profile)} in {traffic_experiment()}")
-        return f"traffic profile: {summary(profile)}; {', '.join(where)}"
+        return f"traffic profile: {summary(profile)}; {', '.join(where)}{note}"
 
     return run_step(step)
 

@@ -30,6 +30,12 @@ def in_balancer(nodes: Mapping[str, Any]) -> dict[str, Any]:
     return {name: node for name, node in nodes.items() if node.get("lb_state") != NODE_STARTING}
 
 
+def profile_path(state: Mapping[str, Any]) -> str | None:
+    """The profile the fleet's capacity model comes from: its source's (the deployed variant's), else the one its
+    balancer was sized from (None: neither has one)."""
+    return (state.get("source") or {}).get("profile") or (state.get("balancer") or {}).get("profile")
+
+
 def fleet_dir(home: str | Path | None = None) -> Path:
     return (Path(home if home is not None else config.recforge_home()) / "fleet").resolve()
 

@@ -95,6 +95,33 @@ def test_a_traffic_profile_from_a_request_log():
     assert burst.requests == 300 and burst.peak_qps == pytest.approx(30.0) and burst.mean_qps == pytest.approx(30.0)
 
 
+def test_each_nodes_latency_at_its_busiest_10_s_against_the_profiles_prediction(node_model):
+    lines, times, sizes = synthetic_log()  # node0 and node1 take turns; every answer logged at 5 ms
+    slow = [line.replace(" 200 -- 5 ", " 200 -- 40 ") if " node1 200 -- 5 " in line and
+            START + 20 <= float(line.split()[1]) < START + 30 else line for line in lines]  # node1 slow in the burst
+    slow.append(f"recforge-request {START + 40}.000 x1 <NOSRV> 503 LR 0 {request_bytes(32)} POST {INFER} -")
+    sizer = traffic.RequestSizer.for_spec(example_spec())
+    profile = traffic.record_traffic(parse_lines(slow), sizer, model=node_model)
+    fast, slowed = profile.nodes["node0"], profile.nodes["node1"]
+    assert set(profile.nodes) == {"node0", "node1"}  # a request the balancer shed has no node
+    assert fast["requests"] + slowed["requests"] == 500 and fast["peak_qps"] == pytest.approx(15.0)
+    assert fast["peak_p95_ms"] == 5.0 and slowed["peak_p95_ms"] == 40.0 and slowed["p95_ms"] == 40.0
+    burst_sizes = [n for t, n in zip(times, sizes, strict=True) if START + 20 <= t < START + 30]
+    ratio = float(np.mean(node_model.query_cost(np.array(burst_sizes[1::2])))) / node_model.profile_cost
+    predicted = float(node_model.latency_ms(15.0 / node_model.saturation_at(ratio))[0])
+    assert slowed["predicted_peak_p95_ms"] == pytest.approx(predicted, abs=1e-3)
+    assert slowed["peak_p95_vs_predicted"] == pytest.approx(40.0 / slowed["predicted_peak_p95_ms"], rel=1e-3)
+    assert slowed["peak_p95_vs_predicted"] > 5 > fast["peak_p95_vs_predicted"]
+    assert traffic_from_dict(profile.to_dict()) == profile  # the optional field round-trips
+    assert "node1 p95 40 ms at its peak 15 qps (profile:" in traffic.summary(profile)
+    # without a profile: what the nodes served, no prediction
+    plain = traffic.record_traffic(parse_lines(slow), sizer)
+    assert "predicted_peak_p95_ms" not in plain.nodes["node1"] and plain.nodes["node1"]["peak_p95_ms"] == 40.0
+    doc = profile.to_dict() | {"nodes": {"node0": {"p95_ms": -1}}}
+    with pytest.raises(DataError, match="nodes must map node names to objects of finite figures >= 0"):
+        traffic_from_dict(doc)
+
+
 def test_a_long_recording_keeps_a_bounded_curve_and_samples_at_most_5000_sizes():
     lines = [f"recforge-request {START + s}.{ms:03d} id{s}-{ms} node1 200 -- 5 {100 * (1 + s % 4)} POST "
              f"/v2/models/m/infer {SHA}" for s in range(0, 7300, 1) for ms in (0, 500)]
@@ -146,6 +173,26 @@ def test_cli_records_from_the_fleet_state_without_mlflow(tmp_path, capsys):
     assert "--since 'tomorrow' is not an ISO 8601 time" in capsys.readouterr().err
     assert traffic.main(["record", *elsewhere, "--bytes-per-item", "288", "--until", "2026-09-21T14:13:30"]) == 0
     assert "traffic profile: 50 requests" in capsys.readouterr().out  # the first 10 s at 5 qps
+
+
+def test_cli_compares_the_nodes_with_the_fleets_profile_and_records_without_a_broken_one(tmp_path, capsys,
+                                                                                          profile_file):
+    root, _ = fleet_home(tmp_path)
+    state = json.loads((root / "state.json").read_text())
+    out = tmp_path / "t.json"
+    (root / "state.json").write_text(json.dumps(state | {"source": state["source"] | {"profile": str(profile_file)}}))
+    assert traffic.main(["record", "--fleet-dir", str(root), "--out", str(out), "--no-mlflow"]) == 0
+    assert "node0 p95 5 ms at its peak 15 qps (profile:" in capsys.readouterr().out
+    assert load_traffic(out).nodes["node1"]["predicted_peak_p95_ms"] > 0
+    broken = tmp_path / "broken.json"
+    broken.write_text("{}")
+    (root / "state.json").write_text(json.dumps(state | {"source": state["source"] | {"profile": str(broken)}}))
+    assert traffic.main(["record", "--fleet-dir", str(root), "--out", str(out), "--no-mlflow"]) == 0
+    assert "(no per-node predictions: profile " in capsys.readouterr().out  # the traffic is still recorded
+    assert "predicted_peak_p95_ms" not in load_traffic(out).nodes["node1"]
+    assert traffic.main(["record", "--fleet-dir", str(root), "--out", str(out), "--no-mlflow",
+                         "--profile", str(broken)]) == 1  # asked for by name: its error is the answer
+    assert "profile " in capsys.readouterr().err
 
 
 def test_traffic_is_logged_as_an_mlflow_run(tmp_path, mlflow_server, monkeypatch, capsys):
