@@ -53,6 +53,7 @@ BEST_KNOBS = "recforge.best_knobs"
 # ... and the figures registration judges by
 LBT_QPS = "recforge.lbt_qps"
 P95_TARGET_MS = "recforge.p95_target_ms"  # the SLO the profile was measured against
+PROFILE_APPARATUS = "recforge.profile_apparatus"  # where the load generator ran: LBTs of different ones do not compare
 LBT_CAPPED = "recforge.lbt_capped"
 ITEMS_PER_S = "recforge.items_per_s"
 AUC = "recforge.auc"

@@ -26,6 +26,9 @@ def doc() -> dict:
     (lambda d: d.update(measured_at="yesterday"), "$.measured_at"),
     (lambda d: d["curve"][0].update(p50_ms=d["curve"][0]["p95_ms"] + 1), "$.curve[0]"),
     (lambda d: d.update(items_per_s=math.inf), "$.items_per_s"),
+    (lambda d: d["target"].update(apparatus={"placement": "elsewhere"}), "$.target.apparatus.placement"),
+    (lambda d: d["target"].update(apparatus={"placement": "isolated", "server_cpus": "one"}),
+     "$.target.apparatus.server_cpus"),
 ])
 def test_validate_profile_names_the_json_path(doc, mutate, path):
     validate_profile(doc)
@@ -34,6 +37,11 @@ def test_validate_profile_names_the_json_path(doc, mutate, path):
     with pytest.raises(ConfigError) as info:
         validate_profile(bad)
     assert f"invalid profile at {path}" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_profile_records_where_its_load_generator_ran(doc):
+    for apparatus in ({"placement": "in-process"}, {"placement": "isolated", "server_cpus": "1-3", "client_cpus": "0"}):
+        validate_profile(copy.deepcopy(doc) | {"target": doc["target"] | {"apparatus": apparatus}})
 
 
 def test_mean_items_per_query_and_json_ready():

@@ -170,6 +170,12 @@ class Blessing:
         return cls(**kwargs, rerun=True)
 
 
+def legacy_apparatus(kind: str) -> str:
+    """Where the load generator ran for a profile from before ``target.apparatus`` was recorded: in the serving
+    process for the onnxruntime targets, on the server's CPUs for a Triton server."""
+    return "shared" if kind.endswith("-triton") else "in-process"
+
+
 def judge(new_tags: Mapping[str, str], incumbent_version: str | None, incumbent_tags: Mapping[str, str] | None,
           cfg: RegisterConfig, *, version: str, dag_run_id: str = "") -> Blessing:
     """Whether a new version (its tags) should replace the incumbent champion (its tags), and why."""
@@ -192,6 +198,12 @@ def judge(new_tags: Mapping[str, str], incumbent_version: str | None, incumbent_
     if None not in slo and slo[0] != slo[1]:
         return Blessing("kept_incumbent", f"profiled under another SLO (p95 <= {slo[0]} ms) than incumbent "
                         f"v{incumbent_version} (p95 <= {slo[1]} ms): LBTs do not compare; compare by hand", **common)
+    apparatus = [tags.get(T.PROFILE_APPARATUS) or legacy_apparatus(tags.get(T.TARGET_KIND, ""))
+                 for tags in (new_tags, incumbent_tags)]
+    if apparatus[0] != apparatus[1]:
+        return Blessing("kept_incumbent", f"profiled with another apparatus ({apparatus[0]}) than incumbent "
+                        f"v{incumbent_version} ({apparatus[1]}): LBTs do not compare; re-profile the incumbent or "
+                        "compare by hand and move the alias with MLflow", **common)
     gain = new_lbt / inc_lbt - 1
     common["lbt_gain"] = gain
     hosts = common["new_host"], common["incumbent_host"]

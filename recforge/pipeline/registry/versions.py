@@ -20,14 +20,22 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from recforge.contracts import tags as T
 from recforge.contracts.registry import CHAMPION, alias, is_error, mlflow_client
+from recforge.core.cpusets import parse_cpu_list
 from recforge.core.errors import DataError
 from recforge.core.hashing import sha256_file
 from recforge.models.formats import format_of_file_name
 from recforge.pipeline.registry.description import model_description
-from recforge.pipeline.registry.policy import ProfiledVariant, RegisterConfig, model_name, tag_value
+from recforge.pipeline.registry.policy import (
+    ProfiledVariant,
+    RegisterConfig,
+    legacy_apparatus,
+    model_name,
+    tag_value,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +65,26 @@ def version_tags(choice: ProfiledVariant, onnx_artifact: str, partition: Mapping
         T.SIZE_BYTES: choice.size_bytes,
         T.LBT_QPS: choice.lbt_qps, T.LBT_CAPPED: bool(doc.get("lbt_capped", False)),
         T.P95_TARGET_MS: doc["p95_target_ms"], T.BEST_KNOBS: doc["search"]["best_knobs"],
+        T.PROFILE_APPARATUS: apparatus_text(target),
         T.PROFILE_HOST: doc["host"], T.PROFILE_URI: f"runs:/{choice.run_id}/{choice.artifact}",
         T.ONNX_SHA256: doc["onnx_sha256"], T.SOURCE_RUN_ID: choice.run_id, T.REGISTERED_BY_DAG_RUN: dag_run_id,
         T.MODEL_FORMAT: format_of_file_name(onnx_artifact),
         **T.partition_tags({k: v for k, v in partition.items() if k in PARTITION_TAGS}),
     }
     return {k: tag_value(v) for k, v in tags.items() if v is not None}
+
+
+def apparatus_text(target: Mapping[str, Any]) -> str:
+    """The profile's apparatus as the registry compares it: the placement and, isolated, each side's CPU count
+    ("isolated: server 1 CPU(s), load generator 1 CPU(s)"); for a profile from before it was recorded, what its
+    target kind had then (:func:`policy.legacy_apparatus`)."""
+    doc = target.get("apparatus")
+    if doc is None:
+        return legacy_apparatus(target["kind"])
+    if doc["placement"] != "isolated":
+        return doc["placement"]
+    server, client = (len(parse_cpu_list(doc[key])) for key in ("server_cpus", "client_cpus"))
+    return f"isolated: server {server} CPU(s), load generator {client} CPU(s)"
 
 
 PARTITION_TAGS = ("data_day", "data_fingerprint", "git_commit", "candidate_run_id")  # the rest: description

@@ -70,13 +70,16 @@ def test_an_isolated_triton_target_splits_the_cpus_between_server_and_load_gener
     assert target.client_group.placement.cpus == (0,) and target.placement.placement.cpus == (1,)
     assert target.cpus == 1  # the knob search's instance counts stop at the server's CPU set
     assert "server on CPUs 1, load generator on CPUs 0" in target.describe()
+    assert target.apparatus_doc() == {"placement": "isolated", "server_cpus": "1", "client_cpus": "0"}
+    assert CpuOnnxRuntime().apparatus_doc() == {"placement": "in-process"}
     assert apparatus_of(CpuOnnxRuntime()).__class__ is contextlib.nullcontext  # in-process: nothing to split
 
 
 def test_on_one_cpu_an_isolated_triton_target_shares_it_and_says_why(monkeypatch):
     monkeypatch.setattr(cpusets, "host_cpus", lambda: (0,))
     target = CpuTriton(isolate=True)
-    assert target.client_group is None and target.placement is None
+    assert target.client_group is None and target.placement is None and target.apparatus_doc() == {"placement":
+                                                                                                     "shared"}
     assert "load generator on the server's CPUs (cannot place" in target.describe()
     with target.apparatus():  # runs as it is
         pass

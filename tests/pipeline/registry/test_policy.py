@@ -11,7 +11,7 @@ from recforge.contracts import registry
 from recforge.contracts import tags as T
 from recforge.contracts.targets import CPU_TRITON
 from recforge.core.errors import ConfigError
-from recforge.pipeline.registry import policy
+from recforge.pipeline.registry import policy, versions
 from recforge.pipeline.registry.policy import ProfiledVariant, RegisterConfig
 from tests.pipeline.registry.fabricated import CPU, FAMILY, profile_doc
 
@@ -68,6 +68,22 @@ def test_judge_margin_and_auc_tolerance():
         registry.alias("champion", "gpu/t4")
 
 
+def test_lbts_measured_with_another_apparatus_do_not_compare():
+    cfg = RegisterConfig(margin=0.05, max_auc_drop=0.001)
+    isolated = "isolated: server 1 CPU(s), load generator 1 CPU(s)"
+    incumbent = {T.LBT_QPS: "3000.0", T.AUC: "0.75", T.TARGET_KIND: CPU_TRITON}  # registered before the tag
+    new = {T.LBT_QPS: "1500.0", T.AUC: "0.75", T.TARGET_KIND: CPU_TRITON, T.PROFILE_APPARATUS: isolated}
+    kept = policy.judge(new, "3", incumbent, cfg, version="4")
+    assert kept.decision == "kept_incumbent" and kept.lbt_gain is None  # not "-50 %": the figures do not compare
+    assert f"another apparatus ({isolated}) than incumbent v3 (shared)" in kept.reason
+    assert policy.judge(new | {T.LBT_QPS: "1600.0"}, "4", new, cfg, version="5").decision == "promoted"
+    # an in-process target registered before the tag was measured as it is now
+    old_onnx = {T.LBT_QPS: "1000.0", T.AUC: "0.75", T.TARGET_KIND: CPU}
+    new_onnx = old_onnx | {T.LBT_QPS: "1100.0", T.PROFILE_APPARATUS: "in-process"}
+    assert policy.judge(new_onnx, "3", old_onnx, cfg, version="4").decision == "promoted"
+    assert policy.legacy_apparatus(CPU_TRITON) == "shared" and policy.legacy_apparatus(CPU) == "in-process"
+
+
 def test_register_config_names_the_field_it_refuses():
     for bad, field in (({"margin": 10}, "margin"), ({"max_auc_drop": 1.5}, "max_auc_drop"),
                        ({"model_prefix": "a b"}, "model_prefix"), ({"families": "dlrm"}, "families")):
@@ -87,3 +103,11 @@ def test_blessing_tags_round_trip():
     again = policy.Blessing.from_tags(tags | {T.AUC: "0.75"})
     assert again.rerun and again.champion and again.lbt_gain == pytest.approx(0.3)
     assert policy.Blessing.from_tags({T.AUC: "0.75"}) is None
+
+
+def test_a_profiles_apparatus_as_the_registry_compares_it():
+    assert versions.apparatus_text({"kind": CPU_TRITON, "apparatus": {
+        "placement": "isolated", "server_cpus": "1-2", "client_cpus": "0"}}) == \
+        "isolated: server 2 CPU(s), load generator 1 CPU(s)"
+    assert versions.apparatus_text({"kind": CPU_TRITON}) == "shared"  # a profile from before it was recorded
+    assert versions.apparatus_text({"kind": CPU, "apparatus": {"placement": "in-process"}}) == "in-process"

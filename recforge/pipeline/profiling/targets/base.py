@@ -17,8 +17,9 @@ class HardwareTarget(Protocol):
 
     A target may also have ``close()`` (called when profiling is done with it, also on failure),
     ``latency_vs_batch(load_target, batches, repeats)`` (single-request latency measured through its own serving
-    stack instead of in-process onnxruntime) and ``apparatus()`` (the context its measurements run in: a
-    server-side target moves the load generator off its server's CPUs; :func:`apparatus_of`). A load target may
+    stack instead of in-process onnxruntime), ``apparatus()`` (the context its measurements run in: a
+    server-side target moves the load generator off its server's CPUs; :func:`apparatus_of`) and
+    ``apparatus_doc()`` (where the load generator ran, the profile's ``target.apparatus``). A load target may
     have ``activate()`` (called before each use: a server-side target makes its knob setting the live one) and
     ``close()``.
     """

@@ -36,6 +36,10 @@ class CpuOnnxRuntime:
     def describe(self) -> str:
         return f"{cpu_model()}, {cpu_count()} cores"
 
+    def apparatus_doc(self) -> dict[str, str]:
+        """The load generator calls the session in its own process (the profile's ``target.apparatus``)."""
+        return {"placement": "in-process"}
+
     def make_load_target(self, onnx_path: str | Path, spec: Any, knobs: Mapping[str, Any]) -> OnnxTarget:
         return OnnxTarget(onnx_path, spec, threads=int(knobs.get("threads", self.threads)),
                           max_batch=self.max_batch, seed=self.seed)

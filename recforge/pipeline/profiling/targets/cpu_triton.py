@@ -137,6 +137,13 @@ class CpuTriton:
         return f"{text}; load generator on the server's CPUs" + (f" ({self.shared_reason})" if self.shared_reason
                                                                  else "")
 
+    def apparatus_doc(self) -> dict[str, str]:
+        """Where the load generator runs against this server, as the profile's ``target.apparatus`` records it."""
+        if self.placement is not None and self.client_group is not None:
+            return {"placement": "isolated", "server_cpus": self.placement.placement.cpu_list,
+                    "client_cpus": self.client_group.placement.cpu_list}
+        return {"placement": "shared"}
+
     def apparatus(self) -> contextlib.AbstractContextManager:
         """The context a measurement of this target runs in: this process on the load generator's CPU set when the
         target is isolated, else as it is."""
