@@ -15,8 +15,8 @@ feature spec) on a real ``tritonserver`` (``targets.cpu_triton.CpuTriton``), it 
    ``make bench``'s ratios: the two searches of one round ran back to back under the same machine conditions.
 
 With ``isolate`` (the default) the server and its backend stubs run on their own CPU set and this process, the load
-generator, on another (``CpuTriton(isolate=True)``): on shared CPUs the client's own work costs the
-node about a fifth of its LBT, and varies with the client sub-batch, one of the knobs searched. It prints the
+generator, on another (``CpuTriton(isolate=True)``): on shared CPUs the client's own work cost the node
+about a fifth of its LBT and spread repeated searches of one setting more (docs/profiling.md). It prints the
 configurations, LBTs, load runs and seconds of each and ends with one machine-readable line::
 
     search_check: grid_configs=24 grid_runs=... grid_s=... grid_lbt=... race_configs=... race_screens=...
