@@ -18,7 +18,7 @@ CONF ?= {}
 # Runs one DAG through Airflow, keeps its log in $(RECFORGE_HOME)/<dag>-<date>.log, prints the gist (--help)
 RUN_DAG := infra/local/run-dag.sh
 
-.PHONY: help setup run nightly compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests bench test-triton fleet-up fleet-down fleet-status fleet-traffic rollout rollout-history bench-fleet fleet-perf bench-faults bench-apparatus
+.PHONY: help setup run nightly compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests bench test-triton fleet-up fleet-down fleet-status fleet-traffic rollout rollout-history bench-fleet fleet-perf bench-faults bench-apparatus bench-elastic
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -65,6 +65,11 @@ bench: setup ## Benchmark: RecForge's best variant vs PyTorch eager per family i
 FLEET_BENCH_CONF ?= {}
 bench-fleet: setup mlflow-up ## Served path, 2-node Triton fleet: champion + generated config vs fp32 + Triton's default, interleaved rounds (FLEET_FAMILY=, FLEET_BENCH_CONF=)
 	$(PY) -m recforge.tools.fleet_bench --family $(FLEET_FAMILY) --target $(FLEET_TARGET) --config '$(FLEET_BENCH_CONF)'
+
+# `make bench-elastic` overrides, e.g. ELASTIC_CONF='{"minutes": 6, "runs": 2}' (recforge.tools.elastic_bench)
+ELASTIC_CONF ?= {}
+bench-elastic: setup mlflow-up ## Live fleet, one trace under static peak/mean, HPA's law and RecForge's controller: SLO windows, node-seconds, plots (FLEET_FAMILY=, ELASTIC_CONF=)
+	$(PY) -m recforge.tools.elastic_bench --family $(FLEET_FAMILY) --target $(FLEET_TARGET) --config '$(ELASTIC_CONF)'
 
 # `make bench-faults` overrides, e.g. FAULTS_CONF='{"faults": ["kill9", "sigstop"], "repeats": 5}' (recforge.tools.fault_bench)
 FAULTS_CONF ?= {}

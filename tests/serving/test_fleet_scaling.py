@@ -52,8 +52,15 @@ def test_the_bounds_are_the_fleets_minimum_and_what_the_cpus_hold(tmp_path):
     assert scaling.node_bounds({"nodes": {"node0": {}}}, host=(0, 1, 2, 3)) == (1, 4)  # a fleet without a config
     # by default scale-in stops at the nodes `fleet up` started
     assert scaling.node_bounds({"config": {"nodes": 2}, "nodes": {}}, host=(0, 1, 2, 3)) == (2, 4)
+    # shared CPUs and a quota (the elastic bench's nodes): as many quotas as the CPUs after the apparatus hold
+    quotas = {"config": {"nodes": 1, "node_cpus": 1, "cpu_quota": 0.2, "share_cpus": True}, "nodes": {}}
+    assert scaling.node_bounds(quotas, host=(0, 1)) == (1, 5)
     with pytest.raises(ConfigError, match="min_nodes"):
         FleetConfig(nodes=1, min_nodes=2)
+    # the quota's CFS period reaches every node's placement
+    plan = FleetConfig(nodes=2, node_cpus=1, cpu_quota=0.25, cpu_period_us=10_000, share_cpus=True).cpu_plan((0, 1))
+    assert {plan.placements[n].period_us for n in ("node0", "node1")} == {10_000}
+    assert plan.placements["node0"].quota_us == 2500 and plan.placements["apparatus"].quota_cores is None
 
 
 def test_a_nodes_cores_are_its_quota_else_its_cpu_set():

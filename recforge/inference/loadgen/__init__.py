@@ -28,7 +28,7 @@ run), ``results`` (LoadResult, QueryRecord), ``cpu_steal`` (/proc/stat steal), `
 """
 
 from recforge.inference.loadgen.cpu_steal import cpu_times, steal_pct
-from recforge.inference.loadgen.engine import run_open_loop
+from recforge.inference.loadgen.engine import run_open_loop, run_schedule
 from recforge.inference.loadgen.queries import QuerySizes, poisson_arrivals, sub_batches
 from recforge.inference.loadgen.results import LoadResult, QueryRecord
 from recforge.inference.loadgen.settings import (
@@ -50,5 +50,5 @@ __all__ = [
     "DEFAULT_DRAIN_TIMEOUT_S", "MAX_DURATION_S", "MAX_ITEMS", "MAX_QUERIES", "MAX_RATE_QPS", "MAX_THREADS",
     "MAX_WORKERS", "MIN_ITEMS", "CallableTarget", "LoadResult", "Offload", "OnnxTarget", "QueryRecord", "QuerySizes",
     "Target", "check_int", "check_number", "check_run_settings", "cpu_times", "load_spec", "poisson_arrivals",
-    "run_open_loop", "steal_pct", "sub_batches",
+    "run_open_loop", "run_schedule", "steal_pct", "sub_batches",
 ]

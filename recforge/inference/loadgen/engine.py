@@ -140,7 +140,38 @@ def run_open_loop(target: Target, rate_qps: float, *, duration_s: float | None =
     arrival_rng, size_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     arrivals = poisson_arrivals(rate_qps, duration_s, n_queries, arrival_rng)
     query_sizes = sizes.sample(len(arrivals), size_rng)
+    return _run(target, arrivals, query_sizes, sizes.describe(), float(rate_qps), duration_s, sub_batch=sub_batch,
+                workers=workers, max_queue=max_queue, drain_timeout_s=drain_timeout_s, offload=offload)
 
+
+def run_schedule(target: Target, arrivals_s: np.ndarray, sizes: np.ndarray, *, duration_s: float,
+                 sizes_text: str = "schedule", sub_batch: int = 64, workers: int = 2, max_queue: int | None = None,
+                 drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> LoadResult:
+    """Drive ``target`` with a given schedule: query i of ``sizes[i]`` items arrives at ``arrivals_s[i]`` seconds
+    (non-decreasing, within ``duration_s``), e.g. a trace's time-varying rate and query-size mix
+    (recforge.serving.elastic.traces.schedule). Otherwise as :func:`run_open_loop`."""
+    arrivals = np.asarray(arrivals_s, dtype=float)
+    query_sizes = np.asarray(sizes, dtype=np.int64)
+    if arrivals.ndim != 1 or arrivals.shape != query_sizes.shape:
+        raise ConfigError(f"run_schedule: arrivals and sizes must be 1-d and of one length, got shapes "
+                          f"{arrivals.shape} and {query_sizes.shape}")
+    if arrivals.size and (np.any(np.diff(arrivals) < 0) or arrivals[0] < 0 or arrivals[-1] > duration_s):
+        raise ConfigError(f"run_schedule: arrival times must be non-decreasing within [0, {duration_s:g}] s")
+    if query_sizes.size and (query_sizes.min() < 1 or query_sizes.max() > MAX_ITEMS):
+        raise ConfigError(f"run_schedule: query sizes must be in [1, {MAX_ITEMS}] items")
+    check_run_settings(max(1.0, arrivals.size / max(duration_s, 1e-9)), duration_s, None, sub_batch, workers, 0,
+                       max_queue, drain_timeout_s)
+    max_batch = getattr(target, "max_batch", MAX_ITEMS)
+    if sub_batch > max_batch:
+        raise ConfigError(f"sub_batch must be an integer in [1, {max_batch}] (the target's max_batch), "
+                          f"got {sub_batch}")
+    return _run(target, arrivals, query_sizes, sizes_text, arrivals.size / max(duration_s, 1e-9), duration_s,
+                sub_batch=sub_batch, workers=workers, max_queue=max_queue, drain_timeout_s=drain_timeout_s)
+
+
+def _run(target: Target, arrivals: np.ndarray, query_sizes: np.ndarray, sizes_text: str, rate_qps: float,
+         duration_s: float | None, *, sub_batch: int, workers: int, max_queue: int | None, drain_timeout_s: float,
+         offload: Offload | None = None) -> LoadResult:
     run = _Run(target, arrivals, query_sizes, sub_batch, workers, max_queue, offload)
     dispatcher = threading.Thread(target=run.dispatch, name="loadgen-dispatch", daemon=True)
     pool = [threading.Thread(target=run.work, name=f"loadgen-worker-{i}", daemon=True) for i in range(workers)]
@@ -191,7 +222,7 @@ def run_open_loop(target: Target, rate_qps: float, *, duration_s: float | None =
 
     return LoadResult(
         target=str(getattr(target, "name", type(target).__name__)),
-        sizes=sizes.describe(),
+        sizes=sizes_text,
         sub_batch=sub_batch,
         workers=workers,
         offered_qps=float(rate_qps),

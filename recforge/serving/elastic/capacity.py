@@ -18,6 +18,7 @@ From the profile (``recforge.contracts.profile``):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -86,6 +87,14 @@ class NodeModel:
         gain = min(max_batching_gain, max(1.0, 2 * model.query_cost(mean) / model.query_cost(2 * mean)))
         return cls(**{**vars(model), "lbt_qps": lbt, "profile_cost": profile_cost, "batching_gain": float(gain),
                       "batching_delay_ms": batching_delay_ms})
+
+    def scaled(self, factor: float) -> NodeModel:
+        """The same node with ``factor`` x its throughput (LBT and saturation), e.g. a node allocated ``factor`` x
+        the cores the profile's node had. Latency against utilisation is kept: that is the approximation, which
+        the controller's per-node corrections then measure against what the node really delivers."""
+        if not factor > 0:
+            raise ConfigError(f"capacity scale must be > 0, got {factor}")
+        return dataclasses.replace(self, lbt_qps=self.lbt_qps * factor, saturation_qps=self.saturation_qps * factor)
 
     # --- cost of the query-size mix -----------------------------------------------------------------------------
     def query_cost(self, items: Any) -> Any:

@@ -128,11 +128,12 @@ class ControlConfig:
                               f"{self.batching_high} (the switch's hysteresis band)")
 
 
-def max_nodes_for_cpus(cpus: int, cores_per_node: int) -> int:
-    """The most nodes of ``cores_per_node`` cores a machine of ``cpus`` CPUs holds (at least 1)."""
-    if cores_per_node < 1:
-        raise ConfigError(f"cores_per_node must be >= 1, got {cores_per_node}")
-    return max(1, cpus // cores_per_node)
+def max_nodes_for_cpus(cpus: int, cores_per_node: float) -> int:
+    """The most nodes of ``cores_per_node`` cores (a CPU quota may be a fraction of a core) a machine of ``cpus``
+    CPUs holds (at least 1)."""
+    if cores_per_node <= 0:
+        raise ConfigError(f"cores_per_node must be > 0, got {cores_per_node}")
+    return max(1, math.floor(cpus / cores_per_node + 1e-9))
 
 
 class NodeCorrections:

@@ -50,12 +50,14 @@ from recforge.core.errors import ConfigError, RecForgeError, first_line
 from recforge.core.hw import cpu_count
 from recforge.core.timing import utc_now
 from recforge.serving import loadbalancer as lb
+from recforge.serving.elastic.baselines import HpaConfig, HpaPolicy, StaticPolicy
 from recforge.serving.elastic.capacity import NodeModel
-from recforge.serving.elastic.control import ControlConfig, ElasticController, max_nodes_for_cpus
+from recforge.serving.elastic.control import ControlConfig, ElasticController, Policy, max_nodes_for_cpus
 from recforge.serving.elastic.live_actions import Action, BalancerControl, apply_actions, plan_actions
 from recforge.serving.elastic.live_batching import BatchingSwitcher
 from recforge.serving.elastic.live_scaling import NodeOperations, NodeOperator, plan_scale
 from recforge.serving.elastic.live_signals import (
+    SUMMARY_WINDOW_S,
     NodeCounters,
     ShedCounter,
     SignalTracker,
@@ -71,6 +73,7 @@ from recforge.serving.fleet.state import state_lock, write_state
 
 LOG = logging.getLogger("recforge.elastic.live")
 DECISIONS_FILE, STATUS_FILE, LOG_FILE = "controller-decisions.jsonl", "controller.json", "controller.log"
+LIVE_POLICIES = ("recforge", "hpa", "static")
 
 
 @typed_config
@@ -81,7 +84,7 @@ class LiveConfig:
     profile: str | None = None  # the capacity model's profile; None: the fleet source's profile
     min_nodes: Annotated[int, Field(ge=1, le=256)] = 1
     max_nodes: Annotated[int, Field(ge=0, le=256)] = 0  # 0: as many as the machine's CPUs hold
-    cores_per_node: Annotated[int, Field(ge=1, le=256)] = 1
+    cores_per_node: Annotated[float, Field(gt=0, le=256)] = 1.0  # a node's cores (its CPU quota: may be a fraction)
     metrics_timeout_s: Annotated[float, Field(gt=0, le=10)] = 0.5  # a node's metrics port slower than this: unhealthy
     share_tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.05  # weights are applied when a share moves more
     shed_tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.02  # the shed fraction is applied when it moves more
@@ -90,6 +93,23 @@ class LiveConfig:
     control: dict[str, float | int] = dataclasses.field(default_factory=dict)  # ControlConfig overrides
     scale: bool = True  # add and remove nodes as the law's target asks (False: the target is advisory)
     scale_retry_s: Annotated[float, Field(ge=0, le=3600)] = 60.0  # after a failed add, no add for this long
+    # the policy: RecForge's law, or a baseline of the elastic benchmark (recforge.serving.elastic.baselines):
+    # Kubernetes HPA's algorithm (``hpa``: HpaConfig overrides, e.g. time_scale) or a fixed ``static_nodes``
+    policy: str = "recforge"
+    hpa: dict[str, float | int] = dataclasses.field(default_factory=dict)
+    static_nodes: Annotated[int, Field(ge=0, le=256)] = 0
+    # the profile's node capacity times this: a node of other cores than the profile's (e.g. a CPU quota of 0.2
+    # core against a profile measured on one CPU); the law's per-node corrections measure the rest
+    capacity_scale: Annotated[float, Field(gt=0, le=256)] = 1.0
+    # a node's Triton latency summary is trusted this long after the controller first saw it or it restarted (the
+    # summary covers about the last minute, and a new node's warm-up is in it): the tick's mean stands in until then
+    summary_window_s: Annotated[float, Field(ge=0, le=3600)] = SUMMARY_WINDOW_S
+
+    def __post_init__(self) -> None:
+        if self.policy not in LIVE_POLICIES:
+            raise ConfigError(f"LiveConfig.policy must be one of {', '.join(LIVE_POLICIES)}, got {self.policy!r}")
+        if self.policy == "static" and not self.static_nodes:
+            raise ConfigError("LiveConfig.policy static needs static_nodes >= 1")
 
     def bounds(self, cpus: int, fleet: tuple[int, int] | None = None) -> tuple[int, int]:
         """(min, max) nodes: never below ``min_nodes``, never above what ``cpus`` CPUs hold; within ``fleet``'s
@@ -105,15 +125,26 @@ class LiveConfig:
         return self.min_nodes, most
 
 
-def build_law(cfg: LiveConfig, profile: Mapping[str, Any] | None, cpus: int) -> ElasticController | None:
-    """The control law with the profile's capacity model and the node bounds (None without a profile)."""
+def build_law(cfg: LiveConfig, profile: Mapping[str, Any] | None, cpus: int) -> Policy | None:
+    """The policy (``cfg.policy``) with the profile's capacity model, scaled by ``cfg.capacity_scale``, and the node
+    bounds (None without a profile). Only RecForge's law adapts batching and sheds: a baseline's decisions keep the
+    deployed knobs (its ``adapts_batching`` is False) and shed nothing."""
     if not profile:
         return None
-    model = NodeModel.from_profile(profile)
+    model = NodeModel.from_profile(profile).scaled(cfg.capacity_scale)
     low, high = cfg.bounds(cpus)
-    control = config_from_dict(ControlConfig, {"slo_p95_ms": model.slo_p95_ms, **cfg.control,
-                                               "min_nodes": low, "max_nodes": high})
-    return ElasticController(model, control)
+    if cfg.policy == "static":
+        policy: Any = StaticPolicy("static", min(high, max(low, cfg.static_nodes)), "LiveConfig.static_nodes")
+    elif cfg.policy == "hpa":
+        hpa = {"target_utilisation": ControlConfig().target_utilisation, **cfg.hpa, "min_nodes": low,
+               "max_nodes": high}
+        policy = HpaPolicy(model, config_from_dict(HpaConfig, hpa))
+    else:
+        control = config_from_dict(ControlConfig, {"slo_p95_ms": model.slo_p95_ms, **cfg.control,
+                                                   "min_nodes": low, "max_nodes": high})
+        return ElasticController(model, control)
+    policy.adapts_batching = False
+    return policy
 
 
 def read_metrics(url: str, timeout_s: float, models: Sequence[str]) -> tuple[NodeCounters | None, str]:
@@ -152,8 +183,8 @@ class LiveController:
         self.node_seconds = 0.0  # cores x seconds allocated, starting nodes included
         self.last_tick_s: float | None = None
         self.pid = os.getpid()
-        self.tracker = SignalTracker()
-        self.law: ElasticController | None = None
+        self.tracker = SignalTracker(cfg.summary_window_s)
+        self.law: Policy | None = None
         self.entry: dict[str, Any] = {}
         self.ticks = 0
         self.last_logged_s = -math.inf
@@ -205,7 +236,8 @@ class LiveController:
                            "weights_in_haproxy": weights, "corrections_restored": restored,
                            "node_seconds_restored": self.node_seconds, "resumed": resumed,
                            "shed_in_haproxy": self.shed_now, "shed_requests_restored": self.shed_count.total,
-                           "profile": profile_path, "bounds": [low, high],
+                           "profile": profile_path, "bounds": [low, high], "policy": self.cfg.policy,
+                           "capacity_scale": self.cfg.capacity_scale,
                            "law": "on" if self.law else "off: no profile (health drains only)"})
         LOG.info("controlling %s every %g s (pid %d), nodes in [%d, %d], law %s", self.root, self.cfg.interval_s,
                  self.pid, low, high, "on" if self.law else "off (no profile)")
@@ -220,7 +252,7 @@ class LiveController:
         self.shed_count = ShedCounter.from_dict(status.get("shed"))
         saved = status.get("corrections") or {}
         measured = status.get("corrections_measured") or {}
-        if self.law is None:
+        if not isinstance(self.law, ElasticController):  # a baseline has no per-node corrections
             return {}
         names = tuple(saved)
         self.law.corrections.align(names)
@@ -263,6 +295,8 @@ class LiveController:
         low, high = self.cfg.bounds(self.cpus, self.fleet_bounds(state))
         weights_now = {n: view.servers[n].weight for n in managed if n in view.servers}
         no_switch = switch_unavailable(state)  # "" when the nodes' batching mode can be switched
+        if not no_switch and not getattr(self.law, "adapts_batching", True):
+            no_switch = f"the {self.cfg.policy} policy keeps the deployed knobs"
         batching_modes = None if no_switch else {n: node_mode(nodes[n]) for n in managed}
         actions = [] if hands_off else plan_actions(
             decision, weights_now=weights_now, up=[n for n, s in view.servers.items() if s.status == "UP"],
@@ -350,7 +384,7 @@ class LiveController:
 
     def write_status(self, record: Mapping[str, Any]) -> None:
         corrections, measured = {}, {}
-        if self.law is not None:
+        if isinstance(self.law, ElasticController):
             names, factor = self.law.corrections.names, self.law.corrections.factor
             corrections = {name: round(float(factor[i]), 4) for i, name in enumerate(names)}
             measured = {name: int(self.law.corrections.measured[i]) for i, name in enumerate(names)}

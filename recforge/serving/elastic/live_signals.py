@@ -8,8 +8,9 @@ What is read:
   ``queue_duration_us``, ``compute_infer_duration_us``, ``request_duration_us`` (summed over the node's models and
   versions), and the 0.95 quantile of ``nv_inference_request_summary_us`` (the fleet's nodes run with
   ``summary_latencies=true``). Per tick: throughput = delta(success) / dt, queue time = delta(queue_us) /
-  delta(success), p95 = the summary's quantile, or the tick's mean request duration where there is none (0 for a
-  node that served nothing in the tick: the summary's window may still hold an old slow request);
+  delta(success), p95 = the summary's quantile, or the tick's mean request duration where there is none or the
+  node started less than the summary's window ago (its warm-up is still in it), 0 for a node that served nothing in
+  the tick (the summary's window may still hold an old slow request);
 - from HAProxy: each server's status, weight, current sessions and queue, the check result, the frontend's
   HTTP request count (the arrival rate at the balancer = its delta / dt: shed requests count, they arrived), and the
   requests the balancer shed (its ``shed`` backend's sessions; :class:`ShedCounter` keeps their total across the
@@ -143,14 +144,19 @@ def health_problem(server: ServerView | None, counters: NodeCounters | None, met
     return ""
 
 
+SUMMARY_WINDOW_S = 60.0  # Triton's latency summaries are over about the last minute (measured: docs/elastic.md)
+
+
 class SignalTracker:
     """Turns the counters of successive ticks into :class:`FleetSignals` (rates from deltas). The first tick only
     records (it has nothing to take a delta from)."""
 
-    def __init__(self) -> None:
+    def __init__(self, summary_window_s: float = SUMMARY_WINDOW_S) -> None:
         self.last_s: float | None = None
         self.last_requests: float | None = None
         self.last_nodes: dict[str, NodeCounters] = {}
+        self.summary_window_s = summary_window_s
+        self.fresh_since: dict[str, float] = {}  # when a node's counters were first seen, or began again
 
     def update(self, now_s: float, view: BalancerView, counters: Mapping[str, NodeCounters],
                nodes: Sequence[str]) -> FleetSignals | None:
@@ -158,6 +164,8 @@ class SignalTracker:
         previous_s, previous_requests, previous_nodes = self.last_s, self.last_requests, self.last_nodes
         self.last_s, self.last_requests = now_s, view.requests_total
         self.last_nodes = {**previous_nodes, **counters}
+        for name in counters:  # first seen now (a node added, or every node when the controller starts)
+            self.fresh_since.setdefault(name, now_s)
         if previous_s is None or previous_requests is None or now_s <= previous_s:
             return None
         dt = now_s - previous_s
@@ -167,13 +175,18 @@ class SignalTracker:
             done = now.success - before.success if before is not None else 0.0
             if done < 0:  # the node restarted: its counters began again
                 done = 0.0
+                self.fresh_since[name] = previous_s
             queue_us = now.queue_us - before.queue_us if before is not None and done else 0.0
             request_us = now.request_us - before.request_us if before is not None and done else 0.0
             throughput.append(done / dt)
             queue.append(max(queue_us, 0.0) / done / 1000.0 if done else 0.0)
             mean_ms = max(request_us, 0.0) / done / 1000.0 if done else 0.0
-            # an idle node has no latency now (Triton's summary still shows its last window, e.g. a cold start)
-            p95.append((now.p95_ms if math.isfinite(now.p95_ms) else mean_ms) if done else 0.0)
+            # an idle node has no latency now (Triton's summary still shows its last window, e.g. a cold start);
+            # a node younger than the summary's window has its warm-up in it (model_warmup at max_batch_size is
+            # that many requests at once): the tick's mean request time stands in until the warm-up has aged out
+            young = now_s - self.fresh_since.get(name, -math.inf) < self.summary_window_s
+            summary = now.p95_ms if math.isfinite(now.p95_ms) and not young else mean_ms
+            p95.append(summary if done else 0.0)
         arrival = max(view.requests_total - previous_requests, 0.0) / dt
         return FleetSignals(now_s=now_s, arrival_qps=arrival, mix_cost_ratio=1.0, node_names=tuple(nodes),
                             throughput_qps=np.array(throughput, dtype=float), p95_ms=np.array(p95, dtype=float),

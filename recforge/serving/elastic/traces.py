@@ -150,6 +150,25 @@ def load_trace(path: str | Path) -> Trace:
     return trace_from_dict(doc, source=f"trace file {path}")
 
 
+def schedule(trace: Trace, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(arrival times in s, query sizes in items) of one replay of ``trace``: per interval a Poisson count at its
+    rate, spread uniformly over the interval (a Poisson process of that rate), each query's size drawn from the
+    interval's mix (its bin by the mix, then uniformly within the bin's items). Seeded: every policy of a benchmark
+    gets the same queries."""
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(trace.rate_qps * trace.interval_s)
+    starts = np.repeat(np.arange(trace.rate_qps.size) * trace.interval_s, counts)
+    arrivals = np.sort(starts + rng.uniform(0.0, trace.interval_s, starts.size))
+    edges = np.asarray(trace.size_edges)
+    mix_rows = np.minimum((arrivals // trace.mix_interval_s).astype(np.int64), trace.size_mix.shape[0] - 1)
+    cumulative = np.cumsum(trace.size_mix, axis=1)
+    picks = rng.uniform(0.0, 1.0, arrivals.size)
+    bins = np.minimum((cumulative[mix_rows] < picks[:, None]).sum(axis=1), edges.size - 2)
+    low, high = edges[bins], np.maximum(edges[bins + 1], edges[bins] + 1)  # [low, high) items
+    sizes = np.minimum(low + np.floor(rng.uniform(0.0, 1.0, arrivals.size) * (high - low)), 1024).astype(np.int64)
+    return arrivals, sizes
+
+
 # --- generators ---------------------------------------------------------------------------------------------------
 
 def lognormal_mix(mu: float = DEFAULT_MU, sigma: float = DEFAULT_SIGMA,

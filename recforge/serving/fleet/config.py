@@ -9,7 +9,7 @@ from typing import Any
 
 from recforge.contracts.targets import DEFAULT_FLEET_TARGET, TARGETS, check_target
 from recforge.core.config import Annotated, Field, config_from_dict, typed_config
-from recforge.core.cpusets import CpuPlan, CpuPlanConfig, plan_cpus
+from recforge.core.cpusets import DEFAULT_PERIOD_US, CpuPlan, CpuPlanConfig, plan_cpus
 from recforge.core.errors import ConfigError
 
 DEFAULT_PORT = 8100
@@ -38,6 +38,7 @@ class FleetConfig:
     # CPU placement (recforge.core.cpusets), off by default: each node its own set of node_cpus CPUs
     node_cpus: Annotated[int, Field(ge=0, le=256)] = 0  # 0: no placement, every process on every CPU
     cpu_quota: Annotated[float, Field(ge=0, le=256)] = 0.0  # CFS quota of each node in cores (0: none)
+    cpu_period_us: Annotated[int, Field(ge=1000, le=1_000_000)] = DEFAULT_PERIOD_US  # the quota's CFS period
     apparatus_cpus: Annotated[int, Field(ge=0, le=256)] = 1  # with node_cpus: kept free for the load generator
     share_cpus: bool = False  # with node_cpus: balancer and nodes may share CPUs when too few for disjoint sets
 
@@ -70,4 +71,5 @@ class FleetConfig:
             return None
         return plan_cpus(host, CpuPlanConfig(nodes=self.nodes, node_cpus=self.node_cpus,
                                              apparatus_cpus=self.apparatus_cpus,
-                                             node_quota_cores=self.cpu_quota or None, share=self.share_cpus))
+                                             node_quota_cores=self.cpu_quota or None,
+                                             node_period_us=self.cpu_period_us, share=self.share_cpus))

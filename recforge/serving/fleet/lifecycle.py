@@ -43,6 +43,8 @@ from recforge.serving.fleet.state import (
 from recforge.serving.fleet.supervision import SupervisorConfig
 from recforge.serving.pids import cmdline
 
+CONTROLLER_STATUS = "controller.json"  # the controller's last tick (recforge.serving.elastic.live)
+
 
 def up(source: ModelSource, cfg: FleetConfig | None = None, *, home: str | Path | None = None,
        notes: Sequence[str] = (), supervisor: SupervisorConfig | None = None,
@@ -58,6 +60,9 @@ def up(source: ModelSource, cfg: FleetConfig | None = None, *, home: str | Path 
         raise ConfigError(f"a fleet is already running ({len(existing['nodes'])} nodes behind {existing['url']}); "
                           "run `make fleet-down` first")
     down(home=home)  # leftovers of a stale state or of a failed start
+    # a new fleet's controller starts afresh: a past fleet's per-node corrections and node-seconds are not its own
+    # (controller.json is what a restarted controller of the same fleet re-reads; the decisions log is history, kept)
+    (root / CONTROLLER_STATUS).unlink(missing_ok=True)
     started = time.monotonic()
     profile = read_profile(source.profile_path)
     serving_config = (mr.serving_config_from_profile(source.profile_path) if source.profile_path
@@ -170,7 +175,7 @@ def start_controller(root: Path, config: Mapping[str, Any]) -> dict[str, Any]:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
     return {"pid": process.pid, "log": str(log_path), "decisions": str(root / "controller-decisions.jsonl"),
-            "status_file": str(root / "controller.json"), "config": dict(config), "started_at": utc_now()}
+            "status_file": str(root / CONTROLLER_STATUS), "config": dict(config), "started_at": utc_now()}
 
 
 def controller_view(entry: Mapping[str, Any] | None, last: int = 3) -> dict[str, Any] | None:

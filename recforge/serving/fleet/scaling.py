@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -76,11 +77,14 @@ def fleet_config(state: Mapping[str, Any]) -> FleetConfig:
 
 def node_bounds(state: Mapping[str, Any], host: tuple[int, ...] | None = None) -> tuple[int, int]:
     """(fewest, most) nodes of this fleet: ``min_nodes`` of its config (by default the nodes ``fleet up`` started),
-    and what the machine's CPUs hold: with disjoint CPU placement, the most nodes the planner fits; otherwise one
-    node per ``node_cpus`` (1) CPUs."""
+    and what the machine's CPUs hold: with disjoint CPU placement, the most nodes the planner fits; with shared
+    placement and a CPU quota, as many quotas as the CPUs left after the apparatus hold; otherwise one node per
+    ``node_cpus`` (1) CPUs."""
     cfg = fleet_config(state)
     host = host if host is not None else cpusets.host_cpus()
-    if cfg.node_cpus and not cfg.share_cpus:
+    if cfg.node_cpus and cfg.share_cpus and cfg.cpu_quota:
+        most = min(MAX_NODES, math.floor((len(host) - cfg.apparatus_cpus) / cfg.cpu_quota + 1e-9))
+    elif cfg.node_cpus and not cfg.share_cpus:
         most = 0
         for count in range(1, MAX_NODES + 1):
             try:

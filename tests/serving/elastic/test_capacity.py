@@ -43,3 +43,12 @@ def test_a_profile_without_curves_is_refused_on_one_line(profile_doc):
     assert "\n" not in str(caught.value)
     with pytest.raises(ConfigError, match="no LBT"):
         NodeModel.from_profile({**profile_doc, "curve": [], "latency_bounded_throughput_qps": 1.0})
+
+
+def test_a_scaled_node_carries_that_share_of_the_profile_s_throughput(node_model):
+    half = node_model.scaled(0.5)
+    assert half.lbt_qps == pytest.approx(node_model.lbt_qps / 2)
+    assert half.saturation_qps == pytest.approx(node_model.saturation_qps / 2)
+    assert np.array_equal(half.curve_p95_ms, node_model.curve_p95_ms)  # latency against utilisation is kept
+    with pytest.raises(ConfigError, match="capacity scale"):
+        node_model.scaled(0.0)

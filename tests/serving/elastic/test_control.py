@@ -95,6 +95,7 @@ def test_bounds_are_respected(node_model):
     with pytest.raises(ConfigError, match="max_nodes"):
         ControlConfig(max_nodes=0)
     assert max_nodes_for_cpus(16, 2) == 8 and max_nodes_for_cpus(1, 2) == 1
+    assert max_nodes_for_cpus(2, 0.2) == 10 and max_nodes_for_cpus(1, 0.3) == 3  # a quota of a fraction of a core
 
 
 def test_a_slow_node_gets_less_weight_and_a_degraded_one_is_drained(node_model):

@@ -192,7 +192,9 @@ class FakeNodeOperations:
 
 
 def controller(root, io, clock, cfg=None, operations=None, bounds=(1, 2)):
-    return LiveController(root, cfg or LiveConfig(min_nodes=2, log_every_s=0), clock=clock, cpus=2, read_stats=io.stats,
+    # the fakes' summary p95 is the latency of now: trusted at once (a young node: test_live_signals)
+    cfg = cfg or LiveConfig(min_nodes=2, log_every_s=0, summary_window_s=0)
+    return LiveController(root, cfg, clock=clock, cpus=2, read_stats=io.stats,
                           read_node=io.node, control=RecordingBalancer(io),
                           operations=operations or FakeNodeOperations(), fleet_bounds=lambda state: bounds)
 
@@ -351,3 +353,37 @@ def test_a_node_slower_than_its_profile_gets_less_traffic(tmp_path, profile_file
     slow = [a for d in logged for a in d.get("actions", []) if a["node"] == "node1" and a["kind"] == "weight"]
     assert slow and "slow/drained: node1" in slow[-1]["reason"]
     assert record["signals"]["nodes"]["node1"]["p95_ms"] == 20.0
+
+
+# --- the benchmark's baselines on the live fleet ----------------------------------------------------------------------
+
+def test_the_live_controller_runs_a_baseline_policy_or_the_law_on_a_scaled_capacity(profile_doc, node_model):
+    hpa = build_law(LiveConfig(policy="hpa", hpa={"time_scale": 15}, max_nodes=4), profile_doc, cpus=4)
+    assert hpa.name == "hpa" and hpa.config.time_scale == 15 and hpa.config.max_nodes == 4
+    assert hpa.adapts_batching is False
+    static = build_law(LiveConfig(policy="static", static_nodes=9), profile_doc, cpus=4)
+    assert static.nodes == 4 and static.adapts_batching is False  # clamped to what the CPUs hold
+    law = build_law(LiveConfig(capacity_scale=0.25), profile_doc, cpus=4)
+    assert law.model.lbt_qps == pytest.approx(0.25 * node_model.lbt_qps)
+    assert getattr(law, "adapts_batching", True)
+    with pytest.raises(ConfigError, match="policy"):
+        LiveConfig(policy="k8s")
+    with pytest.raises(ConfigError, match="static_nodes"):
+        LiveConfig(policy="static")
+    # a node of a fraction of a core (its CPU quota): as many as the quotas the CPUs hold
+    assert LiveConfig(cores_per_node=0.25, max_nodes=0).bounds(cpus=1) == (1, 4)
+
+
+def test_a_baseline_keeps_the_deployed_batching_and_has_no_corrections(tmp_path, profile_file):
+    root, state = fleet_folder(tmp_path, profile_file)
+    io, now = FakeFleetIO(), [0.0]
+    live = controller(root, io, lambda: now[0], LiveConfig(policy="hpa", min_nodes=2, log_every_s=0, scale=False))
+    live.start()
+    for _ in range(3):
+        io.serve(300)
+        record = live.tick(state)
+        now[0] += 1.0
+    assert "batching_modes" not in record  # the fleet's knobs are not switched by a baseline
+    assert all(a["kind"] != "batching" or a["advisory"] for a in record["actions"])
+    status = json.loads((root / "controller.json").read_text())
+    assert status["corrections"] == {} and record["decision"]["reasons"][0].startswith("hpa:")

@@ -93,7 +93,7 @@ def test_health_problems_name_what_failed():
 
 
 def test_rates_come_from_the_deltas_between_ticks():
-    tracker = SignalTracker()
+    tracker = SignalTracker(summary_window_s=0.0)  # the summary trusted at once (a young node: the next test)
     first = {"node0": node_counters(triton_text(100, 100_000, 500_000)),
              "node1": node_counters(triton_text(50, 0, 100_000, p95_us="NaN"))}
     assert tracker.update(10.0, balancer_view(parse_show_stat(stat_text(1000))), first, ["node0", "node1"]) is None
@@ -121,3 +121,24 @@ def test_a_restarted_node_or_balancer_gives_no_negative_rate():
                              {"node0": node_counters(triton_text(3, 0, 30_000))}, ["node0"])
     assert signals.arrival_qps == 0.0 and signals.throughput_qps.tolist() == [0.0]
     assert np.isfinite(signals.queue_ms).all() and np.isfinite(signals.p95_ms).all()
+
+
+def test_a_young_node_s_summary_is_not_trusted_until_its_warm_up_has_aged_out():
+    tracker = SignalTracker(summary_window_s=60.0)
+    view = balancer_view(parse_show_stat(stat_text(0)))
+    tracker.update(0.0, view, {"node0": node_counters(triton_text(1025, 0, 400_000_000, p95_us="391000"))},
+                   ["node0"])
+    # 100 requests of 5 ms each in the tick; the summary still holds the 1,024 warm-up requests
+    young = tracker.update(1.0, view, {"node0": node_counters(triton_text(1125, 0, 400_500_000,
+                                                                          p95_us="391000"))}, ["node0"])
+    assert young.p95_ms.tolist() == [5.0]
+    old = tracker.update(61.0, view, {"node0": node_counters(triton_text(1225, 0, 401_000_000, p95_us="12000"))},
+                         ["node0"])
+    assert old.p95_ms.tolist() == [12.0]
+    # a restart (its counters began again) makes it young again
+    again = tracker.update(62.0, view, {"node0": node_counters(triton_text(10, 0, 50_000, p95_us="391000"))},
+                           ["node0"])
+    assert again.throughput_qps.tolist() == [0.0]
+    after = tracker.update(63.0, view, {"node0": node_counters(triton_text(20, 0, 100_000, p95_us="391000"))},
+                           ["node0"])
+    assert after.p95_ms.tolist() == [5.0]

@@ -1,0 +1,327 @@
+"""The elastic benchmark on the live fleet (``make bench-elastic``): one trace replayed against the same local Triton
+fleet under four policies — static peak provisioning, static mean provisioning, Kubernetes HPA's law
+(time-scaled) and RecForge's controller — each run by the fleet's controller process
+(recforge.serving.elastic.live, ``LiveConfig.policy``), with the load generator on CPUs of its own.
+
+The fleet (``$RECFORGE_HOME/elastic-bench/fleet``; a user's fleet is never touched): every node is a
+``tritonserver`` with a CPU quota (``node_quota`` cores, CFS period ``cpu_period_us``) on the CPUs the apparatus
+does not use, so a node is a fixed capacity and adding one adds capacity, as a Kubernetes pod with a CPU limit; at
+most ``max_nodes``. The apparatus (this process's load generator, and the controller it starts) is on its own CPU
+set (recforge.core.cpusets; on a 2-CPU machine: CPU 0 for the apparatus, CPU 1 for HAProxy and the nodes' quotas).
+
+1. **Calibration.** One node at the quota: its start time (``fleet up`` to serving) and its LBT through the balancer
+   (recforge.tools.fleet_bench.search_lbt: the profile's client knobs, the SLO of the profile). The capacity model's
+   per-node LBT is scaled to it (``LiveConfig.capacity_scale`` = measured / profile LBT), and the law's forecast
+   horizon (``start_delay_s``) is the measured start time.
+2. **The trace** (recforge.serving.elastic.simulate.build_trace: a compressed diurnal day with 2x bursts by
+   default, or a recforge-trace file) is scaled so its highest rate is ``peak_utilisation`` x ``max_nodes`` x the
+   calibrated LBT; one seeded schedule of queries (recforge.serving.elastic.traces.schedule) is replayed under every
+   policy. HPA's durations are divided by the trace's time compression, at most 15 (its 15 s sync becomes 1 s).
+3. **Each policy** (in ``runs`` rounds, the order rotated each round): the fleet started with the policy's first node
+   count, its controller with the policy, the replay (open loop: a late client thread counts against the latency),
+   the controller's node-seconds and decisions, the fleet brought down. The figures are the simulator's
+   (recforge.serving.elastic.report): % of 1-minute windows whose p95 is within the SLO, % of admitted queries over
+   the SLO or failed, shed (503 from the balancer) and failed queries, node-seconds, scale reversals per hour,
+   seconds to recover after each burst.
+
+Results: ``$RECFORGE_HOME/bench/elastic.json`` (every run, the per-second series, the calibration, the apparatus
+ceiling) and ``elastic-<policy>.png`` (load, nodes, p95 and SLO over time) of each policy's last run; the table and one
+``RESULT {json}`` line per policy and run on stdout.
+
+CLI::
+
+    python -m recforge.tools.elastic_bench [--family dlrm] [--target cpu-triton] [--config JSON]
+
+``--config`` takes :class:`ElasticBenchConfig` fields, e.g. ``'{"minutes": 6, "policies": ["hpa", "recforge"]}'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from recforge.contracts.profile import read_profile
+from recforge.core import config, cpusets
+from recforge.core.cli import json_object, run_step
+from recforge.core.config import Annotated, Field, typed_config
+from recforge.core.errors import ConfigError
+from recforge.core.hw import load_average
+from recforge.core.timing import utc_now
+from recforge.inference.loadgen import run_schedule
+from recforge.inference.triton import TritonHttpTarget
+from recforge.serving import fleet as fl
+from recforge.serving.elastic import traces
+from recforge.serving.elastic.baselines import StaticPolicy
+from recforge.serving.elastic.capacity import NodeModel, nodes_for
+from recforge.serving.elastic.control import ControlConfig
+from recforge.serving.elastic.simulate import POLICIES, build_trace, make_policy
+from recforge.serving.fleet.config import DEFAULT_FAMILY
+from recforge.tools import elastic_bench_report as rep
+from recforge.tools.fleet_bench import FleetBenchConfig, calibrated_ceiling_qps, same_load_run, search_lbt
+
+MIN_APPARATUS_RATIO = 5.0  # the load generator's ceiling against the highest rate it is used for
+LOW_LOAD_POINTS = (0.1, 0.3, 0.6)  # calibration: rates as shares of the measured LBT, for the curve's flat part
+
+
+@typed_config
+class ElasticBenchConfig:
+    """Settings of the elastic benchmark (``--config`` JSON)."""
+
+    trace: str = "diurnal+bursts"  # diurnal, diurnal+bursts, bursts, ramp, steady, or a recforge-trace JSON file
+    minutes: Annotated[float, Field(gt=0, le=60)] = 12.0  # the compressed day's length (generated traces)
+    policies: tuple[str, ...] = POLICIES
+    runs: Annotated[int, Field(ge=1, le=5)] = 1  # rounds of every policy, the order rotated each round
+    seed: int = 0
+    node_quota: Annotated[float, Field(gt=0, le=64)] = 0.2  # each node's CPU quota in cores
+    cpu_period_us: Annotated[int, Field(ge=1000, le=1_000_000)] = 10_000  # the quota's CFS period
+    max_nodes: Annotated[int, Field(ge=1, le=64)] = 4
+    peak_utilisation: Annotated[float, Field(gt=0, le=2)] = 0.85  # the trace's highest rate / (max_nodes x LBT)
+    capacity_scale: Annotated[float, Field(gt=0, le=64)] | None = None  # None: calibrated (measured LBT / profile's)
+    start_delay_s: Annotated[float, Field(ge=0, le=600)] | None = None  # None: the calibration's measured start
+    calibration_point_s: Annotated[float, Field(gt=0, le=60)] = 5.0  # per probed rate of the calibration LBT
+    workers: Annotated[int, Field(ge=1, le=256)] = 48  # client threads of the replay
+    sub_batch: Annotated[int, Field(ge=1, le=1024)] | None = None  # None: the profile's best_knobs.sub_batch
+    timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0  # a query unanswered this long fails
+    settle_s: Annotated[float, Field(ge=0, le=120)] = 3.0  # controller ticks before the replay starts
+    interval_s: Annotated[float, Field(gt=0, le=10)] = 1.0  # the controller's tick
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.policies if p not in POLICIES]
+        if unknown or not self.policies:
+            raise ConfigError(f"ElasticBenchConfig.policies: choose from {', '.join(POLICIES)}, got "
+                              f"{list(self.policies)}")
+        if self.node_quota > 1:
+            raise ConfigError("ElasticBenchConfig.node_quota: at most 1 core (each node's CPU set is one CPU)")
+
+
+def bench_home(home: str | Path | None = None) -> Path:
+    return Path(home if home is not None else config.recforge_home()) / "elastic-bench"
+
+
+def fleet_config(cfg: ElasticBenchConfig, nodes: int, target: str) -> fl.FleetConfig:
+    """The bench's fleet: nodes with a CPU quota on the CPUs the apparatus leaves, the balancer sharing them."""
+    return fl.FleetConfig(nodes=nodes, min_nodes=1, port=0, target=target, node_cpus=1, cpu_quota=cfg.node_quota,
+                          cpu_period_us=cfg.cpu_period_us, apparatus_cpus=1, share_cpus=True)
+
+
+def apparatus_group(state: Mapping[str, Any]) -> cpusets.CpuGroup:
+    """The load generator's CPU group: the apparatus CPUs the fleet's plan left free."""
+    cpus = (state.get("placement") or {}).get("apparatus_cpus")
+    if not cpus:
+        raise ConfigError("the bench fleet has no apparatus CPUs in its plan (CPU placement is off)")
+    return cpusets.CpuGroup(f"elastic-bench-{os.getpid()}-client",
+                            cpusets.CpuPlacement(cpus=cpusets.parse_cpu_list(cpus)))
+
+
+def client_knobs(profile: Mapping[str, Any], cfg: ElasticBenchConfig) -> int:
+    knobs = (profile.get("search") or {}).get("best_knobs") or {}
+    return int(cfg.sub_batch or knobs.get("sub_batch") or 64)
+
+
+def calibrate(source: fl.ModelSource, profile: Mapping[str, Any], cfg: ElasticBenchConfig, *, target: str,
+              home: Path, ceiling: float | None) -> dict[str, Any]:
+    """One node at the bench's quota: its start time and its LBT through the balancer, from the apparatus' CPUs."""
+    fleet_home = home / "calibration"
+    started = time.monotonic()
+    try:
+        state = fl.up(source, fleet_config(cfg, 1, target), home=fleet_home, notes=["elastic bench calibration"])
+        start_s = time.monotonic() - started
+        sub_batch = client_knobs(profile, cfg)
+        profile_lbt = float(profile["latency_bounded_throughput_qps"])
+        with cpusets.this_process_in(apparatus_group(state)):
+            bench_cfg = FleetBenchConfig(point_duration_s=cfg.calibration_point_s, seed=cfg.seed)
+            slo = float(profile["p95_target_ms"])
+            found = search_lbt(state["url"], source.model, source.spec_path, bench_cfg, sub_batch=sub_batch,
+                               workers=cfg.workers, start_qps=max(1.0, profile_lbt * cfg.node_quota / 2),
+                               p95_target_ms=slo, ceiling_qps=ceiling)
+            for fraction in LOW_LOAD_POINTS if found["lbt_qps"] > 0 else ():  # the flat part of the curve
+                point = same_load_run(state["url"], source.model, source.spec_path, bench_cfg, sub_batch=sub_batch,
+                                      workers=cfg.workers, rate=fraction * found["lbt_qps"], p95_target_ms=slo)
+                found["curve"].append({key: point.get(key) for key in
+                                       ("offered_qps", "achieved_qps", "p50_ms", "p95_ms", "p99_ms", "errors")})
+    finally:
+        fl.down(home=fleet_home)
+    if not found["lbt_qps"] > 0:
+        raise ConfigError(f"calibration: one node at {cfg.node_quota:g} core(s) met the SLO at no rate "
+                          f"({found.get('note')}); raise node_quota")
+    return {"node_start_s": round(start_s, 2), "lbt_qps": found["lbt_qps"], "profile_lbt_qps": profile_lbt,
+            "capacity_scale": round(found["lbt_qps"] / profile_lbt, 4), "p95_ms_at_lbt": found["p95_ms_at_lbt"],
+            "converged": found["converged"], "capped": found["capped"], "note": found["note"],
+            "sub_batch": sub_batch, "workers": cfg.workers, "curve": found["curve"]}
+
+
+def calibrated_profile(profile: Mapping[str, Any], calibration: Mapping[str, Any]) -> dict[str, Any]:
+    """The profile of a node at the bench's quota: the measured LBT and latency-vs-load curve in place of the
+    profile's (a quota changes both: a node that spends its quota early in a CFS period waits out the rest of it),
+    the profile's query-cost curve kept (the mix's relative costs)."""
+    rows: dict[float, dict[str, Any]] = {}
+    for row in calibration["curve"]:
+        if row.get("p95_ms") is not None:
+            rows[float(row["offered_qps"])] = dict(row)
+    if not rows:
+        raise ConfigError("calibration: no probed rate has a p95; the node answered nothing")
+    return {**profile, "latency_bounded_throughput_qps": float(calibration["lbt_qps"]),
+            "curve": [rows[rate] for rate in sorted(rows)]}
+
+
+def first_nodes(policy: Any, trace: traces.Trace, model: NodeModel, utilisation: float, most: int) -> int:
+    """The node count a policy's run starts with: a static policy's own; otherwise what the first 10 s of the trace
+    need at the planning utilisation."""
+    if isinstance(policy, StaticPolicy):
+        return policy.nodes
+    opening = float(trace.rate_qps[: max(1, round(10 / trace.interval_s))].mean())
+    return min(most, nodes_for(opening, utilisation * model.lbt_qps))
+
+
+def controller_config(name: str, policy: Any, cfg: ElasticBenchConfig, scale: float, start_delay_s: float,
+                      hpa_time_scale: float) -> dict[str, Any]:
+    """The live controller's LiveConfig for the policy ``name``."""
+    live: dict[str, Any] = {"interval_s": cfg.interval_s, "min_nodes": 1, "max_nodes": cfg.max_nodes,
+                            "cores_per_node": cfg.node_quota, "capacity_scale": scale, "log_every_s": 0,
+                            "scale_retry_s": 10.0}
+    if isinstance(policy, StaticPolicy):
+        return {**live, "policy": "static", "static_nodes": policy.nodes}
+    if name == "hpa":
+        return {**live, "policy": "hpa", "hpa": {"time_scale": hpa_time_scale}}
+    return {**live, "policy": "recforge", "control": {"start_delay_s": start_delay_s}}
+
+
+def run_policy(name: str, policy: Any, source: fl.ModelSource, cfg: ElasticBenchConfig, *, schedule: Any,
+               trace: traces.Trace, model: NodeModel, live: Mapping[str, Any], target: str, home: Path,
+               sub_batch: int, slo_ms: float) -> dict[str, Any]:
+    """One policy's replay of the schedule on a fresh fleet; its report, series and the controller's figures."""
+    fleet_home = home / "fleet"
+    nodes = first_nodes(policy, trace, model, ControlConfig().target_utilisation, cfg.max_nodes)
+    arrivals, sizes = schedule
+    try:
+        state = fl.up(source, fleet_config(cfg, nodes, target), home=fleet_home, controller=live,
+                      notes=[f"elastic bench: {name}"])
+        time.sleep(cfg.settle_s)
+        with cpusets.this_process_in(apparatus_group(state)):
+            client = TritonHttpTarget(state["url"], source.model, source.spec_path, max_batch=sub_batch,
+                                      seed=cfg.seed, pool=cfg.workers, timeout=cfg.timeout_s)
+            try:
+                started_at = time.time()
+                result = run_schedule(client, arrivals, sizes, duration_s=trace.duration_s, sub_batch=sub_batch,
+                                      workers=cfg.workers, drain_timeout_s=cfg.timeout_s, sizes_text=trace.name)
+            finally:
+                client.close()
+        entry = state["controller"]
+        status = json.loads(Path(entry["status_file"]).read_text())
+        targets, node_series, target_series = rep.read_decisions(entry["decisions"], started_at, trace.duration_s,
+                                                                 cfg.interval_s)
+    finally:
+        fl.down(home=fleet_home)
+    acc, series = rep.tally(result.arrival_s, result.finish_s, result.query_errors, duration_s=trace.duration_s,
+                            slo_ms=slo_ms)
+    series = rep.Series(**{**series.__dict__, "nodes": node_series, "target": target_series})
+    node_seconds = float(status.get("node_seconds") or 0.0)
+    summary = rep.policy_report(name, acc, targets, trace.bursts, node_seconds)
+    return {"policy": name, "first_nodes": nodes, "controller": dict(live), "report": summary.to_dict(),
+            "queries": result.queries, "answered": result.completed, "p95_ms": result.p95_ms,
+            "p99_ms": result.p99_ms, "cpu_steal_pct": result.cpu_steal_pct,
+            "controller_shed": (status.get("shed") or {}).get("requests"), "series": series.to_dict(),
+            "_series": series}
+
+
+def bench(source: fl.ModelSource, cfg: ElasticBenchConfig, *, target: str, notes: Sequence[str] = (),
+          home: str | Path | None = None) -> dict[str, Any]:
+    """Calibrate, build the trace, run every policy ``cfg.runs`` times; the result document."""
+    profile = read_profile(source.profile_path) if source.profile_path else None
+    if not profile:
+        raise ConfigError(f"{source.origin} has no profile: the policies need its capacity model; run `make run` "
+                          "(a registered champion has one)")
+    root = bench_home(home)
+    root.mkdir(parents=True, exist_ok=True)
+    ceiling = calibrated_ceiling_qps(home)
+    started = time.monotonic()
+    doc: dict[str, Any] = {"model": source.model, "version": source.version, "source": source.origin,
+                           "target": target, "notes": list(notes), "settings": asdict(cfg),
+                           "measured_at": utc_now(), "loadavg_before": load_average(), "runs": []}
+    calibration = calibrate(source, profile, cfg, target=target, home=root, ceiling=ceiling) \
+        if cfg.capacity_scale is None or cfg.start_delay_s is None else {}
+    start_delay = cfg.start_delay_s if cfg.start_delay_s is not None else calibration["node_start_s"]
+    if cfg.capacity_scale is None:  # the policies plan with the profile of a node at the quota, as measured
+        scale, profile_path = 1.0, root / "calibrated-profile.json"
+        profile_path.write_text(json.dumps(calibrated_profile(profile, calibration), indent=1) + "\n")
+    else:  # the profile's node scaled: an approximation (latency against load is the profile's)
+        scale, profile_path = cfg.capacity_scale, Path(source.profile_path)
+    model = NodeModel.from_profile(read_profile(profile_path)).scaled(scale)
+    raw = build_trace(cfg.trace, cfg.minutes, cfg.seed)
+    trace = raw.scaled(cfg.peak_utilisation * cfg.max_nodes * model.lbt_qps / float(raw.rate_qps.max()))
+    hpa_time_scale = max(1.0, min(float(trace.meta.get("time_compression", 1.0)), 15.0 / cfg.interval_s))
+    schedule = traces.schedule(trace, cfg.seed)
+    peak = float(trace.rate_qps.max())
+    doc.update(calibration=calibration, capacity_scale=scale, start_delay_s=start_delay, profile=str(profile_path),
+               model_lbt_qps=round(model.lbt_qps, 1), slo_p95_ms=model.slo_p95_ms,
+               trace={"name": trace.name, "duration_s": trace.duration_s, "peak_qps": round(peak, 1),
+                      "mean_qps": round(float(trace.rate_qps.mean()), 1), "queries": int(schedule[0].size),
+                      "bursts": [vars(b) for b in trace.bursts], "hpa_time_scale": hpa_time_scale},
+               apparatus={"ceiling_qps": ceiling, "peak_qps": round(peak, 1),
+                          "ratio": round(ceiling / peak, 2) if ceiling else None,
+                          "enough": bool(ceiling and ceiling >= MIN_APPARATUS_RATIO * peak)})
+    print(f"elastic bench: {trace.name} {trace.duration_s:.0f} s, peak {peak:.0f} q/s, {schedule[0].size} queries; "
+          f"node {cfg.node_quota:g} core, LBT {model.lbt_qps:.0f} q/s (scale {scale:.3f}), start {start_delay:.1f} s;"
+          f" apparatus ceiling {ceiling or float('nan'):.0f} q/s", file=sys.stderr, flush=True)
+    sub_batch = client_knobs(profile, cfg)
+    order = list(cfg.policies)
+    for run in range(cfg.runs):
+        for name in order[run % len(order):] + order[:run % len(order)]:
+            policy = make_policy(name, trace, model, cfg.max_nodes, hpa_time_scale=hpa_time_scale)
+            live = {**controller_config(name, policy, cfg, scale, start_delay, hpa_time_scale),
+                    "profile": str(profile_path)}
+            entry = run_policy(name, policy, source, cfg, schedule=schedule, trace=trace, model=model, live=live,
+                               target=target, home=root, sub_batch=sub_batch, slo_ms=model.slo_p95_ms)
+            entry["run"] = run + 1
+            series = entry.pop("_series")
+            entry["plot"] = str(rep.plot_run(
+                series, slo_ms=model.slo_p95_ms, bursts=trace.bursts,
+                title=f"{name} on {trace.name} ({source.model}, {cfg.node_quota:g}-core nodes, run {run + 1})",
+                path=Path(home if home is not None else config.recforge_home()) / "bench" / f"elastic-{name}.png"))
+            doc["runs"].append(entry)
+            print(f"RESULT {json.dumps({'run': run + 1, **entry['report']})}", flush=True)
+    doc["loadavg_after"] = load_average()
+    doc["duration_s"] = round(time.monotonic() - started, 1)
+    return doc
+
+
+def write_results(doc: Mapping[str, Any], home: str | Path | None = None) -> Path:
+    path = Path(home if home is not None else config.recforge_home()) / "bench" / "elastic.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recforge.tools.elastic_bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--family", default=os.environ.get("FLEET_FAMILY", DEFAULT_FAMILY),
+                        help="model family: registry champion recforge-<family>, else the newest nightly model")
+    parser.add_argument("--target", default=fl.DEFAULT_TARGET, help="hardware target (champion, profile)")
+    parser.add_argument("--config", default="{}", help="ElasticBenchConfig fields as a JSON object")
+    args = parser.parse_args(argv)
+
+    def step() -> Any:
+        cfg = config.config_from_dict(ElasticBenchConfig, json_object(args.config))
+        dest = bench_home() / "source"
+        source, notes = fl.default_source(args.family, args.target, dest=dest)
+        doc = bench(source, cfg, target=args.target, notes=notes)
+        path = write_results(doc)
+        print(rep.render(doc["runs"]))
+        with contextlib.suppress(KeyError):
+            print(f"calibration: {json.dumps(doc['calibration'])}")
+        return {"json": str(path), "duration_s": doc["duration_s"], "apparatus": doc["apparatus"],
+                "capacity_scale": doc["capacity_scale"]}
+
+    return run_step(step)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

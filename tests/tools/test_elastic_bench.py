@@ -1,0 +1,138 @@
+"""The elastic benchmark's parts that need no fleet: the replay schedule of a trace, the tallies of a replay in the
+simulator's terms, the controller's decision log read back, the calibrated profile and each policy's controller
+config. (The benchmark itself starts a fleet per policy: `make bench-elastic`, docs/elastic.md.)"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from recforge.core.config import config_from_dict
+from recforge.core.errors import ConfigError
+from recforge.inference.loadgen import CallableTarget, run_schedule
+from recforge.serving.elastic import traces
+from recforge.serving.elastic.baselines import StaticPolicy
+from recforge.serving.elastic.capacity import NodeModel
+from recforge.serving.elastic.live import LiveConfig
+from recforge.tools import elastic_bench as eb
+from recforge.tools import elastic_bench_report as rep
+from tests.serving.elastic.conftest import PROFILE
+
+
+@pytest.fixture
+def profile_doc() -> dict:
+    return json.loads(json.dumps(PROFILE))
+
+
+@pytest.fixture
+def node_model(profile_doc) -> NodeModel:
+    return NodeModel.from_profile(profile_doc)
+
+
+def test_a_schedule_replays_the_trace_rates_and_mix_and_is_seeded():
+    trace = traces.with_bursts(traces.diurnal(minutes=2, peak_qps=200, seed=1))
+    arrivals, sizes = traces.schedule(trace, seed=3)
+    assert arrivals.size == sizes.size
+    assert np.all(np.diff(arrivals) >= 0) and arrivals[0] >= 0 and arrivals[-1] < trace.duration_s
+    per_second = np.bincount(arrivals.astype(int), minlength=trace.rate_qps.size)
+    # Poisson counts: the total within 4 standard deviations of the trace's, and the bursts are there
+    assert abs(per_second.sum() - trace.rate_qps.sum()) < 4 * np.sqrt(trace.rate_qps.sum())
+    burst = trace.bursts[0]
+    inside = per_second[int(burst.start_s):int(burst.start_s + burst.duration_s)].mean()
+    before = per_second[int(burst.start_s) - 10:int(burst.start_s)].mean()
+    assert inside > 1.5 * before
+    # sizes come from the mix's bins: lognormal(5.1..5.2, 0.2) puts them in [64, 512)
+    assert sizes.min() >= 1 and sizes.max() <= 1024 and 120 < sizes.mean() < 260
+    again = traces.schedule(trace, seed=3)
+    assert np.array_equal(again[0], arrivals) and np.array_equal(again[1], sizes)
+    assert traces.schedule(trace.scaled(0.0), seed=3)[0].size == 0
+
+
+def test_run_schedule_sends_each_query_at_its_time_and_refuses_a_bad_schedule():
+    target = CallableTarget.sleeping(0.2)
+    arrivals = np.array([0.0, 0.05, 0.1, 0.3])
+    result = run_schedule(target, arrivals, np.array([10, 300, 1, 64]), duration_s=0.5, sub_batch=128, workers=2)
+    assert result.queries == 4 and result.completed == 4 and result.errors == 0
+    assert result.items.tolist() == [10, 300, 1, 64]
+    assert np.all(result.issued_s >= arrivals - 1e-3)
+    with pytest.raises(ConfigError, match="non-decreasing"):
+        run_schedule(target, np.array([0.2, 0.1]), np.array([1, 1]), duration_s=1.0)
+    with pytest.raises(ConfigError, match="one length"):
+        run_schedule(target, np.array([0.1]), np.array([1, 1]), duration_s=1.0)
+    with pytest.raises(ConfigError, match="query sizes"):
+        run_schedule(target, np.array([0.1]), np.array([0]), duration_s=1.0)
+
+
+def test_tally_counts_shed_failed_and_slow_queries_per_second():
+    arrival = np.array([0.1, 0.2, 0.3, 0.4, 1.1, 1.2, 2.5])
+    latency_s = np.array([0.010, 0.030, np.nan, np.nan, 0.005, 0.040, 0.002])
+    errors = [None, None, "TritonError: HTTP 503: {\"error\":\"the fleet is overloaded: this request was shed\"}",
+              "TritonError: HTTP 400: bad input", None, None, None]
+    acc, series = rep.tally(arrival, arrival + latency_s, errors, duration_s=3.0, slo_ms=25.0)
+    assert acc.arrivals.tolist() == [4, 2, 1]
+    assert acc.shed.tolist() == [1, 0, 0] and acc.failed.tolist() == [1, 0, 0]
+    assert acc.over.tolist() == [1, 1, 0]  # 30 ms and 40 ms answers are over a 25 ms SLO
+    assert series.answered.tolist() == [2, 2, 1]
+    assert series.p95_ms[2] == pytest.approx(2.0)
+    report = rep.policy_report("recforge", acc, [1, 2, 2], [], node_seconds=12.5)
+    assert report.requests == 7 and report.shed == 1 and report.failed == 1 and report.node_seconds == 12.5
+    # 3 bad of 6 admitted (2 over the SLO, 1 failed)
+    assert report.over_slo_pct == pytest.approx(50.0)
+
+
+def test_the_decision_log_gives_the_targets_and_the_nodes_per_second(tmp_path):
+    start = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+
+    def at(seconds: float) -> str:
+        return datetime.fromtimestamp(start + seconds, tz=UTC).isoformat()
+
+    lines = [{"at": at(-5), "event": "start"},
+             {"at": at(0.5), "nodes": 1, "decision": {"target_nodes": 2}},
+             {"at": at(2.2), "nodes": 2, "decision": {"target_nodes": 2}},
+             {"at": at(3.1), "nodes": 2},  # no law: no target
+             "not json",
+             {"at": at(9.0), "nodes": 3, "decision": {"target_nodes": 3}}]  # after the replay
+    path = tmp_path / "decisions.jsonl"
+    path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    targets, nodes, target = rep.read_decisions(path, start, duration_s=5.0)
+    assert targets == [2, 2]
+    assert nodes.tolist() == [1, 1, 2, 2, 2] and target.tolist() == [2, 2, 2, 2, 2]
+    assert rep.read_decisions(tmp_path / "missing", start, 5.0)[0] == []
+
+
+def test_the_calibrated_profile_carries_the_measured_lbt_and_curve(profile_doc):
+    calibration = {"lbt_qps": 80.0, "curve": [
+        {"offered_qps": 100.0, "achieved_qps": 99.0, "p50_ms": 9.0, "p95_ms": 40.0, "p99_ms": 50.0},
+        {"offered_qps": 8.0, "achieved_qps": 8.0, "p50_ms": 5.0, "p95_ms": 8.0, "p99_ms": 9.0},
+        {"offered_qps": 50.0, "achieved_qps": 0.0, "p50_ms": None, "p95_ms": None, "p99_ms": None}]}
+    calibrated = eb.calibrated_profile(profile_doc, calibration)
+    assert calibrated["latency_bounded_throughput_qps"] == 80.0
+    assert [row["offered_qps"] for row in calibrated["curve"]] == [8.0, 100.0]  # sorted, rows without a p95 dropped
+    assert calibrated["latency_vs_batch"] == profile_doc["latency_vs_batch"]
+    with pytest.raises(ConfigError, match="no probed rate"):
+        eb.calibrated_profile(profile_doc, {"lbt_qps": 1.0, "curve": [calibration["curve"][2]]})
+
+
+def test_each_policy_gets_its_controller_config(node_model):
+    cfg = eb.ElasticBenchConfig(node_quota=0.25, max_nodes=4)
+    static = StaticPolicy("static-peak", 3, "peak")
+    live = eb.controller_config("static-peak", static, cfg, 1.0, 4.0, 15.0)
+    assert live["policy"] == "static" and live["static_nodes"] == 3 and live["cores_per_node"] == 0.25
+    assert eb.controller_config("hpa", object(), cfg, 1.0, 4.0, 15.0)["hpa"] == {"time_scale": 15.0}
+    recforge = eb.controller_config("recforge", object(), cfg, 1.0, 4.0, 15.0)
+    assert recforge["control"] == {"start_delay_s": 4.0}
+    for config in (live, recforge):  # every one is a LiveConfig the controller accepts
+        config_from_dict(LiveConfig, config)
+    trace = traces.diurnal(minutes=1, peak_qps=4 * node_model.lbt_qps)
+    assert eb.first_nodes(static, trace, node_model, 0.85, 4) == 3
+    assert 1 <= eb.first_nodes(object(), trace, node_model, 0.85, 4) <= 2  # the trough is a quarter of the peak
+
+
+def test_a_bad_bench_config_is_refused():
+    with pytest.raises(ConfigError, match="policies"):
+        eb.ElasticBenchConfig(policies=("hpa", "k8s"))
+    with pytest.raises(ConfigError, match="node_quota"):
+        eb.ElasticBenchConfig(node_quota=1.5)
