@@ -44,6 +44,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -65,7 +66,7 @@ from recforge.serving.elastic import traces
 from recforge.serving.elastic.baselines import StaticPolicy
 from recforge.serving.elastic.capacity import NodeModel, nodes_for
 from recforge.serving.elastic.control import ControlConfig
-from recforge.serving.elastic.simulate import POLICIES, build_trace, make_policy
+from recforge.serving.elastic.simulate import POLICIES, FleetSimulator, SimConfig, build_trace, make_policy
 from recforge.serving.fleet.config import DEFAULT_FAMILY
 from recforge.tools import elastic_bench_report as rep
 from recforge.tools.fleet_bench import FleetBenchConfig, calibrated_ceiling_qps, same_load_run, search_lbt
@@ -89,6 +90,9 @@ class ElasticBenchConfig:
     peak_utilisation: Annotated[float, Field(gt=0, le=2)] = 0.85  # the trace's highest rate / (max_nodes x LBT)
     capacity_scale: Annotated[float, Field(gt=0, le=64)] | None = None  # None: calibrated (measured LBT / profile's)
     start_delay_s: Annotated[float, Field(ge=0, le=600)] | None = None  # None: the calibration's measured start
+    # a calibrated profile of an earlier run (its elastic-bench/calibrated-profile.json): no calibration, the same
+    # trace as that run; give its start_delay_s too
+    profile: str | None = None
     calibration_point_s: Annotated[float, Field(gt=0, le=60)] = 5.0  # per probed rate of the calibration LBT
     calibration_repeats: Annotated[int, Field(ge=1, le=9)] = 3  # LBT searches of the calibration (the median)
     workers: Annotated[int, Field(ge=1, le=256)] = 48  # client threads of the replay
@@ -104,6 +108,9 @@ class ElasticBenchConfig:
                               f"{list(self.policies)}")
         if self.node_quota > 1:
             raise ConfigError("ElasticBenchConfig.node_quota: at most 1 core (each node's CPU set is one CPU)")
+        if self.profile is not None and (self.start_delay_s is None or self.capacity_scale is not None):
+            raise ConfigError("ElasticBenchConfig.profile (an earlier calibration) goes with start_delay_s and "
+                              "without capacity_scale")
 
 
 def bench_home(home: str | Path | None = None) -> Path:
@@ -202,6 +209,17 @@ def controller_config(name: str, policy: Any, cfg: ElasticBenchConfig, scale: fl
     return {**live, "policy": "recforge", "control": {"start_delay_s": start_delay_s}}
 
 
+def wait_first_tick(status_file: Path, timeout_s: float = 60.0) -> None:
+    """Until the controller has ticked once (its controller.json exists: a start takes seconds of imports); a
+    ConfigError naming its log when it does not within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not status_file.exists():
+        if time.monotonic() > deadline:
+            raise ConfigError(f"the controller did not tick within {timeout_s:g} s; see "
+                              f"{status_file.with_name('controller.log')}")
+        time.sleep(0.2)
+
+
 def run_policy(name: str, policy: Any, source: fl.ModelSource, cfg: ElasticBenchConfig, *, schedule: Any,
                trace: traces.Trace, model: NodeModel, live: Mapping[str, Any], target: str, home: Path,
                sub_batch: int, slo_ms: float) -> dict[str, Any]:
@@ -212,6 +230,7 @@ def run_policy(name: str, policy: Any, source: fl.ModelSource, cfg: ElasticBench
     try:
         state = fl.up(source, fleet_config(cfg, nodes, target), home=fleet_home, controller=live,
                       notes=[f"elastic bench: {name}"])
+        wait_first_tick(Path(state["controller"]["status_file"]))
         time.sleep(cfg.settle_s)
         with cpusets.this_process_in(apparatus_group(state)):
             client = TritonHttpTarget(state["url"], source.model, source.spec_path, max_batch=sub_batch,
@@ -255,9 +274,13 @@ def bench(source: fl.ModelSource, cfg: ElasticBenchConfig, *, target: str, notes
                            "target": target, "notes": list(notes), "settings": asdict(cfg),
                            "measured_at": utc_now(), "loadavg_before": load_average(), "runs": []}
     calibration = calibrate(source, profile, cfg, target=target, home=root, ceiling=ceiling) \
-        if cfg.capacity_scale is None or cfg.start_delay_s is None else {}
+        if cfg.profile is None and (cfg.capacity_scale is None or cfg.start_delay_s is None) else {}
     start_delay = cfg.start_delay_s if cfg.start_delay_s is not None else calibration["node_start_s"]
-    if cfg.capacity_scale is None:  # the policies plan with the profile of a node at the quota, as measured
+    if cfg.profile is not None:  # an earlier run's calibration
+        scale, profile_path = 1.0, Path(cfg.profile)
+        if read_profile(profile_path) is None:
+            raise ConfigError(f"ElasticBenchConfig.profile {cfg.profile} is not a readable profile")
+    elif cfg.capacity_scale is None:  # the policies plan with the profile of a node at the quota, as measured
         scale, profile_path = 1.0, root / "calibrated-profile.json"
         profile_path.write_text(json.dumps(calibrated_profile(profile, calibration), indent=1) + "\n")
     else:  # the profile's node scaled: an approximation (latency against load is the profile's)
@@ -295,10 +318,63 @@ def bench(source: fl.ModelSource, cfg: ElasticBenchConfig, *, target: str, notes
                 title=f"{name} on {trace.name} ({source.model}, {cfg.node_quota:g}-core nodes, run {run + 1})",
                 path=Path(home if home is not None else config.recforge_home()) / "bench" / f"elastic-{name}.png"))
             doc["runs"].append(entry)
+            write_results(doc, home)  # what was measured so far survives a later failure
             print(f"RESULT {json.dumps({'run': run + 1, **entry['report']})}", flush=True)
     doc["loadavg_after"] = load_average()
     doc["duration_s"] = round(time.monotonic() - started, 1)
+    doc["simulated"] = simulated(doc)
+    doc["validation"] = validation(doc)
     return doc
+
+
+def simulated(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The simulator (recforge.serving.elastic.simulate) on the benchmark's trace, calibrated profile, node start
+    time and policies: its report per policy, node-seconds in cores x seconds (the simulator counts nodes x
+    seconds), for the validation of the simulator against the live runs (:func:`validation`)."""
+    cfg = config.config_from_dict(ElasticBenchConfig, doc["settings"])
+    model = NodeModel.from_profile(read_profile(doc["profile"])).scaled(float(doc["capacity_scale"]))
+    raw = build_trace(cfg.trace, cfg.minutes, cfg.seed)
+    trace = raw.scaled(cfg.peak_utilisation * cfg.max_nodes * model.lbt_qps / float(raw.rate_qps.max()))
+    sim = SimConfig(seed=cfg.seed, start_delay_s=float(doc["start_delay_s"]), tick_s=cfg.interval_s)
+    control = ControlConfig(slo_p95_ms=model.slo_p95_ms, max_nodes=cfg.max_nodes,
+                            start_delay_s=float(doc["start_delay_s"]))
+    out = []
+    for name in cfg.policies:
+        policy = make_policy(name, trace, model, cfg.max_nodes, control=control,
+                             hpa_time_scale=float(doc["trace"]["hpa_time_scale"]))
+        result = FleetSimulator(trace, model, policy, sim).run().to_dict()
+        result["node_seconds"] = round(result["node_seconds"] * cfg.node_quota, 1)
+        out.append(result)
+    return out
+
+
+def validation(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per policy: the live runs' SLO attainment (% of 1-minute windows within the SLO, % of queries over it) and
+    node-seconds (their median over the runs) beside the simulator's, and simulated / live."""
+    rows = []
+    for sim in doc.get("simulated") or []:
+        live = [r["report"] for r in doc["runs"] if r["policy"] == sim["policy"]]
+        if not live:
+            continue
+        row: dict[str, Any] = {"policy": sim["policy"], "runs": len(live)}
+        for key in ("windows_within_slo_pct", "over_slo_pct", "node_seconds"):
+            measured = statistics.median(r[key] for r in live)
+            row[key] = {"live": measured, "simulated": sim[key],
+                        "simulated_over_live": round(sim[key] / measured, 3) if measured else None}
+        rows.append(row)
+    return rows
+
+
+def render_validation(rows: Sequence[Mapping[str, Any]]) -> str:
+    head = (f"{'policy':<12} {'windows ok % live/sim':>22} {'over SLO % live/sim':>22} {'node-s live/sim':>18} "
+            f"{'sim/live':>8}")
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        w, o, n = row["windows_within_slo_pct"], row["over_slo_pct"], row["node_seconds"]
+        lines.append(f"{row['policy']:<12} {w['live']:>10.2f} /{w['simulated']:>9.2f} {o['live']:>10.3f} /"
+                     f"{o['simulated']:>9.3f} {n['live']:>8.1f} /{n['simulated']:>7.1f} "
+                     f"{n['simulated_over_live'] if n['simulated_over_live'] is not None else '-':>8}")
+    return "\n".join(lines)
 
 
 def write_results(doc: Mapping[str, Any], home: str | Path | None = None) -> Path:
@@ -314,15 +390,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="model family: registry champion recforge-<family>, else the newest nightly model")
     parser.add_argument("--target", default=fl.DEFAULT_TARGET, help="hardware target (champion, profile)")
     parser.add_argument("--config", default="{}", help="ElasticBenchConfig fields as a JSON object")
+    parser.add_argument("--validate", metavar="ELASTIC_JSON", default=None,
+                        help="run no fleet: the simulator on the trace and calibration of this result file, against "
+                             "its live runs (the file is updated)")
     args = parser.parse_args(argv)
 
     def step() -> Any:
+        if args.validate:
+            doc = json.loads(Path(args.validate).read_text())
+            doc["simulated"] = simulated(doc)
+            doc["validation"] = validation(doc)
+            Path(args.validate).write_text(json.dumps(doc, indent=1, default=str) + "\n")
+            print(render_validation(doc["validation"]))
+            return {"json": args.validate, "validation": doc["validation"]}
         cfg = config.config_from_dict(ElasticBenchConfig, json_object(args.config))
         dest = bench_home() / "source"
         source, notes = fl.default_source(args.family, args.target, dest=dest)
         doc = bench(source, cfg, target=args.target, notes=notes)
         path = write_results(doc)
         print(rep.render(doc["runs"]))
+        print(f"\nthe simulator on the same trace and calibration, against the live runs\n"
+              f"{render_validation(doc['validation'])}")
         with contextlib.suppress(KeyError):
             print(f"calibration: {json.dumps(doc['calibration'])}")
         return {"json": str(path), "duration_s": doc["duration_s"], "apparatus": doc["apparatus"],

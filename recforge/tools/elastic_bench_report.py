@@ -93,7 +93,8 @@ def read_decisions(path: str | Path, started_at: float, duration_s: float, tick_
         except (ValueError, KeyError, TypeError):
             continue
         decision = record.get("decision") or {}
-        if not 0 <= at < duration_s or "nodes" not in record:
+        # a tick's line: "nodes" is the fleet's node count (a controller's start line lists their names)
+        if not 0 <= at < duration_s or "event" in record or not isinstance(record.get("nodes"), int | float):
             continue
         step = int(at / tick_s)
         nodes[step:] = float(record["nodes"])

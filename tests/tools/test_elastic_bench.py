@@ -93,6 +93,7 @@ def test_the_decision_log_gives_the_targets_and_the_nodes_per_second(tmp_path):
              {"at": at(0.5), "nodes": 1, "decision": {"target_nodes": 2}},
              {"at": at(2.2), "nodes": 2, "decision": {"target_nodes": 2}},
              {"at": at(3.1), "nodes": 2},  # no law: no target
+             {"at": at(3.5), "event": "start", "nodes": ["node0", "node1"]},  # a controller that started late
              "not json",
              {"at": at(9.0), "nodes": 3, "decision": {"target_nodes": 3}}]  # after the replay
     path = tmp_path / "decisions.jsonl"
@@ -136,3 +137,28 @@ def test_a_bad_bench_config_is_refused():
         eb.ElasticBenchConfig(policies=("hpa", "k8s"))
     with pytest.raises(ConfigError, match="node_quota"):
         eb.ElasticBenchConfig(node_quota=1.5)
+    with pytest.raises(ConfigError, match="start_delay_s"):
+        eb.ElasticBenchConfig(profile="calibrated-profile.json")
+
+
+def test_the_simulator_is_set_against_the_live_runs_on_the_same_trace_and_calibration(tmp_path, profile_doc):
+    profile = tmp_path / "calibrated-profile.json"
+    profile.write_text(json.dumps(profile_doc))
+    settings = {**eb.ElasticBenchConfig(minutes=1, max_nodes=2, node_quota=0.5,
+                                        policies=("static-peak", "recforge")).__dict__}
+    settings["policies"] = list(settings["policies"])
+    live = {"windows_within_slo_pct": 100.0, "over_slo_pct": 0.5, "node_seconds": 50.0}
+    doc = {"settings": settings, "profile": str(profile), "capacity_scale": 1.0, "start_delay_s": 4.0,
+           "trace": {"hpa_time_scale": 15.0},
+           "runs": [{"policy": "static-peak", "report": live}, {"policy": "static-peak", "report": {**live,
+                                                                                               "node_seconds": 70.0}}]}
+    simulated = eb.simulated(doc)
+    assert [s["policy"] for s in simulated] == ["static-peak", "recforge"]
+    # static peak: 2 nodes x 60 s x 0.5 core each (the simulator counts nodes x seconds)
+    assert simulated[0]["node_seconds"] == pytest.approx(60.0)
+    doc["simulated"] = simulated
+    rows = eb.validation(doc)
+    assert [r["policy"] for r in rows] == ["static-peak"]  # recforge has no live run to compare with
+    assert rows[0]["runs"] == 2 and rows[0]["node_seconds"]["live"] == 60.0  # the median of 50 and 70
+    assert rows[0]["node_seconds"]["simulated_over_live"] == pytest.approx(1.0)
+    assert "static-peak" in eb.render_validation(rows)

@@ -55,6 +55,7 @@ class HpaPolicy:
     """Kubernetes HPA's replica calculation and default behavior, on the per-node arrival rate."""
 
     name = "hpa"
+    adapts_batching = False  # the live controller keeps the deployed batching knobs
 
     def __init__(self, model: NodeModel, config: HpaConfig | None = None):
         self.model = model
@@ -134,6 +135,8 @@ class HpaPolicy:
 
 class StaticPolicy:
     """A fixed node count (static provisioning): equal weights, no shedding, no batching switch."""
+
+    adapts_batching = False
 
     def __init__(self, name: str, nodes: int, why: str):
         self.name = name

@@ -83,6 +83,7 @@ class Policy(Protocol):
     """A scaling policy: one decision per tick (the RecForge controller, the HPA law, static provisioning)."""
 
     name: str
+    adapts_batching: bool  # whether the live controller applies its batching mode (a baseline keeps the deployed)
 
     def decide(self, signals: FleetSignals) -> Decision: ...
 
@@ -168,6 +169,7 @@ class ElasticController:
     """RecForge's controller: the control law of the module docstring, with its state between ticks."""
 
     name = "recforge"
+    adapts_batching = True  # the live controller switches the nodes' batching mode as this law decides
 
     def __init__(self, model: NodeModel, config: ControlConfig | None = None):
         self.model = model

@@ -128,7 +128,7 @@ class LiveConfig:
 def build_law(cfg: LiveConfig, profile: Mapping[str, Any] | None, cpus: int) -> Policy | None:
     """The policy (``cfg.policy``) with the profile's capacity model, scaled by ``cfg.capacity_scale``, and the node
     bounds (None without a profile). Only RecForge's law adapts batching and sheds: a baseline's decisions keep the
-    deployed knobs (its ``adapts_batching`` is False) and shed nothing."""
+    deployed knobs (its ``adapts_batching`` is False, recforge.serving.elastic.baselines) and shed nothing."""
     if not profile:
         return None
     model = NodeModel.from_profile(profile).scaled(cfg.capacity_scale)
@@ -143,7 +143,6 @@ def build_law(cfg: LiveConfig, profile: Mapping[str, Any] | None, cpus: int) -> 
         control = config_from_dict(ControlConfig, {"slo_p95_ms": model.slo_p95_ms, **cfg.control,
                                                    "min_nodes": low, "max_nodes": high})
         return ElasticController(model, control)
-    policy.adapts_batching = False
     return policy
 
 
@@ -295,7 +294,7 @@ class LiveController:
         low, high = self.cfg.bounds(self.cpus, self.fleet_bounds(state))
         weights_now = {n: view.servers[n].weight for n in managed if n in view.servers}
         no_switch = switch_unavailable(state)  # "" when the nodes' batching mode can be switched
-        if not no_switch and not getattr(self.law, "adapts_batching", True):
+        if not no_switch and self.law is not None and not self.law.adapts_batching:
             no_switch = f"the {self.cfg.policy} policy keeps the deployed knobs"
         batching_modes = None if no_switch else {n: node_mode(nodes[n]) for n in managed}
         actions = [] if hands_off else plan_actions(
