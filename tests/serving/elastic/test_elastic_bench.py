@@ -15,21 +15,9 @@ from recforge.core.errors import ConfigError
 from recforge.inference.loadgen import CallableTarget, run_schedule
 from recforge.serving.elastic import traces
 from recforge.serving.elastic.baselines import StaticPolicy
-from recforge.serving.elastic.capacity import NodeModel
 from recforge.serving.elastic.live import LiveConfig
 from recforge.tools import elastic_bench as eb
 from recforge.tools import elastic_bench_report as rep
-from tests.serving.elastic.conftest import PROFILE
-
-
-@pytest.fixture
-def profile_doc() -> dict:
-    return json.loads(json.dumps(PROFILE))
-
-
-@pytest.fixture
-def node_model(profile_doc) -> NodeModel:
-    return NodeModel.from_profile(profile_doc)
 
 
 def test_a_schedule_replays_the_trace_rates_and_mix_and_is_seeded():
