@@ -66,7 +66,14 @@ from recforge.serving.elastic import traces
 from recforge.serving.elastic.baselines import StaticPolicy
 from recforge.serving.elastic.capacity import NodeModel, nodes_for
 from recforge.serving.elastic.control import ControlConfig
-from recforge.serving.elastic.simulate import POLICIES, FleetSimulator, SimConfig, build_trace, make_policy
+from recforge.serving.elastic.simulate import (
+    POLICIES,
+    FleetSimulator,
+    SimConfig,
+    hpa_time_scale_for,
+    make_policy,
+    sized_trace,
+)
 from recforge.serving.fleet.config import DEFAULT_FAMILY
 from recforge.tools import elastic_bench_report as rep
 from recforge.tools.fleet_bench import FleetBenchConfig, calibrated_ceiling_qps, same_load_run, search_lbt
@@ -187,6 +194,12 @@ def calibrated_profile(profile: Mapping[str, Any], calibration: Mapping[str, Any
             "curve": [rows[rate] for rate in sorted(rows)]}
 
 
+def planned(cfg: ElasticBenchConfig, profile_path: str | Path, scale: float) -> tuple[NodeModel, traces.Trace]:
+    """The node model the policies plan with (the profile's, times ``scale``) and the trace sized to it."""
+    model = NodeModel.from_profile(read_profile(profile_path)).scaled(scale)
+    return model, sized_trace(cfg.trace, cfg.minutes, cfg.seed, cfg.max_nodes, model.lbt_qps, cfg.peak_utilisation)
+
+
 def first_nodes(policy: Any, trace: traces.Trace, model: NodeModel, utilisation: float, most: int) -> int:
     """The node count a policy's run starts with: a static policy's own; otherwise what the first 10 s of the trace
     need at the planning utilisation."""
@@ -285,10 +298,8 @@ def bench(source: fl.ModelSource, cfg: ElasticBenchConfig, *, target: str, notes
         profile_path.write_text(json.dumps(calibrated_profile(profile, calibration), indent=1) + "\n")
     else:  # the profile's node scaled: an approximation (latency against load is the profile's)
         scale, profile_path = cfg.capacity_scale, Path(source.profile_path)
-    model = NodeModel.from_profile(read_profile(profile_path)).scaled(scale)
-    raw = build_trace(cfg.trace, cfg.minutes, cfg.seed)
-    trace = raw.scaled(cfg.peak_utilisation * cfg.max_nodes * model.lbt_qps / float(raw.rate_qps.max()))
-    hpa_time_scale = max(1.0, min(float(trace.meta.get("time_compression", 1.0)), 15.0 / cfg.interval_s))
+    model, trace = planned(cfg, profile_path, scale)
+    hpa_time_scale = hpa_time_scale_for(trace, cfg.interval_s)
     schedule = traces.schedule(trace, cfg.seed)
     peak = float(trace.rate_qps.max())
     doc.update(calibration=calibration, capacity_scale=scale, start_delay_s=start_delay, profile=str(profile_path),
@@ -332,9 +343,7 @@ def simulated(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     time and policies: its report per policy, node-seconds in cores x seconds (the simulator counts nodes x
     seconds), for the validation of the simulator against the live runs (:func:`validation`)."""
     cfg = config.config_from_dict(ElasticBenchConfig, doc["settings"])
-    model = NodeModel.from_profile(read_profile(doc["profile"])).scaled(float(doc["capacity_scale"]))
-    raw = build_trace(cfg.trace, cfg.minutes, cfg.seed)
-    trace = raw.scaled(cfg.peak_utilisation * cfg.max_nodes * model.lbt_qps / float(raw.rate_qps.max()))
+    model, trace = planned(cfg, doc["profile"], float(doc["capacity_scale"]))
     sim = SimConfig(seed=cfg.seed, start_delay_s=float(doc["start_delay_s"]), tick_s=cfg.interval_s)
     control = ControlConfig(slo_p95_ms=model.slo_p95_ms, max_nodes=cfg.max_nodes,
                             start_delay_s=float(doc["start_delay_s"]))

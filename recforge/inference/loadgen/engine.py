@@ -128,10 +128,6 @@ def run_open_loop(target: Target, rate_qps: float, *, duration_s: float | None =
     check_run_settings(rate_qps, duration_s, n_queries, sub_batch, workers, seed, max_queue, drain_timeout_s)
     if not isinstance(target, Target):
         raise ConfigError(f"target must have a name and an infer(n_items) method, got {target!r}")
-    max_batch = getattr(target, "max_batch", MAX_ITEMS)
-    if sub_batch > max_batch:
-        raise ConfigError(f"sub_batch must be an integer in [1, {max_batch}] (the target's max_batch), "
-                          f"got {sub_batch}")
     if offload is not None and not isinstance(offload, Offload):
         raise ConfigError(f"offload must be an Offload, got {offload!r}")
     sizes = sizes if sizes is not None else QuerySizes.lognormal()
@@ -161,10 +157,6 @@ def run_schedule(target: Target, arrivals_s: np.ndarray, sizes: np.ndarray, *, d
         raise ConfigError(f"run_schedule: query sizes must be in [1, {MAX_ITEMS}] items")
     check_run_settings(max(1.0, arrivals.size / max(duration_s, 1e-9)), duration_s, None, sub_batch, workers, 0,
                        max_queue, drain_timeout_s)
-    max_batch = getattr(target, "max_batch", MAX_ITEMS)
-    if sub_batch > max_batch:
-        raise ConfigError(f"sub_batch must be an integer in [1, {max_batch}] (the target's max_batch), "
-                          f"got {sub_batch}")
     return _run(target, arrivals, query_sizes, sizes_text, arrivals.size / max(duration_s, 1e-9), duration_s,
                 sub_batch=sub_batch, workers=workers, max_queue=max_queue, drain_timeout_s=drain_timeout_s)
 
@@ -172,6 +164,10 @@ def run_schedule(target: Target, arrivals_s: np.ndarray, sizes: np.ndarray, *, d
 def _run(target: Target, arrivals: np.ndarray, query_sizes: np.ndarray, sizes_text: str, rate_qps: float,
          duration_s: float | None, *, sub_batch: int, workers: int, max_queue: int | None, drain_timeout_s: float,
          offload: Offload | None = None) -> LoadResult:
+    max_batch = getattr(target, "max_batch", MAX_ITEMS)
+    if sub_batch > max_batch:
+        raise ConfigError(f"sub_batch must be an integer in [1, {max_batch}] (the target's max_batch), "
+                          f"got {sub_batch}")
     run = _Run(target, arrivals, query_sizes, sub_batch, workers, max_queue, offload)
     dispatcher = threading.Thread(target=run.dispatch, name="loadgen-dispatch", daemon=True)
     pool = [threading.Thread(target=run.work, name=f"loadgen-worker-{i}", daemon=True) for i in range(workers)]

@@ -290,6 +290,20 @@ def build_trace(spec: str, minutes: float, seed: int) -> traces.Trace:
     return traces.load_trace(spec)
 
 
+def sized_trace(spec: str, minutes: float, seed: int, nodes: int, node_lbt_qps: float,
+                peak_utilisation: float) -> traces.Trace:
+    """The trace ``spec`` (:func:`build_trace`) scaled so its highest rate is ``peak_utilisation`` x ``nodes`` x
+    ``node_lbt_qps``: static peak provisioning at that utilisation is then ``nodes``."""
+    raw = build_trace(spec, minutes, seed)
+    return raw.scaled(peak_utilisation * nodes * node_lbt_qps / float(raw.rate_qps.max()))
+
+
+def hpa_time_scale_for(trace: traces.Trace, tick_s: float) -> float:
+    """HPA's durations are divided by the trace's time compression, at most so far that its 15 s sync period is one
+    control tick."""
+    return max(1.0, min(float(trace.meta.get("time_compression", 1.0)), 15.0 / tick_s))
+
+
 def default_profile() -> Path:
     return recforge_home() / "fleet" / "source" / "profile.json"
 
@@ -307,12 +321,11 @@ def simulate(trace_spec: str, nodes: int, policies: Sequence[str], *, profile: s
     if doc is None or not path.exists():
         raise ConfigError(f"no profile at {path}; pass --profile (a profile JSON of recforge.pipeline.profiling)")
     model = NodeModel.from_profile(doc)
-    raw = build_trace(trace_spec, minutes, sim.seed)
     if peak_utilisation is None:
         peak_utilisation = ControlConfig().target_utilisation
-    trace = raw.scaled(peak_utilisation * nodes * model.lbt_qps / float(raw.rate_qps.max()))
+    trace = sized_trace(trace_spec, minutes, sim.seed, nodes, model.lbt_qps, peak_utilisation)
     if hpa_time_scale is None:  # HPA's 15 s sync period maps to at most one control tick
-        hpa_time_scale = min(float(trace.meta.get("time_compression", 1.0)), 15.0 / sim.tick_s)
+        hpa_time_scale = hpa_time_scale_for(trace, sim.tick_s)
     results = []
     for name in policies:
         policy = make_policy(name, trace, model, nodes, hpa_time_scale=max(1.0, hpa_time_scale))
