@@ -84,6 +84,45 @@ def test_generated_config_admits_with_provenance_and_never_retries_a_request_tha
     text = lb.render_config([lb.BackendNode("node0", 8001)], port=18090, socket_path=tmp_path / "admin.sock")
     assert "json_query" not in text and "tune.bufsize 131072" in text  # no model: no admission
     assert "req.body,sha2(256),hex,lower" in text  # the request log's body hash is there with or without it
+    # json_query reads one copy of the JSON: a binary request's header, never the tensor bytes after it
+    assert not any("req.body,json_query" in line for line in lines)
+    assert "http-request set-var(txn.json) req.body,bytes(0,4096) if infer METH_POST binary" in lines
+
+
+def jagged_config(max_items: int = 32, max_ids: int = 1152) -> dict:
+    """The parsed config.pbtxt of a jagged model (a TorchScript model with fused bags: model_repo writes it)."""
+    parameters = {"max_items_per_request": {"string_value": str(max_items)},
+                  "max_ids_per_request": {"string_value": str(max_ids)}}
+    return {"name": "rmc", "max_batch_size": 0, "parameters": parameters, "input": [
+        {"name": "dense", "data_type": "TYPE_FP32", "dims": [-1, 13]},
+        {"name": "indices", "data_type": "TYPE_INT64", "dims": [-1]},
+        {"name": "lengths", "data_type": "TYPE_INT64", "dims": [-1, 3]}]}
+
+
+def test_a_jagged_model_is_admitted_by_items_and_ids(tmp_path):
+    """dense and lengths are item-major (B in [1, 32], the same B), indices the id list (N in [0, 1152]); the body
+    limit counts both; a jagged config without its limits, or with a fixed first dim, is refused."""
+    limits = lb.limits_from_model_config(jagged_config(), "test")
+    assert [(i.name, i.dims, i.leading) for i in limits.inputs] == [
+        ("dense", (13,), "items"), ("indices", (), "ids"), ("lengths", (3,), "items")]
+    assert (limits.max_batch_size, limits.max_ids) == (32, 1152)
+    assert limits.max_body_bytes == (32 * (13 + 3) + 1152) * 32 + 65536
+    assert "at most 32 items (B) and 1152 ids (N)" in limits.describe()
+    path = lb.write_config(tmp_path / "haproxy.cfg", [lb.BackendNode("node0", 8001)], port=18090,
+                           socket_path=tmp_path / "admin.sock", admission=limits)  # haproxy -c accepts it
+    text = path.read_text()
+    assert "{ var(txn.name0) -m str indices } !{ var(txn.batch0) -m int 0:1152 }" in text
+    assert "{ var(txn.name0) -m str dense } !{ var(txn.batch0) -m int 1:32 }" in text
+    assert "set-var(txn.items_dim) var(txn.batch1) if infer METH_POST { var(txn.name1) -m str dense lengths }" \
+        in text
+    assert "txn.ids_dim" not in text  # one id list: nothing to agree with
+    without = {**jagged_config(), "parameters": {}}
+    with pytest.raises(ConfigError, match="max_batch_size >= 1\\) or a jagged one"):
+        lb.limits_from_model_config(without, "test")
+    fixed = jagged_config()
+    fixed["input"][0]["dims"] = [4, 13]
+    with pytest.raises(ConfigError, match="start with a variable dimension"):
+        lb.limits_from_model_config(fixed, "test")
 
 
 # ---------------------------------------------------------------------------------------------- real fleet
