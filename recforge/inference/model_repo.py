@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import re
 import shutil
@@ -204,6 +205,18 @@ def render_config_pbtxt(*, model_name: str, spec: Any, serving_config: ServingCo
     return "\n".join(lines) + "\n"
 
 
+MAX_IDS_RULE = ("B items whose bags average twice the spec's lookups_per_table, and at least one item with every "
+                "bag at the synthetic pooling cap (8 x lookups_per_table)")
+
+
+def max_ids_per_request(spec: Mapping[str, Any] | Any, max_items: int) -> int:
+    """The most ids a request to a jagged model may carry (:data:`MAX_IDS_RULE`): what bounds the request body the
+    balancer buffers, and what model.py refuses beyond."""
+    get = spec.get if isinstance(spec, Mapping) else lambda key: getattr(spec, key, None)
+    tables, lookups = int(get("num_tables")), float(get("lookups_per_table") or 1)
+    return max(max_items * tables * math.ceil(2 * lookups), tables * math.ceil(8 * lookups))
+
+
 def torchscript_config_lines(spec: Any, cfg: ServingConfig, flavour: str, sha: str) -> list[str]:
     """The config.pbtxt lines after ``name`` of a TorchScript model: the LibTorch backend's platform and parameter
     names in both flavours (the local model.py reads the same ones), the jagged contract without Triton batching."""
@@ -239,6 +252,8 @@ def torchscript_config_lines(spec: Any, cfg: ServingConfig, flavour: str, sha: s
         _parameter("max_items_per_request", str(cfg.max_batch_size),
                    f"largest B a request may carry (local model.py refuses more with a 400): "
                    f"{cfg.source('max_batch_size')}"),
+        _parameter("max_ids_per_request", str(max_ids_per_request(spec, cfg.max_batch_size)),
+                   f"largest N a request may carry (model.py and the balancer refuse more): {MAX_IDS_RULE}"),
     ]
     if flavour == "local":
         lines.append(_parameter(MODEL_FILE_PARAMETER, "model.pt", "the file model.py loads"))

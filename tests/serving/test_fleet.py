@@ -74,7 +74,7 @@ def test_config_and_sources_refuse_bad_input_on_one_line(tmp_path, monkeypatch):
     source = fl.nightly_source("dlrm")
     assert (source.model, source.version, source.onnx_path) == ("recforge-dlrm", 1, str(day / "model.onnx"))
     assert source.origin == "nightly 1998-04-22 dlrm/fp32, training run abc"
-    with pytest.raises(ConfigError, match="--onnx .* is not a file"):
+    with pytest.raises(ConfigError, match="--model-file .* is not a file"):
         fl.explicit_source(tmp_path / "missing.onnx", day / "model.json")
     with pytest.raises(ConfigError, match="no fleet is running"):
         fl.Fleet(home=tmp_path)

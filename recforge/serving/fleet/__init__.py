@@ -41,7 +41,8 @@ that failed (a process counts as the fleet's only if its command line names this
 CLI::
 
     python -m recforge.serving.fleet up [--nodes 2] [--port 8100] [--family dlrm] [--target cpu-triton|cpu-onnxruntime]
-                               [--onnx M.onnx --spec spec.json [--profile P.json] [--model NAME] [--version 1]]
+                               [--model-file M.onnx|M.pt [--spec spec.json] [--profile P.json] [--model NAME]
+                                [--version 1]]
                                [--from-registry MODEL TARGET] [--no-supervise] [--supervisor-config JSON]
                                [--no-controller] [--controller-config JSON] [--min-nodes 1]
     python -m recforge.serving.fleet status

@@ -38,11 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help=f"hardware target of the nodes (profile, champion): one of {fleet_targets()}")
     start.add_argument("--family", default=os.environ.get("FLEET_FAMILY", DEFAULT_FAMILY),
                        help="model family of the default source")
-    start.add_argument("--onnx", help="serve this ONNX file (with --spec)")
-    start.add_argument("--spec", help="the model's spec.json")
+    start.add_argument("--model-file", "--onnx", dest="onnx",
+                       help="serve this model file: ONNX (with --spec) or a TorchScript model.pt")
+    start.add_argument("--spec", help="the model's spec.json (optional for TorchScript: the file carries its spec)")
     start.add_argument("--profile", help="its profile JSON (serving knobs, weights)")
-    start.add_argument("--model", default="model", help="Triton model name for --onnx")
-    start.add_argument("--version", type=int, default=1, help="model version for --onnx")
+    start.add_argument("--model", default="model", help="Triton model name for --model-file")
+    start.add_argument("--version", type=int, default=1, help="model version for --model-file")
     start.add_argument("--from-registry", nargs=2, metavar=("MODEL", "TARGET"),
                        help="serve the champion-TARGET version of registered MODEL")
     start.add_argument("--no-supervise", action="store_true",
@@ -97,8 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             config_from_dict(LiveConfig, json.loads(args.controller_config)))  # a bad config: refused before up
         notes: list[str] = []
         if args.onnx or args.spec:
-            if not (args.onnx and args.spec):
-                raise ConfigError("--onnx and --spec go together")
+            if not args.onnx:
+                raise ConfigError("--spec goes with --model-file")
             source = explicit_source(args.onnx, args.spec, profile_path=args.profile, model=args.model,
                                      version=args.version)
         elif args.from_registry:

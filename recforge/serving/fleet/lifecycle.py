@@ -67,6 +67,7 @@ def up(source: ModelSource, cfg: FleetConfig | None = None, *, home: str | Path 
     profile = read_profile(source.profile_path)
     serving_config = (mr.serving_config_from_profile(source.profile_path) if source.profile_path
                       else mr.ServingConfig())
+    repository_spec = source.repository_spec()
     lb_port = cfg.port or free_ports(1)[0]
     plan = cfg.cpu_plan(cpusets.host_cpus())  # None: placement off, every process on every CPU
     groups = {role: cpusets.CpuGroup(cpu_group_prefix(root) + role, placement)
@@ -88,7 +89,7 @@ def up(source: ModelSource, cfg: FleetConfig | None = None, *, home: str | Path 
             node_root = root / name
             shutil.rmtree(node_root / "repo", ignore_errors=True)  # a fresh repository: no versions of a past fleet
             model_dir = mr.write_model_repository(
-                node_root / "repo", model_name=source.model, onnx_path=source.onnx_path, spec=source.spec_path,
+                node_root / "repo", model_name=source.model, model_path=source.onnx_path, spec=repository_spec,
                 serving_config=serving_config, version=source.version, expected_sha256=source.expected_sha256,
                 provenance={"fleet_source": source.origin, **({"profile": source.profile_path} if profile else {})})
             http, grpc, metrics = free_ports(3)
@@ -103,8 +104,7 @@ def up(source: ModelSource, cfg: FleetConfig | None = None, *, home: str | Path 
                 "url": server.url, "http_port": http, "grpc_port": grpc, "metrics_port": metrics,
                 "metrics_url": server.metrics_url, "pid": server.process.pid, "repo": str(node_root / "repo"),
                 "log": str(server.log_path), "target": cfg.target, "weight": None, "lb_state": "ready",
-                "models": {source.model: {"version": source.version,
-                                          "onnx_sha256": mr.read_provenance(model_dir)["onnx_sha256"],
+                "models": {source.model: {"version": source.version, **served_file(model_dir),
                                           "origin": source.origin, "staged_at": utc_now()}},
             }
             if name in groups:
@@ -307,6 +307,16 @@ def status(*, home: str | Path | None = None) -> dict[str, Any]:
             "scaling": state.get("scaling"),  # the last node added or removed, and failed adds
             "source": state.get("source"), "created_at": state.get("created_at"),
             "up_seconds": state.get("up_seconds")}
+
+
+def served_file(model_dir: Path) -> dict[str, Any]:
+    """What state.json records of the file a model folder serves: its format and SHA-256 (``onnx_sha256`` too for an
+    ONNX model, the key rollouts compare against the registry's)."""
+    provenance = mr.read_provenance(model_dir)
+    entry = {"model_format": provenance["model_format"], "model_sha256": provenance["model_sha256"]}
+    if "onnx_sha256" in provenance:
+        entry["onnx_sha256"] = provenance["onnx_sha256"]
+    return entry
 
 
 def placement_view(planned: Mapping[str, Any] | None, pid: int | None) -> dict[str, Any]:

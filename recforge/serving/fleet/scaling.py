@@ -141,9 +141,12 @@ def served_models(state: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     return name, dict(ready[name].get("models") or {})
 
 
+SERVED_FILES = ("model.onnx", "model.pt")  # the file a version folder serves, by format (recforge.inference.model_repo)
+
+
 def copy_served_repository(source_repo: Path, target_repo: Path, models: Mapping[str, Any]) -> None:
     """Copy each served model folder of ``source_repo`` with only its served version into a fresh ``target_repo``,
-    and check that the copied ONNX file has the SHA-256 state.json records for it."""
+    and check that the copied model file (ONNX or TorchScript) has the SHA-256 state.json records for it."""
     shutil.rmtree(target_repo, ignore_errors=True)
     for model, entry in models.items():
         version = str(int(entry["version"]))
@@ -158,11 +161,14 @@ def copy_served_repository(source_repo: Path, target_repo: Path, models: Mapping
             return skip
 
         shutil.copytree(source, target_repo / model, ignore=other_versions)
-        onnx = target_repo / model / version / "model.onnx"
-        expected = (entry.get("onnx_sha256") or "").lower()
-        copied = sha256_file(onnx) if onnx.exists() and expected else expected
+        expected = (entry.get("model_sha256") or entry.get("onnx_sha256") or "").lower()
+        served = [target_repo / model / version / name for name in SERVED_FILES
+                  if (target_repo / model / version / name).exists()]
+        if not served:
+            raise RecForgeError(f"{target_repo / model / version} holds no model file ({', '.join(SERVED_FILES)})")
+        copied = sha256_file(served[0]) if expected else expected
         if copied != expected:
-            raise RecForgeError(f"{onnx} has SHA-256 {copied} after the copy, expected {expected}")
+            raise RecForgeError(f"{served[0]} has SHA-256 {copied} after the copy, expected {expected}")
 
 
 def record_scaling(root: Path, home: str | Path | None, **changes: Any) -> None:

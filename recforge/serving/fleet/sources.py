@@ -1,5 +1,6 @@
-"""What a fleet serves (:class:`ModelSource`): an explicit ONNX file + feature spec, a registry champion, or the
-newest nightly's trained model, and the default choice between the last two (``make fleet-up``)."""
+"""What a fleet serves (:class:`ModelSource`): an explicit model file (ONNX + feature spec, or TorchScript), a
+registry champion, or the newest nightly's trained model, and the default choice between the last two
+(``make fleet-up``)."""
 
 from __future__ import annotations
 
@@ -13,19 +14,23 @@ from recforge.contracts.layout import Catalog
 from recforge.contracts.registry import MODEL_PREFIX, download_champion, mlflow_client
 from recforge.core import config
 from recforge.core.errors import ConfigError
+from recforge.inference.model_file import read_model_file
+from recforge.models.formats import TORCHSCRIPT
 from recforge.serving.fleet.config import DEFAULT_FAMILY, DEFAULT_TARGET
 from recforge.serving.fleet.state import fleet_dir
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    """One model version to serve: the Triton model name, version, ONNX file, feature spec and (optional)
-    profile, the SHA-256 the file must have (None: whatever it has), and a line saying where it came from."""
+    """One model version to serve: the Triton model name, version, model file (``onnx_path``: an ONNX file, or a
+    TorchScript ``model.pt`` with fused embedding bags), spec (an ONNX model's feature spec; a TorchScript model's
+    RmcSpec JSON, or None for the one inside the file) and (optional) profile, the SHA-256 the file must have
+    (None: whatever it has), and a line saying where it came from."""
 
     model: str
     version: int
     onnx_path: str
-    spec_path: str
+    spec_path: str | None
     profile_path: str | None = None
     expected_sha256: str | None = None
     origin: str = "explicit"
@@ -33,17 +38,27 @@ class ModelSource:
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
+    def repository_spec(self) -> Any:
+        """The spec recforge.inference.model_repo.write_model_repository takes for this file: the feature spec file
+        of an ONNX model; the RmcSpec dict of a TorchScript one (None: the file's own)."""
+        if read_model_file(self.onnx_path).format != TORCHSCRIPT:
+            return self.spec_path
+        return json.loads(Path(self.spec_path).read_text()) if self.spec_path else None
 
-def explicit_source(onnx_path: str | Path, spec_path: str | Path, *, profile_path: str | Path | None = None,
+
+def explicit_source(onnx_path: str | Path, spec_path: str | Path | None, *, profile_path: str | Path | None = None,
                     model: str = "model", version: int = 1, expected_sha256: str | None = None) -> ModelSource:
-    """Serve this ONNX file with this spec (and profile: serving knobs and weights come from it)."""
-    for what, path in (("onnx", onnx_path), ("spec", spec_path), ("profile", profile_path)):
+    """Serve this model file (ONNX, or TorchScript) with this spec (optional for TorchScript, which carries its
+    own) and profile (serving knobs and weights come from it)."""
+    for what, path in (("model-file", onnx_path), ("spec", spec_path), ("profile", profile_path)):
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"--{what} {path} is not a file")
+    if spec_path is None and read_model_file(onnx_path).format != TORCHSCRIPT:
+        raise ConfigError(f"{onnx_path} is an ONNX model: give its feature spec (--spec)")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ConfigError(f"version must be an integer >= 1, got {version!r}")
-    return ModelSource(model, version, str(onnx_path), str(spec_path), str(profile_path) if profile_path else None,
-                       expected_sha256, f"explicit {onnx_path}")
+    return ModelSource(model, version, str(onnx_path), str(spec_path) if spec_path is not None else None,
+                       str(profile_path) if profile_path else None, expected_sha256, f"explicit {onnx_path}")
 
 
 def registry_source(model: str, target: str, dest: str | Path) -> ModelSource:
@@ -78,7 +93,7 @@ def nightly_source(family: str = DEFAULT_FAMILY, date: str | None = None) -> Mod
     days = [day.name for day in catalog.trained_days(family) if date is None or day.name == date]
     if not days:
         raise ConfigError(f"no trained {family} model under {catalog.root}{' for ' + date if date else ''}; run "
-                          "`make nightly` (or `make run`) first, or serve an explicit model (--onnx/--spec)")
+                          "`make nightly` (or `make run`) first, or serve an explicit model (--model-file/--spec)")
     model_dir = catalog.model_dir(days[0], family)
     meta = {}
     with contextlib.suppress(OSError, ValueError):

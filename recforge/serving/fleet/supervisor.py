@@ -251,14 +251,19 @@ def process_group(pid: int) -> int | None:
 
 
 def warm(url: str, model: str, version: int) -> None:
-    """One inference of one row of zeros (valid indices for every embedding) on the node's own port."""
+    """One inference of one row of zeros (valid indices for every embedding) on the node's own port. A jagged model
+    (``max_batch_size: 0``, variable first dims: dense [B, Dd], indices [N], lengths [B, T]) gets one item whose
+    bags are all empty: zeros for the item-major inputs and no ids."""
     config = tr.model_config(url, model)
     batched = int(config.get("max_batch_size") or 0) > 0
     inputs = {}
     for spec in config["input"]:
         dims = [int(d) for d in spec.get("dims", [])]
-        inputs[spec["name"]] = np.zeros(([1] if batched else []) + [max(d, 1) for d in dims],
-                                        dtype=TRITON_DTYPES[spec["data_type"]])
+        if batched:
+            shape = [1] + [max(d, 1) for d in dims]
+        else:  # an id list (rank 1, variable) is empty; a variable first dim of an item-major input is one item
+            shape = [0] if dims == [-1] else [max(d, 1) for d in dims]
+        inputs[spec["name"]] = np.zeros(shape, dtype=TRITON_DTYPES[spec["data_type"]])
     tr.infer(url, model, inputs, version=version)
 
 
