@@ -20,7 +20,7 @@ import re
 import shlex
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -349,8 +349,14 @@ class CpuPlanConfig:
     # that stall under a latency SLO (Kubernetes' 100 ms stalls a 0.2-core pod for up to 80 ms)
     node_period_us: Annotated[int, Field(ge=1000, le=1_000_000)] = DEFAULT_PERIOD_US
     share: bool = False
+    # the balancer on the apparatus' CPUs instead of its own: where there are too few CPUs for both, the pair that
+    # shares least harmfully when the nodes have CPU quotas (docs/elastic.md: on a shared CPU the balancer waits
+    # behind the nodes' time slices on every request; the load generator leaves most of its CPU idle)
+    balancer_with_apparatus: bool = False
 
     def __post_init__(self) -> None:
+        if self.balancer_with_apparatus and not (self.apparatus_cpus and self.balancer_cpus):
+            raise ConfigError("CpuPlanConfig.balancer_with_apparatus needs apparatus_cpus and balancer_cpus >= 1")
         if self.node_quota_cores is not None and self.node_quota_cores > self.node_cpus:
             raise ConfigError(f"CpuPlanConfig.node_quota_cores: {self.node_quota_cores:g} cores exceed the "
                               f"{self.node_cpus} CPU(s) of a node's set (node_cpus)")
@@ -378,6 +384,13 @@ def plan_cpus(cpus: Sequence[int], cfg: CpuPlanConfig) -> CpuPlan:
     keeps its own CPUs and the balancer and nodes share the rest round-robin; otherwise a one-line ConfigError that
     says what would share what."""
     host = tuple(sorted(set(cpus)))
+    if cfg.balancer_with_apparatus:  # plan without a balancer, then put it on the apparatus' CPUs
+        plan = plan_cpus(host, replace(cfg, balancer_cpus=0, balancer_with_apparatus=False))
+        apparatus = plan.placements[APPARATUS]
+        placements = {APPARATUS: apparatus, BALANCER: _placement(BALANCER, apparatus.cpus, cfg),
+                      **{k: v for k, v in plan.placements.items() if k != APPARATUS}}
+        together = f"CPU {format_cpu_list(apparatus.cpus)}: apparatus, balancer (balancer_with_apparatus)"
+        return CpuPlan(placements, (together, *plan.shared))
     needed = cfg.apparatus_cpus + cfg.balancer_cpus + cfg.nodes * cfg.node_cpus
     roles = [(APPARATUS, cfg.apparatus_cpus), (BALANCER, cfg.balancer_cpus)]
     roles += [(f"node{i}", cfg.node_cpus) for i in range(cfg.nodes)]

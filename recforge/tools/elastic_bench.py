@@ -7,14 +7,18 @@ The fleet (``$RECFORGE_HOME/elastic-bench/fleet``; a user's fleet is never touch
 ``tritonserver`` with a CPU quota (``node_quota`` cores, CFS period ``cpu_period_us``) on the CPUs the apparatus
 does not use, so a node is a fixed capacity and adding one adds capacity, as a Kubernetes pod with a CPU limit; at
 most ``max_nodes``. The apparatus (this process's load generator, and the controller it starts) is on its own CPU
-set (recforge.core.cpusets; on a 2-CPU machine: CPU 0 for the apparatus, CPU 1 for HAProxy and the nodes' quotas).
+set, and HAProxy with it (recforge.core.cpusets, ``balancer_with_apparatus``; on a 2-CPU machine: CPU 0 for the
+apparatus and HAProxy, CPU 1 for the nodes' quotas): a balancer on the nodes' CPU waits behind their time slices
+on every request (measured: two 0.2-core nodes carried 480 q/s under the SLO with HAProxy on their CPU, 600 with it
+on the apparatus', one node 300 either way; docs/elastic.md).
 
-1. **Calibration.** One node at the quota: its start time (``fleet up`` to serving) and its LBT through the balancer
+1. **Calibration.** A node's start time (``fleet up`` of one node to serving), then the LBT through the balancer
+   of the fleet at its largest (``calibration_nodes``, default ``max_nodes``: nodes on one CPU do not add up)
    (recforge.tools.fleet_bench.search_lbt: the profile's client knobs, the SLO of the profile; the median of
-   ``calibration_repeats`` searches, with latency points at 10/30/60 % of it for the curve's flat part). Every
-   policy plans with the calibrated profile (the profile with the measured LBT and latency curve:
-   :func:`calibrated_profile`; a quota changes both), and the law's forecast horizon (``start_delay_s``) is the
-   measured start time. With ``capacity_scale`` given instead, the profile's node is scaled by it (an approximation:
+   ``calibration_repeats`` searches, with latency points at 10/30/60 % of it for the curve's flat part), divided by
+   its nodes. Every policy plans with the calibrated profile (the profile with the measured per-node LBT and latency
+   curve: :func:`calibrated_profile`; a quota changes both), and the law's forecast horizon (``start_delay_s``) is
+   the measured start time. With ``capacity_scale`` given instead, the profile's node is scaled by it (an approximation:
    latency against load stays the profile's).
 2. **The trace** (recforge.serving.elastic.simulate.build_trace: a compressed diurnal day with 2x bursts by
    default, or a recforge-trace file) is scaled so its highest rate is ``peak_utilisation`` x ``max_nodes`` x the
@@ -102,6 +106,8 @@ class ElasticBenchConfig:
     profile: str | None = None
     calibration_point_s: Annotated[float, Field(gt=0, le=60)] = 5.0  # per probed rate of the calibration LBT
     calibration_repeats: Annotated[int, Field(ge=1, le=9)] = 3  # LBT searches of the calibration (the median)
+    # the calibrated fleet's size (None: max_nodes); its LBT / its nodes is the node the policies plan with
+    calibration_nodes: Annotated[int, Field(ge=1, le=64)] | None = None
     workers: Annotated[int, Field(ge=1, le=256)] = 48  # client threads of the replay
     sub_batch: Annotated[int, Field(ge=1, le=1024)] | None = None  # None: the profile's best_knobs.sub_batch
     timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0  # a query unanswered this long fails
@@ -125,9 +131,10 @@ def bench_home(home: str | Path | None = None) -> Path:
 
 
 def fleet_config(cfg: ElasticBenchConfig, nodes: int, target: str) -> fl.FleetConfig:
-    """The bench's fleet: nodes with a CPU quota on the CPUs the apparatus leaves, the balancer sharing them."""
+    """The bench's fleet: nodes with a CPU quota on the CPUs the apparatus leaves, the balancer on the apparatus'."""
     return fl.FleetConfig(nodes=nodes, min_nodes=1, port=0, target=target, node_cpus=1, cpu_quota=cfg.node_quota,
-                          cpu_period_us=cfg.cpu_period_us, apparatus_cpus=1, share_cpus=True)
+                          cpu_period_us=cfg.cpu_period_us, apparatus_cpus=1, share_cpus=True,
+                          balancer_with_apparatus=True)
 
 
 def apparatus_group(state: Mapping[str, Any]) -> cpusets.CpuGroup:
@@ -146,21 +153,30 @@ def client_knobs(profile: Mapping[str, Any], cfg: ElasticBenchConfig) -> int:
 
 def calibrate(source: fl.ModelSource, profile: Mapping[str, Any], cfg: ElasticBenchConfig, *, target: str,
               home: Path, ceiling: float | None) -> dict[str, Any]:
-    """One node at the bench's quota: its start time and its LBT through the balancer, from the apparatus' CPUs."""
+    """A node's start time (one node, ``fleet up`` to serving), then the LBT through the balancer of a fleet of
+    ``calibration_nodes`` nodes at the quota (default ``max_nodes``), from the apparatus' CPUs: per node, the fleet's
+    LBT and latency points divided by its node count (nodes that share a CPU do not add up: the fleet at its
+    largest is what the trace is sized to)."""
     fleet_home = home / "calibration"
+    nodes = cfg.calibration_nodes or cfg.max_nodes
     started = time.monotonic()
     try:
-        state = fl.up(source, fleet_config(cfg, 1, target), home=fleet_home, notes=["elastic bench calibration"])
+        fl.up(source, fleet_config(cfg, 1, target), home=fleet_home, notes=["elastic bench: a node's start"])
         start_s = time.monotonic() - started
+    finally:
+        fl.down(home=fleet_home)
+    try:
+        state = fl.up(source, fleet_config(cfg, nodes, target), home=fleet_home,
+                      notes=[f"elastic bench calibration: {nodes} node(s)"])
         sub_batch = client_knobs(profile, cfg)
         profile_lbt = float(profile["latency_bounded_throughput_qps"])
         with cpusets.this_process_in(apparatus_group(state)):
             bench_cfg = FleetBenchConfig(point_duration_s=cfg.calibration_point_s, seed=cfg.seed)
             slo = float(profile["p95_target_ms"])
             searches = [search_lbt(state["url"], source.model, source.spec_path, bench_cfg, sub_batch=sub_batch,
-                                   workers=cfg.workers, start_qps=max(1.0, profile_lbt * cfg.node_quota / 2),
+                                   workers=cfg.workers, start_qps=max(1.0, nodes * profile_lbt * cfg.node_quota / 2),
                                    p95_target_ms=slo, ceiling_qps=ceiling) for _ in range(cfg.calibration_repeats)]
-            # a quota'd node's LBT moves between searches: the median search, with every search's LBT kept
+            # the LBT moves between searches: the median search, with every search's LBT kept
             found = sorted(searches, key=lambda f: f["lbt_qps"])[len(searches) // 2]
             found["lbt_qps_searches"] = [f["lbt_qps"] for f in searches]
             for fraction in LOW_LOAD_POINTS if found["lbt_qps"] > 0 else ():  # the flat part of the curve
@@ -171,13 +187,18 @@ def calibrate(source: fl.ModelSource, profile: Mapping[str, Any], cfg: ElasticBe
     finally:
         fl.down(home=fleet_home)
     if not found["lbt_qps"] > 0:
-        raise ConfigError(f"calibration: one node at {cfg.node_quota:g} core(s) met the SLO at no rate "
+        raise ConfigError(f"calibration: {nodes} node(s) at {cfg.node_quota:g} core(s) met the SLO at no rate "
                           f"({found.get('note')}); raise node_quota")
-    return {"node_start_s": round(start_s, 2), "lbt_qps": found["lbt_qps"], "profile_lbt_qps": profile_lbt,
-            "capacity_scale": round(found["lbt_qps"] / profile_lbt, 4), "p95_ms_at_lbt": found["p95_ms_at_lbt"],
+    per_node = found["lbt_qps"] / nodes
+    curve = [{**row, "offered_qps": row["offered_qps"] / nodes,
+              "achieved_qps": row["achieved_qps"] / nodes if row.get("achieved_qps") is not None else None}
+             for row in found["curve"]]
+    return {"node_start_s": round(start_s, 2), "nodes": nodes, "fleet_lbt_qps": found["lbt_qps"],
+            "lbt_qps": round(per_node, 2), "profile_lbt_qps": profile_lbt,
+            "capacity_scale": round(per_node / profile_lbt, 4), "p95_ms_at_lbt": found["p95_ms_at_lbt"],
             "converged": found["converged"], "capped": found["capped"], "note": found["note"],
-            "lbt_qps_searches": found["lbt_qps_searches"], "sub_batch": sub_batch, "workers": cfg.workers,
-            "curve": found["curve"]}
+            "fleet_lbt_qps_searches": found["lbt_qps_searches"], "sub_batch": sub_batch, "workers": cfg.workers,
+            "curve": curve}
 
 
 def calibrated_profile(profile: Mapping[str, Any], calibration: Mapping[str, Any]) -> dict[str, Any]:

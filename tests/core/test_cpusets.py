@@ -90,6 +90,22 @@ def test_shared_plan_spreads_nodes_and_flags_oversubscribed_quotas():
     assert plan.shared == ("CPU 1: node0, node2 (quotas add up to 1.5 of 1 core: not guaranteed)",)
 
 
+def test_the_balancer_can_share_the_apparatus_cpus_instead_of_the_nodes():
+    """On 2 CPUs with quota'd nodes: the apparatus and the balancer on CPU 0, the nodes alone on CPU 1, and the plan
+    says so; with enough CPUs the nodes still get their own."""
+    plan = cs.plan_cpus((0, 1), cs.CpuPlanConfig(nodes=4, share=True, node_quota_cores=0.2,
+                                                 balancer_with_apparatus=True))
+    assert plan.placements["apparatus"].cpus == plan.placements["balancer"].cpus == (0,)
+    assert plan.placements["balancer"].quota_cores is None
+    assert all(plan.placements[f"node{i}"].cpus == (1,) for i in range(4))
+    assert plan.shared == ("CPU 0: apparatus, balancer (balancer_with_apparatus)",
+                           "CPU 1: node0, node1, node2, node3 (quotas add up to 0.8 of 1 core)")
+    roomy = cs.plan_cpus(range(4), cs.CpuPlanConfig(nodes=3, balancer_with_apparatus=True))
+    assert [roomy.placements[f"node{i}"].cpus for i in range(3)] == [(1,), (2,), (3,)]
+    with pytest.raises(ConfigError, match="balancer_with_apparatus needs"):
+        cs.CpuPlanConfig(nodes=1, apparatus_cpus=0, balancer_with_apparatus=True)
+
+
 @pytest.mark.parametrize(("cfg", "pattern"), [
     ({"nodes": 1, "apparatus_cpus": 2, "share": True}, "none is left"),
     ({"nodes": 1, "node_cpus": 2, "share": True}, "node0 asks for 2 CPUs, only 1"),

@@ -41,6 +41,8 @@ class FleetConfig:
     cpu_period_us: Annotated[int, Field(ge=1000, le=1_000_000)] = DEFAULT_PERIOD_US  # the quota's CFS period
     apparatus_cpus: Annotated[int, Field(ge=0, le=256)] = 1  # with node_cpus: kept free for the load generator
     share_cpus: bool = False  # with node_cpus: balancer and nodes may share CPUs when too few for disjoint sets
+    # with node_cpus: the balancer on the apparatus' CPUs, not its own (recforge.core.cpusets.CpuPlanConfig)
+    balancer_with_apparatus: bool = False
 
     def __post_init__(self) -> None:
         if self.min_nodes is not None and self.min_nodes > self.nodes:
@@ -72,4 +74,5 @@ class FleetConfig:
         return plan_cpus(host, CpuPlanConfig(nodes=self.nodes, node_cpus=self.node_cpus,
                                              apparatus_cpus=self.apparatus_cpus,
                                              node_quota_cores=self.cpu_quota or None,
-                                             node_period_us=self.cpu_period_us, share=self.share_cpus))
+                                             node_period_us=self.cpu_period_us, share=self.share_cpus,
+                                             balancer_with_apparatus=self.balancer_with_apparatus))
