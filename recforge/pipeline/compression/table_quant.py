@@ -25,8 +25,8 @@ rows', so its bound (``row_error_bound`` of the group, which each of its rows is
 each row's own; the parity gate's AUC rules judge what that costs.
 
 A table is left in float32 when quantizing it saves nothing (a row of D values costs more than 4·D bytes stored:
-rowwise, D < 3 for 8 bits; for 4 bits also an odd D): rowwise, or at 4 bits, wide_deep's and logreg's D = 1
-"wide" weights stay float.
+rowwise, D < 3 for 8 bits); a table of odd D cannot be 4-bit rows (two codes a byte), and an ``emb_int4`` variant
+stores it in 8-bit row groups instead (``int8_fallback``; wide_deep's and logreg's D = 1 "wide" weights).
 
 ``int8_dynamic+emb_int8`` (and the other ``<int8 MLP>+emb_int<bits>`` precisions): the MLPs are quantized first
 by :mod:`.quantize` with the tables left in float, then the tables are quantized here.
@@ -94,7 +94,8 @@ def convert(precision: str, src: str | Path, dst: str | Path, train: Split, cfg:
         source = Path(dst).with_name(Path(dst).stem + ".mlp.onnx")
         details = quantize.quantize(mlp, src, source, train, cfg, tables=False)
     try:
-        details = {**details, **quantize_tables(source, dst, tables, group=row_group(cfg, tables))}
+        details = {**details, **quantize_tables(source, dst, tables, group=row_group(cfg, tables),
+                                                int8_fallback_group=cfg.table_row_group_int8)}
     finally:
         if source != Path(src):
             source.unlink(missing_ok=True)
@@ -157,13 +158,17 @@ def group_rows(weight: np.ndarray, group: int) -> np.ndarray:
     return np.ascontiguousarray(weight.reshape(-1, group * dim))
 
 
-def quantize_tables(src: str | Path, dst: str | Path, precision: str, *, group: int = 1) -> dict[str, Any]:
+def quantize_tables(src: str | Path, dst: str | Path, precision: str, *, group: int = 1,
+                    int8_fallback_group: int | None = None) -> dict[str, Any]:
     """Store every quantizable embedding table of ``src`` in ``precision`` ("int8"/"int4"), rowwise or in row
     groups of ``group`` rows, and write the graph to ``dst``; returns {"table_precision", "table_row_group",
-    "quantized_tables", "kept_fp32", "table_bytes_before", "table_bytes_after", "int4_layout"}. CompressionError
+    "quantized_tables", "int8_fallback", "kept_fp32", "table_bytes_before", "table_bytes_after", "int4_layout"}.
+    With ``int8_fallback_group``, a table 4-bit rows cannot hold (an odd D: wide_deep's D = 1 weights) is stored in
+    8 bits in row groups of that many rows where that saves bytes, instead of staying float32. CompressionError
     when the graph has no table to quantize."""
-    if not isinstance(group, int) or group < 1:
-        raise ConfigError(f"table row group must be an integer >= 1, got {group!r}")
+    for value in (group, int8_fallback_group if int8_fallback_group is not None else 1):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"table row group must be an integer >= 1, got {value!r}")
     import onnx
     import torch
     from onnx import numpy_helper
@@ -173,6 +178,7 @@ def quantize_tables(src: str | Path, dst: str | Path, precision: str, *, group: 
     initializers = {t.name: t for t in graph.initializer}
     candidates = quantizable_tables(graph)
     kept: dict[str, str] = {}
+    fallback: list[str] = []
     replaced: dict[str, list[Any]] = {}
     metadata: dict[str, dict[str, Any]] = {}
     new_initializers: list[Any] = []
@@ -181,20 +187,25 @@ def quantize_tables(src: str | Path, dst: str | Path, precision: str, *, group: 
         weight = numpy_helper.to_array(initializers[name])
         rows, dim = weight.shape
         before += weight.nbytes
+        table_precision, table_group = precision, group
         reason = kept_reason(precision, dim, group)
+        if reason and precision == "int4" and int8_fallback_group and not kept_reason("int8", dim, int8_fallback_group):
+            table_precision, table_group, reason = "int8", int8_fallback_group, ""
+            fallback.append(name)
         if reason:
             kept[name] = reason
             after += weight.nbytes
             continue
-        packed = pack_table(torch.from_numpy(np.array(group_rows(weight, group))), precision).numpy()
-        codes, scale, bias = graph_parts(packed, precision, dim, rows=rows, group=group)
+        packed = pack_table(torch.from_numpy(np.array(group_rows(weight, table_group))), table_precision).numpy()
+        codes, scale, bias = graph_parts(packed, table_precision, dim, rows=rows, group=table_group)
         names = {part: f"{name}.{part}" for part in ("codes", "scale", "bias")}
         for part, array in zip(("codes", "scale", "bias"), (codes, scale, bias), strict=True):
             new_initializers.append(numpy_helper.from_array(array, names[part]))
             after += array.nbytes
-        metadata[name] = {"precision": precision, "rows": int(rows), "dim": int(dim), "row_group": group, **names}
+        metadata[name] = {"precision": table_precision, "rows": int(rows), "dim": int(dim), "row_group": table_group,
+                          **names}
         replaced[name] = gathers
-    if not replaced:
+    if not set(replaced) - set(fallback):  # nothing in the precision asked for
         raise CompressionError(f"no embedding table of {Path(dst).name} can be stored in {precision} rows: "
                                + ("; ".join(f"{k}: {v}" for k, v in kept.items()) or "no Gather reads a float table"))
     nodes = []
@@ -203,7 +214,8 @@ def quantize_tables(src: str | Path, dst: str | Path, precision: str, *, group: 
         nodes += dequantizing_nodes(node, metadata[table]) if table in replaced else [node]
     graph.initializer.extend(new_initializers)
     set_nodes(graph, nodes)  # drops the float tables no node reads any more
-    if precision == "int4" and not any(o.domain in ("", "ai.onnx") and o.version >= 18 for o in model.opset_import):
+    if any(t["precision"] == "int4" for t in metadata.values()) and \
+            not any(o.domain in ("", "ai.onnx") and o.version >= 18 for o in model.opset_import):
         raise CompressionError(f"{Path(src).name}: 4-bit tables need opset >= 18 (BitwiseAnd); re-export it")
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
                                         METADATA_KEY: json.dumps(metadata)})
@@ -212,7 +224,7 @@ def quantize_tables(src: str | Path, dst: str | Path, precision: str, *, group: 
     log.info("%s: %d tables in %s rows (groups of %d), %d kept in float32: %d -> %d table bytes", Path(dst).name,
              len(replaced), precision, group, len(kept), before, after)
     return {"table_precision": precision, "table_row_group": group, "quantized_tables": sorted(replaced),
-            "kept_fp32": kept,
+            "int8_fallback": sorted(fallback), "kept_fp32": kept,
             "table_bytes_before": before, "table_bytes_after": after,
             **({"int4_layout": INT4_LAYOUT} if precision == "int4" else {})}
 

@@ -239,3 +239,19 @@ def test_row_groups_bring_movielens_rows_to_a_quarter_and_an_eighth(tmp_path):
             ratios[precision, group] = details["table_bytes_before"] / details["table_bytes_after"]
     assert ratios["int8", 1] == pytest.approx(64 / 24) and ratios["int4", 1] == pytest.approx(64 / 12)
     assert ratios["int8", 32] == pytest.approx(64 / 16.25) and ratios["int4", 32] == pytest.approx(64 / 8.125)
+
+
+def test_an_int4_variant_stores_odd_dim_tables_in_8_bit_row_groups(tmp_path):
+    """wide_deep's D = 1 wide weights cannot be 4-bit rows: with the fallback they are 8-bit groups (1 + 8/G bytes a
+    row, within their bound), not float32; logreg, whose only table is one of them, has no int4 variant."""
+    wide = export_tiny("wide_deep", tmp_path)
+    details = quantize_tables(wide, tmp_path / "wide.int4.onnx", "int4", group=8, int8_fallback_group=128)
+    assert details["int8_fallback"] and not details["kept_fp32"]
+    tables = quantized_tables(tmp_path / "wide.int4.onnx")
+    assert {tables[name]["precision"] for name in details["int8_fallback"]} == {"int8"}
+    assert {t["precision"] for name, t in tables.items() if name not in details["int8_fallback"]} == {"int4"}
+    assert all(r.within_bound for r in table_reports(wide, tmp_path / "wide.int4.onnx"))
+    without = quantize_tables(wide, tmp_path / "wide.int4.kept.onnx", "int4", group=8)
+    assert without["kept_fp32"] and without["table_bytes_after"] > details["table_bytes_after"]
+    with pytest.raises(CompressionError, match="no embedding table .* can be stored in int4"):
+        quantize_tables(export_tiny("logreg", tmp_path), tmp_path / "logreg.onnx", "int4", int8_fallback_group=128)
