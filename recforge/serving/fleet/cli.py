@@ -64,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="CPU quota of each node in cores, a Kubernetes CPU limit (0: none; env FLEET_CPU_QUOTA)")
     start.add_argument("--share-cpus", action="store_true", default=os.environ.get("FLEET_SHARE_CPUS") == "1",
                        help="let the balancer and nodes share CPUs when the host has too few for disjoint sets")
+    start.add_argument("--balancer-with-apparatus", action="store_true",
+                       default=os.environ.get("FLEET_BALANCER_WITH_APPARATUS") == "1",
+                       help="the balancer on the load generator's CPUs, not the nodes' (with --node-cpus; env "
+                            "FLEET_BALANCER_WITH_APPARATUS)")
     sub.add_parser("status", help="the fleet's state, checked against the running processes")
     listing = sub.add_parser("crashes", help="the nodes' failures with the requests on them, and the quarantine")
     listing.add_argument("--last", type=int, default=10, help="how many of the latest failures (default 10)")
@@ -93,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "remove-node":
             return scaling.remove_node(args.name, drain_timeout_s=args.drain_timeout)
         cfg = FleetConfig(nodes=args.nodes, min_nodes=args.min_nodes, port=args.port, target=args.target,
-                          node_cpus=args.node_cpus, cpu_quota=args.cpu_quota, share_cpus=args.share_cpus)
+                          node_cpus=args.node_cpus, cpu_quota=args.cpu_quota, share_cpus=args.share_cpus,
+                          balancer_with_apparatus=args.balancer_with_apparatus)
         controller = None if args.no_controller else dataclasses.asdict(
             config_from_dict(LiveConfig, json.loads(args.controller_config)))  # a bad config: refused before up
         notes: list[str] = []

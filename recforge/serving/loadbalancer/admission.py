@@ -349,7 +349,8 @@ def backend_rules() -> list[str]:
 
 def common_limits(limits: Sequence[AdmissionLimits]) -> AdmissionLimits:
     """What every one of ``limits`` admits (nodes serving different versions side by side, during a rollout): the
-    smallest ``max_batch_size`` (and ``max_ids``); the inputs must be the same (a client cannot send a request valid for both)."""
+    smallest ``max_batch_size`` (and ``max_ids``); the inputs must be the same (a client cannot send a request
+    valid for both)."""
     if not limits:
         raise ConfigError("no model config to admit requests for")
     first = limits[0]
