@@ -38,6 +38,7 @@ ceiling) and ``elastic-<policy>.png`` (load, nodes, p95 and SLO over time) of ea
 CLI::
 
     python -m recforge.tools.elastic_bench [--family dlrm] [--target cpu-triton] [--config JSON]
+    python -m recforge.tools.elastic_bench --capacity 1,2,3,4   # does capacity add up on this machine?
 
 ``--config`` takes :class:`ElasticBenchConfig` fields, e.g. ``'{"minutes": 6, "policies": ["hpa", "recforge"]}'``.
 """
@@ -199,6 +200,45 @@ def calibrate(source: fl.ModelSource, profile: Mapping[str, Any], cfg: ElasticBe
             "converged": found["converged"], "capped": found["capped"], "note": found["note"],
             "fleet_lbt_qps_searches": found["lbt_qps_searches"], "sub_batch": sub_batch, "workers": cfg.workers,
             "curve": curve}
+
+
+def fleet_capacity(source: fl.ModelSource, profile: Mapping[str, Any], cfg: ElasticBenchConfig,
+                   counts: Sequence[int], *, target: str, home: Path,
+                   ceiling: float | None) -> list[dict[str, Any]]:
+    """Does capacity add up? Per node count: the LBT through the balancer of that many nodes at the bench's quota
+    and placement, and, at 60 % of it for ``calibration_point_s``, the balancer's CPU (its cgroup's CPU seconds) per
+    query and its cores. ``--capacity 1,2,3,4`` prints it; docs/elastic.md has the figures."""
+    rows = []
+    sub_batch = client_knobs(profile, cfg)
+    slo = float(profile["p95_target_ms"])
+    bench_cfg = FleetBenchConfig(point_duration_s=cfg.calibration_point_s, seed=cfg.seed)
+    for nodes in counts:
+        fleet_home = home / "capacity"
+        try:
+            state = fl.up(source, fleet_config(cfg, nodes, target), home=fleet_home,
+                          notes=[f"elastic bench capacity: {nodes} node(s)"])
+            balancer = cpusets.CpuGroup.from_state(state["balancer"]["placement"])
+            with cpusets.this_process_in(apparatus_group(state)):
+                found = search_lbt(state["url"], source.model, source.spec_path, bench_cfg, sub_batch=sub_batch,
+                                   workers=cfg.workers, ceiling_qps=ceiling, p95_target_ms=slo,
+                                   start_qps=max(1.0, nodes * float(profile["latency_bounded_throughput_qps"])
+                                                 * cfg.node_quota / 2))
+                before, started = balancer.usage_s(), time.monotonic()
+                point = same_load_run(state["url"], source.model, source.spec_path, bench_cfg, sub_batch=sub_batch,
+                                      workers=cfg.workers, rate=0.6 * found["lbt_qps"], p95_target_ms=slo) \
+                    if found["lbt_qps"] > 0 else {}
+                used, wall = (balancer.usage_s() or 0.0) - (before or 0.0), time.monotonic() - started
+        finally:
+            fl.down(home=fleet_home)
+        queries = int(point.get("queries") or 0)
+        row = {"nodes": nodes, "lbt_qps": found["lbt_qps"], "per_node_qps": round(found["lbt_qps"] / nodes, 1),
+               "p95_ms_at_lbt": found["p95_ms_at_lbt"], "at_60pct": {k: point.get(k) for k in
+                                                                   ("offered_qps", "achieved_qps", "p95_ms")},
+               "balancer_ms_per_query": round(1000 * used / queries, 3) if queries and before is not None else None,
+               "balancer_cores": round(used / wall, 3) if before is not None else None}
+        print(f"capacity: {json.dumps(row)}", file=sys.stderr, flush=True)
+        rows.append(row)
+    return rows
 
 
 def calibrated_profile(profile: Mapping[str, Any], calibration: Mapping[str, Any]) -> dict[str, Any]:
@@ -420,6 +460,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="model family: registry champion recforge-<family>, else the newest nightly model")
     parser.add_argument("--target", default=fl.DEFAULT_TARGET, help="hardware target (champion, profile)")
     parser.add_argument("--config", default="{}", help="ElasticBenchConfig fields as a JSON object")
+    parser.add_argument("--capacity", metavar="COUNTS", default=None,
+                        help="run no policy: the LBT of fleets of these node counts (e.g. 1,2,3,4) at the bench's "
+                             "quota and placement, and the balancer's CPU per query")
     parser.add_argument("--validate", metavar="ELASTIC_JSON", default=None,
                         help="run no fleet: the simulator on the trace and calibration of this result file, against "
                              "its live runs (the file is updated)")
@@ -436,6 +479,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = config.config_from_dict(ElasticBenchConfig, json_object(args.config))
         dest = bench_home() / "source"
         source, notes = fl.default_source(args.family, args.target, dest=dest)
+        if args.capacity:
+            try:
+                counts = [int(n) for n in args.capacity.split(",")]
+            except ValueError as err:
+                raise ConfigError(f"--capacity: comma-separated node counts, got {args.capacity!r}") from err
+            if not source.profile_path:
+                raise ConfigError(f"{source.origin} has no profile; run `make run`")
+            rows = fleet_capacity(source, read_profile(source.profile_path), cfg, counts, target=args.target,
+                                  home=bench_home(), ceiling=calibrated_ceiling_qps())
+            return {"capacity": rows, "node_quota": cfg.node_quota, "model": source.model, "version": source.version}
         doc = bench(source, cfg, target=args.target, notes=notes)
         path = write_results(doc)
         print(rep.render(doc["runs"]))

@@ -4,8 +4,10 @@ config. (The benchmark itself starts a fleet per policy: `make bench-elastic`, d
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -103,6 +105,44 @@ def test_the_calibrated_profile_carries_the_measured_lbt_and_curve(profile_doc):
     assert calibrated["latency_vs_batch"] == profile_doc["latency_vs_batch"]
     with pytest.raises(ConfigError, match="no probed rate"):
         eb.calibrated_profile(profile_doc, {"lbt_qps": 1.0, "curve": [calibration["curve"][2]]})
+
+
+def test_the_calibration_times_one_node_and_divides_the_largest_fleet_by_its_nodes(monkeypatch, tmp_path,
+                                                                                      profile_doc):
+    """Injected measurements: one node is started for the start time, then a fleet of max_nodes; the fleet's LBT
+    (median of the searches) and its latency points become per-node figures."""
+    started, searched = [], iter([900.0, 960.0, 600.0])
+
+    def up(source, cfg, home, notes):
+        started.append(cfg.nodes)
+        return {"url": "http://127.0.0.1:1", "placement": {"apparatus_cpus": "0"}}
+
+    def search(*args, **kwargs):
+        lbt = next(searched)
+        return {"lbt_qps": lbt, "p95_ms_at_lbt": 20.0, "converged": True, "capped": False, "note": "",
+                "curve": [{"offered_qps": lbt, "achieved_qps": lbt, "p95_ms": 20.0}]}
+
+    def point(*args, rate, **kwargs):
+        return {"offered_qps": rate, "achieved_qps": rate, "p50_ms": 3.0, "p95_ms": 5.0, "p99_ms": 7.0, "errors": 0}
+
+    monkeypatch.setattr(eb.fl, "up", up)
+    monkeypatch.setattr(eb.fl, "down", lambda home: None)
+    monkeypatch.setattr(eb, "search_lbt", search)
+    monkeypatch.setattr(eb, "same_load_run", point)
+    monkeypatch.setattr(eb.cpusets, "this_process_in", lambda group: contextlib.nullcontext())
+    cfg = eb.ElasticBenchConfig(max_nodes=4)
+    source = SimpleNamespace(model="m", spec_path="spec.json")
+    found = eb.calibrate(source, profile_doc, cfg, target="cpu-triton", home=tmp_path, ceiling=None)
+    assert started == [1, 4]
+    assert (found["nodes"], found["fleet_lbt_qps"], found["lbt_qps"]) == (4, 900.0, 225.0)
+    assert found["fleet_lbt_qps_searches"] == [900.0, 960.0, 600.0]
+    assert [row["offered_qps"] for row in found["curve"]] == [225.0, 22.5, 67.5, 135.0]
+    assert found["capacity_scale"] == round(225.0 / profile_doc["latency_bounded_throughput_qps"], 4)
+    searched = iter([500.0, 500.0, 500.0])
+    started.clear()
+    two = eb.calibrate(source, profile_doc, eb.ElasticBenchConfig(max_nodes=4, calibration_nodes=2),
+                       target="cpu-triton", home=tmp_path, ceiling=None)
+    assert started == [1, 2] and two["lbt_qps"] == 250.0
 
 
 def test_each_policy_gets_its_controller_config(node_model):
