@@ -267,11 +267,6 @@ def frontend_rules(limits: AdmissionLimits, infer_regex: str, body_timeout_s: in
                          f"must be an integer from {_smallest(lim)} to {_largest(lim)}",
                     f"{cond} !{{ var(txn.batch{i}) -m reg ^(0|[1-9][0-9]{{0,{MAX_BATCH_DIGITS - 1}}})$ }}"),
         ]
-        for item in lim.inputs:
-            is_item = f"{{ var(txn.name{i}) -m str {item.name} }}"
-            lines.append(_reject(400, _over_message(i, item, lim),
-                                 f"{cond} {is_item} !{{ var(txn.batch{i}) -m int "
-                                 f"{LEADING_MIN[item.leading]}:{lim.leading_max(item)} }}"))
         for leading, members in groups.items():
             if len(members) < 2:
                 continue
@@ -285,13 +280,16 @@ def frontend_rules(limits: AdmissionLimits, infer_regex: str, body_timeout_s: in
             ]
         for item in lim.inputs:
             is_item = f"{{ var(txn.name{i}) -m str {item.name} }}"
+            low, high = LEADING_MIN[item.leading], lim.leading_max(item)
+            lines.append(_reject(400, _over_message(i, item, lim),
+                                 f"{cond} {is_item} !{{ var(txn.batch{i}) -m int {low}:{high} }}"))
             shape = _shape(item)
             lines.append(_reject(400, f"input {item.name} must have datatype {item.datatype}",
                                  f"{cond} {is_item} !{{ var(txn.datatype{i}) -m str {item.datatype} }}"))
             for j, dim in enumerate(item.dims, start=1):
                 lines.append(_reject(
-                    400, f"input {item.name} must have shape {shape} ({LEADING_SYMBOL[item.leading]} from 1 to "
-                         f"{lim.leading_max(item)})",
+                    400, f"input {item.name} must have shape {shape} ({LEADING_SYMBOL[item.leading]} from {low} to "
+                         f"{high})",
                     f"{cond} {is_item} !{{ var(txn.json),json_query('$.inputs[{i}].shape[{j}]') -m str {dim} }}"))
             lines.append(_reject(
                 400, f"input {item.name} must have shape {shape}: {len(item.dims) + 1} dimensions",
