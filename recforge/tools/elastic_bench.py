@@ -174,9 +174,8 @@ def calibrate(source: fl.ModelSource, profile: Mapping[str, Any], cfg: ElasticBe
         with cpusets.this_process_in(apparatus_group(state)):
             bench_cfg = FleetBenchConfig(point_duration_s=cfg.calibration_point_s, seed=cfg.seed)
             slo = float(profile["p95_target_ms"])
-            searches = [search_lbt(state["url"], source.model, source.spec_path, bench_cfg, sub_batch=sub_batch,
-                                   workers=cfg.workers, start_qps=max(1.0, nodes * profile_lbt * cfg.node_quota / 2),
-                                   p95_target_ms=slo, ceiling_qps=ceiling) for _ in range(cfg.calibration_repeats)]
+            searches = [fleet_lbt(state, source, profile, cfg, nodes, ceiling)
+                        for _ in range(cfg.calibration_repeats)]
             # the LBT moves between searches: the median search, with every search's LBT kept
             found = sorted(searches, key=lambda f: f["lbt_qps"])[len(searches) // 2]
             found["lbt_qps_searches"] = [f["lbt_qps"] for f in searches]
@@ -202,6 +201,17 @@ def calibrate(source: fl.ModelSource, profile: Mapping[str, Any], cfg: ElasticBe
             "curve": curve}
 
 
+def fleet_lbt(state: Mapping[str, Any], source: fl.ModelSource, profile: Mapping[str, Any], cfg: ElasticBenchConfig,
+              nodes: int, ceiling: float | None) -> dict[str, Any]:
+    """One LBT search through the balancer of the bench fleet ``state`` of ``nodes`` nodes (the caller is in the
+    apparatus' CPU group): the profile's client knobs and SLO, from half the profile's LBT scaled to the quota."""
+    start = max(1.0, nodes * float(profile["latency_bounded_throughput_qps"]) * cfg.node_quota / 2)
+    return search_lbt(state["url"], source.model, source.spec_path,
+                      FleetBenchConfig(point_duration_s=cfg.calibration_point_s, seed=cfg.seed),
+                      sub_batch=client_knobs(profile, cfg), workers=cfg.workers, start_qps=start,
+                      p95_target_ms=float(profile["p95_target_ms"]), ceiling_qps=ceiling)
+
+
 def fleet_capacity(source: fl.ModelSource, profile: Mapping[str, Any], cfg: ElasticBenchConfig,
                    counts: Sequence[int], *, target: str, home: Path,
                    ceiling: float | None) -> list[dict[str, Any]]:
@@ -219,10 +229,7 @@ def fleet_capacity(source: fl.ModelSource, profile: Mapping[str, Any], cfg: Elas
                           notes=[f"elastic bench capacity: {nodes} node(s)"])
             balancer = cpusets.CpuGroup.from_state(state["balancer"]["placement"])
             with cpusets.this_process_in(apparatus_group(state)):
-                found = search_lbt(state["url"], source.model, source.spec_path, bench_cfg, sub_batch=sub_batch,
-                                   workers=cfg.workers, ceiling_qps=ceiling, p95_target_ms=slo,
-                                   start_qps=max(1.0, nodes * float(profile["latency_bounded_throughput_qps"])
-                                                 * cfg.node_quota / 2))
+                found = fleet_lbt(state, source, profile, cfg, nodes, ceiling)
                 before, started = balancer.usage_s(), time.monotonic()
                 point = same_load_run(state["url"], source.model, source.spec_path, bench_cfg, sub_batch=sub_batch,
                                       workers=cfg.workers, rate=0.6 * found["lbt_qps"], p95_target_ms=slo) \
