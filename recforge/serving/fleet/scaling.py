@@ -46,6 +46,7 @@ from recforge.core.hashing import sha256_file
 from recforge.core.ports import free_ports
 from recforge.core.timing import utc_now
 from recforge.inference import triton as tr
+from recforge.inference.model_file import FILE_NAMES
 from recforge.serving import loadbalancer as lb
 from recforge.serving.fleet.balancer import refresh_admission
 from recforge.serving.fleet.config import MAX_NODES, FleetConfig
@@ -141,9 +142,6 @@ def served_models(state: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     return name, dict(ready[name].get("models") or {})
 
 
-SERVED_FILES = ("model.onnx", "model.pt")  # the file a version folder serves, by format (recforge.inference.model_repo)
-
-
 def copy_served_repository(source_repo: Path, target_repo: Path, models: Mapping[str, Any]) -> None:
     """Copy each served model folder of ``source_repo`` with only its served version into a fresh ``target_repo``,
     and check that the copied model file (ONNX or TorchScript) has the SHA-256 state.json records for it."""
@@ -162,10 +160,11 @@ def copy_served_repository(source_repo: Path, target_repo: Path, models: Mapping
 
         shutil.copytree(source, target_repo / model, ignore=other_versions)
         expected = (entry.get("model_sha256") or entry.get("onnx_sha256") or "").lower()
-        served = [target_repo / model / version / name for name in SERVED_FILES
+        served = [target_repo / model / version / name for name in FILE_NAMES.values()
                   if (target_repo / model / version / name).exists()]
         if not served:
-            raise RecForgeError(f"{target_repo / model / version} holds no model file ({', '.join(SERVED_FILES)})")
+            raise RecForgeError(f"{target_repo / model / version} holds no model file "
+                                f"({', '.join(FILE_NAMES.values())})")
         copied = sha256_file(served[0]) if expected else expected
         if copied != expected:
             raise RecForgeError(f"{served[0]} has SHA-256 {copied} after the copy, expected {expected}")
