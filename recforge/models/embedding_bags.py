@@ -41,6 +41,7 @@ from recforge.core.errors import ConfigError, DataError
 TABLE_PRECISIONS: tuple[str, ...] = ("fp32", "int8", "int4")
 POOLING_MODES: tuple[str, ...] = ("sum", "mean")
 QUANTIZED_BITS = {"int8": 8, "int4": 4}
+ROW_SCALE_BIAS_BYTES = {"int8": 8, "int4": 4}  # a stored row's scale and bias: float32 (int8), float16 (int4)
 FP16_UNIT_ROUNDOFF = 2.0**-11  # relative rounding error of a float16 (the 4-bit rows' scale and bias)
 FP16_MIN_SUBNORMAL = 2.0**-24
 FBGEMM_INT8_EPSILON = 1e-8  # added to a row's range by FBGEMM's 8-bit rowwise quantization
@@ -49,7 +50,8 @@ FBGEMM_INT8_EPSILON = 1e-8  # added to a row's range by FBGEMM's 8-bit rowwise q
 def packed_row_bytes(precision: str, dim: int) -> int:
     """Bytes of one stored row of ``dim`` values: fp32 4·D, int8 D + 8 (fp32 scale, bias), int4 D/2 + 4 (fp16)."""
     check_precision(precision)
-    return {"fp32": 4 * dim, "int8": dim + 8, "int4": math.ceil(dim / 2) + 4}[precision]
+    return {"fp32": 4 * dim, "int8": dim + ROW_SCALE_BIAS_BYTES["int8"],
+            "int4": math.ceil(dim / 2) + ROW_SCALE_BIAS_BYTES["int4"]}[precision]
 
 
 def check_precision(precision: str) -> str:

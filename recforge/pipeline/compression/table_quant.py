@@ -50,6 +50,7 @@ import numpy as np
 
 from recforge.core.errors import ConfigError
 from recforge.models.embedding_bags import (
+    ROW_SCALE_BIAS_BYTES,
     TableQuantization,
     check_declared_rows,
     pack_table,
@@ -67,7 +68,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "quantized_embedding_tables"  # model metadata: {table: {"precision", "rows", "dim", ...}}
-ROW_METADATA_BYTES = {"int8": 8, "int4": 4}  # a stored row's scale and bias: float32 (int8) or float16 (int4)
 INT4_LAYOUT = "split halves: byte j = code j | code (j + D/2) << 4"
 
 
@@ -135,7 +135,7 @@ def quantizable_tables(graph: Any) -> dict[str, list[Any]]:
 
 def stored_row_bytes(precision: str, dim: int, group: int = 1) -> float:
     """Bytes a row of ``dim`` values takes in ``precision`` with its share of its group's scale and bias."""
-    metadata = ROW_METADATA_BYTES[precision]
+    metadata = ROW_SCALE_BIAS_BYTES[precision]
     return packed_row_bytes(precision, dim) - metadata + metadata / group
 
 
