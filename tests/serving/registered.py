@@ -6,11 +6,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import time
 import uuid
+
+import numpy as np
 
 from recforge.contracts import tags
 from recforge.contracts.features import example_spec
 from recforge.contracts.targets import CPU_TRITON
+from recforge.inference.onnx import onnx_session
+from recforge.models.export import example_inputs
 
 SPEC = dataclasses.replace(example_spec(), sparse_cardinalities=(30, 50, 5, 4, 3, 4), num_genres=8, genre_slots=3,
                            history_length=5)
@@ -49,3 +54,18 @@ class Registry:
         if alias:
             self.client.set_registered_model_alias(self.name, alias, version.version)
         return version.version
+
+
+def compute_floor_ms(onnx_path, items: int) -> float:
+    """The median time of one ``items``-item request of the model in onnxruntime in this process, with every core
+    of the machine: a served request of the same size on one node of the same machine cannot be faster."""
+    session = onnx_session(onnx_path, os.cpu_count() or 1)
+    inputs = {k: v.numpy() for k, v in example_inputs(SPEC, items, 3).items()}
+    feed = {i.name: inputs[i.name] for i in session.get_inputs()}
+    session.run(None, feed)
+    times = []
+    for _ in range(7):
+        started = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.median(times))

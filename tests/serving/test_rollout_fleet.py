@@ -24,7 +24,7 @@ from recforge.inference import triton as tr
 from recforge.models import build_model
 from recforge.models.export import example_inputs, export_onnx
 from recforge.serving import fleet as fl
-from tests.serving.registered import SPEC, TARGET, Registry, sha
+from tests.serving.registered import SPEC, TARGET, Registry, compute_floor_ms, sha
 
 triton_ok, triton_why = tr.check_installation()
 pytestmark = [pytest.mark.triton, pytest.mark.skipif(not triton_ok, reason=f"no tritonserver: {triton_why}")]
@@ -175,23 +175,6 @@ def test_a_model_that_fails_to_load_is_rolled_back_and_v2_keeps_serving(world):
     record = rollout.read_history(registry.name)[-1]
     assert record["outcome"] == "rolled_back" and record["version"] == broken
     assert "failed to load" in record["reasons"][0]
-
-
-def compute_floor_ms(onnx_path, items: int) -> float:
-    """The median time of one ``items``-item request of the model in onnxruntime in this process, with every core
-    of the machine: a served request of the same size on one node of the same machine cannot be faster."""
-    from recforge.inference.onnx import onnx_session
-
-    session = onnx_session(onnx_path, os.cpu_count() or 1)
-    inputs = {k: v.numpy() for k, v in example_inputs(SPEC, items, 3).items()}
-    feed = {i.name: inputs[i.name] for i in session.get_inputs()}
-    session.run(None, feed)
-    times = []
-    for _ in range(7):
-        started = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - started) * 1000)
-    return float(np.median(times))
 
 
 def test_a_slow_model_breaks_the_slo_under_canary_load_and_is_rolled_back(world):
