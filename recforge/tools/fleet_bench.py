@@ -18,6 +18,11 @@ workers (the profile's ``best_knobs``), seed, durations and SLO; the LBT search 
 on a :class:`recforge.inference.triton.TritonHttpTarget` of the balancer's URL, with no cap but the apparatus ceiling
 (``apparatus_ceiling_qps``, by default the HTTP client's from ``make bench-apparatus``'s ``apparatus.json``).
 
+``--baseline-profile P.json`` makes the baseline the same champion served with the config generated from another
+profile ``P`` (and ``P``'s client knobs): e.g. the profile of an earlier night, measured under the default query
+sizes, against tonight's, measured under the traffic the fleet served (docs/profiling.md, "Feedback"); with
+``"sizes"`` set to that traffic's sample, the comparison is the LBT at the live mix before and after the loop.
+
 The rounds run baseline then RecForge (A B A B ..., ``rounds``, default 5); each side's search starts from its
 previous LBT, and after each search the side also runs at ``load_fraction`` of the round's baseline LBT (the same
 offered rate for both). Every ratio (p95 at the same load, LBT) is taken within a round, then summarized as a median
@@ -31,7 +36,7 @@ CLI::
 
     python -m recforge.tools.fleet_bench [--family dlrm] [--target cpu-triton] [--config JSON]
                                   [--onnx M.onnx --spec spec.json [--profile P.json] [--model NAME]
-                                   [--baseline-onnx fp32.onnx]]
+                                   [--baseline-onnx fp32.onnx]] [--baseline-profile P.json]
 
 ``--config`` takes :class:`FleetBenchConfig` fields, e.g. ``'{"point_duration_s": 3, "rounds": 6}'``.
 """
@@ -102,8 +107,10 @@ class FleetBenchConfig:
     max_error_rate: float = 0.0
     min_achieved_ratio: float = 0.9
     sizes: str = "lognormal"  # recforge.inference.loadgen.QuerySizes.parse: lognormal(5.1, 0.2) items per query
-    sub_batch: Knob | None = None  # None: the profile's best_knobs.sub_batch (64 without)
-    workers: Knob | None = None  # None: the profile's best_knobs.workers (8 without)
+    # both sides' client knobs; None: each side's profile's best_knobs (64 and 8 without one); the baseline's
+    # profile is the champion's, unless --baseline-profile names another
+    sub_batch: Knob | None = None
+    workers: Knob | None = None
     seed: int = 0
     check_inter_ms: int = 500  # checked as recforge.serving.fleet.FleetConfig checks it
     # folder under $RECFORGE_HOME/fleet-bench (default: <model>-<target>)
@@ -284,24 +291,44 @@ def auc_ratio(profile: Mapping[str, Any] | None, same_model: bool) -> float | No
     return ratio(auc, auc - delta)
 
 
+def client_knobs(cfg: FleetBenchConfig, profile: Mapping[str, Any] | None, serving: Any) -> tuple[int, int]:
+    """``(sub_batch, workers)`` of one side: the config's, else its profile's best_knobs, else the defaults; a
+    sub-batch larger than the side's ``max_batch_size`` is a ConfigError."""
+    knobs = dict(profile["search"]["best_knobs"]) if profile else {}
+    sub_batch = int(cfg.sub_batch or knobs.get("sub_batch") or DEFAULT_SUB_BATCH)
+    if sub_batch > serving.max_batch_size:
+        raise ConfigError(f"sub_batch {sub_batch} is larger than the served max_batch_size {serving.max_batch_size};"
+                          " give a smaller sub_batch in --config")
+    return sub_batch, int(cfg.workers or knobs.get("workers") or DEFAULT_WORKERS)
+
+
 def compare(source: fl.ModelSource, cfg: FleetBenchConfig | None = None, *, target: str = fl.DEFAULT_TARGET,
             home: str | Path | None = None, notes: Sequence[str] = (), baseline_onnx: str | Path | None = None,
-            family: str | None = None) -> dict[str, Any]:
+            baseline_profile: str | Path | None = None, family: str | None = None) -> dict[str, Any]:
     """The interleaved rounds of the ``default`` (fp32 ``baseline_onnx``, default: the source's own file, with
-    Triton's default config) and the ``generated`` fleet (the source with its generated config) under the same load;
+    Triton's default config; with ``baseline_profile``: the source's file with that profile's generated config and
+    client knobs) and the ``generated`` fleet (the source with its generated config) under the same query sizes;
     returns the result document (not written: see :func:`write_results`). Both fleets are down afterwards."""
     cfg = cfg or FleetBenchConfig()
     profile = read_profile(source.profile_path)
     knobs = dict(profile["search"]["best_knobs"]) if profile else {}
     generated = mr.serving_config_from_profile(source.profile_path) if profile else mr.ServingConfig()
-    serving = {"generated": generated, "default": default_serving_config(generated)}
+    if baseline_profile is not None:
+        if baseline_onnx is not None:
+            raise ConfigError("--baseline-profile compares two configs of the same model: drop --baseline-onnx")
+        earlier = read_profile(baseline_profile)  # a one-line ConfigError when it cannot be read
+        serving = {"generated": generated, "default": mr.serving_config_from_profile(baseline_profile)}
+        baseline = {"config": "profile", "profile": str(baseline_profile),
+                    "best_knobs": dict(earlier["search"]["best_knobs"]), "load": earlier.get("load")}
+    else:
+        earlier = profile
+        serving = {"generated": generated, "default": default_serving_config(generated)}
+        baseline = {"config": "triton-default"}
     baseline_file = str(baseline_onnx or source.onnx_path)
     same_model = Path(baseline_file).resolve() == Path(source.onnx_path).resolve()
-    sub_batch = int(cfg.sub_batch or knobs.get("sub_batch") or DEFAULT_SUB_BATCH)
-    if sub_batch > generated.max_batch_size:
-        raise ConfigError(f"sub_batch {sub_batch} is larger than the served max_batch_size {generated.max_batch_size};"
-                          " give a smaller sub_batch in --config")
-    workers = int(cfg.workers or knobs.get("workers") or DEFAULT_WORKERS)
+    clients = {"generated": client_knobs(cfg, profile, generated), "default": client_knobs(cfg, earlier,
+                                                                                         serving["default"])}
+    sub_batch, workers = clients["generated"]
     p95_target = float(cfg.p95_target_ms or (profile or {}).get("p95_target_ms") or DEFAULT_P95_MS)
     profile_lbt = float((profile or {}).get("latency_bounded_throughput_qps") or 0)
     start_qps = float(cfg.start_qps or (max(1.0, profile_lbt / 4) if profile_lbt else DEFAULT_START_QPS))
@@ -313,6 +340,7 @@ def compare(source: fl.ModelSource, cfg: FleetBenchConfig | None = None, *, targ
     doc: dict[str, Any] = {
         "model": source.model, "version": source.version, "source": source.origin, "target": target,
         "family": family, "baseline_onnx": baseline_file, "baseline_is_the_same_model": same_model,
+        "baseline": {**baseline, "sub_batch": clients["default"][0], "workers": clients["default"][1]},
         "nodes": cfg.nodes, "notes": list(notes), "measured_at": utc_now(), "loadavg_before": load_average(),
         "load": {"sizes": cfg.sizes, "sub_batch": sub_batch, "workers": workers, "seed": cfg.seed,
                  "point_duration_s": cfg.point_duration_s, "warmup_s": cfg.warmup_s, "p95_target_ms": p95_target,
@@ -335,6 +363,7 @@ def compare(source: fl.ModelSource, cfg: FleetBenchConfig | None = None, *, targ
             entry = run_round(source, cfg, label, serving[label], homes[label], target=target, notes=notes,
                               onnx_path=baseline_file if label == "default" else source.onnx_path)
             entry["round"] = round_no
+            sub_batch, workers = clients[label]
             entry.update(search_lbt(entry["fleet_url"], source.model, source.spec_path, cfg, sub_batch=sub_batch,
                                     workers=workers, start_qps=starts[label], p95_target_ms=p95_target,
                                     ceiling_qps=ceiling, ramp_factor=ramps[label]))
@@ -363,7 +392,9 @@ def compare(source: fl.ModelSource, cfg: FleetBenchConfig | None = None, *, targ
     doc["ratio_generated_over_default"] = lbt["generated"] / lbt["default"] if lbt["default"] > 0 else None
     doc["rounds"] = round_summary(runs, cfg.confidence)
     doc["auc_ratio"] = auc_ratio(profile, same_model)
-    doc["bench_line"] = served_bench_line(doc)
+    # the issue-12 headline (fp32 with Triton's default config against the champion) has its own path name
+    doc["bench_line"] = served_bench_line(doc, "served" if baseline["config"] == "triton-default"
+                                          else "served-vs-profile")
     doc["loadavg_after"] = load_average()
     doc["duration_s"] = round(time.monotonic() - started, 1)
     return doc
@@ -409,7 +440,7 @@ def round_summary(runs: Mapping[str, Sequence[Mapping[str, Any]]], confidence: f
                                 for label in CONFIGS}}
 
 
-def served_bench_line(doc: Mapping[str, Any]) -> str:
+def served_bench_line(doc: Mapping[str, Any], path: str = "served") -> str:
     """``bench: family=F path=served latency_ratio=... throughput_ratio=... auc_ratio=...`` (medians, intervals)."""
     rounds = doc["rounds"]
     figures: dict[str, float | None] = {"latency_ratio": rounds["latency_ratio"]["median"],
@@ -418,7 +449,7 @@ def served_bench_line(doc: Mapping[str, Any]) -> str:
     for name in ("latency_ratio", "throughput_ratio"):
         figures[f"{name}_low"], figures[f"{name}_high"] = rounds[name]["low"], rounds[name]["high"]
     figures["rounds"] = len(rounds["throughput_ratio_rounds"])
-    return format_bench_line(doc["family"], "served", figures)
+    return format_bench_line(doc["family"], path, figures)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -438,6 +469,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baseline-onnx", default=None,
                         help="the baseline's ONNX file (default: the newest nightly's fp32 model of --family; with "
                              "--onnx, that same file)")
+    parser.add_argument("--baseline-profile", default=None,
+                        help="the baseline serves the same model with the config generated from this profile (and its "
+                             "client knobs) instead of Triton's default config")
     args = parser.parse_args(argv)
 
     def step() -> Any:
@@ -453,14 +487,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             dest = bench_root() / (cfg.name or f"{fl.MODEL_PREFIX}{args.family}-{args.target}") / "source"
             source, notes = fl.default_source(args.family, args.target, dest=dest)
             family = args.family
-            if baseline is None:
+            if baseline is None and args.baseline_profile is None:
                 baseline = fl.nightly_source(args.family).onnx_path  # the trained fp32 model
         if baseline is not None and not Path(baseline).is_file():
             raise ConfigError(f"--baseline-onnx {baseline} is not a file")
-        print(f"fleet benchmark of {source.origin} against {baseline or 'the same model'} with Triton's default "
-              f"config on {cfg.nodes} x {args.target} (1-min load average {load_average()[:1]})", file=sys.stderr,
-              flush=True)
-        doc = compare(source, cfg, target=args.target, notes=notes, baseline_onnx=baseline, family=family)
+        against = (f"the config generated from {args.baseline_profile}" if args.baseline_profile
+                   else "Triton's default config")
+        print(f"fleet benchmark of {source.origin} against {baseline or 'the same model'} with {against} on "
+              f"{cfg.nodes} x {args.target} (1-min load average {load_average()[:1]})", file=sys.stderr, flush=True)
+        doc = compare(source, cfg, target=args.target, notes=notes, baseline_onnx=baseline,
+                      baseline_profile=args.baseline_profile, family=family)
         json_path, md_path = write_results(doc)
         print(render_table(doc))
         print(doc["bench_line"], flush=True)  # machine-readable (recforge.tools.bench.bench_line)

@@ -74,12 +74,28 @@ def render_table(doc: Mapping[str, Any]) -> str:
         lines += ["", f"Per-round ratios generated / default, median [interval]: LBT "
                   f"{interval(summary['throughput_ratio'])}; p95 at {doc['load'].get('load_fraction', 0.8):.0%} of the "
                   f"default's LBT {interval(summary['latency_ratio'])}; AUC {_fmt(doc.get('auc_ratio'), 4)}",
-                  f"baseline: {doc.get('baseline_onnx')}"]
+                  f"baseline: {doc.get('baseline_onnx')}{baseline_config(doc)}"]
     return "\n".join(lines) + "\n"
 
 
+def baseline_config(doc: Mapping[str, Any]) -> str:
+    """How the baseline was served, when it is not Triton's default config: the profile its config came from."""
+    baseline = doc.get("baseline") or {}
+    if baseline.get("config") != "profile":
+        return ""
+    return (f", served with the config generated from {baseline['profile']} (client sub-batch "
+            f"{baseline.get('sub_batch')}, {baseline.get('workers')} workers)")
+
+
+def result_key(doc: Mapping[str, Any]) -> str:
+    """``<model>@<target>``, and ``@vs-profile`` for a comparison against another profile's config, so that it does
+    not replace the headline against Triton's default config."""
+    suffix = "@vs-profile" if (doc.get("baseline") or {}).get("config") == "profile" else ""
+    return f"{doc['model']}@{doc['target']}{suffix}"
+
+
 def write_results(doc: Mapping[str, Any], home: str | Path | None = None) -> tuple[Path, Path]:
-    """Merge ``doc`` into ``$RECFORGE_HOME/bench/fleet_configs.json`` (keyed ``<model>@<target>``) and rewrite
+    """Merge ``doc`` into ``$RECFORGE_HOME/bench/fleet_configs.json`` (keyed by :func:`result_key`) and rewrite
     ``fleet_configs.md`` from every entry; returns both paths."""
     out = Path(home if home is not None else config.recforge_home()) / "bench"
     out.mkdir(parents=True, exist_ok=True)
@@ -87,7 +103,7 @@ def write_results(doc: Mapping[str, Any], home: str | Path | None = None) -> tup
     runs: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError, AttributeError):
         runs = dict(json.loads(json_path.read_text()).get("runs") or {})
-    runs[f"{doc['model']}@{doc['target']}"] = doc
+    runs[result_key(doc)] = doc
     tmp = json_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"runs": runs}, indent=2, default=str) + "\n")
     os.replace(tmp, json_path)

@@ -107,6 +107,68 @@ def test_round_ratios_medians_intervals_and_the_served_bench_line():
     assert fb.auc_ratio(None, same_model=False) is None and fb.auc_ratio(None, same_model=True) == 1.0
 
 
+def test_a_baseline_profile_serves_the_same_model_with_that_profiles_config_and_client_knobs(tmp_path, monkeypatch):
+    """--baseline-profile: the ``default`` side is the champion's file with the config generated from another profile
+    (an earlier night's), loaded with that profile's client knobs; its result does not replace the headline entry.
+    The fleet steps are injected: which config and which client each side gets is what is checked."""
+    from recforge.tools import fleet_bench_report as report
+
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(b"onnx")
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(SPEC.to_json())
+    tonight, earlier = cpu_triton_profile(), cpu_triton_profile()
+    earlier["search"]["best_knobs"].update(sub_batch=64, workers=8, instances=1, preferred_batch=[64],
+                                           queue_delay_us=0)
+    paths = {}
+    for name, doc in (("tonight", tonight), ("earlier", earlier)):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(doc))
+    source = fl.explicit_source(onnx_path, spec_path, profile_path=paths["tonight"], model=MODEL)
+    seen = []
+
+    def run_round(source, cfg, label, intended, fleet_home, *, target, notes, onnx_path):
+        seen.append((label, intended, onnx_path))
+        knobs = {"max_batch_size": intended.max_batch_size, "dynamic_batching": intended.dynamic_batching,
+                 "preferred_batch_size": list(intended.preferred_batch_size), "max_queue_delay_us": 0,
+                 "instances": intended.instance_count, "intra_op_threads": 1}
+        return {"fleet_url": f"http://{label}", "config_pbtxt_knobs": knobs}
+
+    def search_lbt(url, model, spec, cfg, *, sub_batch, workers, **kwargs):
+        seen.append((url, sub_batch, workers))
+        return {"lbt_qps": 100.0 if url == "http://default" else 150.0, "curve": [], "capped": False,
+                "converged": True, "items_per_s_at_lbt": None, "p95_ms_at_lbt": None, "p50_ms_at_lbt": None}
+
+    def same_load_run(url, model, spec, cfg, *, sub_batch, workers, rate, p95_target_ms):
+        return {"offered_qps": rate, "p95_ms": 10.0 if url == "http://default" else 5.0}
+
+    monkeypatch.setattr(fb, "run_round", run_round)
+    monkeypatch.setattr(fb, "search_lbt", search_lbt)
+    monkeypatch.setattr(fb, "same_load_run", same_load_run)
+    monkeypatch.setattr(fb.fl, "down", lambda **kwargs: None)
+    cfg = fb.FleetBenchConfig.from_dict({"rounds": 1, "sizes": "fixed:16"})
+    doc = fb.compare(source, cfg, target="cpu-triton", home=tmp_path, baseline_profile=paths["earlier"])
+
+    (label_d, served_d, file_d), (_, sub_d, workers_d), (label_g, served_g, file_g), (_, sub_g, workers_g) = seen
+    assert (label_d, label_g) == ("default", "generated") and file_d == file_g == str(onnx_path)
+    assert served_d == mr.serving_config_from_profile(paths["earlier"])
+    assert served_g == mr.serving_config_from_profile(paths["tonight"]) and served_d != served_g
+    assert served_d.dynamic_batching and served_d.instance_count == 1  # the earlier config, not Triton's default
+    assert (sub_d, workers_d, sub_g, workers_g) == (64, 8, 16, 4)  # each side's own profile's client knobs
+    assert doc["baseline"] == {"config": "profile", "profile": str(paths["earlier"]),
+                               "best_knobs": earlier["search"]["best_knobs"], "load": earlier["load"],
+                               "sub_batch": 64, "workers": 8}
+    assert doc["ratio_generated_over_default"] == 1.5
+    assert doc["bench_line"].startswith(
+        "bench: family=ncf path=served-vs-profile latency_ratio=0.5 throughput_ratio=1.5")
+    assert report.result_key(doc) == f"{MODEL}@cpu-triton@vs-profile"
+    assert "served with the config generated from" in report.render_table(doc)
+    with pytest.raises(ConfigError, match="drop --baseline-onnx"):
+        fb.compare(source, cfg, home=tmp_path, baseline_profile=paths["earlier"], baseline_onnx=onnx_path)
+    with pytest.raises(ConfigError, match="missing.json cannot be read"):
+        fb.compare(source, cfg, home=tmp_path, baseline_profile=tmp_path / "missing.json")
+
+
 @pytest.fixture
 def short_home():
     """A short RECFORGE_HOME: HAProxy's admin socket path under it must stay within 107 characters."""

@@ -19,7 +19,8 @@ from collections.abc import Mapping
 from recforge.core.errors import DataError
 
 PREFIX = "bench:"
-PATHS = ("inprocess", "served")
+# served-vs-profile: the champion under two profiles' generated configs (fleet_bench --baseline-profile)
+PATHS = ("inprocess", "served", "served-vs-profile")
 KEY_FIELDS = ("family", "path")
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
