@@ -18,7 +18,7 @@ CONF ?= {}
 # Runs one DAG through Airflow, keeps its log in $(RECFORGE_HOME)/<dag>-<date>.log, prints the gist (--help)
 RUN_DAG := infra/local/run-dag.sh
 
-.PHONY: help setup run nightly compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests bench test-triton fleet-up fleet-down fleet-status fleet-traffic rollout rollout-history bench-fleet fleet-perf bench-faults bench-apparatus bench-elastic
+.PHONY: help setup run nightly compress profile register ui ui-stop mlflow-up mlflow-down test test-fast lint lock clean k8s-manifests bench test-triton fleet-up fleet-down fleet-status fleet-traffic rollout rollout-history bench-fleet fleet-perf fleet-load bench-faults bench-apparatus bench-elastic
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -162,6 +162,12 @@ DURATION ?= 15
 fleet-perf: $(VENV)/.installed ## Triton's perf_analyzer through the fleet's balancer: Poisson RATE= requests/s of BATCH= rows
 	@infra/local/perf-analyzer.sh
 	@$(PY) -m recforge.tools.perf_fleet --rate $(RATE) --batch $(BATCH) --duration $(DURATION) --repeats $(REPEATS)
+
+# make fleet-load RATE=40 DURATION=60 [SIZES=lognormal:4.2,0.4] [SUB_BATCH=256]: query-size mixes through the balancer
+SIZES ?= lognormal
+SUB_BATCH ?= 256
+fleet-load: $(VENV)/.installed ## The DeepRecSys load generator through the fleet's balancer: Poisson RATE= queries/s of SIZES= items for DURATION= s
+	@$(PY) -m recforge.tools.fleet_load --rate $(RATE) --duration $(DURATION) --sizes '$(SIZES)' --sub-batch $(SUB_BATCH)
 
 clean: mlflow-down ## Stop services (fleet, Airflow UI, MLflow) and delete local state (.recforge: data, MLflow, Airflow DB)
 	-infra/local/airflow.sh stop

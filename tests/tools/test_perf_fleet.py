@@ -1,6 +1,7 @@
 """recforge.tools.perf_fleet: which model and feature spec it takes from the fleet's state (no server), and Triton's
 perf_analyzer against a real 2-node fleet (triton tier): straight to one node, and through the balancer at a Poisson
-request rate with valid rows, every request answered and both nodes serving."""
+request rate with valid rows, every request answered and both nodes serving. recforge.tools.fleet_load (``make
+fleet-load``) on the same fleet: the load generator's size mix, in sub-batches, through the balancer."""
 
 from __future__ import annotations
 
@@ -152,3 +153,33 @@ def test_perf_analyzer_through_the_balancer_completes_with_no_error_on_both_node
     assert set(per_node) == {"node0", "node1"} and min(per_node.values()) > 0, per_node  # both nodes served
     assert sum(per_node.values()) >= result.request_count
     assert fl.status(home=fleet_home)["status"] == "up"  # no node lost
+
+
+# ---------------------------------------------------------------------------------------------- make fleet-load
+
+
+def test_fleet_load_needs_the_served_models_spec(tmp_path):
+    from recforge.tools import fleet_load
+
+    write_fleet_state(tmp_path, {"node0": {"models": {MODEL: {"version": 1}}}}, {"model": MODEL})
+    with pytest.raises(ConfigError, match="no feature spec for recforge-ncf.*needs the served model's feature spec"):
+        fleet_load.fleet_load(5.0, 1.0, home=tmp_path)
+    with pytest.raises(ConfigError, match="sizes 'zipf'"):
+        fleet_load.fleet_load(5.0, 1.0, sizes="zipf", home=tmp_path)
+
+
+@pytest.mark.triton
+@pytest.mark.skipif(not triton_ok, reason=f"tritonserver cannot run here: {triton_why}")
+def test_fleet_load_sends_the_size_mix_through_the_balancer_in_sub_batches(fleet_home, tmp_path, monkeypatch, capsys):
+    from recforge.tools import fleet_load
+
+    monkeypatch.setenv("RECFORGE_HOME", str(tmp_path))
+    code = fleet_load.main(["--rate", "20", "--duration", "2", "--sizes", "fixed:24", "--sub-batch", "8",
+                            "--workers", "4"])
+    assert code == 1 and "no fleet is running" in capsys.readouterr().err  # none in this RECFORGE_HOME
+    summary = fleet_load.fleet_load(20.0, 2.0, sizes="fixed:24", sub_batch=8, workers=4, home=fleet_home)
+    assert summary["errors"] == 0 and summary["queries"] > 10 and summary["mean_items"] == 24
+    per_node = summary["requests_per_node"]
+    assert set(per_node) == {"node0", "node1"} and min(per_node.values()) > 0, per_node
+    # every query of 24 items is 3 requests of 8, plus the target's 2 check requests when it is built
+    assert sum(per_node.values()) == 3 * summary["queries"] + 2, (per_node, summary["queries"])
