@@ -176,6 +176,16 @@ class CpuGroup:
         _write(cpu / "cpu.cfs_period_us", str(self.placement.period_us))
         _write(cpu / "cpu.cfs_quota_us", str(self.placement.quota_us or -1))
 
+    def set_quota(self, quota_cores: float | None) -> None:
+        """Change the CPU quota of the created group in place (None: no limit); its processes keep running under
+        the new one from their next CFS period. A cgroup only: the affinity mask has no quota to change."""
+        placement = CpuPlacement(cpus=self.placement.cpus, quota_cores=quota_cores, period_us=self.placement.period_us)
+        if self.mechanism != "cgroup":
+            raise ConfigError(f"CPU group {self.name}: no cgroup ({self.reason or self.mechanism}): its quota cannot "
+                              "change")
+        _write(self.path("cpu") / "cpu.cfs_quota_us", str(placement.quota_us or -1))
+        self.placement = placement
+
     # -- processes --------------------------------------------------------------------------------------------
 
     def launch_prefix(self) -> list[str]:

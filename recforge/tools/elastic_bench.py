@@ -30,6 +30,11 @@ on the apparatus', one node 300 either way; docs/elastic.md).
    (recforge.serving.elastic.report): % of 1-minute windows whose p95 is within the SLO, % of admitted queries over
    the SLO or failed, shed (503 from the balancer) and failed queries, node-seconds, scale reversals per hour,
    seconds to recover after each burst.
+4. **The slow-node fault** (``slow_node_at_s``): that many seconds into each replay, the CPU quota of one serving
+   node (the first in the fleet's state) is cut to ``slow_node_factor`` (default half) of ``node_quota``, in place,
+   as a throttled pod or a noisy neighbour would; the node keeps serving and the controller has only its latency
+   and throughput to notice it (:class:`SlowNode`; the run's ``slow_node`` says which node, when, and the quota).
+   Its p99 against a healthy run of the same trace and calibration is issue 13's fault goal (within 1.2x).
 
 Results: ``$RECFORGE_HOME/bench/elastic.json`` (every run, the per-second series, the calibration, the apparatus
 ceiling) and ``elastic-<policy>.png`` (load, nodes, p95 and SLO over time) of each policy's last run; the table and one
@@ -51,6 +56,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -61,7 +67,7 @@ from recforge.contracts.profile import read_profile
 from recforge.core import config, cpusets
 from recforge.core.cli import json_object, run_step
 from recforge.core.config import Annotated, Field, typed_config
-from recforge.core.errors import ConfigError
+from recforge.core.errors import ConfigError, first_line
 from recforge.core.hw import load_average
 from recforge.core.timing import utc_now
 from recforge.inference.loadgen import run_schedule
@@ -114,6 +120,9 @@ class ElasticBenchConfig:
     timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0  # a query unanswered this long fails
     settle_s: Annotated[float, Field(ge=0, le=120)] = 3.0  # controller ticks before the replay starts
     interval_s: Annotated[float, Field(gt=0, le=10)] = 1.0  # the controller's tick
+    # fault: this many seconds into each replay, one serving node's quota is cut to slow_node_factor x node_quota
+    slow_node_at_s: Annotated[float, Field(ge=0, le=86_400)] | None = None
+    slow_node_factor: Annotated[float, Field(gt=0, lt=1)] = 0.5
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.policies if p not in POLICIES]
@@ -301,6 +310,43 @@ def wait_first_tick(status_file: Path, timeout_s: float = 60.0) -> None:
         time.sleep(0.2)
 
 
+class SlowNode:
+    """The slow-node fault of one replay: :meth:`arm` when the replay starts; ``cfg.slow_node_at_s`` later the CPU
+    quota of the first node in the fleet's state is cut to ``cfg.slow_node_factor`` of its own, in place
+    (recforge.core.cpusets.CpuGroup.set_quota). ``record`` says which node, when (seconds after arming), the quota
+    before and after, or the error that kept the fault from happening (the replay goes on either way)."""
+
+    def __init__(self, fleet_home: Path, cfg: ElasticBenchConfig):
+        self.fleet_home, self.factor = fleet_home, cfg.slow_node_factor
+        self.record: dict[str, Any] = {"at_s": cfg.slow_node_at_s, "factor": cfg.slow_node_factor}
+        self.timer = threading.Timer(float(cfg.slow_node_at_s or 0.0), self.slow)
+        self.timer.daemon = True
+        self.armed_at = 0.0
+
+    def arm(self) -> None:
+        self.armed_at = time.monotonic()
+        self.timer.start()
+
+    def cancel(self) -> None:
+        self.timer.cancel()
+
+    def slow(self) -> None:
+        try:
+            state = fl.read_state(self.fleet_home) or {}
+            name = sorted(state.get("nodes") or {})[0]
+            placement = state["nodes"][name].get("placement")
+            if not placement or placement.get("quota_cores") is None:
+                raise ConfigError(f"{name} has no CPU quota to cut")
+            group = cpusets.CpuGroup.from_state(placement)
+            before = float(placement["quota_cores"])
+            group.set_quota(before * self.factor)
+            self.record.update(node=name, quota_cores_before=before, quota_cores_after=group.placement.quota_cores,
+                               applied_at_s=round(time.monotonic() - self.armed_at, 2))
+        except Exception as err:  # noqa: BLE001 - the replay goes on; the run says the fault did not happen
+            self.record["error"] = first_line(err)
+        print(f"elastic bench: slow-node fault {self.record}", file=sys.stderr, flush=True)
+
+
 def run_policy(name: str, policy: Any, source: fl.ModelSource, cfg: ElasticBenchConfig, *, schedule: Any,
                trace: traces.Trace, model: NodeModel, live: Mapping[str, Any], target: str, home: Path,
                sub_batch: int, slo_ms: float) -> dict[str, Any]:
@@ -308,6 +354,7 @@ def run_policy(name: str, policy: Any, source: fl.ModelSource, cfg: ElasticBench
     fleet_home = home / "fleet"
     nodes = first_nodes(policy, trace, model, ControlConfig().target_utilisation, cfg.max_nodes)
     arrivals, sizes = schedule
+    fault = SlowNode(fleet_home, cfg) if cfg.slow_node_at_s is not None else None
     try:
         state = fl.up(source, fleet_config(cfg, nodes, target), home=fleet_home, controller=live,
                       notes=[f"elastic bench: {name}"])
@@ -318,9 +365,13 @@ def run_policy(name: str, policy: Any, source: fl.ModelSource, cfg: ElasticBench
                                       seed=cfg.seed, pool=cfg.workers, timeout=cfg.timeout_s)
             try:
                 started_at = time.time()
+                if fault is not None:
+                    fault.arm()
                 result = run_schedule(client, arrivals, sizes, duration_s=trace.duration_s, sub_batch=sub_batch,
                                       workers=cfg.workers, drain_timeout_s=cfg.timeout_s, sizes_text=trace.name)
             finally:
+                if fault is not None:
+                    fault.cancel()
                 client.close()
         entry = state["controller"]
         status = json.loads(Path(entry["status_file"]).read_text())
@@ -337,7 +388,7 @@ def run_policy(name: str, policy: Any, source: fl.ModelSource, cfg: ElasticBench
             "queries": result.queries, "answered": result.completed, "p95_ms": result.p95_ms,
             "p99_ms": result.p99_ms, "cpu_steal_pct": result.cpu_steal_pct,
             "controller_shed": (status.get("shed") or {}).get("requests"), "series": series.to_dict(),
-            "_series": series}
+            "slow_node": fault.record if fault is not None else None, "_series": series}
 
 
 def bench(source: fl.ModelSource, cfg: ElasticBenchConfig, *, target: str, notes: Sequence[str] = (),

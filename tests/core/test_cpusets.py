@@ -155,6 +155,23 @@ def test_group_without_quota_clears_it(fake_root):
     assert (fake_root / "cpu" / "recforge" / "n" / "cpu.cfs_quota_us").read_text() == "-1"
 
 
+def test_a_groups_quota_changes_in_place(fake_root):
+    group = cs.CpuGroup("n", cs.CpuPlacement(cpus=(1,), quota_cores=0.2, period_us=10_000), root=fake_root).create()
+    quota = fake_root / "cpu" / "recforge" / "n" / "cpu.cfs_quota_us"
+    assert quota.read_text() == "2000"
+    group.set_quota(0.1)
+    assert quota.read_text() == "1000" and group.placement.quota_cores == 0.1
+    assert (fake_root / "cpu" / "recforge" / "n" / "cpu.cfs_period_us").read_text() == "10000"  # unchanged
+    group.set_quota(None)
+    assert quota.read_text() == "-1" and group.placement.quota_cores is None
+    with pytest.raises(ConfigError, match="exceed the 1 CPU"):
+        group.set_quota(2.0)
+    assert quota.read_text() == "-1"  # a refused quota is not written
+    affinity = cs.CpuGroup("a", cs.CpuPlacement(cpus=(0,), quota_cores=0.5), root=fake_root / "none").create()
+    with pytest.raises(ConfigError, match="no cgroup"):
+        affinity.set_quota(0.25)
+
+
 def test_group_add_usage_and_launch_prefix(fake_root):
     group = cs.CpuGroup("lg", cs.CpuPlacement(cpus=(0,)), root=fake_root).create()
     group.add(4242)

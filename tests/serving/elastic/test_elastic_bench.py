@@ -169,6 +169,44 @@ def test_a_bad_bench_config_is_refused():
         eb.ElasticBenchConfig(profile="calibrated-profile.json")
 
 
+def test_the_slow_node_fault_cuts_the_first_nodes_quota_in_place(tmp_path, monkeypatch):
+    """SlowNode on a fleet state whose nodes have CPU groups under a fake cgroup root: node0's quota is halved in its
+    cgroup file, node1's is not; a node without a quota leaves the record's error and raises nothing."""
+    from recforge.core import cpusets as cs
+    from recforge.serving import fleet as fl
+
+    root = tmp_path / "cgroup"
+    for controller in cs.CONTROLLERS:
+        (root / controller).mkdir(parents=True)
+        (root / controller / "cgroup.procs").write_text("")
+    (root / "cpuset" / "cpuset.cpus").write_text("0-1\n")
+    (root / "cpuset" / "cpuset.mems").write_text("0\n")
+    monkeypatch.setenv(cs.CGROUP_ROOT_ENV, str(root))
+    placements = {name: cs.CpuGroup(f"eb-{name}", cs.CpuPlacement(cpus=(1,), quota_cores=0.2, period_us=10_000))
+                  .create().to_state() for name in ("node1", "node0")}
+    fleet_home = tmp_path / "fleet"
+    fl.fleet_dir(fleet_home).mkdir(parents=True)
+    state = {"nodes": {name: {"placement": placement} for name, placement in placements.items()}}
+    (fl.fleet_dir(fleet_home) / "state.json").write_text(json.dumps(state))
+    cfg = eb.ElasticBenchConfig(slow_node_at_s=0.05)
+    fault = eb.SlowNode(fleet_home, cfg)
+    fault.arm()
+    fault.timer.join(5)
+    assert fault.record["node"] == "node0" and "error" not in fault.record, fault.record
+    assert (fault.record["quota_cores_before"], fault.record["quota_cores_after"]) == (0.2, 0.1)
+    assert fault.record["applied_at_s"] >= 0.05
+    assert (root / "cpu" / "recforge" / "eb-node0" / "cpu.cfs_quota_us").read_text() == "1000"
+    assert (root / "cpu" / "recforge" / "eb-node1" / "cpu.cfs_quota_us").read_text() == "2000"
+
+    state["nodes"]["node0"]["placement"]["quota_cores"] = None
+    (fl.fleet_dir(fleet_home) / "state.json").write_text(json.dumps(state))
+    unlimited = eb.SlowNode(fleet_home, cfg)
+    unlimited.slow()
+    assert unlimited.record["error"] == "node0 has no CPU quota to cut" and "node" not in unlimited.record
+    with pytest.raises(ConfigError, match="slow_node_factor"):
+        eb.ElasticBenchConfig(slow_node_at_s=10, slow_node_factor=1.0)
+
+
 def test_the_simulator_is_set_against_the_live_runs_on_the_same_trace_and_calibration(tmp_path, profile_doc):
     profile = tmp_path / "calibrated-profile.json"
     profile.write_text(json.dumps(profile_doc))
