@@ -31,6 +31,7 @@ from recforge.core import cpusets as cs
 from recforge.core.cli import run_step
 from recforge.core.errors import ConfigError
 from recforge.inference.loadgen import QuerySizes, run_open_loop
+from recforge.inference.loadgen.cli import add_query_arguments
 from recforge.inference.loadgen.settings import check_run_settings
 from recforge.inference.triton import TritonHttpTarget
 from recforge.serving.fleet import Fleet
@@ -72,12 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recforge.tools.fleet_load", description=__doc__.split("\n")[0])
     parser.add_argument("--rate", type=float, default=20.0, help="queries per second (Poisson, open loop)")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds of arrivals")
-    parser.add_argument("--sizes", default="lognormal",
-                        help="items per query: lognormal[:MU,SIGMA] (default 5.1,0.2), normal[:MEAN,STD], fixed:N, "
-                             "or a file of one integer per line")
-    parser.add_argument("--sub-batch", type=int, default=256, help="max items per request (1..1024)")
-    parser.add_argument("--workers", type=int, default=8, help="client threads sending requests")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the arrivals, sizes and inputs")
+    add_query_arguments(parser, sub_batch=256, workers=8)
     parser.add_argument("--model", help="the served model (default: the one the fleet serves)")
     args = parser.parse_args(argv)
     return run_step(lambda: fleet_load(args.rate, args.duration, sizes=args.sizes, sub_batch=args.sub_batch,

@@ -125,16 +125,19 @@ def test_plan_config_checks_its_fields():
 # -- the cgroup files, against a fake cgroup root -----------------------------------------------------------------
 
 
-@pytest.fixture
-def fake_root(tmp_path) -> Path:
-    """/sys/fs/cgroup as cgroup v1 lays it out, for the three controllers a group uses."""
-    root = tmp_path / "cgroup"
+def make_fake_cgroup_root(root: Path, cpus: str = "0-3") -> Path:
+    """/sys/fs/cgroup as cgroup v1 lays it out at ``root``, for the three controllers a group uses, on ``cpus``."""
     for controller in cs.CONTROLLERS:
         (root / controller).mkdir(parents=True)
         (root / controller / "cgroup.procs").write_text("")
-    (root / "cpuset" / "cpuset.cpus").write_text("0-3\n")
+    (root / "cpuset" / "cpuset.cpus").write_text(cpus + "\n")
     (root / "cpuset" / "cpuset.mems").write_text("0\n")
     return root
+
+
+@pytest.fixture
+def fake_root(tmp_path) -> Path:
+    return make_fake_cgroup_root(tmp_path / "cgroup")
 
 
 def test_group_writes_its_cpuset_and_quota(fake_root):

@@ -36,6 +36,19 @@ def _cli_error(err: ConfigError) -> ConfigError:
     return err
 
 
+def add_query_arguments(parser: argparse.ArgumentParser, *, sub_batch: int, workers: int) -> None:
+    """``--sizes``, ``--sub-batch``, ``--workers`` and ``--seed``: the query mix and the client of a load run, for
+    every command that runs the load generator (this one, ``recforge.tools.fleet_load``)."""
+    parser.add_argument("--sizes", default="lognormal",
+                        help="items per query: lognormal[:MU,SIGMA] (default 5.1,0.2), normal[:MEAN,STD], "
+                             "fixed:N, or a file of one integer per line")
+    parser.add_argument("--sub-batch", type=int, default=sub_batch, help="max items per sub-batch, one request or "
+                        f"run each (1..1024, default {sub_batch})")
+    parser.add_argument("--workers", type=int, default=workers, help=f"client threads running sub-batches "
+                        f"(default {workers})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the arrivals, sizes and inputs")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recforge.inference.loadgen",
                                      description="Open-loop DeepRecSys load generator: Poisson queries of many "
@@ -46,13 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--duration", type=float, help="seconds of arrivals (default 10)")
     length.add_argument("--queries", type=int, help="number of queries instead of a duration")
-    parser.add_argument("--sizes", default="lognormal",
-                        help="items per query: lognormal[:MU,SIGMA] (default 5.1,0.2), normal[:MEAN,STD], "
-                             "fixed:N, or a file of one integer per line")
-    parser.add_argument("--sub-batch", type=int, default=64, help="max items per sub-batch (1..1024)")
-    parser.add_argument("--workers", type=int, default=2, help="worker threads running sub-batches")
+    add_query_arguments(parser, sub_batch=64, workers=2)
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads per run")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the arrivals, sizes and inputs")
     parser.add_argument("--max-queue", type=int, help="drop queries arriving while this many wait (default: none)")
     parser.add_argument("--drain-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT_S,
                         help="seconds in-flight work may take after the last arrival")

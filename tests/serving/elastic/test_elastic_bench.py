@@ -174,13 +174,9 @@ def test_the_slow_node_fault_cuts_the_first_nodes_quota_in_place(tmp_path, monke
     cgroup file, node1's is not; a node without a quota leaves the record's error and raises nothing."""
     from recforge.core import cpusets as cs
     from recforge.serving import fleet as fl
+    from tests.core.test_cpusets import make_fake_cgroup_root
 
-    root = tmp_path / "cgroup"
-    for controller in cs.CONTROLLERS:
-        (root / controller).mkdir(parents=True)
-        (root / controller / "cgroup.procs").write_text("")
-    (root / "cpuset" / "cpuset.cpus").write_text("0-1\n")
-    (root / "cpuset" / "cpuset.mems").write_text("0\n")
+    root = make_fake_cgroup_root(tmp_path / "cgroup", "0-1")
     monkeypatch.setenv(cs.CGROUP_ROOT_ENV, str(root))
     placements = {name: cs.CpuGroup(f"eb-{name}", cs.CpuPlacement(cpus=(1,), quota_cores=0.2, period_us=10_000))
                   .create().to_state() for name in ("node1", "node0")}
