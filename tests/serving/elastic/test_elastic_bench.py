@@ -174,6 +174,7 @@ def test_the_slow_node_fault_cuts_the_first_nodes_quota_in_place(tmp_path, monke
     cgroup file, node1's is not; a node without a quota leaves the record's error and raises nothing."""
     from recforge.core import cpusets as cs
     from recforge.serving import fleet as fl
+    from recforge.serving.fleet.state import STATE_VERSION
     from tests.core.test_cpusets import make_fake_cgroup_root
 
     root = make_fake_cgroup_root(tmp_path / "cgroup", "0-1")
@@ -182,7 +183,8 @@ def test_the_slow_node_fault_cuts_the_first_nodes_quota_in_place(tmp_path, monke
                   .create().to_state() for name in ("node1", "node0")}
     fleet_home = tmp_path / "fleet"
     fl.fleet_dir(fleet_home).mkdir(parents=True)
-    state = {"nodes": {name: {"placement": placement} for name, placement in placements.items()}}
+    state = {"version": STATE_VERSION,
+             "nodes": {name: {"placement": placement} for name, placement in placements.items()}}
     (fl.fleet_dir(fleet_home) / "state.json").write_text(json.dumps(state))
     cfg = eb.ElasticBenchConfig(slow_node_at_s=0.05)
     fault = eb.SlowNode(fleet_home, cfg)
