@@ -316,7 +316,7 @@ class LiveController:
             if done["kind"] == "shed" and done["applied"]:
                 self.shed_now = float(done["value"])
         scale = None if hands_off else plan_scale(
-            decision, nodes_now=len(nodes), managed={n: weights_now.get(n) for n in managed},
+            decision, nodes_now=len(nodes), managed=weights_after(managed, weights_now, applied),
             unhealthy=list(problems), min_nodes=low, max_nodes=high, in_flight=self.operator.in_flight(),
             blocked=self.operator.blocked())
         if scale is not None:
@@ -435,6 +435,18 @@ class LazyFleet:
 
     def remove_node(self, name: str) -> dict[str, Any]:
         return Fleet(self.home).remove_node(name)
+
+
+def weights_after(managed: Sequence[str], weights_now: Mapping[str, int], applied: Sequence[Mapping[str, Any]]
+                  ) -> dict[str, int | None]:
+    """Each managed node's weight once this tick's applied weight and drain actions took effect: the scale-in choice
+    (live_scaling.removal_candidate) must see a node drained in this very tick as out of rotation, or it removes a
+    healthy node and leaves the drained one alone (a live slow-node run once had no ready node for 5 s that way)."""
+    weights: dict[str, int | None] = {n: weights_now.get(n) for n in managed}
+    for done in applied:
+        if done.get("kind") in ("weight", "drain") and done.get("applied") and done.get("node") in weights:
+            weights[done["node"]] = int(done["value"])
+    return weights
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -57,6 +57,21 @@ def test_the_node_out_of_rotation_is_removed_first():
     assert removal_candidate({"node0": 128}, []) is None
 
 
+def test_a_node_drained_in_the_same_tick_is_the_one_removed():
+    """A slow node drained this tick and a scale-in decided in the same tick: the drained node goes, not a healthy
+    one (a live slow-node run removed node1 while node0 was drained, and had no ready node for 5 s)."""
+    from recforge.serving.elastic.live import weights_after
+
+    applied = [{"kind": "drain", "node": "node0", "value": 0, "applied": True},
+               {"kind": "weight", "node": "node2", "value": 64, "applied": False},  # failed: its weight stays
+               {"kind": "shed", "node": None, "value": 0.1, "applied": True}]
+    weights = weights_after(["node0", "node1", "node2"], {"node0": 128, "node1": 128, "node2": 128}, applied)
+    assert weights == {"node0": 0, "node1": 128, "node2": 128}
+    assert removal_candidate(weights, []) == "node0"
+    assert scale(2, nodes_now=3, managed=weights).node == "node0"
+    assert weights_after(["node0", "node1"], {"node0": 128}, []) == {"node0": 128, "node1": None}
+
+
 def test_scale_in_waits_for_the_laws_stabilisation_window(node_model):
     law = ElasticController(node_model, ControlConfig(min_nodes=1, max_nodes=4, scale_down_window_s=60.0))
     names = ("node0", "node1", "node2")
