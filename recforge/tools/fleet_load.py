@@ -22,12 +22,10 @@ prints the load generator's summary (recforge.inference.loadgen.results.LoadResu
 from __future__ import annotations
 
 import argparse
-import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from recforge.core import cpusets as cs
 from recforge.core.cli import run_step
 from recforge.core.errors import ConfigError
 from recforge.inference.loadgen import QuerySizes, run_open_loop
@@ -35,7 +33,7 @@ from recforge.inference.loadgen.cli import add_query_arguments
 from recforge.inference.loadgen.settings import check_run_settings
 from recforge.inference.triton import TritonHttpTarget
 from recforge.serving.fleet import Fleet
-from recforge.tools.perf_fleet import apparatus_group, fleet_spec, node_requests, served_model
+from recforge.tools.perf_fleet import fleet_spec, on_the_apparatus, served_model
 
 
 def fleet_load(rate_qps: float, duration_s: float, *, sizes: str = "lognormal", sub_batch: int = 256,
@@ -43,30 +41,21 @@ def fleet_load(rate_qps: float, duration_s: float, *, sizes: str = "lognormal", 
                home: str | Path | None = None) -> dict[str, Any]:
     """One open-loop run of Poisson queries through the fleet's balancer; the load summary and the requests each
     node answered (HAProxy's counters before and after)."""
-    check_run_settings(rate_qps, duration_s, None, sub_batch, workers, seed, None, 10.0)
+    check_run_settings(rate_qps, duration_s, sub_batch=sub_batch, workers=workers, seed=seed)
     query_sizes = QuerySizes.parse(sizes)
     fleet = Fleet(home)
     model = served_model(fleet, model)
     spec, origin = fleet_spec(fleet, model)
     if spec is None:
         raise ConfigError(f"{origin}; the load generator needs the served model's feature spec")
-    group = apparatus_group(fleet)
-    before = node_requests(fleet)
-    try:
-        with cs.this_process_in(group) if group is not None else contextlib.nullcontext():
-            target = TritonHttpTarget(fleet.url, model, spec, max_batch=sub_batch, seed=seed, pool=workers)
-            try:
-                result = run_open_loop(target, rate_qps, duration_s=duration_s, sizes=query_sizes,
-                                       sub_batch=sub_batch, workers=workers, seed=seed)
-            finally:
-                target.close()
-    finally:
-        if group is not None:
-            group.remove()
-    after = node_requests(fleet)
-    return {"url": fleet.url, "model": model, "sizes": sizes, **result.to_dict(),
-            "requests_per_node": {name: after.get(name, 0) - before.get(name, 0) for name in sorted(after)},
-            "apparatus_cpus": group.placement.cpu_list if group else None}
+    with on_the_apparatus(fleet) as figures:
+        target = TritonHttpTarget(fleet.url, model, spec, max_batch=sub_batch, seed=seed, pool=workers)
+        try:
+            result = run_open_loop(target, rate_qps, duration_s=duration_s, sizes=query_sizes, sub_batch=sub_batch,
+                                   workers=workers, seed=seed)
+        finally:
+            target.close()
+    return {"url": fleet.url, "model": model, "sizes": sizes, **result.to_dict(), **figures}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

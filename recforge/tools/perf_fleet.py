@@ -30,7 +30,7 @@ import json
 import os
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,29 +80,40 @@ def apparatus_group(fleet: Fleet) -> cs.CpuGroup | None:
     return cs.CpuGroup(f"perf-fleet-{os.getpid()}", cs.CpuPlacement(cpus=cs.parse_cpu_list(cpus)))
 
 
+@contextlib.contextmanager
+def on_the_apparatus(fleet: Fleet) -> Iterator[dict[str, Any]]:
+    """Run the block on the fleet plan's apparatus CPUs (where it is without a plan). The dict it yields gets
+    ``apparatus_cpus`` at once and, when the block ends without an error, ``requests_per_node``: each node's
+    requests across the block (HAProxy's counters before and after)."""
+    group = apparatus_group(fleet)
+    figures: dict[str, Any] = {"apparatus_cpus": group.placement.cpu_list if group else None}
+    before = node_requests(fleet)
+    try:
+        with cs.this_process_in(group) if group else contextlib.nullcontext():
+            yield figures
+    finally:
+        if group is not None:
+            group.remove()
+    after = node_requests(fleet)
+    figures["requests_per_node"] = {name: after.get(name, 0) - before.get(name, 0) for name in sorted(after)}
+
+
 def perf_fleet(options: PerfOptions, *, home: str | Path | None = None, out: str | Path | None = None,
                echo: bool = True) -> tuple[PerfRun, dict[str, Any]]:
     """Run perf_analyzer through the fleet's balancer, on the fleet's apparatus CPUs when it has a CPU plan; (the
     run, its summary). With ``echo``, perf_analyzer's own output is printed to stderr as soon as it finishes."""
     fleet = Fleet(home)
     spec, spec_origin = fleet_spec(fleet, options.model)
-    group = apparatus_group(fleet)
-    before = node_requests(fleet)
-    try:
-        with cs.this_process_in(group) if group else contextlib.nullcontext():
-            run = run_perf_analyzer(fleet.url, options, spec=spec, workdir=out)
-    finally:
-        if group is not None:
-            group.remove()
-    after = node_requests(fleet)
+    with on_the_apparatus(fleet) as figures:
+        run = run_perf_analyzer(fleet.url, options, spec=spec, workdir=out)
     if echo:
         print("$ " + " ".join(run.command), file=sys.stderr)
         print(run.stdout.rstrip(), file=sys.stderr, flush=True)
     summary = {
         "url": fleet.url, "model": options.model, **run.result.to_dict(),
-        "requests_per_node": {name: after.get(name, 0) - before.get(name, 0) for name in sorted(after)},
+        "requests_per_node": figures["requests_per_node"],
         "input_data": {"spec": spec_origin, "inputs": run.input_sources},
-        "apparatus_cpus": group.placement.cpu_list if group else None,
+        "apparatus_cpus": figures["apparatus_cpus"],
     }
     return run, summary
 
