@@ -13,8 +13,12 @@ parameters):
   smoothed one by ``panic_ratio`` (a burst); down only to the largest of ceil(smoothed rate / (per node x (1 -
   ``scale_down_tolerance``))) over the last ``scale_down_window_s``, at most ``scale_down_step`` of the nodes per
   tick;
-- weights proportional to c_i; a node with c_i < ``drain_below`` or p95 > ``drain_p95_factor`` x SLO for
-  ``drain_after_ticks`` ticks gets weight 0 (drained) and is replaced;
+- weights proportional to c_i; a node whose c_i < ``drain_below`` x the median c of its peers (the other ready
+  nodes), or whose p95 exceeds ``drain_p95_factor`` x both the SLO and its peers' median p95 for
+  ``drain_after_ticks`` ticks, gets weight 0 (drained) and is replaced. Relative to the peers, because a node slower
+  than they are is degraded, while a whole fleet slower than its profile (nodes sharing a CPU at the peak) or
+  overloaded is the capacity model's and the admission's matter: draining healthy nodes then only cuts capacity. A
+  lone node has no peers and is never drained by the law;
 - batching: throughput-optimal above ``batching_high`` fleet utilisation, latency-optimal below ``batching_low``;
 - admission: shed 1 - carryable / arrival when the ready nodes cannot carry the arrivals at their LBT and serve
   what is queued on them within ``queue_drain_s``; and, between ticks, the balancer answers 503 at once to a
@@ -107,7 +111,7 @@ class ControlConfig:
     correction_min: Annotated[float, Field(gt=0, le=1)] = 0.1
     correction_max: Annotated[float, Field(ge=1, le=4)] = 1.5
     min_measured_load: Annotated[float, Field(ge=0, le=1)] = 0.3  # measure c_i only above this share of saturation
-    drain_below: Annotated[float, Field(ge=0, lt=1)] = 0.4
+    drain_below: Annotated[float, Field(ge=0, lt=1)] = 0.4  # of the median correction of the node's peers
     drain_p95_factor: Annotated[float, Field(gt=1)] = 2.0
     drain_after_ticks: Annotated[int, Field(ge=1)] = 5
     batching_high: Annotated[float, Field(gt=0, le=1.5)] = 0.8
@@ -135,6 +139,14 @@ def max_nodes_for_cpus(cpus: int, cores_per_node: float) -> int:
     if cores_per_node <= 0:
         raise ConfigError(f"cores_per_node must be > 0, got {cores_per_node}")
     return max(1, math.floor(cpus / cores_per_node + 1e-9))
+
+
+def peer_median(values: np.ndarray) -> np.ndarray:
+    """For each element, the median of the others (NaN for a lone element: no peers, so every comparison with
+    them is false)."""
+    if len(values) < 2:
+        return np.full(len(values), np.nan)
+    return np.array([np.median(np.delete(values, i)) for i in range(len(values))])
 
 
 class NodeCorrections:
@@ -198,7 +210,9 @@ class ElasticController:
         f = self.corrections.factor
         f[:] = np.where(informative, (1 - c.correction_alpha) * f + c.correction_alpha * measured, f)
         self.corrections.measured += informative
-        slow = s.p95_ms > c.drain_p95_factor * c.slo_p95_ms
+        # slow: over drain_p95_factor x the SLO and x its peers' p95 (when every node is that slow, it is overload:
+        # the scale and admission parts' matter, not a degraded node)
+        slow = (s.p95_ms > c.drain_p95_factor * c.slo_p95_ms) & (s.p95_ms > c.drain_p95_factor * peer_median(s.p95_ms))
         self.corrections.slow_ticks[:] = np.where(slow, self.corrections.slow_ticks + 1, 0)
 
     def _smoothed_rate(self, s: FleetSignals) -> tuple[float, float]:
@@ -229,7 +243,8 @@ class ElasticController:
         self.corrections.align(s.node_names)
         self._measure(s)
         factor = self.corrections.factor
-        drained_mask = (factor < c.drain_below) | (self.corrections.slow_ticks >= c.drain_after_ticks)
+        drained_mask = (factor < c.drain_below * peer_median(factor)) | (
+            self.corrections.slow_ticks >= c.drain_after_ticks)
         healthy = ~drained_mask
         lbt = self.model.lbt_at(s.mix_cost_ratio)
         mean_factor = float(factor[healthy].mean()) if healthy.any() else 1.0

@@ -18,6 +18,7 @@ from recforge.serving.elastic.control import (
     ElasticController,
     FleetSignals,
     max_nodes_for_cpus,
+    peer_median,
 )
 from recforge.serving.elastic.report import reversals
 
@@ -115,6 +116,28 @@ def test_a_slow_node_gets_less_weight_and_a_degraded_one_is_drained(node_model):
     decision = controller.decide(fleet(node_model, 34, rate, 4, p95_override=degraded))
     assert decision.drained == ("n3",)
     assert decision.weights["n3"] == 0 and min(decision.weights[n] for n in ("n0", "n1", "n2")) > 0
+
+
+def test_only_a_node_slower_than_its_peers_is_drained_not_a_fleet_slower_than_its_profile(node_model):
+    """Stop 27's slow-node run: at the day's peak every node's correction fell to x0.33-0.65 (nodes sharing one
+    CPU do not add up) and an absolute threshold drained healthy nodes. A fleet slow as a whole keeps serving (the
+    re-profile flag names it); a node far below its peers is drained."""
+    rate = 4 * 0.9 * node_model.saturation_qps
+    whole = ElasticController(node_model, ControlConfig(max_nodes=4))
+    for t in range(40):
+        decision = whole.decide(fleet(node_model, t, rate, 4, mode=whole.mode, speeds=[0.35] * 4))
+    assert (whole.corrections.factor < 0.4).all()  # under the old absolute drain_below
+    assert decision.drained == () and min(decision.weights.values()) > 0
+    assert set(decision.reprofile) == {"n0", "n1", "n2", "n3"}
+
+    one = ElasticController(node_model, ControlConfig(max_nodes=4))
+    for t in range(40):
+        decision = one.decide(fleet(node_model, t, rate / 2, 4, mode=one.mode, speeds=[1, 1, 1, 0.2]))
+    factor = one.corrections.factor
+    assert factor[3] < 0.4 * np.median(factor[:3])
+    assert decision.drained == ("n3",) and decision.weights["n3"] == 0
+    assert np.isnan(peer_median(np.array([0.5]))).all()  # a lone node has no peers to be slower than
+    assert peer_median(np.array([1.0, 0.2])).tolist() == [0.2, 1.0]
 
 
 def test_a_node_off_its_profile_is_flagged_for_re_profiling_once_measured_enough(node_model):
