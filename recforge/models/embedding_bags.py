@@ -300,6 +300,12 @@ class FusedEmbeddingBags(nn.Module):
 
     def forward(self, indices: torch.Tensor, lengths: torch.Tensor,
                 per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+        return self.pool(indices, lengths, per_sample_weights)
+
+    def pool(self, indices: torch.Tensor, lengths: torch.Tensor,
+             per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """What ``forward`` returns (a method of its own, which a subclass's forward can call: TorchScript has no
+        ``super()``)."""
         problem = self.id_problem(indices, lengths, self.strict_ids)
         if problem:
             if torch.jit.is_scripting():

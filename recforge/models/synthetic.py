@@ -17,9 +17,10 @@ probability float32    [B]           sigmoid of the top MLP's logit
 
 B = batch, T = tables, R = rows per table, D = embedding dim, Dd = dense features.
 
-Sum pooling is a prefix sum over the gathered rows read at the bag ends (``C[end] - C[start]``): it exports to
-plain Gather/CumSum/Sub (``nn.EmbeddingBag`` exports to an ONNX ``Loop``, which onnxruntime runs element by
-element), and needs no padding, so a bag of 300 ids costs 300 gathers, not ``max_pooling``.
+Sum pooling (``recforge.models.arches.JaggedSumPooling``, the ``pooling`` module of every synthetic model: the RMCs
+here, MT-WnD and DIEN) is a prefix sum over the gathered rows read at the bag ends (``C[end] - C[start]``): it
+exports to plain Gather/CumSum/Sub (``nn.EmbeddingBag`` exports to an ONNX ``Loop``, which onnxruntime runs element
+by element), and needs no padding, so a bag of 300 ids costs 300 gathers, not ``max_pooling``.
 
 Inputs (``synthetic_inputs``, ``InputPool``): ids per table ~ Zipf(alpha) over the table's rows (rank k has
 probability ∝ k^-alpha; ranks are scattered over the rows by a fixed per-table bijection, so hot rows are
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recforge.models.arches import MLP, check_layer_sizes, check_positive_int
+from recforge.models.arches import MLP, JaggedSumPooling, check_layer_sizes, check_positive_int
 
 INPUT_NAMES: tuple[str, ...] = ("dense", "indices", "lengths")
 OUTPUT_NAME = "probability"
@@ -134,13 +135,15 @@ class RmcSpec(JaggedTables):
     @property
     def mlp_macs_per_item(self) -> int:
         """Multiply-accumulates of the two MLPs per item (the pooling's adds are counted as bytes, not MACs)."""
-        total, width = 0, self.dense_features
-        for size in self.bottom_mlp:
-            total, width = total + width * size, size
-        width = self.interaction_dim
-        for size in self.top_mlp:
-            total, width = total + width * size, size
-        return total
+        return mlp_macs(self.dense_features, self.bottom_mlp) + mlp_macs(self.interaction_dim, self.top_mlp)
+
+
+def mlp_macs(width: int, sizes: Sequence[int]) -> int:
+    """Multiply-accumulates per item of Linear layers ``width`` -> sizes[0] -> sizes[1] -> ..."""
+    total = 0
+    for size in sizes:
+        total, width = total + width * size, size
+    return total
 
 
 # DeepRecSys' own model definitions (harvard-acc/DeepRecSys, models/configs/dlrm_rm{1,2,3}.json, the configs the
@@ -194,19 +197,12 @@ class SyntheticDLRM(nn.Module):
         weight = torch.empty(spec.num_tables * spec.rows_per_table, spec.embedding_dim)
         bound = 1.0 / math.sqrt(spec.rows_per_table)
         weight.uniform_(-bound, bound, generator=generator)
-        self.tables = nn.Embedding.from_pretrained(weight, freeze=True)
+        self.pooling = JaggedSumPooling(weight)  # the one pooling module every synthetic model has
         self.requires_grad_(False)  # inference only: random weights are never trained
 
     def pooled(self, indices: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """[N] ids + [B, T] lengths -> [B, T*D] per-table sums (empty bag -> zeros)."""
-        prefix = torch.cumsum(self.tables(indices), dim=0)  # [N, D]: prefix[i] = rows[0] + ... + rows[i]
-        ends = torch.cumsum(lengths.flatten(), dim=0)  # [B*T], exclusive end of each bag
-        starts = ends - lengths.flatten()
-        # sum(rows[start:end]) = prefix[end-1] - prefix[start-1], with prefix[-1] = 0: masked instead of
-        # prepending a zero row (a Concat that copies all N rows). An empty bag gives exactly 0.
-        upper = prefix[(ends - 1).clamp(min=0)] * (ends > 0).unsqueeze(1).to(prefix.dtype)
-        lower = prefix[(starts - 1).clamp(min=0)] * (starts > 0).unsqueeze(1).to(prefix.dtype)
-        return (upper - lower).reshape(lengths.shape[0], -1)  # [B, T*D]
+        return self.pooling(indices, lengths).flatten(start_dim=1)
 
     def logits(self, dense: torch.Tensor, indices: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         interacted = torch.cat([self.bottom(dense), self.pooled(indices, lengths)], dim=1)  # [B, interaction_dim]
@@ -221,7 +217,7 @@ def reference_forward(model: SyntheticDLRM, dense: torch.Tensor, indices: torch.
     """The same probabilities through ``nn.functional.embedding_bag`` (sum): an independent check of ``pooled``."""
     flat = lengths.flatten()
     offsets = torch.cumsum(flat, 0) - flat
-    pooled = nn.functional.embedding_bag(indices, model.tables.weight, offsets, mode="sum")
+    pooled = nn.functional.embedding_bag(indices, model.pooling.table.weight, offsets, mode="sum")
     interacted = torch.cat([model.bottom(dense), pooled.reshape(lengths.shape[0], -1)], dim=1)
     return torch.sigmoid(model.top(interacted).squeeze(-1))
 
@@ -374,7 +370,7 @@ def onnx_files(path: str | os.PathLike) -> list[Path]:
 
 __all__ = [
     "DEFAULT_TABLE_ROWS_SCALE", "INPUT_NAMES", "InputPool", "OUTPUT_NAME", "RMC_SPECS", "RmcSpec", "SyntheticDLRM",
-    "export_synthetic_onnx", "full_set_table_bytes", "onnx_files", "pooling_factors", "rank_to_row",
+    "export_synthetic_onnx", "full_set_table_bytes", "mlp_macs", "onnx_files", "pooling_factors", "rank_to_row",
     "reference_forward", "rmc_spec", "synthetic_inputs", "torch_inputs", "zipf_ranks",
 ]
 
@@ -404,6 +400,13 @@ class MtWndSpec(JaggedTables):
     def interaction_dim(self) -> int:
         return self.dense_features + self.num_tables * self.embedding_dim
 
+    @property
+    def mlp_macs_per_item(self) -> int:
+        """Multiply-accumulates of the Linear layers per item: the shared bottom and every task's head (the model
+        computes them all; the output is task 0's)."""
+        return (mlp_macs(self.interaction_dim, self.shared_mlp)
+                + self.num_tasks * mlp_macs(self.shared_mlp[-1], self.task_mlp))
+
 
 @dataclass(frozen=True)
 class DienSpec(JaggedTables):
@@ -430,6 +433,15 @@ class DienSpec(JaggedTables):
     @property
     def top_input_dim(self) -> int:
         return self.interest_dim + 3 * self.embedding_dim + self.dense_features
+
+    @property
+    def mlp_macs_per_item(self) -> int:
+        """Multiply-accumulates of the Linear layers per item: per behaviour step the extractor GRU's gates
+        (3 x (D + H) x H) and the AUGRU's (3 x 2H x H), the attention's projection of the target (D x H) and the
+        interest's output layer (H x H) once, and the top MLP."""
+        d, h = self.embedding_dim, self.interest_dim
+        steps = self.sequence_length * (3 * (d + h) * h + 3 * 2 * h * h)
+        return steps + d * h + h * h + mlp_macs(self.top_input_dim, self.top_mlp)
 
 
 # DeepRecSys' models/configs/mtwnd.json and dien.json: 41 tables of 500K rows and 2 of 5M (here all 43 at 500K:

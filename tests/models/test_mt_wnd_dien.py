@@ -22,18 +22,15 @@ from recforge.models.synthetic import (
     OUTPUT_NAME,
     DienSpec,
     MtWndSpec,
+    RmcSpec,
+    SyntheticDLRM,
     export_synthetic_onnx,
     family_spec,
     synthetic_inputs,
     torch_inputs,
 )
 from recforge.pipeline.compression.prune import architecture_hyperparams, prunable_layers, prune_model
-from tests.models.testutil import small_spec
-
-TINY_MTWND = MtWndSpec("tiny_mt_wnd", num_tables=3, rows_per_table=1000, lookups_per_table=4, embedding_dim=8,
-                       dense_features=5, shared_mlp=(16, 8), task_mlp=(6, 1), num_tasks=3)
-TINY_DIEN = DienSpec("tiny_dien", num_tables=7, rows_per_table=1000, lookups_per_table=2, embedding_dim=8,
-                     dense_features=5, interest_dim=6, top_mlp=(12, 1))
+from tests.models.testutil import TINY_DIEN, TINY_MTWND, small_spec
 
 
 def test_mt_wnd_task_logits_have_one_column_per_task_and_task_0_is_served():
@@ -115,6 +112,26 @@ def test_synthetic_models_forward_and_export_match_onnxruntime(tmp_path, model_c
             expected = model(**torch_inputs(feed)).numpy()
         assert actual.shape == (batch,)
         assert np.max(np.abs(actual - expected)) < 1e-5
+
+
+@pytest.mark.parametrize("model_class, spec", [
+    (SyntheticDLRM, RmcSpec("tiny_rmc", 3, 1000, 4, 8, 5, (16, 8), (12, 1))),
+    (SyntheticMtWnd, TINY_MTWND), (SyntheticDIEN, TINY_DIEN)], ids=["rmc", "mt_wnd", "dien"])
+def test_mlp_macs_per_item_counts_every_linear_layer_the_model_runs(model_class, spec):
+    """The physical limit's compute term (2 x MACs per item / GEMM peak) rests on the spec's count: here it is
+    checked against the multiply-accumulates of every Linear call of a real forward pass."""
+    model = model_class(spec, seed=0)
+    macs = [0]
+
+    def count(module, args, _out):
+        macs[0] += module.out_features * args[0].numel()  # rows x in_features x out_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        model(**torch_inputs(synthetic_inputs(spec, 8, seed=1)))
+    for hook in hooks:
+        hook.remove()
+    assert macs[0] / 8 == spec.mlp_macs_per_item
 
 
 def test_synthetic_mt_wnd_has_a_head_per_task():

@@ -70,9 +70,10 @@ def test_forward_shape_and_pooling_matches_embedding_bag():
 
 def test_seeded_weights_are_reproducible():
     a, b, c = SyntheticDLRM(TINY, seed=3), SyntheticDLRM(TINY, seed=3), SyntheticDLRM(TINY, seed=4)
-    assert torch.equal(a.tables.weight, b.tables.weight) and torch.equal(a.top.layers[0].weight, b.top.layers[0].weight)
-    assert not torch.equal(a.tables.weight, c.tables.weight)
-    assert a.tables.weight.abs().max() <= 1 / math.sqrt(TINY.rows_per_table)
+    assert torch.equal(a.pooling.table.weight, b.pooling.table.weight)
+    assert torch.equal(a.top.layers[0].weight, b.top.layers[0].weight)
+    assert not torch.equal(a.pooling.table.weight, c.pooling.table.weight)
+    assert a.pooling.table.weight.abs().max() <= 1 / math.sqrt(TINY.rows_per_table)
 
 
 def test_ids_follow_zipf_rank_frequency_law():

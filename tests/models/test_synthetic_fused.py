@@ -1,5 +1,6 @@
-"""recforge.models.synthetic_fused: every fused variant against the synthetic DLRM, the TorchScript round trip, and
-the refusals at load (tables smaller than the spec's ids) and at the first call (ids outside their table)."""
+"""recforge.models.synthetic_fused: every fused variant against the synthetic DLRM (and MT-WnD's and DIEN's against
+theirs), the TorchScript round trip, and the refusals at load (tables smaller than the spec's ids) and at the first
+call (ids outside their table)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,20 @@ import pytest
 import torch
 
 from recforge.core.errors import ConfigError, DataError
+from recforge.models.dien import SyntheticDIEN
+from recforge.models.mt_wnd import SyntheticMtWnd
 from recforge.models.synthetic import RmcSpec, SyntheticDLRM, synthetic_inputs, torch_inputs
 from recforge.models.synthetic_fused import (
     FUSED_VARIANTS,
     METADATA_FILE,
     TorchScriptSession,
+    fused_model,
     fused_variant,
     load_torchscript,
     save_torchscript,
     variant_precisions,
 )
+from tests.models.testutil import TINY_DIEN, TINY_MTWND
 
 TINY = RmcSpec("tiny", num_tables=3, rows_per_table=1000, lookups_per_table=6, embedding_dim=8, dense_features=13,
                bottom_mlp=(16, 8), top_mlp=(16, 1))
@@ -59,6 +64,39 @@ def test_torchscript_round_trip_gives_the_same_outputs(variant, source, feed, tm
     assert session.metadata["format"] == "torchscript" and session.metadata["spec"]["name"] == "tiny"
     row_bytes = {"fp32": 4 * 8, "int8": 8 + 8, "int4": 4 + 4}[tables]
     assert session.metadata["table_bytes"] == 3 * 1000 * row_bytes
+
+
+@pytest.mark.parametrize("model_class, spec", [(SyntheticMtWnd, TINY_MTWND), (SyntheticDIEN, TINY_DIEN)],
+                         ids=["mt_wnd", "dien"])
+@pytest.mark.parametrize("variant", ["fp32", "int8_tables", "int4_tables+int8_mlp"])
+def test_mt_wnd_and_dien_are_served_fused_in_torchscript_too(model_class, spec, variant, tmp_path):
+    """Issue 14 item 4: the other DeepRecSys families' synthetic presets in the chosen format, their ids pooled by
+    the fused kernels (DIEN's GRU and attention and MT-WnD's task heads unchanged around them)."""
+    source = model_class(spec, seed=0)
+    feed = synthetic_inputs(spec, 32, seed=3)
+    model = fused_variant(source, variant)
+    assert type(model) is model_class and model.pooling.precision == variant_precisions(variant)[0]
+    assert model.pooling.table_names[0] == f"{spec.name}.table0"
+    with torch.no_grad():
+        fp32 = source(**torch_inputs(feed)).numpy()
+        eager = model(**torch_inputs(feed)).numpy()
+    session = TorchScriptSession(save_torchscript(model, tmp_path / "model.pt"), spec)
+    served = session.run(feed)
+    np.testing.assert_array_equal(served, eager)
+    assert np.abs(served - fp32).max() <= TOLERANCE[variant]
+    assert session.metadata["model"] == model_class.__name__ and session.metadata["spec"]["name"] == spec.name
+    with pytest.raises(ConfigError, match=f"embedding table '{spec.name}.table0' .* has 1000 rows"):
+        TorchScriptSession(tmp_path / "model.pt", dataclasses.replace(spec, rows_per_table=2000))
+    beyond = {**feed, "indices": feed["indices"].copy()}
+    beyond["indices"][-1] = spec.num_tables * spec.rows_per_table  # past the fused table
+    with pytest.raises(DataError, match=f"embedding table '{spec.name}.table{spec.num_tables - 1}'"):
+        session.run(beyond)
+    assert source.pooling.table.weight.shape[0] == spec.num_tables * 1000  # the source keeps its own table
+
+
+def test_only_a_model_with_jagged_pooling_can_be_fused():
+    with pytest.raises(ConfigError, match="Linear has no jagged 'pooling' module"):
+        fused_model(torch.nn.Linear(2, 2))
 
 
 def test_a_table_smaller_than_the_declared_ids_is_refused_at_load(source, tmp_path):

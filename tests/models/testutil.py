@@ -6,6 +6,12 @@ from __future__ import annotations
 import dataclasses
 
 from recforge.contracts.features import FeatureSpec, example_spec
+from recforge.models.synthetic import DienSpec, MtWndSpec
+
+TINY_MTWND = MtWndSpec("tiny_mt_wnd", num_tables=3, rows_per_table=1000, lookups_per_table=4, embedding_dim=8,
+                       dense_features=5, shared_mlp=(16, 8), task_mlp=(6, 1), num_tasks=3)
+TINY_DIEN = DienSpec("tiny_dien", num_tables=7, rows_per_table=1000, lookups_per_table=2, embedding_dim=8,
+                     dense_features=5, interest_dim=6, top_mlp=(12, 1))
 
 
 def small_spec() -> FeatureSpec:

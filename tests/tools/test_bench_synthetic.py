@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+from recforge.models.synthetic_fused import synthetic_preset
 from recforge.tools.bench.config import BenchConfig
 from recforge.tools.bench.report import format_markdown
 from recforge.tools.bench.synthetic import bench_synthetic, main, with_gather_rates
@@ -55,6 +56,25 @@ def test_every_format_and_precision_is_measured_with_its_table_memory(tiny_row):
     assert row["fused_vs_onnx"]["int8_tables"] == pytest.approx(
         row["fused"]["int8_tables"]["roofline"]["measured_items_per_s"] / base)
     assert list(workdir.iterdir()) == []  # the ONNX and TorchScript files are cleaned up
+
+
+@pytest.mark.parametrize("name", ["mt_wnd", "dien"])
+def test_mt_wnd_and_dien_are_benched_like_the_rmcs_their_compute_in_the_limit(name, tmp_path):
+    """Issue 14 item 4: the other DeepRecSys families through the same formats and precisions. One id per table
+    (43 lookups per item) and their MLPs (DIEN: two GRUs over 40 steps) make them compute-bound at these rates,
+    so the limit is the fp32 GEMM peak over 2 x the spec's MACs per item."""
+    cfg = BenchConfig.from_dict({"synthetic": [name], "table_rows_scale": 1e-6, "synthetic_batches": [1, 8],
+                                 "synthetic_sub_batch": 8, "synthetic_lbt": False, "latency_repeats": 1,
+                                 "synthetic_fused": ["fp32", "int4_tables+int8_mlp"], "mlflow": False})
+    row = bench_synthetic(name, cfg, fake_limits(), tmp_path)
+    assert row["model"] == name and row["spec"]["num_tables"] == 43
+    assert set(row["variants"]) == {"fp32", "int8"} and list(row["fused"]) == ["fp32", "int4_tables+int8_mlp"]
+    macs = synthetic_preset(name, 1e-6).mlp_macs_per_item
+    for figures in (row["variants"]["fp32"], row["fused"]["fp32"]):
+        roof = figures["roofline"]
+        assert roof["bound"] == "compute" and roof["items_per_s"] == pytest.approx(1e11 / (2 * macs))
+    assert row["fused"]["fp32"]["table_bytes"] == 43 * 1000 * 32 * 4
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_report_shows_every_variant_with_its_table_memory(tiny_row):

@@ -13,12 +13,13 @@ parameters):
   smoothed one by ``panic_ratio`` (a burst); down only to the largest of ceil(smoothed rate / (per node x (1 -
   ``scale_down_tolerance``))) over the last ``scale_down_window_s``, at most ``scale_down_step`` of the nodes per
   tick;
-- weights proportional to c_i; a node whose c_i < ``drain_below`` x the median c of its peers (the other ready
-  nodes), or whose p95 exceeds ``drain_p95_factor`` x both the SLO and its peers' median p95 for
-  ``drain_after_ticks`` ticks, gets weight 0 (drained) and is replaced. Relative to the peers, because a node slower
-  than they are is degraded, while a whole fleet slower than its profile (nodes sharing a CPU at the peak) or
-  overloaded is the capacity model's and the admission's matter: draining healthy nodes then only cuts capacity. A
-  lone node has no peers and is never drained by the law;
+- weights proportional to c_i; a node whose c_i is below ``drain_below`` both of its profile and of the median c
+  of its peers (the other ready nodes), or whose p95 exceeds ``drain_p95_factor`` x both the SLO and its peers'
+  median p95 for ``drain_after_ticks`` ticks, gets weight 0 (drained) and is replaced. Both bounds, because a node
+  is degraded when it is slower than its profile *and* than its peers: a whole fleet slower than its profile (nodes
+  sharing a CPU at the peak) or overloaded is the capacity model's and the admission's matter, and a c_i that is
+  only low next to a peer's (a lightly weighted node's estimate) is noise for the weights to absorb; draining
+  healthy nodes only cuts capacity. A lone node has no peers and is never drained by the law;
 - batching: throughput-optimal above ``batching_high`` fleet utilisation, latency-optimal below ``batching_low``;
 - admission: shed 1 - carryable / arrival when the ready nodes cannot carry the arrivals at their LBT and serve
   what is queued on them within ``queue_drain_s``; and, between ticks, the balancer answers 503 at once to a
@@ -111,7 +112,7 @@ class ControlConfig:
     correction_min: Annotated[float, Field(gt=0, le=1)] = 0.1
     correction_max: Annotated[float, Field(ge=1, le=4)] = 1.5
     min_measured_load: Annotated[float, Field(ge=0, le=1)] = 0.3  # measure c_i only above this share of saturation
-    drain_below: Annotated[float, Field(ge=0, lt=1)] = 0.4  # of the median correction of the node's peers
+    drain_below: Annotated[float, Field(ge=0, lt=1)] = 0.4  # of the profile and of the peers' median correction
     drain_p95_factor: Annotated[float, Field(gt=1)] = 2.0
     drain_after_ticks: Annotated[int, Field(ge=1)] = 5
     batching_high: Annotated[float, Field(gt=0, le=1.5)] = 0.8
@@ -243,8 +244,8 @@ class ElasticController:
         self.corrections.align(s.node_names)
         self._measure(s)
         factor = self.corrections.factor
-        drained_mask = (factor < c.drain_below * peer_median(factor)) | (
-            self.corrections.slow_ticks >= c.drain_after_ticks)
+        slower = (factor < c.drain_below) & (factor < c.drain_below * peer_median(factor))
+        drained_mask = slower | (self.corrections.slow_ticks >= c.drain_after_ticks)
         healthy = ~drained_mask
         lbt = self.model.lbt_at(s.mix_cost_ratio)
         mean_factor = float(factor[healthy].mean()) if healthy.any() else 1.0

@@ -10,13 +10,12 @@ from recforge.core.config import Annotated, Field, config_from_dict, typed_confi
 from recforge.core.errors import ConfigError
 from recforge.inference.loadgen import QuerySizes
 from recforge.models.families import DEEP_FAMILIES
-from recforge.models.synthetic import RMC_SPECS
-from recforge.models.synthetic_fused import FUSED_VARIANTS
+from recforge.models.synthetic_fused import FUSED_VARIANTS, SYNTHETIC_NAMES
 from recforge.pipeline.profiling.apparatus_ceiling import cached_ceiling_qps
 from recforge.pipeline.profiling.lbt import LBTConfig
 
 FAMILIES = DEEP_FAMILIES  # the served families (not the logreg baseline)
-SYNTHETIC_MODELS = tuple(sorted(RMC_SPECS))
+SYNTHETIC_MODELS = SYNTHETIC_NAMES  # rmc1-3 by default; mt_wnd and dien on request
 Threads = Annotated[int, Field(ge=1, le=64)]
 Items = Annotated[int, Field(ge=1, le=1024)]
 Fraction = Annotated[float, Field(gt=0, le=1)]

@@ -57,7 +57,8 @@ def roofline(work: Mapping[str, float], limits: HardwareLimits, precision: str, 
 
 def lookup_roofline(spec: Any, table_precision: str, mlp_precision: str, limits: HardwareLimits,
                     measured_items_per_s: float) -> dict:
-    """The physical limit of a synthetic model (``recforge.models.synthetic.RmcSpec``) whose tables are stored in
+    """The physical limit of a synthetic model (a ``recforge.models.synthetic.JaggedTables`` spec with its
+    ``mlp_macs_per_item``: an RMC, MT-WnD or DIEN) whose tables are stored in
     ``table_precision`` and MLPs run in ``mlp_precision``: items/s = 1 / max(lookups per item / the measured gather
     rate of such rows, 2·MACs per item / the GEMM peak of that precision), and the share of it measured."""
     rate = limits.gather_rate(table_precision, spec.embedding_dim)

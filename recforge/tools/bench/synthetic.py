@@ -1,4 +1,5 @@
-"""The synthetic DeepRecSys-scale models (``recforge.models.synthetic``: RMC1/2/3) per format and precision: the
+"""The synthetic DeepRecSys-scale models (``recforge.models.synthetic``: RMC1/2/3 by default, MT-WnD and DIEN on
+request: ``{"synthetic": ["mt_wnd", "dien"]}``) per format and precision: the
 ONNX export (Gather + CumSum pooling) in fp32 and with INT8 MLPs, and the TorchScript models with fused FBGEMM
 embedding bags (``recforge.models.synthetic_fused``: fp32, INT8 MLPs, int8/int4 tables, both); for each, latency
 against batch size, LBT at the synthetic p95 target, table memory, and the share of the physical limit
@@ -25,11 +26,14 @@ from recforge.core import config
 from recforge.core.cli import json_object, run_step
 from recforge.core.errors import ConfigError
 from recforge.core.timing import median_ms
-from recforge.models.synthetic import InputPool, RmcSpec, SyntheticDLRM, export_synthetic_onnx, onnx_files, rmc_spec
+from recforge.models.synthetic import InputPool, JaggedTables, export_synthetic_onnx, onnx_files
 from recforge.models.synthetic_fused import (
+    SyntheticModel,
     TorchScriptSession,
     fused_variant,
     save_torchscript,
+    synthetic_model,
+    synthetic_preset,
     variant_precisions,
 )
 from recforge.pipeline.compression.onnx_graph import set_nodes
@@ -117,7 +121,7 @@ def with_gather_rates(limits: HardwareLimits, dim: int, precisions: tuple[str, .
                                gather_mib=limits.gather_mib or 4 * limits.array_mib)
 
 
-def bench_synthetic_target(spec: RmcSpec, target: Any, precisions: tuple[str, str], mean_items: float,
+def bench_synthetic_target(spec: JaggedTables, target: Any, precisions: tuple[str, str], mean_items: float,
                            cfg: BenchConfig, limits: HardwareLimits) -> dict:
     """Latency at each of ``cfg.synthetic_batches``, LBT at the synthetic p95 target (unless turned off), and the
     share of the physical limit, of one variant (``precisions`` = (tables, MLPs))."""
@@ -144,7 +148,7 @@ def bench_synthetic_target(spec: RmcSpec, target: Any, precisions: tuple[str, st
     return figures
 
 
-def build_fused_files(model: SyntheticDLRM, variants: tuple[str, ...], workdir: Path) -> dict[str, Path]:
+def build_fused_files(model: SyntheticModel, variants: tuple[str, ...], workdir: Path) -> dict[str, Path]:
     """Every fused variant of ``model`` saved as TorchScript under ``workdir`` (built one at a time: only one
     packed copy of the tables lives beside the fp32 model)."""
     files = {}
@@ -162,7 +166,7 @@ def fused_label(variant: str) -> str:
                       for part in variant.split("+"))
 
 
-def bench_fused(spec: RmcSpec, files: dict[str, Path], pool: Any, mean_items: float, cfg: BenchConfig,
+def bench_fused(spec: JaggedTables, files: dict[str, Path], pool: Any, mean_items: float, cfg: BenchConfig,
                 limits: HardwareLimits) -> dict[str, dict]:
     """Each TorchScript file loaded (tables checked against ``spec``), measured on torch's
     ``cfg.synthetic_threads`` threads, then deleted."""
@@ -181,11 +185,12 @@ def bench_fused(spec: RmcSpec, files: dict[str, Path], pool: Any, mean_items: fl
 
 
 def bench_synthetic(name: str, cfg: BenchConfig, limits: HardwareLimits, workdir: Path) -> dict:
-    """One synthetic RMC at ``cfg.table_rows_scale``: the ONNX model in fp32 and with INT8 MLPs, and the fused
-    TorchScript variants ``cfg.synthetic_fused``: latency vs batch, LBT, table memory, share of the physical limit."""
-    spec = rmc_spec(name, cfg.table_rows_scale)
+    """One synthetic model (an RMC, MT-WnD or DIEN) at ``cfg.table_rows_scale``: the ONNX model in fp32 and with INT8
+    MLPs, and the fused TorchScript variants ``cfg.synthetic_fused``: latency vs batch, LBT, table memory, share of
+    the physical limit."""
+    spec = synthetic_preset(name, cfg.table_rows_scale)
     started = time.perf_counter()
-    model = SyntheticDLRM(spec, seed=cfg.seed)
+    model = synthetic_model(spec, seed=cfg.seed)
     fused_files = build_fused_files(model, tuple(cfg.synthetic_fused), workdir)
     with quiet_onnx_export():
         fp32_path = export_synthetic_onnx(model, workdir / f"{name}.onnx")

@@ -136,6 +136,14 @@ def test_only_a_node_slower_than_its_peers_is_drained_not_a_fleet_slower_than_it
     factor = one.corrections.factor
     assert factor[3] < 0.4 * np.median(factor[:3])
     assert decision.drained == ("n3",) and decision.weights["n3"] == 0
+    # only low next to its peers, not against its profile (this stop's healthy run: a lightly weighted node0 at
+    # x0.46 beside node1 at x1.2 was drained under a relative-only rule): weighed down, not drained
+    low = ElasticController(node_model, ControlConfig(max_nodes=4))
+    for t in range(40):
+        decision = low.decide(fleet(node_model, t, rate / 2, 4, mode=low.mode, speeds=[1.3, 1.3, 1.3, 0.48]))
+    factor = low.corrections.factor
+    assert factor[3] < 0.4 * np.median(factor[:3]) and factor[3] > 0.4
+    assert decision.drained == () and 0 < decision.weights["n3"] < 0.5 * decision.weights["n0"]
     assert np.isnan(peer_median(np.array([0.5]))).all()  # a lone node has no peers to be slower than
     assert peer_median(np.array([1.0, 0.2])).tolist() == [0.2, 1.0]
 
