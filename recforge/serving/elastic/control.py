@@ -286,6 +286,7 @@ class ElasticController:
         c = self.config
         current = len(s.node_names) - drained + s.starting  # nodes serving or about to; drained ones are replaced
         desired_up = min(c.max_nodes, max(c.min_nodes, desired_up))
+        desired_down = min(c.max_nodes, max(c.min_nodes, desired_down))  # the window holds what can be asked for
         self.desired_history.append((s.now_s, max(desired_down, desired_up)))
         while self.desired_history and self.desired_history[0][0] < s.now_s - c.scale_down_window_s:
             self.desired_history.popleft()

@@ -87,6 +87,7 @@ def test_bounds_are_respected(node_model):
     controller = ElasticController(node_model, ControlConfig(min_nodes=2, max_nodes=6))
     high = run(controller, node_model, [100 * node_model.lbt_qps] * 5, nodes=6)
     assert {d.target_nodes for d in high} == {6}
+    assert all("the most of the last 60 s is 6" in d.scale_reason for d in high[1:])  # not the unbounded 100-odd
     low = run(ElasticController(node_model, ControlConfig(min_nodes=2, max_nodes=6, scale_down_window_s=0)),
               node_model, [0.0] * 100, nodes=6)
     assert low[-1].target_nodes == 2
