@@ -144,10 +144,19 @@ def max_nodes_for_cpus(cpus: int, cores_per_node: float) -> int:
 
 def peer_median(values: np.ndarray) -> np.ndarray:
     """For each element, the median of the others (NaN for a lone element: no peers, so every comparison with
-    them is false)."""
-    if len(values) < 2:
-        return np.full(len(values), np.nan)
-    return np.array([np.median(np.delete(values, i)) for i in range(len(values))])
+    them is false). One sort, O(n log n): the simulator's fleets have 1,000 nodes, every tick."""
+    n = len(values)
+    if n < 2:
+        return np.full(n, np.nan)
+    order = np.argsort(values, kind="stable")
+    ranked = values[order]
+    rank = np.empty(n, dtype=int)
+    rank[order] = np.arange(n)
+    # the others, sorted, are ``ranked`` without position rank[i]: their j-th is ranked[j] below it, ranked[j + 1]
+    # from it on; their median is the mean of their ((n - 2) // 2)-th and ((n - 1) // 2)-th
+    low, high = (n - 2) // 2, (n - 1) // 2
+    return (np.where(low < rank, ranked[low], ranked[low + 1])
+            + np.where(high < rank, ranked[high], ranked[high + 1])) / 2
 
 
 class NodeCorrections:

@@ -149,6 +149,14 @@ def test_only_a_node_slower_than_its_peers_is_drained_not_a_fleet_slower_than_it
     assert peer_median(np.array([1.0, 0.2])).tolist() == [0.2, 1.0]
 
 
+def test_peer_median_is_the_median_of_the_others_for_every_fleet_size_and_ties():
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 4, 5, 8, 101):
+        for values in (rng.random(n), rng.integers(0, 3, n).astype(float)):
+            expected = [np.median(np.delete(values, i)) for i in range(n)]
+            np.testing.assert_allclose(peer_median(values), expected)
+
+
 def test_a_node_off_its_profile_is_flagged_for_re_profiling_once_measured_enough(node_model):
     controller = ElasticController(node_model, ControlConfig(max_nodes=10, reprofile_after=10))
     rate = 4 * 0.45 * node_model.saturation_qps  # loaded enough for every node's capacity to be measured
