@@ -464,4 +464,17 @@ def family_spec(name: str, table_rows_scale: float = DEFAULT_TABLE_ROWS_SCALE) -
     return FAMILY_SPECS[name].scaled(table_rows_scale)
 
 
-__all__ += ["DIEN_SPEC", "FAMILY_SPECS", "MTWND_SPEC", "DienSpec", "JaggedTables", "MtWndSpec", "family_spec"]
+# every synthetic preset by name: the RMCs, MT-WnD and DIEN
+SYNTHETIC_SPECS: dict[str, JaggedTables] = {**RMC_SPECS, **FAMILY_SPECS}
+SYNTHETIC_NAMES = tuple(SYNTHETIC_SPECS)
+
+
+def synthetic_preset(name: str, table_rows_scale: float = DEFAULT_TABLE_ROWS_SCALE) -> JaggedTables:
+    """The synthetic preset ``name`` (one of ``SYNTHETIC_NAMES``) with its tables scaled by ``table_rows_scale``."""
+    if name not in SYNTHETIC_SPECS:
+        raise ValueError(f"unknown synthetic model {name!r}; choose one of {list(SYNTHETIC_SPECS)}")
+    return SYNTHETIC_SPECS[name].scaled(table_rows_scale)
+
+
+__all__ += ["DIEN_SPEC", "FAMILY_SPECS", "MTWND_SPEC", "SYNTHETIC_NAMES", "SYNTHETIC_SPECS", "DienSpec",
+            "JaggedTables", "MtWndSpec", "family_spec", "synthetic_preset"]

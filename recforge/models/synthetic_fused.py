@@ -34,22 +34,9 @@ from recforge.models.embedding_bags import FusedEmbeddingBags, check_declared_ro
 from recforge.models.formats import TORCHSCRIPT as FORMAT
 from recforge.models.formats import TORCHSCRIPT_METADATA_FILE as METADATA_FILE
 from recforge.models.mt_wnd import SyntheticMtWnd
-from recforge.models.synthetic import (
-    FAMILY_SPECS,
-    INPUT_NAMES,
-    RMC_SPECS,
-    DienSpec,
-    JaggedTables,
-    MtWndSpec,
-    RmcSpec,
-    SyntheticDLRM,
-    family_spec,
-    rmc_spec,
-)
+from recforge.models.synthetic import INPUT_NAMES, DienSpec, JaggedTables, MtWndSpec, RmcSpec, SyntheticDLRM
 
 SyntheticModel = SyntheticDLRM | SyntheticMtWnd | SyntheticDIEN
-# every synthetic preset by name: the RMCs, MT-WnD and DIEN
-SYNTHETIC_NAMES = (*sorted(RMC_SPECS), *sorted(FAMILY_SPECS))
 
 MLP_PRECISIONS = ("fp32", "int8")
 # name -> (table precision, MLP precision); "fp32" is the ONNX model's arithmetic with fused bags
@@ -68,11 +55,6 @@ def variant_precisions(variant: str) -> tuple[str, str]:
     if variant not in FUSED_VARIANTS:
         raise ConfigError(f"unknown fused variant {variant!r}; choose one of {sorted(FUSED_VARIANTS)}")
     return FUSED_VARIANTS[variant]
-
-
-def synthetic_preset(name: str, table_rows_scale: float) -> JaggedTables:
-    """The synthetic preset ``name`` (one of ``SYNTHETIC_NAMES``) with its tables scaled."""
-    return rmc_spec(name, table_rows_scale) if name in RMC_SPECS else family_spec(name, table_rows_scale)
 
 
 def synthetic_model(spec: JaggedTables, seed: int = 0) -> SyntheticModel:
@@ -192,7 +174,7 @@ class TorchScriptSession:
 
 
 __all__ = [
-    "FORMAT", "FUSED_VARIANTS", "METADATA_FILE", "MLP_PRECISIONS", "SYNTHETIC_NAMES", "FusedPooling",
-    "SyntheticModel", "TorchScriptSession", "fused_model", "fused_variant", "load_torchscript", "save_torchscript",
-    "synthetic_model", "synthetic_preset", "table_names", "variant_precisions",
+    "FORMAT", "FUSED_VARIANTS", "METADATA_FILE", "MLP_PRECISIONS", "FusedPooling", "SyntheticModel",
+    "TorchScriptSession", "fused_model", "fused_variant", "load_torchscript", "save_torchscript", "synthetic_model",
+    "table_names", "variant_precisions",
 ]

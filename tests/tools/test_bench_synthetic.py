@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from recforge.models.synthetic_fused import synthetic_preset
+from recforge.models.synthetic import synthetic_preset
 from recforge.tools.bench.config import BenchConfig
 from recforge.tools.bench.report import format_markdown
 from recforge.tools.bench.synthetic import bench_synthetic, main, with_gather_rates

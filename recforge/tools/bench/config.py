@@ -10,7 +10,8 @@ from recforge.core.config import Annotated, Field, config_from_dict, typed_confi
 from recforge.core.errors import ConfigError
 from recforge.inference.loadgen import QuerySizes
 from recforge.models.families import DEEP_FAMILIES
-from recforge.models.synthetic_fused import FUSED_VARIANTS, SYNTHETIC_NAMES
+from recforge.models.synthetic import SYNTHETIC_NAMES
+from recforge.models.synthetic_fused import FUSED_VARIANTS
 from recforge.pipeline.profiling.apparatus_ceiling import cached_ceiling_qps
 from recforge.pipeline.profiling.lbt import LBTConfig
 

@@ -26,14 +26,13 @@ from recforge.core import config
 from recforge.core.cli import json_object, run_step
 from recforge.core.errors import ConfigError
 from recforge.core.timing import median_ms
-from recforge.models.synthetic import InputPool, JaggedTables, export_synthetic_onnx, onnx_files
+from recforge.models.synthetic import InputPool, JaggedTables, export_synthetic_onnx, onnx_files, synthetic_preset
 from recforge.models.synthetic_fused import (
     SyntheticModel,
     TorchScriptSession,
     fused_variant,
     save_torchscript,
     synthetic_model,
-    synthetic_preset,
     variant_precisions,
 )
 from recforge.pipeline.compression.onnx_graph import set_nodes
