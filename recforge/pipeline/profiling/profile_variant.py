@@ -3,7 +3,7 @@ variant on one hardware target and returns its profile document; :func:`profile_
 target and reports a failing or unavailable one on one line without stopping the others.
 
 Every LBT probe is an open-loop ``run_open_loop`` of ``point_duration_s`` seconds; ``search_space.knob_search``
-searches the target's knob axes (``search_space``: a hill climb, or a racing search on cpu-triton); the
+searches the target's knob axes (``search_space``) with the racing coordinate search; the
 single-request latency against batch size is measured with onnxruntime (or through the target's own serving
 stack); the result is validated against ``recforge/contracts/profile_schema.json``.
 

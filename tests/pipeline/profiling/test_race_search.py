@@ -27,6 +27,8 @@ from recforge.pipeline.profiling.search.hill_climb import HillClimb
 from recforge.pipeline.profiling.search.lbt_probe import LBTProbe
 from recforge.pipeline.profiling.search.race import RacingCoordinateSearch, RateProbe
 from recforge.pipeline.profiling.search_space import knob_search, search_space
+from recforge.pipeline.profiling.stage_config import STAGE_PROFILE_DEFAULTS
+from recforge.pipeline.profiling.targets.cpu_onnxruntime import CpuOnnxRuntime
 from recforge.pipeline.profiling.targets.cpu_triton import CpuTriton
 from tests.pipeline.profiling.surfaces import (
     FLAT_NEIGHBOURS,
@@ -36,6 +38,7 @@ from tests.pipeline.profiling.surfaces import (
     SMALL_SURFACE,
     QueueSurface,
     product_surface,
+    table,
     true_lbt,
 )
 
@@ -109,6 +112,35 @@ def test_under_the_stages_budget_the_race_moves_the_triton_knobs_the_climb_never
         assert racer.runs <= budget + 2  # + a near miss screened twice at the very end
         assert result.best_knobs["instances"] == 2
         assert racer.true_lbt(result.best_knobs) > 1.3 * climber.true_lbt(climb.best_knobs)
+
+
+# the bench's measurement on in-process onnxruntime (DLRM pruned75, 2 workers, 2026-11-27): the queue's capacity
+# per sub-batch; 64 serves less than 32, and a whole query (256) serves most
+ORT_SUB_BATCH_CAPACITY = {32: 3600.0, 64: 2900.0, 128: 3300.0, 256: 5300.0, 512: 5200.0, 1024: 5200.0}
+
+
+def test_on_in_process_onnxruntime_the_race_finds_the_whole_query_sub_batch_the_climb_never_reached():
+    """The bench's symptom on cpu-onnxruntime: from the smallest sub-batch, the climb sees 64 serve less than 32
+    and stops (its 3 evaluations would not reach 256 anyway); the race, the knob search of every target now,
+    screens every sub-batch at the incumbent's LBT and serves whole queries, within the same load-run budget."""
+    cfg = ProfileConfig.from_dict(STAGE_PROFILE_DEFAULTS)
+    target = CpuOnnxRuntime(threads=1)
+    axes, fixed, start = search_space(target, cfg)
+    assert axes == {"sub_batch": (32, 64, 128, 256, 512, 1024)} and fixed == {"workers": 2, "threads": 1}
+    lbt = dataclasses.replace(LBT_CONFIG, start_qps=cfg.start_qps, tolerance=cfg.tolerance, max_steps=cfg.max_steps)
+    surface = product_surface(1.0, table("sub_batch", ORT_SUB_BATCH_CAPACITY))
+    for seed in range(3):
+        climber = QueueSurface(surface, noise=0.03, seed=seed)
+        climb = HillClimb(axes, start, fixed=fixed, max_evaluations=cfg.max_evaluations).search(
+            LBTEvaluator(climber, lbt))
+        assert climb.best_knobs["sub_batch"] == 32
+        racer = QueueSurface(surface, noise=0.03, seed=seed)
+        strategy = knob_search(target, cfg, axes, fixed, start)
+        assert isinstance(strategy, RacingCoordinateSearch) and strategy.valid is None
+        result = strategy.search(LBTProbe(LBTEvaluator(racer, lbt)))
+        assert racer.runs <= cfg.max_evaluations * cfg.max_steps * cfg.repeats + 2
+        assert result.best_knobs["sub_batch"] >= 256 and result.best_knobs["workers"] == 2
+        assert racer.true_lbt(result.best_knobs) > 1.4 * climber.true_lbt(climb.best_knobs)
 
 
 def test_race_is_within_5pct_of_the_grid_in_a_fifth_of_its_runs_under_noise():
