@@ -63,7 +63,7 @@ bench: setup ## Benchmark: RecForge's best variant vs PyTorch eager per family i
 
 # `make bench-fleet` overrides, e.g. FLEET_BENCH_CONF='{"point_duration_s": 3, "max_steps": 8}' (recforge.tools.fleet_bench)
 FLEET_BENCH_CONF ?= {}
-bench-fleet: setup mlflow-up ## Served path, 2-node Triton fleet: champion + generated config vs fp32 + Triton's default, interleaved rounds (FLEET_FAMILY=, FLEET_BENCH_CONF=)
+bench-fleet: setup mlflow-up ## Served path, one Triton node on its own CPU (client and balancer on another): champion + generated config vs fp32 + Triton's default, interleaved rounds (FLEET_FAMILY=, FLEET_BENCH_CONF=)
 	$(PY) -m recforge.tools.fleet_bench --family $(FLEET_FAMILY) --target $(FLEET_TARGET) --config '$(FLEET_BENCH_CONF)'
 
 # `make bench-elastic` overrides, e.g. ELASTIC_CONF='{"minutes": 6, "runs": 2}' (recforge.tools.elastic_bench)

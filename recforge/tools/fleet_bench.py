@@ -76,6 +76,7 @@ from recforge.tools.bench.apparatus_share import apparatus_share_figures
 from recforge.tools.bench.bench_line import format_bench_line
 from recforge.tools.bench.rounds import RESTART_FRACTION, interleaved_order, ratio
 from recforge.tools.fleet_bench_report import CONFIGS, describe_knobs, render_table, write_results
+from recforge.tools.perf_fleet import on_the_apparatus
 
 RUN_ORDER = ("default", "generated")  # in each round: the baseline first (its LBT sets the same-load rate)
 DEFAULT_SUB_BATCH, DEFAULT_WORKERS, DEFAULT_P95_MS, DEFAULT_START_QPS = 64, 8, 25.0, 10.0
@@ -91,7 +92,14 @@ Knob = Annotated[int, Field(ge=1, le=1024)]
 class FleetBenchConfig:
     """Settings of the comparison (``--config`` JSON). None: taken from the model's profile."""
 
-    nodes: int = 2  # checked as recforge.serving.fleet.FleetConfig checks it
+    # the apparatus isolated (recforge.serving.fleet.FleetConfig's placement): each node on its own node_cpus CPUs,
+    # the load generator (and the balancer, with balancer_with_apparatus) on apparatus_cpus others; the default,
+    # one node on one CPU, is what the nightly's cpu-triton profile measures. node_cpus 0: no placement, every
+    # process on every CPU (the client then measures itself as much as the fleet)
+    nodes: int = 1  # checked as recforge.serving.fleet.FleetConfig checks it, as are the next three
+    node_cpus: int = 1
+    apparatus_cpus: int = 1
+    balancer_with_apparatus: bool = True
     p95_target_ms: Positive | None = None  # None: the profile's p95 target (25 ms without a profile)
     start_qps: Positive | None = None  # None: a quarter of the profile's LBT (10 qps without a profile)
     max_qps: Positive | None = None  # an explicit bound on the LBT ramp (None: none but the apparatus ceiling)
@@ -124,12 +132,18 @@ class FleetBenchConfig:
 
     def __post_init__(self) -> None:
         QuerySizes.parse(self.sizes)
-        fl.FleetConfig(nodes=self.nodes, port=0, check_inter_ms=self.check_inter_ms)  # same checks as the fleet's
+        self.fleet_config()  # the fleet's own checks
         self.lbt_kwargs(self.start_qps or DEFAULT_START_QPS, self.p95_target_ms or DEFAULT_P95_MS)  # bounds
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> FleetBenchConfig:
         return config.config_from_dict(cls, dict(values or {}))
+
+    def fleet_config(self, target: str = fl.DEFAULT_TARGET) -> fl.FleetConfig:
+        """The fleet each side runs on (on a free port)."""
+        return fl.FleetConfig(nodes=self.nodes, port=0, target=target, check_inter_ms=self.check_inter_ms,
+                              node_cpus=self.node_cpus, apparatus_cpus=self.apparatus_cpus,
+                              balancer_with_apparatus=self.balancer_with_apparatus)
 
     def lbt_kwargs(self, start_qps: float, p95_target_ms: float, *, ceiling_qps: float | None = None,
                    ramp_factor: float = 2.0) -> dict[str, Any]:
@@ -364,16 +378,18 @@ def compare(source: fl.ModelSource, cfg: FleetBenchConfig | None = None, *, targ
                               onnx_path=baseline_file if label == "default" else source.onnx_path)
             entry["round"] = round_no
             sub_batch, workers = clients[label]
-            entry.update(search_lbt(entry["fleet_url"], source.model, source.spec_path, cfg, sub_batch=sub_batch,
-                                    workers=workers, start_qps=starts[label], p95_target_ms=p95_target,
-                                    ceiling_qps=ceiling, ramp_factor=ramps[label]))
-            if entry["lbt_qps"] > 0:
-                starts[label], ramps[label] = RESTART_FRACTION * entry["lbt_qps"], cfg.round_ramp_factor
-            if label == "default":  # the baseline's LBT of this round sets both sides' same-load rate
-                same_rate[round_no] = cfg.load_fraction * (entry["lbt_qps"] or start_qps / 2)
-            entry["same_load"] = same_load_run(entry["fleet_url"], source.model, source.spec_path, cfg,
-                                               sub_batch=sub_batch, workers=workers, rate=same_rate[round_no],
-                                               p95_target_ms=p95_target)
+            with on_apparatus_cpus(homes[label]) as apparatus:  # the client off the nodes' CPUs
+                entry.update(search_lbt(entry["fleet_url"], source.model, source.spec_path, cfg, sub_batch=sub_batch,
+                                        workers=workers, start_qps=starts[label], p95_target_ms=p95_target,
+                                        ceiling_qps=ceiling, ramp_factor=ramps[label]))
+                if entry["lbt_qps"] > 0:
+                    starts[label], ramps[label] = RESTART_FRACTION * entry["lbt_qps"], cfg.round_ramp_factor
+                if label == "default":  # the baseline's LBT of this round sets both sides' same-load rate
+                    same_rate[round_no] = cfg.load_fraction * (entry["lbt_qps"] or start_qps / 2)
+                entry["same_load"] = same_load_run(entry["fleet_url"], source.model, source.spec_path, cfg,
+                                                   sub_batch=sub_batch, workers=workers, rate=same_rate[round_no],
+                                                   p95_target_ms=p95_target)
+            entry["apparatus"] = apparatus
             entry["loadavg_after"] = load_average()
             fl.down(home=homes[label])
             runs[label].append(entry)
@@ -400,12 +416,17 @@ def compare(source: fl.ModelSource, cfg: FleetBenchConfig | None = None, *, targ
     return doc
 
 
+def on_apparatus_cpus(fleet_home: Path) -> contextlib.AbstractContextManager[dict[str, Any]]:
+    """The block runs on the apparatus' CPUs of the fleet in ``fleet_home`` (``perf_fleet.on_the_apparatus``: its
+    CPUs, and each node's requests across the block, go into the dict it yields)."""
+    return on_the_apparatus(fl.Fleet(home=fleet_home))
+
+
 def run_round(source: fl.ModelSource, cfg: FleetBenchConfig, label: str, intended: Any, fleet_home: Path, *,
               target: str, notes: Sequence[str], onnx_path: str) -> dict[str, Any]:
     """Bring ``label``'s fleet up with ``onnx_path`` served with ``intended`` on every node (checked as each node
     serves it); the round's entry, without its measurements. The caller brings the fleet down."""
-    state = fl.up(source, fl.FleetConfig(nodes=cfg.nodes, port=0, target=target, check_inter_ms=cfg.check_inter_ms),
-                  home=fleet_home, notes=notes)
+    state = fl.up(source, cfg.fleet_config(target), home=fleet_home, notes=notes)
     handle = fl.Fleet(home=fleet_home)
     if label == "default":  # same fleet, every node re-staged with the baseline model and Triton's default config
         for node in handle.nodes:
@@ -422,6 +443,7 @@ def run_round(source: fl.ModelSource, cfg: FleetBenchConfig, label: str, intende
     return {"serving_config": intended.to_dict(), "served_onnx": onnx_path, "config_pbtxt": str(pbtxt),
             "config_pbtxt_knobs": config_knobs(mr.parse_config_pbtxt(pbtxt)), "served_knobs": served,
             "fleet_url": state["url"], "up_seconds": state.get("up_seconds"),
+            "cpu_plan": (handle.state.get("placement") or {}).get("plan"),
             "weights": {n: v["weight"] for n, v in handle.state["nodes"].items()}, "loadavg_before": load_average()}
 
 

@@ -36,7 +36,7 @@ def test_used_rates_come_from_the_profile_and_the_benches():
 
 
 def test_rate_table_flags_rates_the_apparatus_cannot_drive_five_times_over():
-    rates = ap.used_rates(PROFILE, FaultBenchConfig(), FleetBenchConfig())
+    rates = ap.used_rates(PROFILE, FaultBenchConfig(), FleetBenchConfig(nodes=2))  # a 2-node served bench
     rows = ap.rate_table(rates, {"mix": 5000.0, "fixed": 3000.0}, min_ratio=5.0)
     assert [(r["ratio"], r["enough"]) for r in rows] == [(7.14, True), (3.57, False), (2.5, False), (75.0, True)]
 

@@ -3,6 +3,7 @@ behind HAProxy, with a tiny NCF model and very short load settings (structure, n
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -146,6 +147,7 @@ def test_a_baseline_profile_serves_the_same_model_with_that_profiles_config_and_
     monkeypatch.setattr(fb, "search_lbt", search_lbt)
     monkeypatch.setattr(fb, "same_load_run", same_load_run)
     monkeypatch.setattr(fb.fl, "down", lambda **kwargs: None)
+    monkeypatch.setattr(fb, "on_apparatus_cpus", lambda home: contextlib.nullcontext({}))
     cfg = fb.FleetBenchConfig.from_dict({"rounds": 1, "sizes": "fixed:16"})
     doc = fb.compare(source, cfg, target="cpu-triton", home=tmp_path, baseline_profile=paths["earlier"])
 
@@ -210,7 +212,13 @@ def test_both_configs_are_measured_through_a_real_fleet_and_compared(tmp_path, s
     assert "dynamic_batching" not in default_pbtxt
     assert default_pbtxt["instance_group"] == [{"count": 1, "kind": "KIND_CPU"}]
     assert default_pbtxt["max_batch_size"] == 64
-    assert set(default["served_knobs"]) == {"node0", "node1"}
+    # the default apparatus: one node on its own CPU, the client and the balancer on another
+    for entry in (generated, default):
+        assert set(entry["served_knobs"]) == {"node0"}
+        plan, apparatus_cpus = entry["cpu_plan"], entry["apparatus"]["apparatus_cpus"]
+        assert apparatus_cpus and f"apparatus CPUs {apparatus_cpus};" in plan and "node0 CPUs" in plan
+        assert f"node0 CPUs {apparatus_cpus}" not in plan and "node0" not in plan.partition("(shared")[2]
+        assert entry["apparatus"]["requests_per_node"]["node0"] > 0
     for knobs in default["served_knobs"].values():
         assert (knobs["dynamic_batching"], knobs["instances"], knobs["max_batch_size"]) == (False, 1, 64)
     for knobs in generated["served_knobs"].values():
