@@ -469,3 +469,22 @@ def test_a_refused_connection_is_still_retried_on_another_node(poison_fleet):
     servers = proxy.servers()
     assert answers == [200] * 6, answers  # the ones sent to the closed port were retried on the other node
     assert servers["good"]["retries"] + servers["good"]["redispatches"] >= 1, servers["good"]
+
+
+def test_the_admin_socket_moves_to_a_short_private_folder_when_the_state_folder_is_too_deep(tmp_path):
+    """HAProxy refuses a stats socket path of more than 97 characters; a fleet under a deep checkout still starts."""
+    short = tmp_path / "hp"
+    assert lb.admin_socket_path(short) == short / "admin.sock"
+    deep = tmp_path / ("deep-folder-" * 8) / "haproxy"
+    path = lb.admin_socket_path(deep)
+    assert len(str(path)) <= 97 and path.name == "admin.sock" and not path.is_relative_to(tmp_path)
+    assert lb.admin_socket_path(deep) == path  # the same folder finds the same socket again
+    assert lb.admin_socket_path(tmp_path / ("other-folder-" * 8)) != path
+    assert path.parent.stat().st_mode & 0o077 == 0 and path.parent.stat().st_uid == os.getuid()
+    render_config([BackendNode("node0", 8001)], port=18080, socket_path=path)  # short enough for the check
+    with pytest.raises(ConfigError, match="longer than 97"):
+        render_config([BackendNode("node0", 8001)], port=18080, socket_path=deep / "admin.sock")
+    path.parent.chmod(0o755)  # someone opened it up: refused, not used
+    with pytest.raises(ConfigError, match="not private"):
+        lb.admin_socket_path(deep)
+    path.parent.chmod(0o700)

@@ -6,10 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import shutil
-import tempfile
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -171,19 +168,14 @@ def test_a_baseline_profile_serves_the_same_model_with_that_profiles_config_and_
         fb.compare(source, cfg, home=tmp_path, baseline_profile=tmp_path / "missing.json")
 
 
-@pytest.fixture
-def short_home():
-    """A short RECFORGE_HOME: HAProxy's admin socket path under it must stay within 107 characters."""
-    home = Path(tempfile.mkdtemp(prefix="fb-", dir="/tmp"))
-    yield home
-    shutil.rmtree(home, ignore_errors=True)
-
-
 @pytest.mark.triton
 @pytest.mark.integration  # HAProxy in front of the nodes
 @pytest.mark.skipif(not triton_ok, reason=f"tritonserver cannot run here: {triton_why}")
-def test_both_configs_are_measured_through_a_real_fleet_and_compared(tmp_path, short_home, monkeypatch, capsys):
-    home = short_home
+def test_both_configs_are_measured_through_a_real_fleet_and_compared(tmp_path, monkeypatch, capsys):
+    # a deep RECFORGE_HOME, as a user's checkout may have: the balancer's admin socket does not fit under it
+    # (HAProxy's 97 characters), so it goes to a short private folder (lb.admin_socket_path)
+    home = tmp_path / ("a-deep-checkout-" * 3) / ".recforge"
+    assert len(str(home / "fleet-bench" / "tiny" / "generated" / "fleet" / "haproxy" / "admin.sock")) > 97
     monkeypatch.setenv("RECFORGE_HOME", str(home))
     onnx_path = export_onnx(build_model("ncf", SPEC).eval(), SPEC, tmp_path / "model.onnx")
     spec_path = tmp_path / "spec.json"

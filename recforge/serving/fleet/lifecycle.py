@@ -118,7 +118,7 @@ def up(source: ModelSource, cfg: FleetConfig | None = None, *, home: str | Path 
                                     f"see {server.log_path}")
         hadir = root / "haproxy"
         crashes.write_quarantine(root, crashes.read_quarantine(root))  # kept across fleets
-        proxy = lb.HAProxy(hadir / "haproxy.cfg", hadir / "admin.sock", hadir / "haproxy.log", lb_port,
+        proxy = lb.HAProxy(hadir / "haproxy.cfg", lb.admin_socket_path(hadir), hadir / "haproxy.log", lb_port,
                            placement=groups.get(cpusets.BALANCER))
         # admission limits from the config.pbtxt the nodes serve, weights from the profile (fleet/balancer.py)
         state["balancer"] = balancer_entry(proxy, lb.BalancerSettings(check_inter_ms=cfg.check_inter_ms),
@@ -247,7 +247,7 @@ def down(*, home: str | Path | None = None, timeout_s: float = 20.0) -> dict[str
             time.sleep(0.05)
         (root / "state.json").unlink(missing_ok=True)
         cpusets.remove_groups(cpu_group_prefix(root))  # the fleet's CPU groups, now empty
-        (root / "haproxy" / "admin.sock").unlink(missing_ok=True)
+        lb.admin_socket_path(root / "haproxy").unlink(missing_ok=True)
     left = fleet_processes(root) if root.exists() else []
     if left:
         raise RecForgeError(f"processes {left} of the fleet in {root} did not stop; kill them by pid")

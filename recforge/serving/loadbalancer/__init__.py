@@ -76,6 +76,7 @@ from recforge.serving.loadbalancer.haproxy_config import (
     BackendNode,
     BalancerSettings,
     NodeWeight,
+    admin_socket_path,
     capacity_weights,
     check_config,
     haproxy_binary,
@@ -97,7 +98,8 @@ from recforge.serving.loadbalancer.shedding import SHED_BACKEND, shed_map_path
 __all__ = [
     "ALLOWED_ROUTES", "AdmissionLimits", "InputLimit", "common_limits", "limits_from_model_config", "read_limits",
     "BACKEND", "EQUAL_WEIGHT", "FRONTEND", "MAX_WEIGHT", "BackendNode", "BalancerError",
-    "BalancerSettings", "HAProxy", "NodeWeight", "capacity_weights", "check_config", "haproxy_binary",
+    "BalancerSettings", "HAProxy", "NodeWeight", "admin_socket_path", "capacity_weights", "check_config",
+    "haproxy_binary",
     "parse_servers_state", "parse_show_stat", "profiles_by_target", "render_config", "runtime_command",
     "server_status", "write_config", "SHED_BACKEND", "shed_map_path", "shed_requests",
 ]

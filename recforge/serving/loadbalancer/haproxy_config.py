@@ -3,12 +3,14 @@ and checked with ``haproxy -c`` (what the file does: recforge.serving.loadbalanc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +40,9 @@ FRONTEND = "inference"
 MAX_WEIGHT = 256  # HAProxy's largest server weight
 EQUAL_WEIGHT = 100  # every node's weight when no node has a profile
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")  # node names: HAProxy server names, file names, JSON keys
-UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the NUL
+# sun_path is 108 bytes with the NUL, and HAProxy binds "<path>.<pid>.tmp" first and renames it: it refuses a
+# stats socket path of more than 97 characters ("socket path ... too long (max 97)")
+UNIX_PATH_MAX = 97
 SERVER_STATE_FILE = "servers.state"  # next to the admin socket: runtime weights and states across a reload
 SERVER_STATES = ("ready", "drain", "maint")
 MAX_BUFSIZE = 16 * 1024 * 1024
@@ -192,8 +196,28 @@ def server_state_path(socket_path: str | Path) -> Path:
 
 def _check_unix_path(path: Path, what: str) -> None:
     if len(str(path)) > UNIX_PATH_MAX:
-        raise ConfigError(f"{what} {path} is longer than {UNIX_PATH_MAX} characters (a unix socket limit); "
-                          "use a shorter state folder (RECFORGE_HOME)")
+        raise ConfigError(f"{what} {path} is longer than {UNIX_PATH_MAX} characters (HAProxy's unix socket "
+                          "limit); use a shorter folder (admin_socket_path picks one)")
+
+
+def admin_socket_path(folder: str | Path) -> Path:
+    """Where the balancer whose files are in ``folder`` gets its admin socket: ``folder/admin.sock`` when that is
+    short enough for HAProxy (:data:`UNIX_PATH_MAX`), else ``admin.sock`` in a private folder of this user under the
+    temp dir named by a hash of ``folder`` (mode 700; the same folder always gets the same path, so a later
+    process finds it). The server-state and shed-map files live next to the socket."""
+    folder = Path(folder)
+    path = folder / "admin.sock"
+    if len(str(path)) <= UNIX_PATH_MAX:
+        return path
+    digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    short = Path(tempfile.gettempdir()) / f"recforge-{os.getuid()}" / digest
+    for directory in (short.parent, short):
+        directory.mkdir(mode=0o700, exist_ok=True)
+        info = directory.stat()
+        if info.st_uid != os.getuid() or info.st_mode & 0o077:
+            raise ConfigError(f"{directory} (for the admin socket of {folder}) is not private to this user: "
+                              "remove it, or use a shorter folder")
+    return short / "admin.sock"
 
 
 def render_config(nodes: Sequence[BackendNode], *, port: int, socket_path: str | Path,
