@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import field
 from pathlib import Path
@@ -96,10 +95,7 @@ def serving_config_from_profile(profile: Mapping[str, Any] | str | Path, *, sour
     * ``preferred_batch_size`` / ``max_queue_delay_microseconds`` / ``instance_count``: the Triton knobs of
       ``search.best_knobs`` (a cpu-triton profile); otherwise the workers of the profiled target become the
       instance count, with no preferred size and the default queue delay;
-    * ``max_queue_size``: the requests that can still be served within the profile's p95 target behind the queue:
-      target / the time of one request (min(sub_batch, mean items per query) rows at the per-row time of the
-      largest measured batch <= max_batch_size), times the instances; at least 2 per instance; 0 (no bound)
-      without ``latency_vs_batch``;
+    * ``max_queue_size``: none (0), with the reason in ``sources`` (see below);
     * ``threads_per_instance``: ``target.threads``;
     * ``warmup_batch_sizes``: 1 and max_batch_size.
     Each value's ``sources`` entry names the profile (file or run id), its LBT figure and the evaluation."""
@@ -162,28 +158,20 @@ def serving_config_from_profile(profile: Mapping[str, Any] | str | Path, *, sour
     measured = ", ".join(f"{b}: {batch_ms[b]:.3g} ms" for b in warmup if b in batch_ms)
     sources["warmup_batch_sizes"] = "1 and max_batch_size" + (f" (single-request latency_vs_batch {measured})"
                                                                if measured else "")
-    queue_size = 0
-    full = [(b, ms) for b, ms in sorted(batch_ms.items()) if b <= max_batch_size and ms > 0]
-    if full:  # a request that waits behind more than this misses the SLO anyway: reject it at once (503)
-        # the queue holds the client's requests (a query's sub-batches, at most sub_batch rows each), which the
-        # dynamic batcher serves together, at the per-row cost of the largest measured batch. (Counting every
-        # queued request as a full max_batch_size batch put 12 on a DLRM node that serves 60 165-row requests
-        # within 25 ms: it rejected requests at 55 % of the LBT the profile measured without the bound.)
-        batch, ms = full[-1]
-        mean_items = float((profile.get("load") or {}).get("mean_items_per_query") or 0) or float(batch)
-        rows = min(float(sub_batch), mean_items) if sub_batch else mean_items
-        request_ms = rows * ms / batch
-        queue_size = max(2 * instances, math.floor(profile["p95_target_ms"] / request_ms * instances))
-        sources["max_queue_size"] = (f"p95 target {profile['p95_target_ms']:g} ms / {request_ms:.3g} ms per request "
-                                     f"of {rows:.0f} rows ({ms:.3g} ms per {batch} rows, latency_vs_batch) x "
-                                     f"{instances} instance(s), at least 2 per instance: the requests that can "
-                                     f"still be served within the target, of {where}")
+    # no node-level queue bound (Triton's max_queue_size): on this build's python backend any bound cut the node's
+    # capacity, even far below it. One DLRM node on its own CPU (make bench-fleet, 2026-11-27): with a bound of 12
+    # (every queued request counted as a full batch) its LBT was 750 q/s, with 78 (the requests the client really
+    # sends) 744-1,053 q/s and 20 % of the queries unanswered at 800 q/s; without one it served 1,400 q/s through
+    # the balancer and 1,800 q/s straight (p95 4.5-12.9 ms). Queue waits are bounded where a request can still go
+    # elsewhere: at the balancer (load shedding, docs/elastic.md). ServingConfig(max_queue_size=...) sets one.
+    sources["max_queue_size"] = ("none: a node-level bound cut the LBT of a DLRM node from 1,400 to 744-1,053 q/s "
+                                 "(recforge.inference.serving_config, measured 2026-11-27)")
     # a GPU profile's instances run on the GPU; a hybrid profile's Triton side is its CPU part (the offloaded
     # queries need a second, GPU deployment, which the hybrid profile's gpu_threshold routes to)
     kind = "KIND_GPU" if target["kind"].startswith("gpu-") else "KIND_CPU"
     sources["instance_kind"] = f"target.kind={target['kind']} of {where}"
     return ServingConfig(max_batch_size=max_batch_size, preferred_batch_size=preferred,
-                         max_queue_delay_microseconds=queue_delay, max_queue_size=queue_size,
+                         max_queue_delay_microseconds=queue_delay,
                          instance_count=instances, instance_kind=kind,
                          threads_per_instance=threads, warmup_batch_sizes=warmup, sources=sources)
 
