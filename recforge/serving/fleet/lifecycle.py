@@ -247,7 +247,9 @@ def down(*, home: str | Path | None = None, timeout_s: float = 20.0) -> dict[str
             time.sleep(0.05)
         (root / "state.json").unlink(missing_ok=True)
         cpusets.remove_groups(cpu_group_prefix(root))  # the fleet's CPU groups, now empty
-        lb.admin_socket_path(root / "haproxy").unlink(missing_ok=True)
+        # where up put it (recorded; a deep folder's is elsewhere: lb.admin_socket_path), without re-deriving it here
+        socket = ((state or {}).get("balancer") or {}).get("socket")
+        Path(socket or root / "haproxy" / "admin.sock").unlink(missing_ok=True)
     left = fleet_processes(root) if root.exists() else []
     if left:
         raise RecForgeError(f"processes {left} of the fleet in {root} did not stop; kill them by pid")
