@@ -86,10 +86,9 @@ class LBTProbe:
     def lbt_from(self, knobs: Mapping[str, Any], rate_qps: float, max_runs: int | None = None) -> float:
         """The LBT search from ``rate_qps`` (re-measured first: a lucky screen does not carry a setting), its final
         rate confirmed by one more run, all in at most ``max_runs`` load runs when given (runs repeated under CPU
-        steal aside)."""
+        steal aside). A setting searched before is searched again (it just sustained a rate above its LBT on
+        record), and the new search replaces the stored one."""
         key = knob_key(knobs)
-        if key in self.evaluator.results:
-            return self.evaluator.results[key].lbt_qps
         config = self.evaluator.config
         changes: dict[str, Any] = {"start_qps": min(float(rate_qps), top_qps(config))}
         if hasattr(config, "ramp_factor"):  # a winner is rarely far above the rate it just beat: smaller steps
