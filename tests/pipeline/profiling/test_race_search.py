@@ -309,6 +309,11 @@ def test_lbt_probe_screens_once_or_twice_and_searches_winners_from_their_rate():
     evaluator = LBTEvaluator(slowing, LBT_CONFIG)
     value = LBTProbe(evaluator).lbt_from({"x": 1}, 300.0)
     assert evaluator.result_for({"x": 1}).lbt_qps > 330 and value == 300.0
+    # a setting searched again from a rate a lucky screen passed, and failed at once: its earlier search stays
+    evaluator = LBTEvaluator(QueueSurface(lambda k: 400.0), LBT_CONFIG)
+    before = evaluator({"x": 1})
+    assert LBTProbe(evaluator).lbt_from({"x": 1}, 380.0) == 0.0
+    assert evaluator.result_for({"x": 1}).lbt_qps == before > 300
 
 
 def test_a_recheck_that_fails_falls_back_to_a_rate_the_setting_passed():
@@ -320,6 +325,18 @@ def test_a_recheck_that_fails_falls_back_to_a_rate_the_setting_passed():
     assert probe.runs == 3
     assert probe.recheck({"x": 3}, 300.0, step_down=False) == 0.0 and probe.runs == 4
     assert probe.recheck({"x": 4}, 400.0) == 0.0 and probe.runs == 6  # 380 fails too
+    # the real-server case: a ramp passed 400 then 600 (the lucky one); at 600 it fails now, and its ramp's next
+    # rung down, 400, is far below what it serves (LBT ~500): one run in between (490) holds, and that is its LBT
+    capacity = {"qps": 700.0}
+    evaluator = LBTEvaluator(QueueSurface(lambda k: capacity["qps"]), dataclasses.replace(LBT_CONFIG, tolerance=0.3))
+    assert evaluator({"x": 1}) == 600.0
+    assert [p.rate_qps for p in evaluator.result_for({"x": 1}).points if p.passed][-2:] == [400.0, 600.0]
+    capacity["qps"] = 560.0
+    probe = LBTProbe(evaluator)
+    assert probe.recheck({"x": 1}, 600.0) == pytest.approx(math.sqrt(400.0 * 600.0)) and probe.runs == 2
+    capacity["qps"] = 450.0  # LBT ~390: the run in between fails too, and the ramp's rung is what is left
+    assert probe.recheck({"x": 1}, 600.0) == 400.0 and probe.runs == 4
+    assert probe.recheck({"x": 1}, 600.0, step_down=False) == 400.0 and probe.runs == 5
 
 
 # ------------------------------------------------------------------------------------------ Triton knobs and space

@@ -87,7 +87,8 @@ class LBTProbe:
         """The LBT search from ``rate_qps`` (re-measured first: a lucky screen does not carry a setting), its final
         rate confirmed by one more run, all in at most ``max_runs`` load runs when given (runs repeated under CPU
         steal aside). A setting searched before is searched again (it just sustained a rate above its LBT on
-        record), and the new search replaces the stored one."""
+        record), and the new search replaces the stored one unless it passed nothing (then it says less than the
+        earlier one, which stays)."""
         key = knob_key(knobs)
         config = self.evaluator.config
         changes: dict[str, Any] = {"start_qps": min(float(rate_qps), top_qps(config))}
@@ -98,8 +99,9 @@ class LBTProbe:
             steps = (int(max_runs) - int(confirm)) // int(config.repeats)
             changes["max_steps"] = max(1, min(int(config.max_steps), steps))
         result = lbt_from_config(self.evaluator.measure, knobs, dataclasses.replace(config, **changes))
-        self.evaluator.results[key] = result
         self.runs += load_runs(result)
+        if result.lbt_qps > 0 or key not in self.evaluator.results:
+            self.evaluator.results[key] = result
         if not (confirm and result.lbt_qps > 0):
             return result.lbt_qps
         # a winner's LBT is the bar every later challenger must clear: one lucky run must not set it
@@ -107,10 +109,11 @@ class LBTProbe:
 
     def recheck(self, knobs: Mapping[str, Any], rate_qps: float, *, step_down: bool = True) -> float:
         """One more load run of ``knobs`` at ``rate_qps`` (a rate its LBT search passed): ``rate_qps`` when it
-        holds again, else the highest lower rate its search passed; when its search passed none (a winner's
-        search that started at the rate it stopped at), one run one tolerance step lower decides (``step_down``;
-        0 when that fails too, or without it). The stored result keeps its curve; the profiling stage confirms
-        its best setting's LBT again with its own runs."""
+        holds again, else the highest lower rate its search passed. With ``step_down``, when that rate is more than
+        a tolerance step lower (a ramp's doubling leaves 1,600 below 2,400), one run between the two decides
+        first (their geometric mean; one tolerance step lower when its search passed none): dropping a setting
+        to its ramp's last rung would lower the race's bar far below what it serves. The stored result keeps
+        its curve; the profiling stage confirms its best setting's LBT again with its own runs."""
         config = self.evaluator.config
         again = self.run_at(knobs, rate_qps)
         if slo_verdict(again, rate_qps, config)[0]:
@@ -118,7 +121,8 @@ class LBTProbe:
         result = self.evaluator.results.get(knob_key(knobs))
         points = result.points if result is not None else ()
         lower = max((p.rate_qps for p in points if p.passed and p.rate_qps < rate_qps), default=0.0)
-        if lower > 0 or not step_down:
-            return lower
         step = float(rate_qps) * (1.0 - float(config.tolerance))
-        return step if slo_verdict(self.run_at(knobs, step), step, config)[0] else 0.0
+        if not step_down or lower >= step:
+            return lower
+        between = math.sqrt(lower * float(rate_qps)) if lower > 0 else step
+        return between if slo_verdict(self.run_at(knobs, between), between, config)[0] else lower

@@ -192,6 +192,8 @@ class _Race:
         else:  # a winner's search gets what is left of the budget: a shorter search is a coarser lower bound
             left = None if self.spec.max_runs is None else self.spec.max_runs - self.probe.runs
             value = checked(knobs, self.probe.lbt_from(dict(knobs), from_rate, left))
+            # a setting raced again keeps the rate it had sustained when its fresh search falls short of it
+            value = max(value, self.values.get(point, 0.0))
         self.values[point] = value
         self.evaluations.append({"knobs": knobs, "value": value})
         return value
