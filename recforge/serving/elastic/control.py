@@ -19,7 +19,11 @@ parameters):
   is degraded when it is slower than its profile *and* than its peers: a whole fleet slower than its profile (nodes
   sharing a CPU at the peak) or overloaded is the capacity model's and the admission's matter, and a c_i that is
   only low next to a peer's (a lightly weighted node's estimate) is noise for the weights to absorb; draining
-  healthy nodes only cuts capacity. A lone node has no peers and is never drained by the law;
+  healthy nodes only cuts capacity. A lone node has no peers and is never drained by the law. Weights that follow
+  c_i equalise the nodes' utilisation only when c_i is right: a node whose c_i is too low carries too little to be
+  measured again and would stay weighed down, so while its peers are measured and it is not, its c_i relaxes
+  toward its peers' median c with time constant ``unmeasured_relax_s`` (not below ``drain_below``: a degraded node's
+  estimate stays where the measurements left it);
 - batching: throughput-optimal above ``batching_high`` fleet utilisation, latency-optimal below ``batching_low``;
 - admission: shed 1 - carryable / arrival when the ready nodes cannot carry the arrivals at their LBT and serve
   what is queued on them within ``queue_drain_s``; and, between ticks, the balancer answers 503 at once to a
@@ -111,6 +115,8 @@ class ControlConfig:
     correction_alpha: Annotated[float, Field(gt=0, le=1)] = 0.2  # EWMA weight of a new capacity measurement
     correction_min: Annotated[float, Field(gt=0, le=1)] = 0.1
     correction_max: Annotated[float, Field(ge=1, le=4)] = 1.5
+    # time constant of an unmeasured c_i's pull toward its measured peers' median (the weights' feedback loop)
+    unmeasured_relax_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     min_measured_load: Annotated[float, Field(ge=0, le=1)] = 0.3  # measure c_i only above this share of saturation
     drain_below: Annotated[float, Field(ge=0, lt=1)] = 0.4  # of the profile and of the peers' median correction
     drain_p95_factor: Annotated[float, Field(gt=1)] = 2.0
@@ -220,6 +226,14 @@ class ElasticController:
         f = self.corrections.factor
         f[:] = np.where(informative, (1 - c.correction_alpha) * f + c.correction_alpha * measured, f)
         self.corrections.measured += informative
+        # the weights follow c: a node whose c is too low is sent too little to be measured again, so while its
+        # peers are measured and it is not, its c relaxes toward theirs (not a c under drain_below: degraded)
+        others_measured = informative.sum() - informative > 0
+        unmeasured = ~informative & others_measured & (f >= c.drain_below)
+        if unmeasured.any() and self.last_s is not None:
+            keep = math.exp(-max(s.now_s - self.last_s, 0.0) / c.unmeasured_relax_s)
+            peers = peer_median(f)
+            f[:] = np.where(unmeasured & np.isfinite(peers), peers + (f - peers) * keep, f)
         # slow: over drain_p95_factor x the SLO and x its peers' p95 (when every node is that slow, it is overload:
         # the scale and admission parts' matter, not a degraded node)
         slow = (s.p95_ms > c.drain_p95_factor * c.slo_p95_ms) & (s.p95_ms > c.drain_p95_factor * peer_median(s.p95_ms))

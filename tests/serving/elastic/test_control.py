@@ -3,6 +3,7 @@ steady load, bounds, draining of a degraded node, the batching switch's hysteres
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -147,6 +148,35 @@ def test_only_a_node_slower_than_its_peers_is_drained_not_a_fleet_slower_than_it
     assert decision.drained == () and 0 < decision.weights["n3"] < 0.5 * decision.weights["n0"]
     assert np.isnan(peer_median(np.array([0.5]))).all()  # a lone node has no peers to be slower than
     assert peer_median(np.array([1.0, 0.2])).tolist() == [0.2, 1.0]
+
+
+def test_a_node_weighed_down_by_a_passing_slowdown_gets_its_share_back_once_it_recovers(node_model):
+    """The weights' feedback loop (stop 27's healthy run: node0 at x0.46 beside x1.2 for the rest of the day): the
+    balancer sends each node its weight's share, so a node whose c fell while it was slow carries too little to be
+    measured again. While its peers are measured and it is not, its c relaxes toward theirs."""
+    controller = ElasticController(node_model, ControlConfig(max_nodes=3, min_nodes=3))
+    rate = 3 * 0.5 * node_model.saturation_qps
+    weights = {"n0": 1, "n1": 1, "n2": 1}
+    low_share = []
+    for t in range(120):
+        speeds = [1.0, 1.0, 0.6] if t < 30 else [1.0, 1.0, 1.0]  # n2 slow for 30 s, then healthy again
+        share = np.array([weights[n] for n in ("n0", "n1", "n2")], dtype=float)
+        share /= share.sum()
+        signals = fleet(node_model, t, rate, 3, mode=controller.mode, speeds=speeds)
+        each = rate * share
+        saturation = node_model.saturation_qps * np.asarray(speeds)
+        p95 = node_model.latency_ms(np.minimum(each / saturation, 1.0))[0] / np.asarray(speeds)
+        signals = dataclasses.replace(signals, throughput_qps=each, p95_ms=p95)
+        decision = controller.decide(signals)
+        weights = decision.weights
+        if t == 30:
+            weighed_down = controller.corrections.factor[2]
+        low_share.append(share[2] < 0.25)
+    assert weighed_down < 0.7  # the slowdown was seen and n2 weighed down
+    assert decision.drained == ()
+    assert controller.corrections.factor[2] > 0.9 * np.median(controller.corrections.factor[:2])
+    assert weights["n2"] >= 0.9 * weights["n0"]
+    assert not any(low_share[90:])  # its share came back within a minute of its recovery
 
 
 def test_peer_median_is_the_median_of_the_others_for_every_fleet_size_and_ties():
