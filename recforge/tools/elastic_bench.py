@@ -161,6 +161,11 @@ def client_knobs(profile: Mapping[str, Any], cfg: ElasticBenchConfig) -> int:
     return int(cfg.sub_batch or knobs.get("sub_batch") or 64)
 
 
+def calibration_runs(cfg: ElasticBenchConfig) -> FleetBenchConfig:
+    """The load runs of the calibration and the capacity check: ``calibration_point_s`` each, the bench's seed."""
+    return FleetBenchConfig(point_duration_s=cfg.calibration_point_s, seed=cfg.seed)
+
+
 def calibrate(source: fl.ModelSource, profile: Mapping[str, Any], cfg: ElasticBenchConfig, *, target: str,
               home: Path, ceiling: float | None) -> dict[str, Any]:
     """A node's start time (one node, ``fleet up`` to serving), then the LBT through the balancer of a fleet of
@@ -181,7 +186,7 @@ def calibrate(source: fl.ModelSource, profile: Mapping[str, Any], cfg: ElasticBe
         sub_batch = client_knobs(profile, cfg)
         profile_lbt = float(profile["latency_bounded_throughput_qps"])
         with cpusets.this_process_in(apparatus_group(state)):
-            bench_cfg = FleetBenchConfig(point_duration_s=cfg.calibration_point_s, seed=cfg.seed)
+            bench_cfg = calibration_runs(cfg)
             slo = float(profile["p95_target_ms"])
             searches = [fleet_lbt(state, source, profile, cfg, nodes, ceiling)
                         for _ in range(cfg.calibration_repeats)]
@@ -216,7 +221,7 @@ def fleet_lbt(state: Mapping[str, Any], source: fl.ModelSource, profile: Mapping
     apparatus' CPU group): the profile's client knobs and SLO, from half the profile's LBT scaled to the quota."""
     start = max(1.0, nodes * float(profile["latency_bounded_throughput_qps"]) * cfg.node_quota / 2)
     return search_lbt(state["url"], source.model, source.spec_path,
-                      FleetBenchConfig(point_duration_s=cfg.calibration_point_s, seed=cfg.seed),
+                      calibration_runs(cfg),
                       sub_batch=client_knobs(profile, cfg), workers=cfg.workers, start_qps=start,
                       p95_target_ms=float(profile["p95_target_ms"]), ceiling_qps=ceiling)
 
@@ -230,7 +235,7 @@ def fleet_capacity(source: fl.ModelSource, profile: Mapping[str, Any], cfg: Elas
     rows = []
     sub_batch = client_knobs(profile, cfg)
     slo = float(profile["p95_target_ms"])
-    bench_cfg = FleetBenchConfig(point_duration_s=cfg.calibration_point_s, seed=cfg.seed)
+    bench_cfg = calibration_runs(cfg)
     for nodes in counts:
         fleet_home = home / "capacity"
         try:

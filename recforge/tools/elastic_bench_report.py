@@ -17,8 +17,7 @@ import numpy as np
 
 from recforge.serving.elastic import report
 from recforge.serving.elastic.traces import Burst
-
-SHED_TEXT = "was shed"  # the balancer's own 503 answer (recforge.serving.loadbalancer.shedding.SHED_MESSAGE)
+from recforge.serving.loadbalancer.shedding import SHED_MARKER
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class Series:
 def query_outcomes(errors: Sequence[str | None], latency_ms: np.ndarray, slo_ms: float) -> dict[str, np.ndarray]:
     """Per query: shed (the balancer answered 503 itself), failed (any other error) and over (answered slower than
     ``slo_ms``); ``latency_ms`` is NaN for the queries that were not answered."""
-    shed = np.array([e is not None and SHED_TEXT in e for e in errors], dtype=bool)
+    shed = np.array([e is not None and SHED_MARKER in e for e in errors], dtype=bool)
     failed = np.array([e is not None for e in errors], dtype=bool) & ~shed
     over = ~shed & ~failed & (np.nan_to_num(latency_ms, nan=0.0) > slo_ms)
     return {"shed": shed, "failed": failed, "over": over}

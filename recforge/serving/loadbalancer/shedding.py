@@ -31,7 +31,8 @@ SHED_MAP_FILE = "shed.map"  # next to the admin socket
 SHED_KEY = "inference"  # the map's one key
 SHED_VAR = "txn.shed_per_mille"
 PER_MILLE = 1000
-SHED_MESSAGE = "the fleet is overloaded: this request was shed; retry after the Retry-After seconds"
+SHED_MARKER = "this request was shed"  # what a client finds in the answer's text (elastic_bench_report)
+SHED_MESSAGE = f"the fleet is overloaded: {SHED_MARKER}; retry after the Retry-After seconds"
 
 
 def shed_map_path(socket_path: str | Path) -> Path:
