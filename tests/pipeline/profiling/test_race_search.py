@@ -187,30 +187,29 @@ def test_far_away_restart_reaches_an_isolated_optimum():
     assert race(QueueSurface(corner), axes, {}, restarts=0).best_knobs == {"a": 0, "b": 0, "c": 0}
 
 
+class StartServing(QueueSurface):
+    """Settings {"a": i} of ``capacity[i]``; while only the start ({"a": 0}) has been measured, the node serves at
+    ``start_speed`` x its capacity (a lucky or an unlucky first LBT search), then at its capacity."""
+
+    def __init__(self, capacity: dict[int, float], start_speed: float):
+        super().__init__(lambda k: capacity[k["a"]])
+        self.capacities, self.start_speed = capacity, start_speed
+        self.only_start = True
+
+    def __call__(self, rate, knobs):
+        self.only_start &= knobs["a"] == 0
+        speed = self.start_speed if self.only_start else 1.0
+        self.capacity = lambda k: speed * self.capacities[k["a"]]
+        return super().__call__(rate, knobs)
+
+
 def test_a_lucky_incumbent_is_rechecked_and_the_lowered_bar_lets_a_better_setting_win():
     """The real-server failure: the start's LBT search ran while the node served 10 % above its usual capacity,
     so its LBT (the highest rate that passed once) is a rate it cannot hold, and the one better setting (8 %
     above its true capacity) fails the screen at that bar + 3 %. Without a re-check the race keeps the start;
     with one, the start's LBT does not hold, the bar drops and the better setting wins."""
-    capacity = {0: 1000.0, 1: 1080.0}
-
-    class LuckyStart(QueueSurface):
-        def __init__(self):
-            super().__init__(lambda k: capacity[k["a"]])
-            self.lucky = True  # until anything but the start is measured
-
-        def __call__(self, rate, knobs):
-            self.lucky &= knobs["a"] == 0
-            if not self.lucky:
-                return super().__call__(rate, knobs)
-            self.capacity = lambda k: 1.1 * capacity[k["a"]]
-            try:
-                return super().__call__(rate, knobs)
-            finally:
-                self.capacity = lambda k: capacity[k["a"]]
-
     def search(**kwargs):
-        surface = LuckyStart()
+        surface = StartServing({0: 1000.0, 1: 1080.0}, start_speed=1.1)
         probe = LBTProbe(LBTEvaluator(surface, LBT_CONFIG))
         result = RacingCoordinateSearch({"a": (0, 1)}, {"a": 0}, **kwargs).search(probe)
         return result, surface
@@ -228,20 +227,7 @@ def test_a_setting_whose_lbt_search_came_out_low_races_again_and_wins_back():
     """The CI failure on a real server: the start (the true best) searched to a low LBT because the node was slow
     while it ran, a setting with 8 % less capacity beat that figure and led, and the race ended on it. An LBT on
     record is not a verdict: the start races again at the bar, sustains it, and its fresh search wins."""
-    capacity = {0: 1000.0, 1: 920.0}
-
-    class UnluckyStart(QueueSurface):
-        def __init__(self):
-            super().__init__(lambda k: capacity[k["a"]])
-            self.unlucky = True  # until anything but the start is measured
-
-        def __call__(self, rate, knobs):
-            self.unlucky &= knobs["a"] == 0
-            slow = 0.85 if self.unlucky else 1.0
-            self.capacity = lambda k: slow * capacity[k["a"]]
-            return super().__call__(rate, knobs)
-
-    surface = UnluckyStart()
+    surface = StartServing({0: 1000.0, 1: 920.0}, start_speed=0.85)
     probe = LBTProbe(LBTEvaluator(surface, LBT_CONFIG))
     result = RacingCoordinateSearch({"a": (0, 1)}, {"a": 0}).search(probe)
     first = result.evaluations[0]["value"]
