@@ -290,9 +290,8 @@ class _Race:
         return best
 
     def overtaken(self) -> list[tuple[int, ...]]:
-        """The settings with an LBT on record that do not lead, the best first (only a probe can screen them)."""
-        if self.probe is None:
-            return []
+        """The settings with an LBT on record that do not lead, the best first (``challenge`` races them only with a
+        probe: without screens a second full evaluation says what the first did)."""
         return sorted((p for p in self.values if p != self.current), key=lambda p: -self.values[p])
 
     def recheck(self) -> bool:
