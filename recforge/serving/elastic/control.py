@@ -22,8 +22,8 @@ parameters):
   healthy nodes only cuts capacity. A lone node has no peers and is never drained by the law. Weights that follow
   c_i equalise the nodes' utilisation only when c_i is right: a node whose c_i is too low carries too little to be
   measured again and would stay weighed down, so while its peers are measured and it is not, its c_i relaxes
-  toward its peers' median c with time constant ``unmeasured_relax_s`` (not below ``drain_below``: a degraded node's
-  estimate stays where the measurements left it);
+  toward its measured peers' median c with time constant ``unmeasured_relax_s`` (not below ``drain_below``: a
+  degraded node's estimate stays where the measurements left it);
 - batching: throughput-optimal above ``batching_high`` fleet utilisation, latency-optimal below ``batching_low``;
 - admission: shed 1 - carryable / arrival when the ready nodes cannot carry the arrivals at their LBT and serve
   what is queued on them within ``queue_drain_s``; and, between ticks, the balancer answers 503 at once to a
@@ -228,12 +228,11 @@ class ElasticController:
         self.corrections.measured += informative
         # the weights follow c: a node whose c is too low is sent too little to be measured again, so while its
         # peers are measured and it is not, its c relaxes toward theirs (not a c under drain_below: degraded)
-        others_measured = informative.sum() - informative > 0
-        unmeasured = ~informative & others_measured & (f >= c.drain_below)
-        if unmeasured.any() and self.last_s is not None:
+        unmeasured = ~informative & (f >= c.drain_below)
+        if informative.any() and unmeasured.any() and self.last_s is not None:
             keep = math.exp(-max(s.now_s - self.last_s, 0.0) / c.unmeasured_relax_s)
-            peers = peer_median(f)
-            f[:] = np.where(unmeasured & np.isfinite(peers), peers + (f - peers) * keep, f)
+            measured_median = float(np.median(f[informative]))  # an unmeasured node's measured peers: all of them
+            f[:] = np.where(unmeasured, measured_median + (f - measured_median) * keep, f)
         # slow: over drain_p95_factor x the SLO and x its peers' p95 (when every node is that slow, it is overload:
         # the scale and admission parts' matter, not a degraded node)
         slow = (s.p95_ms > c.drain_p95_factor * c.slo_p95_ms) & (s.p95_ms > c.drain_p95_factor * peer_median(s.p95_ms))

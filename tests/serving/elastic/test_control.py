@@ -3,7 +3,6 @@ steady load, bounds, draining of a degraded node, the batching switch's hysteres
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -24,14 +23,15 @@ from recforge.serving.elastic.control import (
 from recforge.serving.elastic.report import reversals
 
 
-def fleet(model, now, rate, nodes, *, mode=LATENCY_MODE, speeds=None, starting=0, p95_override=None):
-    """Signals of ``nodes`` ready nodes sharing ``rate`` equally, each showing the profile's p95 at its load
-    (a node of speed s serves at s x the profiled rate, so its load and latency are higher), in batching ``mode``
-    (the throughput-optimal one carries more and adds its queue delay)."""
+def fleet(model, now, rate, nodes, *, mode=LATENCY_MODE, speeds=None, starting=0, p95_override=None, shares=None):
+    """Signals of ``nodes`` ready nodes sharing ``rate`` equally (or by ``shares``), each showing the profile's p95
+    at its load (a node of speed s serves at s x the profiled rate, so its load and latency are higher), in batching
+    ``mode`` (the throughput-optimal one carries more and adds its queue delay)."""
     names = tuple(f"n{i}" for i in range(nodes))
     speeds = np.ones(nodes) if speeds is None else np.asarray(speeds, dtype=float)
     gain, delay = (model.batching_gain, model.batching_delay_ms) if mode == THROUGHPUT_MODE else (1.0, 0.0)
-    each = np.full(nodes, rate / max(nodes, 1))
+    each = np.full(nodes, rate / max(nodes, 1)) if shares is None else \
+        rate * np.asarray(shares, dtype=float) / np.sum(shares)
     saturation = model.saturation_qps * speeds * gain
     queue = np.where(each > saturation, 2 * model.slo_p95_ms, 0.0)  # an overloaded node queues
     p95 = model.latency_ms(np.minimum(each / saturation, 1.0))[0] / speeds + queue + delay
@@ -162,12 +162,8 @@ def test_a_node_weighed_down_by_a_passing_slowdown_gets_its_share_back_once_it_r
         speeds = [1.0, 1.0, 0.6] if t < 30 else [1.0, 1.0, 1.0]  # n2 slow for 30 s, then healthy again
         share = np.array([weights[n] for n in ("n0", "n1", "n2")], dtype=float)
         share /= share.sum()
-        signals = fleet(node_model, t, rate, 3, mode=controller.mode, speeds=speeds)
-        each = rate * share
-        saturation = node_model.saturation_qps * np.asarray(speeds)
-        p95 = node_model.latency_ms(np.minimum(each / saturation, 1.0))[0] / np.asarray(speeds)
-        signals = dataclasses.replace(signals, throughput_qps=each, p95_ms=p95)
-        decision = controller.decide(signals)
+        decision = controller.decide(fleet(node_model, t, rate, 3, mode=controller.mode, speeds=speeds,
+                                           shares=share))
         weights = decision.weights
         if t == 30:
             weighed_down = controller.corrections.factor[2]
