@@ -133,7 +133,9 @@ def test_the_calibration_times_one_node_and_divides_the_largest_fleet_by_its_nod
     cfg = eb.ElasticBenchConfig(max_nodes=4)
     source = SimpleNamespace(model="m", spec_path="spec.json")
     found = eb.calibrate(source, profile_doc, cfg, target="cpu-triton", home=tmp_path, ceiling=None)
-    assert started == [1, 4]
+    assert started == [1, 1, 1, 4]  # three one-node starts (the median is the start time), then the fleet
+    assert len(found["node_start_s_runs"]) == 3
+    assert found["node_start_s"] == sorted(found["node_start_s_runs"])[1]
     assert (found["nodes"], found["fleet_lbt_qps"], found["lbt_qps"]) == (4, 900.0, 225.0)
     assert found["fleet_lbt_qps_searches"] == [900.0, 960.0, 600.0]
     assert [row["offered_qps"] for row in found["curve"]] == [225.0, 22.5, 67.5, 135.0]
@@ -142,7 +144,7 @@ def test_the_calibration_times_one_node_and_divides_the_largest_fleet_by_its_nod
     started.clear()
     two = eb.calibrate(source, profile_doc, eb.ElasticBenchConfig(max_nodes=4, calibration_nodes=2),
                        target="cpu-triton", home=tmp_path, ceiling=None)
-    assert started == [1, 2] and two["lbt_qps"] == 250.0
+    assert started == [1, 1, 1, 2] and two["lbt_qps"] == 250.0
 
 
 def test_each_policy_gets_its_controller_config(node_model):
