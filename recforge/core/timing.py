@@ -24,4 +24,9 @@ def median_ms(call: Callable[[], Any], repeats: int, warmup: int) -> float:
 
 def utc_now() -> str:
     """Now in UTC, ISO 8601 to the second (the timestamp of state files, histories and measurements)."""
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return utc_iso(time.time())
+
+
+def utc_iso(epoch_s: float) -> str:
+    """A Unix time in UTC, ISO 8601 to the second (as :func:`utc_now` writes it)."""
+    return dt.datetime.fromtimestamp(epoch_s, dt.UTC).isoformat(timespec="seconds")

@@ -60,6 +60,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ from recforge.core.cli import json_object, run_step
 from recforge.core.config import Annotated, Field, typed_config
 from recforge.core.errors import ConfigError, first_line
 from recforge.core.hw import load_average
-from recforge.core.timing import utc_now
+from recforge.core.timing import utc_iso, utc_now
 from recforge.inference.loadgen import run_schedule
 from recforge.inference.triton import TritonHttpTarget
 from recforge.serving import fleet as fl
@@ -286,9 +287,9 @@ def calibrated_profile(profile: Mapping[str, Any], calibration: Mapping[str, Any
             "curve": [rows[rate] for rate in sorted(rows)]}
 
 
-def planned(cfg: ElasticBenchConfig, profile_path: str | Path, scale: float) -> tuple[NodeModel, traces.Trace]:
+def planned(cfg: ElasticBenchConfig, profile: Mapping[str, Any], scale: float) -> tuple[NodeModel, traces.Trace]:
     """The node model the policies plan with (the profile's, times ``scale``) and the trace sized to it."""
-    model = NodeModel.from_profile(read_profile(profile_path)).scaled(scale)
+    model = NodeModel.from_profile(profile).scaled(scale)
     return model, sized_trace(cfg.trace, cfg.minutes, cfg.seed, cfg.max_nodes, model.lbt_qps, cfg.peak_utilisation)
 
 
@@ -432,11 +433,14 @@ def bench(source: fl.ModelSource, cfg: ElasticBenchConfig, *, target: str, notes
         profile_path.write_text(json.dumps(calibrated_profile(profile, calibration), indent=1) + "\n")
     else:  # the profile's node scaled: an approximation (latency against load is the profile's)
         scale, profile_path = cfg.capacity_scale, Path(source.profile_path)
-    model, trace = planned(cfg, profile_path, scale)
+    planning = read_profile(profile_path) or {}
+    model, trace = planned(cfg, planning, scale)
     hpa_time_scale = hpa_time_scale_for(trace, cfg.interval_s)
     schedule = traces.schedule(trace, cfg.seed)
     peak = float(trace.rate_qps.max())
+    # the profile itself too: the next run rewrites calibrated-profile.json, and --validate must plan as this run did
     doc.update(calibration=calibration, capacity_scale=scale, start_delay_s=start_delay, profile=str(profile_path),
+               planned_profile=planning,
                model_lbt_qps=round(model.lbt_qps, 1), slo_p95_ms=model.slo_p95_ms,
                trace={"name": trace.name, "duration_s": trace.duration_s, "peak_qps": round(peak, 1),
                       "mean_qps": round(float(trace.rate_qps.mean()), 1), "queries": int(schedule[0].size),
@@ -477,7 +481,7 @@ def simulated(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     time and policies: its report per policy, node-seconds in cores x seconds (the simulator counts nodes x
     seconds), for the validation of the simulator against the live runs (:func:`validation`)."""
     cfg = config.config_from_dict(ElasticBenchConfig, doc["settings"])
-    model, trace = planned(cfg, doc["profile"], float(doc["capacity_scale"]))
+    model, trace = planned(cfg, planning_profile(doc), float(doc["capacity_scale"]))
     sim = SimConfig(seed=cfg.seed, start_delay_s=float(doc["start_delay_s"]), tick_s=cfg.interval_s)
     control = ControlConfig(slo_p95_ms=model.slo_p95_ms, max_nodes=cfg.max_nodes,
                             start_delay_s=float(doc["start_delay_s"]))
@@ -489,6 +493,22 @@ def simulated(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
         result["node_seconds"] = round(result["node_seconds"] * cfg.node_quota, 1)
         out.append(result)
     return out
+
+
+def planning_profile(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The profile a result file's policies planned with: its own copy; a file from before the copies were kept
+    names it by path, which a later run may have rewritten (calibrated-profile.json is rewritten by every
+    calibration): then a ConfigError, not a validation against another run's calibration."""
+    if doc.get("planned_profile"):
+        return dict(doc["planned_profile"])
+    path = Path(doc["profile"])
+    ended = datetime.fromisoformat(doc["measured_at"]).timestamp() + float(doc.get("duration_s") or 0.0) \
+        if doc.get("measured_at") else None
+    if ended is not None and path.exists() and path.stat().st_mtime > ended + 60:
+        raise ConfigError(f"{path}, the profile this result file's runs planned with, was rewritten after they "
+                          f"ended ({utc_iso(path.stat().st_mtime)}, after {utc_iso(ended)}); the file keeps no copy "
+                          "of it (results from before stop 31), so its validation cannot be redone")
+    return read_profile(path) or {}
 
 
 def validation(doc: Mapping[str, Any]) -> list[dict[str, Any]]:

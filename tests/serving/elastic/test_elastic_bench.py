@@ -228,3 +228,26 @@ def test_the_simulator_is_set_against_the_live_runs_on_the_same_trace_and_calibr
     assert rows[0]["runs"] == 2 and rows[0]["node_seconds"]["live"] == 60.0  # the median of 50 and 70
     assert rows[0]["node_seconds"]["simulated_over_live"] == pytest.approx(1.0)
     assert "static-peak" in eb.render_validation(rows)
+
+
+def test_a_result_file_is_validated_with_the_profile_its_runs_planned_with(tmp_path, profile_doc):
+    """The result keeps the profile its policies planned with: the next calibration rewrites the file it names,
+    and a validation against that would simulate another run's fleet. A result without its copy whose profile file
+    was rewritten after the run is refused, naming the file."""
+    settings = {**eb.ElasticBenchConfig(minutes=1, max_nodes=2, policies=("static-peak",)).__dict__}
+    settings["policies"] = list(settings["policies"])
+    profile = tmp_path / "calibrated-profile.json"
+    profile.write_text(json.dumps(profile_doc))
+    doc = {"settings": settings, "profile": str(profile), "capacity_scale": 1.0, "start_delay_s": 4.0,
+           "trace": {"hpa_time_scale": 15.0}, "runs": [], "measured_at": "2026-11-27T10:00:00+00:00",
+           "duration_s": 60.0, "planned_profile": profile_doc}
+    kept = eb.simulated(doc)
+    slower = {**profile_doc, "latency_bounded_throughput_qps": profile_doc["latency_bounded_throughput_qps"] / 4}
+    profile.write_text(json.dumps(slower))  # a later calibration rewrites the file
+    assert eb.simulated(doc) == kept
+    assert eb.planning_profile(doc) == profile_doc
+    del doc["planned_profile"]
+    with pytest.raises(ConfigError, match="was rewritten after"):
+        eb.simulated(doc)
+    doc["measured_at"] = eb.utc_now()  # a file written during the run it belongs to is that run's
+    assert eb.planning_profile(doc) == slower
