@@ -208,8 +208,7 @@ def calibrate(source: fl.ModelSource, profile: Mapping[str, Any], cfg: ElasticBe
               "achieved_qps": row["achieved_qps"] / nodes if row.get("achieved_qps") is not None else None}
              for row in found["curve"]]
     return {"node_start_s": round(start_s, 2), "node_start_s_runs": [round(t, 2) for t in starts], "nodes": nodes,
-            "fleet_lbt_qps": found["lbt_qps"],
-            "lbt_qps": round(per_node, 2), "profile_lbt_qps": profile_lbt,
+            "fleet_lbt_qps": found["lbt_qps"], "lbt_qps": round(per_node, 2), "profile_lbt_qps": profile_lbt,
             "capacity_scale": round(per_node / profile_lbt, 4), "p95_ms_at_lbt": found["p95_ms_at_lbt"],
             "converged": found["converged"], "capped": found["capped"], "note": found["note"],
             "fleet_lbt_qps_searches": found["lbt_qps_searches"], "sub_batch": sub_batch, "workers": cfg.workers,
