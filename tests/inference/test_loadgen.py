@@ -438,3 +438,43 @@ def test_nonsensical_run_settings_raise_config_error(kwargs, match):
 def test_nonsensical_sizes_and_helpers_raise_config_error(build, match):
     with pytest.raises(ConfigError, match=match):
         build()
+
+
+def test_the_garbage_collector_is_paused_while_queries_run_and_restored_after():
+    """A full collection stops every thread of the load generator (231-342 ms measured in an elastic replay), which
+    the queries in flight would count as the server's latency: off during a run, as before it after; overlapping
+    runs in two threads keep it off until the last ends; a collector that was off stays off."""
+    import gc
+
+    from recforge.inference.loadgen.engine import collector_paused, run_schedule
+
+    seen: list[bool] = []
+    target = CallableTarget(lambda n: seen.append(gc.isenabled()))
+    assert gc.isenabled()
+    run_schedule(target, np.array([0.0, 0.01, 0.02]), np.array([1, 2, 3]), duration_s=0.05, workers=2)
+    assert seen == [False, False, False] and gc.isenabled()
+
+    inside = threading.Event()
+    release = threading.Event()
+
+    def hold():
+        with collector_paused():
+            inside.set()
+            release.wait(5)
+
+    other = threading.Thread(target=hold)
+    other.start()
+    inside.wait(5)
+    with collector_paused():
+        assert not gc.isenabled()
+    assert not gc.isenabled()  # the other run still holds it
+    release.set()
+    other.join(5)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()  # off before: off after
+    finally:
+        gc.enable()

@@ -1,8 +1,16 @@
 """The open-loop engine: a dispatcher thread releasing queries at their Poisson arrival times, worker threads
-running sub-batches from one FIFO queue (and the offload target's own workers), and the summary of the run."""
+running sub-batches from one FIFO queue (and the offload target's own workers), and the summary of the run.
+
+Python's cyclic garbage collector is paused while queries run (:func:`collector_paused`, as ``timeit`` does): a
+full collection walks every tracked object, and the run's per-query records make that a stop of every thread.
+Measured (stop 31, a 6-minute elastic replay of 122,277 queries, ``gc.callbacks`` in the load generator): gen-2
+collections of 231 and 342 ms, each in a second whose p95 went over the 25 ms SLO with no other cause, while they
+found 71 and 0 objects to free. Between runs the collector runs as usual."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import queue
 import threading
@@ -16,6 +24,29 @@ from recforge.inference.loadgen.queries import QuerySizes, poisson_arrivals, sub
 from recforge.inference.loadgen.results import LoadResult
 from recforge.inference.loadgen.settings import DEFAULT_DRAIN_TIMEOUT_S, MAX_ITEMS, check_run_settings
 from recforge.inference.loadgen.targets import Offload, Target
+
+_collector_lock = threading.Lock()
+_collector_holds = 0  # runs in progress that paused the collector (runs may overlap in threads)
+_collector_was_enabled = False
+
+
+@contextlib.contextmanager
+def collector_paused():
+    """Python's cyclic garbage collector off for the duration (nested and concurrent uses count); on again after
+    the last one ends, if it was on before the first."""
+    global _collector_holds, _collector_was_enabled
+    with _collector_lock:
+        if _collector_holds == 0:
+            _collector_was_enabled = gc.isenabled()
+            gc.disable()
+        _collector_holds += 1
+    try:
+        yield
+    finally:
+        with _collector_lock:
+            _collector_holds -= 1
+            if _collector_holds == 0 and _collector_was_enabled:
+                gc.enable()
 
 
 class _Run:
@@ -178,13 +209,14 @@ def _run(target: Target, arrivals: np.ndarray, query_sizes: np.ndarray, sizes_te
     cpu_before = cpu_times()
     run.t0 = time.perf_counter()
     try:
-        for thread in pool:
-            thread.start()
-        dispatcher.start()
-        dispatcher.join(timeout=schedule_end + drain_timeout_s + 1.0)
-        deadline = time.perf_counter() + drain_timeout_s
-        for thread in pool:
-            thread.join(timeout=max(0.0, deadline - time.perf_counter()))
+        with collector_paused():
+            for thread in pool:
+                thread.start()
+            dispatcher.start()
+            dispatcher.join(timeout=schedule_end + drain_timeout_s + 1.0)
+            deadline = time.perf_counter() + drain_timeout_s
+            for thread in pool:
+                thread.join(timeout=max(0.0, deadline - time.perf_counter()))
     finally:
         with run.lock:
             run.stop.set()  # from here on, threads still running record nothing
