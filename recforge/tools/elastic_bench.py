@@ -425,14 +425,15 @@ def bench(source: fl.ModelSource, cfg: ElasticBenchConfig, *, target: str, notes
     start_delay = cfg.start_delay_s if cfg.start_delay_s is not None else calibration["node_start_s"]
     if cfg.profile is not None:  # an earlier run's calibration
         scale, profile_path = 1.0, Path(cfg.profile)
-        if read_profile(profile_path) is None:
+        planning = read_profile(profile_path)
+        if planning is None:
             raise ConfigError(f"ElasticBenchConfig.profile {cfg.profile} is not a readable profile")
     elif cfg.capacity_scale is None:  # the policies plan with the profile of a node at the quota, as measured
         scale, profile_path = 1.0, root / "calibrated-profile.json"
-        profile_path.write_text(json.dumps(calibrated_profile(profile, calibration), indent=1) + "\n")
+        planning = calibrated_profile(profile, calibration)
+        profile_path.write_text(json.dumps(planning, indent=1) + "\n")
     else:  # the profile's node scaled: an approximation (latency against load is the profile's)
-        scale, profile_path = cfg.capacity_scale, Path(source.profile_path)
-    planning = read_profile(profile_path) or {}
+        scale, profile_path, planning = cfg.capacity_scale, Path(source.profile_path), profile
     model, trace = planned(cfg, planning, scale)
     hpa_time_scale = hpa_time_scale_for(trace, cfg.interval_s)
     schedule = traces.schedule(trace, cfg.seed)
